@@ -1,0 +1,237 @@
+"""Progress of a run, from what MongoDB and the Deployment say (pure: no I/O).
+
+The operator's timer reads the facts (split counters summed by the store, heartbeats,
+leased splits, the Deployment's status) and this module turns them into the counts,
+rate, eta and worker numbers of `status`, plus the facts the state machine needs: is the
+run finished, has it failed, is a worker lost, are leases orphaned.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+# How far back the send rate looks: long enough to smooth batches, short enough that
+# a pause shows as a falling rate within a few ticks.
+RATE_WINDOW_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Counts:
+    audience: int = 0
+    pending: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unknown: int = 0
+
+    @property
+    def done(self) -> int:
+        """Recipients with a final result (what the rate is measured on)."""
+        return self.sent + self.failed + self.unknown
+
+    def as_status(self) -> dict[str, int]:
+        return {
+            "audience": self.audience,
+            "pending": self.pending,
+            "sent": self.sent,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "unknown": self.unknown,
+        }
+
+
+def counts_from_totals(totals: Any) -> Counts:
+    """Counts from the store's RunTotals (or anything with the same attributes)."""
+    skipped = int(totals.skipped)
+    sent, failed, unknown = int(totals.sent), int(totals.failed), int(totals.unknown)
+    audience = int(totals.audience)
+    pending = max(0, audience - skipped - sent - failed - unknown)
+    return Counts(audience, pending, sent, failed, skipped, unknown)
+
+
+@dataclass
+class RateTracker:
+    """Samples of (time, done) for one run; the rate is the slope over the window.
+
+    Kept in memory per task (kopf memo): after an operator restart the rate is unknown
+    for one tick, nothing worse.
+    """
+
+    run_id: str = ""
+    samples: deque[tuple[datetime, int]] = field(default_factory=deque)
+
+    def add(self, run_id: str, now: datetime, done: int) -> None:
+        if run_id != self.run_id:
+            self.run_id = run_id
+            self.samples.clear()
+        self.samples.append((now, done))
+        horizon = now - timedelta(seconds=RATE_WINDOW_SECONDS)
+        # Keep one sample older than the window so the slope spans all of it.
+        while len(self.samples) > 2 and self.samples[1][0] <= horizon:
+            self.samples.popleft()
+
+    def rate(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
+        seconds = (t1 - t0).total_seconds()
+        if seconds <= 0:
+            return 0.0
+        return max(0.0, (d1 - d0) / seconds)
+
+
+def eta_seconds(pending: int, rate: float) -> int | None:
+    if pending <= 0:
+        return 0
+    if rate <= 0:
+        return None
+    return round(pending / rate)
+
+
+def format_eta(seconds: int | None) -> str:
+    """`1h02m`, `3m05s`, `12s`; empty when unknown (no sends yet)."""
+    if seconds is None:
+        return ""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    live: list[str]
+    # Heartbeats older than the lease: workers presumed dead (crash, node loss, SIGKILL).
+    lost: list[str]
+    # Leased splits whose holder is not live: work waiting to be reclaimed.
+    orphaned_leases: int
+
+
+def worker_health(
+    heartbeats: Iterable[Mapping[str, Any]],
+    leased_splits: Iterable[Mapping[str, Any]],
+    *,
+    now: datetime,
+    lease_seconds: float,
+) -> WorkerHealth:
+    """Which workers of a run are live or lost, and how many leases nobody renews.
+
+    A worker that exits cleanly deletes its heartbeat, so a stale heartbeat always means
+    a lost worker. A lease counts as orphaned when its leaseUntil has passed or its owner
+    has no live heartbeat (the lease will expire and be reclaimed).
+    """
+    horizon = now - timedelta(seconds=lease_seconds)
+    live: list[str] = []
+    lost: list[str] = []
+    for hb in heartbeats:
+        seen = hb.get("lastSeen")
+        if seen is not None and seen >= horizon:
+            live.append(str(hb["_id"]))
+        else:
+            lost.append(str(hb["_id"]))
+    live_set = set(live)
+    orphaned = 0
+    for split in leased_splits:
+        until = split.get("leaseUntil")
+        if until is None or until < now or str(split.get("owner")) not in live_set:
+            orphaned += 1
+    return WorkerHealth(live=sorted(live), lost=sorted(lost), orphaned_leases=orphaned)
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    desired: int = 0
+    ready: int = 0
+    updated: int = 0
+    available: int = 0
+    exists: bool = False
+
+    @classmethod
+    def from_status(cls, deployment: Mapping[str, Any] | None) -> DeploymentView:
+        if not deployment:
+            return cls()
+        spec = deployment.get("spec") or {}
+        status = deployment.get("status") or {}
+        return cls(
+            desired=int(spec.get("replicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+            updated=int(status.get("updatedReplicas") or 0),
+            available=int(status.get("availableReplicas") or 0),
+            exists=True,
+        )
+
+    @property
+    def whole(self) -> bool:
+        """Every desired worker of the current template is ready."""
+        return self.exists and self.ready >= self.desired and self.updated >= self.desired
+
+
+@dataclass(frozen=True)
+class Progress:
+    counts: Counts
+    rate: float
+    eta: int | None
+    workers_desired: int
+    workers_ready: int
+    workers_live: int
+    finished: bool
+    failure: str | None
+    stage: str
+    health: WorkerHealth
+
+    def status_fields(self) -> dict[str, Any]:
+        """The part of `status` progress owns (phase and conditions are the reconciler's)."""
+        return {
+            "counts": self.counts.as_status(),
+            "rate": round(self.rate, 2),
+            "eta": format_eta(self.eta),
+            "workers": {
+                "desired": self.workers_desired,
+                "ready": self.workers_ready,
+                "live": self.workers_live,
+            },
+        }
+
+
+def compute_progress(
+    *,
+    totals: Any,
+    run_doc: Mapping[str, Any] | None,
+    heartbeats: Sequence[Mapping[str, Any]],
+    leased_splits: Sequence[Mapping[str, Any]],
+    deployment: Mapping[str, Any] | None,
+    desired_workers: int,
+    tracker: RateTracker,
+    run_id: str,
+    now: datetime,
+    lease_seconds: float,
+) -> Progress:
+    """Everything the status shows about a run at `now` (updates `tracker`)."""
+    counts = counts_from_totals(totals)
+    tracker.add(run_id, now, counts.done)
+    rate = tracker.rate()
+    run_doc = run_doc or {}
+    stage = str(run_doc.get("stage") or getattr(totals, "stage", "audience"))
+    failure = (run_doc.get("failure") or {}).get("reason") if run_doc.get("failure") else None
+    health = worker_health(heartbeats, leased_splits, now=now, lease_seconds=lease_seconds)
+    view = DeploymentView.from_status(deployment)
+    return Progress(
+        counts=counts,
+        rate=rate,
+        # While the audience is still being read its size is not final: no eta yet.
+        eta=eta_seconds(counts.pending, rate) if stage != "audience" else None,
+        workers_desired=desired_workers,
+        workers_ready=view.ready,
+        workers_live=len(health.live),
+        finished=stage == "done",
+        failure=failure,
+        stage=stage,
+        health=health,
+    )

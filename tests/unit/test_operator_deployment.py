@@ -1,0 +1,128 @@
+from typing import Any
+
+from pushtask_operator.deployment import (
+    build_worker_deployment,
+    deployment_name,
+    deployment_patch,
+    label_value,
+    selector_string,
+    termination_grace_seconds,
+)
+from pushtask_operator.settings import OperatorSettings
+
+META = {"name": "spring-sale", "namespace": "shop", "uid": "0123456789abcdef"}
+SPEC: dict[str, Any] = {
+    "workers": 3,
+    "run": 2,
+    "message": {"channel": "webhook", "webhook": {"url": "http://x", "timeoutSeconds": 40}},
+}
+SETTINGS = OperatorSettings(
+    mongo_secret_name="mongo",
+    mongo_secret_key="uri",
+    worker_image="ghcr.io/x/pushtask:1",
+    worker_service_account="pushtask-worker",
+    worker_resources={"requests": {"cpu": "50m"}, "limits": {"memory": "200Mi"}},
+    worker_metrics_port=9100,
+    lease_seconds=20,
+)
+RUN_ID = "shop.spring-sale.2.01234567"
+
+
+def build(replicas: int = 3, **kw: Any) -> dict[str, Any]:
+    return build_worker_deployment(META, SPEC, RUN_ID, SETTINGS, replicas=replicas, **kw)
+
+
+def env_of(dep: dict[str, Any]) -> dict[str, Any]:
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def test_owner_reference_makes_the_task_the_controller() -> None:
+    (ref,) = build()["metadata"]["ownerReferences"]
+    assert ref == {
+        "apiVersion": "pushtask.dev/v1alpha1",
+        "kind": "PushTask",
+        "name": "spring-sale",
+        "uid": "0123456789abcdef",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_labels_selector_and_replicas() -> None:
+    dep = build(replicas=3)
+    assert dep["metadata"]["name"] == "spring-sale-worker"
+    assert dep["metadata"]["namespace"] == "shop"
+    sel = dep["spec"]["selector"]["matchLabels"]
+    assert sel == {"app.kubernetes.io/name": "pushtask-worker", "pushtask.dev/task": "spring-sale"}
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["pushtask.dev/run"] == "2"
+    assert sel.items() <= labels.items()  # the selector selects the template
+    assert "pushtask.dev/run" not in sel  # selectors are immutable: a new run reuses it
+    assert dep["spec"]["replicas"] == 3
+    assert build(replicas=0)["spec"]["replicas"] == 0
+    assert build(replicas=-2)["spec"]["replicas"] == 0
+    assert selector_string("spring-sale") == (
+        "app.kubernetes.io/name=pushtask-worker,pushtask.dev/task=spring-sale"
+    )
+
+
+def test_environment_of_the_worker() -> None:
+    env = env_of(build())
+    assert env["PUSHTASK_MONGO_URI"] == {"secretKeyRef": {"name": "mongo", "key": "uri"}}
+    assert env["PUSHTASK_RUN_ID"] == RUN_ID
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["PUSHTASK_METRICS_PORT"] == "9100"
+    assert env["PUSHTASK_LEASE_SECONDS"] == "20"
+
+
+def test_container_runs_console_script_with_settings_resources() -> None:
+    pod = build()["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["pushtask-worker"]
+    assert c["image"] == "ghcr.io/x/pushtask:1"
+    assert c["resources"] == {"requests": {"cpu": "50m"}, "limits": {"memory": "200Mi"}}
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+
+
+def test_workers_have_no_api_access_and_run_locked_down() -> None:
+    pod = build()["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "pushtask-worker"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_grace_period_covers_a_batch() -> None:
+    # 40 s channel timeout: one attempt plus the result write must fit.
+    assert termination_grace_seconds(SPEC, SETTINGS) >= 80
+    assert termination_grace_seconds({}, SETTINGS) == SETTINGS.worker_termination_grace_seconds
+    pod = build()["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == termination_grace_seconds(SPEC, SETTINGS)
+
+
+def test_metrics_port_zero_means_no_port() -> None:
+    settings = OperatorSettings(worker_metrics_port=0)
+    dep = build_worker_deployment(META, SPEC, RUN_ID, settings, replicas=1)
+    assert "ports" not in dep["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(dep)["PUSHTASK_METRICS_PORT"] == "0"
+
+
+def test_long_names_fit_label_limits() -> None:
+    long = "a" * 200
+    assert label_value("short") == "short"
+    value = label_value(long)
+    assert len(value) <= 63 and value == label_value(long)
+    assert label_value("b" * 63) == "b" * 63
+    assert len(deployment_name("x" * 253)) <= 200
+
+
+def test_patch_keeps_selector_out() -> None:
+    patch = deployment_patch(build(replicas=5))
+    assert patch["spec"]["replicas"] == 5
+    assert "selector" not in patch["spec"]
+    assert patch["metadata"]["annotations"]["pushtask.dev/run-id"] == RUN_ID

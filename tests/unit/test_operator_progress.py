@@ -1,0 +1,148 @@
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pushtask_operator.progress import (
+    DeploymentView,
+    RateTracker,
+    compute_progress,
+    counts_from_totals,
+    eta_seconds,
+    format_eta,
+    worker_health,
+)
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Totals:
+    stage: str = "delivery"
+    inserted: int = 0
+    skipped: int = 0
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    total: int = 0
+
+    @property
+    def audience(self) -> int:
+        return (self.total if self.stage != "audience" else self.inserted) + self.skipped
+
+
+def test_counts_balance() -> None:
+    c = counts_from_totals(Totals(total=100, skipped=5, sent=60, failed=3, unknown=2))
+    assert c.audience == 105
+    assert c.pending == 35
+    assert c.sent + c.failed + c.unknown + c.skipped + c.pending == c.audience
+
+
+def test_rate_is_slope_over_window_and_resets_on_new_run() -> None:
+    t = RateTracker()
+    assert t.rate() == 0
+    for i in range(10):
+        t.add("r1", NOW + timedelta(seconds=3 * i), 300 * i)
+    assert t.rate() == 100
+    # The window forgets old samples: a stall shows as a falling rate.
+    for i in range(10, 30):
+        t.add("r1", NOW + timedelta(seconds=3 * i), 2700)
+    assert t.rate() == 0
+    t.add("r2", NOW, 5)
+    assert t.rate() == 0 and len(t.samples) == 1
+
+
+def test_eta() -> None:
+    assert eta_seconds(0, 0) == 0
+    assert eta_seconds(100, 0) is None
+    assert eta_seconds(1000, 10) == 100
+    assert format_eta(None) == ""
+    assert format_eta(12) == "12s"
+    assert format_eta(185) == "3m05s"
+    assert format_eta(3720) == "1h02m"
+
+
+def hb(worker: str, ago: float) -> dict[str, object]:
+    return {"_id": worker, "lastSeen": NOW - timedelta(seconds=ago)}
+
+
+def lease(owner: str, until: float) -> dict[str, object]:
+    return {"owner": owner, "leaseUntil": NOW + timedelta(seconds=until)}
+
+
+def test_worker_health_lost_and_orphaned() -> None:
+    h = worker_health(
+        [hb("w1", 1), hb("w2", 45), hb("w3", 29)],
+        [lease("w1", 10), lease("w2", 5), lease("w3", -1), lease("gone", 20)],
+        now=NOW,
+        lease_seconds=30,
+    )
+    assert h.live == ["w1", "w3"]
+    assert h.lost == ["w2"]
+    # w2 is lost, w3's lease expired, "gone" has no heartbeat at all.
+    assert h.orphaned_leases == 3
+
+
+def test_deployment_view() -> None:
+    assert not DeploymentView.from_status(None).whole
+    d = {"spec": {"replicas": 3}, "status": {"readyReplicas": 3, "updatedReplicas": 3}}
+    assert DeploymentView.from_status(d).whole
+    d["status"]["readyReplicas"] = 2
+    assert not DeploymentView.from_status(d).whole
+    zero = {"spec": {"replicas": 0}, "status": {}}
+    assert DeploymentView.from_status(zero).whole
+
+
+def test_compute_progress() -> None:
+    tracker = RateTracker()
+    args = dict(
+        run_doc={"stage": "delivery", "failure": None},
+        heartbeats=[hb("w1", 1)],
+        leased_splits=[lease("w1", 10)],
+        deployment={"spec": {"replicas": 3}, "status": {"readyReplicas": 2}},
+        desired_workers=3,
+        tracker=tracker,
+        run_id="r",
+        lease_seconds=30,
+    )
+    compute_progress(totals=Totals(total=1000, sent=0), now=NOW, **args)  # type: ignore[arg-type]
+    p = compute_progress(
+        totals=Totals(total=1000, sent=500),
+        now=NOW + timedelta(seconds=5),
+        **args,  # type: ignore[arg-type]
+    )
+    assert p.rate == 100 and p.eta == 5
+    assert not p.finished and p.failure is None
+    assert p.status_fields() == {
+        "counts": {
+            "audience": 1000,
+            "pending": 500,
+            "sent": 500,
+            "failed": 0,
+            "skipped": 0,
+            "unknown": 0,
+        },
+        "rate": 100.0,
+        "eta": "5s",
+        "workers": {"desired": 3, "ready": 2, "live": 1},
+    }
+    done = compute_progress(
+        totals=Totals(total=1000, sent=1000),
+        now=NOW + timedelta(seconds=8),
+        **{**args, "run_doc": {"stage": "done", "failure": {"reason": "x"}}},  # type: ignore[arg-type]
+    )
+    assert done.finished and done.failure == "x"
+
+
+def test_no_eta_while_audience_is_read() -> None:
+    p = compute_progress(
+        totals=Totals(stage="audience", inserted=50),
+        run_doc={"stage": "audience"},
+        heartbeats=[],
+        leased_splits=[],
+        deployment=None,
+        desired_workers=1,
+        tracker=RateTracker(),
+        run_id="r",
+        now=NOW,
+        lease_seconds=30,
+    )
+    assert p.eta is None and p.counts.audience == 50

@@ -1,0 +1,42 @@
+import pytest
+from pushtask_operator.settings import OperatorSettings, SettingsError, from_env
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    s = from_env({})
+    assert s == OperatorSettings()
+    assert s.cluster_wide
+
+
+def test_values_from_environment() -> None:
+    s = from_env(
+        {
+            "PUSHTASK_NAMESPACES": "a, b,,c",
+            "PUSHTASK_MONGO_SECRET": "m",
+            "PUSHTASK_SEND_BUDGET": "500",
+            "PUSHTASK_DEGRADED_TIERS": "low=graceful,batch=immediate",
+            "PUSHTASK_WORKER_RESOURCES": '{"limits": {"memory": "1Gi"}}',
+            "PUSHTASK_LEASE_SECONDS": "12",
+        }
+    )
+    assert s.namespaces == ("a", "b", "c") and not s.cluster_wide
+    assert s.mongo_secret_name == "m"
+    assert s.send_budget == 500
+    assert s.degraded_tiers == {"low": "graceful", "batch": "immediate"}
+    assert s.worker_resources == {"limits": {"memory": "1Gi"}}
+    assert s.lease_seconds == 12
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("PUSHTASK_DEGRADED_TIERS", "low=later", "graceful or immediate"),
+        ("PUSHTASK_DEGRADED_TIERS", "low", "key=value"),
+        ("PUSHTASK_SEND_BUDGET", "lots", "not a number"),
+        ("PUSHTASK_SEND_BUDGET", "-1", ">= 0"),
+        ("PUSHTASK_WORKER_RESOURCES", "{bad", "not valid JSON"),
+    ],
+)
+def test_bad_values_fail_loudly(key: str, value: str, words: str) -> None:
+    with pytest.raises(SettingsError, match=words):
+        from_env({key: value})
