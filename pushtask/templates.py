@@ -1,0 +1,172 @@
+"""Message templates: Jinja2 in a sandbox with strict undefined variables.
+
+The operator calls :func:`compile_message` before the first send, so a syntax error fails
+the task with a message naming the field and line instead of failing every recipient.
+The worker compiles once per run and calls :func:`render` per recipient; a missing
+variable or an attempt to reach Python internals raises :class:`TemplateRenderError`,
+which the worker counts as that recipient's failure (never a crash).
+
+Context of a render: the recipient's row attributes at the top level (``{{ name }}``),
+then the reserved names ``user`` (the user id), ``attrs`` (the same attributes as a dict,
+for keys that are not identifiers), ``task`` ({namespace, name}) and ``run`` (int), which
+win over attributes of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+__all__ = [
+    "CompiledMessage",
+    "TemplateCompileError",
+    "TemplateError",
+    "TemplateRenderError",
+    "build_context",
+    "compile_message",
+    "render",
+]
+
+# Reserved context names; attributes of the same name are shadowed by these.
+RESERVED = ("user", "attrs", "task", "run")
+
+
+class TemplateError(ValueError):
+    """Base class; ``field`` is the template field (e.g. ``body``, ``extra.subject``)."""
+
+    def __init__(self, field: str, message: str, line: int | None = None) -> None:
+        self.field = field
+        self.line = line
+        self.reason = message
+        where = f"template field {field!r}" + (f", line {line}" if line else "")
+        super().__init__(f"{where}: {message}")
+
+
+class TemplateCompileError(TemplateError):
+    """The template text is not valid Jinja2 (raised by the operator before any send)."""
+
+
+class TemplateRenderError(TemplateError):
+    """Rendering for one recipient failed: a missing variable, a sandbox violation, ..."""
+
+
+def _environment() -> SandboxedEnvironment:
+    # autoescape off: messages are JSON/e-mail text, not HTML pages; the webhook body is
+    # JSON-encoded by the channel. StrictUndefined: a missing attribute is an error, never
+    # an empty string sent to a million users.
+    return SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+    )
+
+
+_ENV = _environment()
+
+
+@dataclass(frozen=True)
+class CompiledMessage:
+    """Compiled templates by field path; ``variables`` are the names the text refers to."""
+
+    fields: dict[str, jinja2.Template]
+    variables: frozenset[str] = field(default_factory=frozenset)
+    # Field paths whose template is a plain string with no Jinja syntax (rendered as is).
+    static: dict[str, str] = field(default_factory=dict)
+
+
+def _flatten(template: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, str]:
+    """``{"title": .., "extra": {"a": ..}}`` → ``{"title": .., "extra.a": ..}``; None dropped."""
+    if hasattr(template, "model_dump"):  # a pydantic model (pushtask.models)
+        template = template.model_dump(by_alias=True, exclude_none=True)
+    out: dict[str, str] = {}
+    for key, value in dict(template).items():
+        path = f"{prefix}{key}"
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix=f"{path}."))
+        elif isinstance(value, str):
+            out[path] = value
+        else:
+            raise TemplateCompileError(path, f"must be a string, got {type(value).__name__}")
+    return out
+
+
+def compile_message(template: Mapping[str, Any] | Any) -> CompiledMessage:
+    """Compile every field of a message template; raise TemplateCompileError on the first bad one.
+
+    ``template`` is the spec's ``message.template`` (a dict or the pydantic model): string
+    fields such as title, body, link and a nested mapping of extra fields.
+    """
+    fields: dict[str, jinja2.Template] = {}
+    static: dict[str, str] = {}
+    names: set[str] = set()
+    for path, text in _flatten(template).items():
+        try:
+            ast = _ENV.parse(text)
+            names |= meta.find_undeclared_variables(ast)
+            fields[path] = _ENV.from_string(ast)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateCompileError(path, exc.message or str(exc), exc.lineno) from None
+        if "{" not in text:
+            static[path] = text
+    return CompiledMessage(fields=fields, variables=frozenset(names), static=static)
+
+
+def build_context(
+    user: str,
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    task: Mapping[str, Any] | None = None,
+    run: int | None = None,
+) -> dict[str, Any]:
+    """The render context of one recipient (see the module docstring)."""
+    attrs = dict(attrs or {})
+    ctx: dict[str, Any] = {k: v for k, v in attrs.items() if isinstance(k, str)}
+    ctx.update(user=user, attrs=attrs, task=dict(task or {}), run=run)
+    return ctx
+
+
+def _set_path(out: dict[str, Any], path: str, value: str) -> None:
+    node = out
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def _line_of(exc: BaseException) -> int | None:
+    """Best-effort template line of a runtime error (Jinja keeps it in the traceback)."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render(compiled: CompiledMessage, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Render every field; nested field paths become nested dicts again."""
+    out: dict[str, Any] = {}
+    for path, tmpl in compiled.fields.items():
+        if path in compiled.static:
+            _set_path(out, path, compiled.static[path])
+            continue
+        try:
+            value = tmpl.render(context)
+        except jinja2.UndefinedError as exc:
+            raise TemplateRenderError(path, exc.message or str(exc), _line_of(exc)) from None
+        except jinja2.sandbox.SecurityError as exc:
+            raise TemplateRenderError(
+                path, f"blocked by the sandbox: {exc}", _line_of(exc)
+            ) from None
+        except Exception as exc:  # a filter on a bad value, a division by zero, ...
+            raise TemplateRenderError(path, f"{type(exc).__name__}: {exc}", _line_of(exc)) from None
+        _set_path(out, path, value)
+    return out

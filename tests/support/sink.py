@@ -1,0 +1,301 @@
+"""A local webhook sink: records every request and answers as programmed.
+
+Each request is recorded with its user, Idempotency-Key, signature (and whether it
+verifies against ``secret``), attempt header, arrival time and the status answered.
+Answers are programmed per user: a list of responses consumed in order (the last one
+repeats), e.g. 503 then 200, a final 400, or 429 with ``Retry-After``.
+
+In-process (pytest)::
+
+    with SinkThread(secret="s3cret") as sink:        # binds 127.0.0.1 on a free port
+        sink.program({"u1": [{"status": 503}, {"status": 200}]})
+        ... sink.url ... sink.requests ... sink.stats()
+
+As a process (the operator's e2e tests, the benchmark)::
+
+    python -m tests.support.sink --host 127.0.0.2 --port 8099 --secret s3cret \
+        --record /tmp/sink.jsonl
+    # control API: GET /_sink/stats, GET /_sink/requests, POST /_sink/program,
+    #              POST /_sink/reset, GET /_sink/health
+
+Program document (POST /_sink/program, or ``sink.program(...)``)::
+
+    {"users": {"u1": [{"status": 503}, {"status": 200}]},
+     "default": [{"status": 200}],             # for users without an entry
+     "prefixes": {"bad-": [{"status": 400}]},  # users starting with a prefix
+     "delay": 0.0}                              # seconds before answering every request
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import socket
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+Response = dict[str, Any]  # {"status": int, "retryAfter": str|number, "body": str, "delay": s}
+
+
+@dataclass
+class Record:
+    t: float  # time.time() at arrival
+    user: str | None
+    key: str | None  # Idempotency-Key
+    signature: str | None
+    signature_ok: bool | None  # None when the sink has no secret
+    attempt: int | None
+    status: int  # what the sink answered
+    timestamp: str | None  # X-PushTask-Timestamp header
+    path: str
+    run: int | None = None
+    task: str | None = None
+    message: Any = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Sink:
+    """The aiohttp application and its recordings (run it with start/stop on a loop)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        secret: str | None = None,
+        record_file: str | None = None,
+        keep_messages: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.secret = secret.encode() if secret else None
+        self.keep_messages = keep_messages
+        self.requests: list[Record] = []
+        self._program: dict[str, Any] = {"users": {}, "default": [{"status": 200}], "prefixes": {}}
+        self._served: Counter[str] = Counter()  # per user: how many answers given
+        self._record_fh: IO[str] | None = open(record_file, "a") if record_file else None
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(client_max_size=4 * 1024 * 1024)
+        self.app.router.add_get("/_sink/health", self._health)
+        self.app.router.add_get("/_sink/stats", self._stats)
+        self.app.router.add_get("/_sink/requests", self._requests)
+        self.app.router.add_post("/_sink/program", self._set_program)
+        self.app.router.add_post("/_sink/reset", self._reset)
+        self.app.router.add_route("POST", "/{tail:.*}", self._hook)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/hook"
+
+    # -- programming ---------------------------------------------------------------
+    def program(self, users: Mapping[str, list[Response]] | None = None, **doc: Any) -> None:
+        """Set the answers: ``program({"u1": [...]})`` or ``program(users=..., default=...)``."""
+        new = {"users": {}, "default": [{"status": 200}], "prefixes": {}, "delay": 0.0}
+        new.update(doc)
+        if users is not None:
+            new["users"] = dict(users)
+        self._program = new
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self._served.clear()
+
+    def _answer_for(self, user: str | None) -> Response:
+        prog = self._program
+        seq: list[Response] | None = None
+        if user is not None:
+            seq = prog["users"].get(user)
+            if seq is None:
+                for prefix, s in prog.get("prefixes", {}).items():
+                    if user.startswith(prefix):
+                        seq = s
+                        break
+        if seq is None:
+            seq = prog.get("default") or [{"status": 200}]
+        n = self._served[user or ""]
+        self._served[user or ""] += 1
+        return seq[min(n, len(seq) - 1)]
+
+    # -- handlers ------------------------------------------------------------------
+    async def _hook(self, request: web.Request) -> web.Response:
+        t = time.time()
+        body = await request.read()
+        user: str | None = None
+        run = task = message = None
+        with contextlib.suppress(ValueError, AttributeError):
+            doc = json.loads(body)
+            user = doc.get("user")
+            run = doc.get("run")
+            task = f"{doc['task']['namespace']}/{doc['task']['name']}"
+            message = doc.get("message") if self.keep_messages else None
+        sig = request.headers.get("X-PushTask-Signature")
+        sig_ok: bool | None = None
+        if self.secret is not None:
+            expected = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+            sig_ok = sig is not None and hmac.compare_digest(sig, expected)
+        answer = self._answer_for(user)
+        delay = float(answer.get("delay", self._program.get("delay", 0.0)) or 0.0)
+        status = int(answer.get("status", 200))
+        attempt = request.headers.get("X-PushTask-Attempt")
+        rec = Record(
+            t=t,
+            user=user,
+            key=request.headers.get("Idempotency-Key"),
+            signature=sig,
+            signature_ok=sig_ok,
+            attempt=int(attempt) if attempt and attempt.isdigit() else None,
+            status=status,
+            timestamp=request.headers.get("X-PushTask-Timestamp"),
+            path=request.path,
+            run=run,
+            task=task,
+            message=message,
+        )
+        self.requests.append(rec)
+        if self._record_fh is not None:
+            self._record_fh.write(json.dumps(asdict(rec)) + "\n")
+        if delay > 0:
+            await asyncio.sleep(delay)
+        headers = {}
+        if "retryAfter" in answer:
+            headers["Retry-After"] = str(answer["retryAfter"])
+        return web.Response(status=status, text=str(answer.get("body", "")), headers=headers)
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _requests(self, request: web.Request) -> web.Response:
+        since = int(request.query.get("since", "0"))
+        return web.json_response([asdict(r) for r in self.requests[since:]])
+
+    async def _set_program(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        self.program(**doc)
+        return web.json_response({"ok": True})
+
+    async def _reset(self, _: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+    # -- summaries -----------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        reqs = list(self.requests)
+        ok_users = Counter(r.user for r in reqs if 200 <= r.status < 300)
+        keys: dict[str | None, set[str | None]] = defaultdict(set)
+        for r in reqs:
+            keys[r.user].add(r.key)
+        return {
+            "requests": len(reqs),
+            "users": len({r.user for r in reqs}),
+            "delivered": sum(ok_users.values()),
+            "delivered_users": len(ok_users),
+            "duplicates": sum(c - 1 for c in ok_users.values() if c > 1),
+            "users_with_several_keys": sum(1 for ks in keys.values() if len(ks) > 1),
+            "bad_signatures": sum(1 for r in reqs if r.signature_ok is False),
+            "first": reqs[0].t if reqs else None,
+            "last": reqs[-1].t if reqs else None,
+        }
+
+    def delivered_counts(self) -> Counter[str | None]:
+        return Counter(r.user for r in self.requests if 200 <= r.status < 300)
+
+    def by_user(self) -> dict[str | None, list[Record]]:
+        out: dict[str | None, list[Record]] = defaultdict(list)
+        for r in self.requests:
+            out[r.user].append(r)
+        return out
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        # access_log off: at thousands of requests a second logging is the bottleneck.
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._record_fh is not None:
+            self._record_fh.close()
+            self._record_fh = None
+
+
+class SinkThread(Sink):
+    """A Sink on its own event loop in a daemon thread, for synchronous tests."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="sink")
+
+    def __enter__(self) -> SinkThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def running_sink(**kwargs: Any) -> Iterator[SinkThread]:
+    with SinkThread(**kwargs) as sink:
+        yield sink
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="PushTask test webhook sink")
+    p.add_argument("--host", default="127.0.0.1", help="a loopback IP to bind")
+    p.add_argument("--port", type=int, default=0, help="0 = a free port (printed)")
+    p.add_argument("--secret", default=None, help="HMAC secret to verify signatures")
+    p.add_argument("--record", default=None, help="append every request as JSON Lines")
+    p.add_argument("--program", default=None, help="a JSON program file (see module doc)")
+    p.add_argument("--ready-file", default=None, help="write the URL here once listening")
+    args = p.parse_args(argv)
+
+    program = json.loads(Path(args.program).read_text()) if args.program else None
+
+    async def serve() -> None:
+        sink = Sink(args.host, args.port, secret=args.secret, record_file=args.record)
+        if program is not None:
+            sink.program(**program)
+        await sink.start()
+        print(sink.url, flush=True)
+        if args.ready_file:
+            await asyncio.to_thread(Path(args.ready_file).write_text, sink.url)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await sink.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

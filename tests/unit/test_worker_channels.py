@@ -1,0 +1,158 @@
+"""The built-in channels against real local servers: the webhook sink and aiosmtpd."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from email import message_from_bytes
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from pushtask_worker.channels import ChannelContext, Delivery, Outcome, load_channel
+from pushtask_worker.channels.smtp import SmtpChannel
+from pushtask_worker.channels.webhook import WebhookChannel, classify, parse_retry_after
+
+from tests.support.sink import SinkThread, free_port
+
+
+def delivery(user: str = "u1", **kw: Any) -> Delivery:
+    base: dict[str, Any] = dict(
+        task={"namespace": "ns", "name": "promo", "uid": "abc"},
+        run=2,
+        run_id="ns.promo.2.abc",
+        user=user,
+        message={"title": "Hi", "body": "Body", "link": "https://x/y"},
+        attrs={},
+        idempotency_key="k-" + user.replace("@", "."),
+    )
+    base.update(kw)
+    return Delivery(**base)
+
+
+def test_entry_points_resolve_builtin_channels() -> None:
+    assert load_channel("webhook") is WebhookChannel
+    assert load_channel("smtp") is SmtpChannel
+    with pytest.raises(LookupError, match="pigeon"):
+        load_channel("pigeon")
+
+
+def test_classify_statuses() -> None:
+    assert classify(204).outcome is Outcome.OK
+    assert classify(503).outcome is Outcome.RETRY
+    assert classify(429, "7").retry_after == 7.0
+    assert classify(400).outcome is Outcome.FINAL
+    assert classify(404).outcome is Outcome.FINAL
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None
+
+
+def test_webhook_body_headers_and_signature() -> None:
+    async def go(url: str) -> list[Any]:
+        ch = WebhookChannel(
+            ChannelContext(
+                {"url": url, "timeoutSeconds": 5}, env={"PUSHTASK_WEBHOOK_SECRET": "s3cret"}
+            )
+        )
+        async with ch:
+            return [
+                await ch.send(delivery("u1")),
+                await ch.send(delivery("bad")),
+                await ch.send(delivery("busy")),
+            ]
+
+    with SinkThread(secret="s3cret", keep_messages=True) as sink:
+        sink.program({"bad": [{"status": 400}], "busy": [{"status": 429, "retryAfter": 3}]})
+        ok, bad, busy = asyncio.run(go(sink.url))
+        assert ok.outcome is Outcome.OK
+        assert bad.outcome is Outcome.FINAL and bad.status == 400
+        assert busy.outcome is Outcome.RETRY and busy.retry_after == 3.0
+        rec = sink.requests[0]
+        assert rec.user == "u1" and rec.key == "k-u1" and rec.signature_ok is True
+        assert rec.message == {"title": "Hi", "body": "Body", "link": "https://x/y"}
+        assert rec.run == 2 and rec.task == "ns/promo"
+        assert sink.stats()["bad_signatures"] == 0
+
+
+def test_webhook_signature_is_hmac_of_the_exact_body() -> None:
+    from pushtask_worker.channels.webhook import encode_body, sign
+
+    body = encode_body(delivery("u9"))
+    assert json.loads(body)["user"] == "u9"
+    expected = "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    assert sign(b"k", body) == expected
+
+
+def test_webhook_timeout_and_refused_connection_are_transient() -> None:
+    async def go(url: str, seconds: float) -> Outcome:
+        async with WebhookChannel(ChannelContext({"url": url, "timeoutSeconds": seconds})) as ch:
+            return (await ch.send(delivery())).outcome
+
+    with SinkThread() as sink:
+        sink.program(default=[{"status": 200, "delay": 2}])
+        assert asyncio.run(go(sink.url, 0.2)) is Outcome.RETRY
+    assert asyncio.run(go(f"http://127.0.0.1:{free_port()}/hook", 1)) is Outcome.RETRY
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.sessions = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.startswith("reject"):
+            return "550 no such user"
+        if address.startswith("later"):
+            return "451 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted"
+
+
+def test_smtp_reuses_one_connection_and_classifies_codes() -> None:
+    rec = Recorder()
+    port = free_port()
+    ctl = Controller(rec, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+
+        async def go() -> list[Any]:
+            ch = SmtpChannel(
+                ChannelContext(
+                    {"host": "127.0.0.1", "port": port, "starttls": False, "from": "p@x.test"}
+                )
+            )
+            async with ch:
+                out = [await ch.send(delivery(f"u{i}@x.test")) for i in range(5)]
+                out.append(await ch.send(delivery("u", attrs={"email": "reject@x.test"})))
+                out.append(await ch.send(delivery("later@x.test")))
+                out.append(await ch.send(delivery("no-address")))
+                return out
+
+        results = asyncio.run(go())
+    finally:
+        ctl.stop()
+    assert [r.outcome for r in results[:5]] == [Outcome.OK] * 5
+    assert results[5].outcome is Outcome.FINAL and results[5].status == 550
+    assert results[6].outcome is Outcome.RETRY and results[6].status == 451
+    assert results[7].outcome is Outcome.FINAL
+    assert rec.sessions == 1  # one connection for every message
+    assert len(rec.messages) == 5
+    mail = message_from_bytes(rec.messages[0][2])
+    assert mail["Subject"] == "Hi"
+    assert mail["Message-ID"] == "<k-u0.x.test@pushtask>"
+    assert "https://x/y" in mail.get_payload()

@@ -1,0 +1,72 @@
+"""The worker's token bucket (a virtual schedule) on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pushtask_worker.ratelimit import TokenBucket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_unlimited_never_waits() -> None:
+    bucket = TokenBucket(None, clock=Clock())
+    assert all(bucket.reserve() == 0 for _ in range(1000))
+    bucket.set_rate(0)
+    assert bucket.rate is None
+
+
+def test_reservations_are_spaced_by_the_rate() -> None:
+    clock = Clock()
+    bucket = TokenBucket(10, clock=clock)
+    waits = [bucket.reserve() for _ in range(5)]
+    assert all(abs(w - 0.1 * i) < 1e-9 for i, w in enumerate(waits)), waits
+
+
+def test_burst_after_idle_is_capped() -> None:
+    clock = Clock()
+    bucket = TokenBucket(10, burst=3, clock=clock)
+    bucket.reserve()
+    clock.t += 100  # idle a long time: only `burst` tokens accrue
+    waits = [bucket.reserve() for _ in range(5)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert abs(waits[3] - 0.1) < 1e-9
+
+
+def test_rate_change_rescales_the_backlog() -> None:
+    clock = Clock()
+    bucket = TokenBucket(10, clock=clock)
+    for _ in range(11):
+        bucket.reserve()  # 1 s of backlog at 10/s
+    bucket.set_rate(20)  # the same tokens now take 0.5 s
+    assert abs(bucket.reserve() - 0.55) < 1e-9
+
+
+def test_real_rate_with_many_concurrent_senders() -> None:
+    async def go() -> float:
+        bucket = TokenBucket(200)
+        n = 0
+
+        async def sender() -> None:
+            nonlocal n
+            while True:
+                await bucket.acquire()
+                n += 1
+
+        tasks = [asyncio.create_task(sender()) for _ in range(20)]
+        start = time.monotonic()
+        await asyncio.sleep(1.0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return n / (time.monotonic() - start)
+
+    rate = asyncio.run(go())
+    assert 180 <= rate <= 220, rate
