@@ -1,0 +1,287 @@
+"""What to do about a PushTask, decided from what was observed (pure: no I/O).
+
+`decide()` takes everything the handler gathered (spec, current status, validation result,
+progress of the run, the Deployment, the degraded tiers, the operator-wide fair share)
+and returns a `Plan`: the next phase through `pushtask.states.transition`, whether a new
+run must be created, how many workers, what the run's control block says, which lost
+workers to forget, the Event to post and the status to write in one patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pushtask.states import (
+    ACTIVE_PHASES,
+    DesiredState,
+    Facts,
+    Phase,
+    Transition,
+    scales_to_zero,
+    transition,
+)
+from pushtask_operator.progress import DeploymentView, Progress
+from pushtask_operator.settings import Degrade
+
+# Reason of a Failed phase caused by the spec itself (not by a run): fixing the spec
+# (a new generation that validates) leaves Failed without raising spec.run.
+INVALID_SPEC = "InvalidSpec"
+RUNNING_PHASES = frozenset({Phase.STARTED, Phase.REBOOT})
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The result of checking what the schema cannot.
+
+    `permanent`: the spec can never work as written (a template that does not compile);
+    the task fails. Otherwise a problem is one to wait out (a Secret not created yet,
+    a URL that does not answer yet): nothing new starts until it is gone.
+    """
+
+    ok: bool = True
+    reason: str = ""
+    message: str = ""
+    permanent: bool = False
+
+    @classmethod
+    def failed(cls, reason: str, message: str, *, permanent: bool) -> Validation:
+        return cls(ok=False, reason=reason, message=message, permanent=permanent)
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    spec_run: int
+    spec_workers: int
+    desired: DesiredState
+    rate_per_second: float
+    status: Mapping[str, Any]
+    validation: Validation = field(default_factory=Validation)
+    progress: Progress | None = None
+    deployment: DeploymentView = field(default_factory=DeploymentView)
+    start_due: bool = True
+    in_window: bool = True
+    recurring: bool = False
+    degrade: Degrade | None = None
+    # This task's part of the operator-wide send budget (None: no global budget).
+    fair_rate: float | None = None
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    transition: Transition
+    phase: Phase
+    run: int | None  # the run this status describes (new number when new_run)
+    new_run: bool
+    replicas: int
+    control: dict[str, Any] | None  # for the run document; None when there is no run
+    forget_workers: list[str]
+    events: list[EventSpec]
+    status: dict[str, Any]
+
+
+def current_phase(status: Mapping[str, Any]) -> Phase | None:
+    raw = status.get("phase")
+    try:
+        return Phase(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _condition_reason(status: Mapping[str, Any], ctype: str) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == ctype:
+            return str(cond.get("reason") or "")
+    return None
+
+
+def next_run_number(spec_run: int, status_run: int | None) -> int:
+    """The number of a run about to start: spec.run when raised, else one more (cron)."""
+    if status_run is None or spec_run > status_run:
+        return spec_run
+    return status_run + 1
+
+
+def desired_replicas(phase: Phase, spec_workers: int) -> int:
+    return 0 if scales_to_zero(phase) else max(0, spec_workers)
+
+
+def control_for(
+    phase: Phase,
+    transition_reason: str,
+    degrade: Degrade | None,
+    rate: float,
+) -> dict[str, Any]:
+    """The control block of the run document, read by workers at every heartbeat."""
+    if phase in RUNNING_PHASES:
+        state = "Started"
+    elif phase is Phase.PAUSED:
+        state = "Paused"
+    else:
+        state = "Stopped"
+    cancel = (
+        phase is Phase.PAUSED and degrade == "immediate" and transition_reason == "TierDegraded"
+    )
+    return {"state": state, "cancelInflight": bool(cancel), "ratePerSecond": float(rate)}
+
+
+def effective_rate(spec_rate: float, fair_rate: float | None) -> float:
+    if fair_rate is None:
+        return spec_rate
+    return min(spec_rate, fair_rate)
+
+
+def _facts(obs: Observed, status_run: int | None) -> Facts:
+    p = obs.progress
+    return Facts(
+        start_due=obs.start_due,
+        in_window=obs.in_window,
+        run_raised=status_run is not None and obs.spec_run > status_run,
+        recurring=obs.recurring,
+        finished=bool(p and p.finished),
+        failure=p.failure if p else None,
+        worker_lost=bool(p and p.health.lost),
+        deployment_whole=obs.deployment.whole,
+        stale_leases=bool(p and p.health.orphaned_leases),
+        degraded=obs.degrade is not None,
+    )
+
+
+def make_condition(
+    ctype: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: datetime,
+    previous: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """A metav1.Condition; lastTransitionTime moves only when the status flips."""
+    status = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == ctype), None)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason or ("AsExpected" if ok else "Unknown"),
+        "message": message[:1024],
+        "observedGeneration": generation,
+        "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, Any]]:
+    prev = list(obs.status.get("conditions") or [])
+    v = obs.validation
+    kw: dict[str, Any] = {"generation": obs.generation, "now": obs.now, "previous": prev}
+    healthy = phase is not Phase.FAILED and phase is not Phase.REBOOT and v.ok
+    ready_reason = t.reason if v.ok or phase is Phase.FAILED else v.reason
+    ready_msg = t.message if v.ok or phase is Phase.FAILED else v.message
+    degraded = phase is Phase.REBOOT or t.reason == "TierDegraded"
+    return [
+        make_condition("Ready", healthy, ready_reason, ready_msg, **kw),
+        make_condition(
+            "SpecValid",
+            v.ok,
+            v.reason or "Valid",
+            v.message or "templates compile; referenced objects exist",
+            **kw,
+        ),
+        make_condition(
+            "Progressing",
+            phase in RUNNING_PHASES,
+            t.reason,
+            t.message,
+            **kw,
+        ),
+        make_condition(
+            "Degraded",
+            degraded,
+            t.reason if degraded else "AsExpected",
+            t.message if degraded else "",
+            **kw,
+        ),
+    ]
+
+
+def decide(obs: Observed) -> Plan:
+    status = obs.status
+    phase_now = current_phase(status)
+    status_run: int | None = status.get("run")
+    v = obs.validation
+
+    # First sight, or a Failed caused by a spec that now validates: start from Ready.
+    start_phase = phase_now or Phase.READY
+    if phase_now is Phase.FAILED and _condition_reason(status, "Ready") == INVALID_SPEC and v.ok:
+        start_phase = Phase.READY
+
+    t = transition(start_phase, obs.desired, _facts(obs, status_run))
+
+    # Validation gates what starts, never a run already under way (its spec is frozen).
+    if not v.ok and t.new_run:
+        if v.permanent:
+            t = Transition(Phase.FAILED, INVALID_SPEC, v.message)
+        else:
+            held = start_phase if start_phase not in ACTIVE_PHASES else Phase.READY
+            t = Transition(held, v.reason, f"waiting: {v.message}")
+    elif not v.ok and v.permanent and t.phase is Phase.READY:
+        # Not started yet (waiting for startAt, held): fail now rather than at the start.
+        t = Transition(Phase.FAILED, INVALID_SPEC, v.message)
+
+    phase = t.phase
+    run = next_run_number(obs.spec_run, status_run) if t.new_run else status_run
+    rate = effective_rate(obs.rate_per_second, obs.fair_rate)
+    control = control_for(phase, t.reason, obs.degrade, rate) if run is not None else None
+
+    p = obs.progress
+    forget: list[str] = []
+    if p and p.health.lost and (phase is Phase.REBOOT or phase not in RUNNING_PHASES):
+        # Handled: the Reboot phase now tracks their leases until they are reclaimed.
+        forget = list(p.health.lost)
+
+    events: list[EventSpec] = []
+    if phase is not phase_now or t.new_run:
+        warn = phase in (Phase.FAILED, Phase.REBOOT)
+        what = f"{phase_now.value if phase_now else 'New'} -> {phase.value}"
+        run_note = f" (run {run})" if run is not None else ""
+        events.append(
+            EventSpec("Warning" if warn else "Normal", t.reason, f"{what}{run_note}: {t.message}")
+        )
+    if (
+        not v.ok
+        and v.reason != _condition_reason(status, "SpecValid")
+        and all(e.reason != v.reason for e in events)
+    ):
+        events.append(EventSpec("Warning", v.reason, v.message))
+
+    new_status: dict[str, Any] = {
+        "phase": phase.value,
+        "observedGeneration": obs.generation,
+        "message": t.message if v.ok or phase is Phase.FAILED else v.message,
+        "conditions": _conditions(obs, t, phase),
+    }
+    if run is not None:
+        new_status["run"] = run
+    return Plan(
+        transition=t,
+        phase=phase,
+        run=run,
+        new_run=t.new_run,
+        replicas=desired_replicas(phase, obs.spec_workers),
+        control=control,
+        forget_workers=forget,
+        events=events,
+        status=new_status,
+    )
