@@ -1,0 +1,686 @@
+"""The PushTask API (pushtask.dev/v1alpha1): pydantic models, the single source of truth.
+
+`crds/pushtask.yaml` is generated from these models (`python -m pushtask.crdgen`). Cross-
+field rules live beside the model they constrain, in `__cel__`: each `Rule` carries the
+CEL expression the API server evaluates and a Python twin, so the operator and
+`kubectl push` reject a bad spec locally with the same message.
+
+Python names are snake_case; YAML/JSON names are camelCase aliases (`populate_by_name`).
+Dump a spec for the API with `model_dump(by_alias=True, mode="json", exclude_none=True)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from pushtask.schedule import (
+    CRON_PATTERN,
+    HHMM_PATTERN,
+    WEEKDAYS,
+    is_valid_cron,
+    is_valid_time_zone,
+)
+from pushtask.states import DesiredState, Phase
+
+GROUP = "pushtask.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "PushTask"
+PLURAL = "pushtasks"
+SINGULAR = "pushtask"
+SHORT_NAMES = ("pt",)
+CATEGORIES = ("pushtask",)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: CEL for the API server, `check` for Python, one message.
+
+    `on` names a property (its alias): the CEL `self` is then that property's value and
+    the rule is attached to it (so the error path names it); otherwise `self` is the
+    object. `check` always receives the model instance; `None` marks a transition rule
+    (it needs `oldSelf`), checked in Python by `validate_update`.
+    """
+
+    rule: str
+    message: str
+    check: Callable[[Any], bool] | None
+    on: str | None = None
+    field_path: str | None = None  # CEL fieldPath, relative to the object: ".webhook"
+    reason: str | None = None  # FieldValueRequired | FieldValueInvalid | FieldValueForbidden
+
+    def to_crd(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def _attach_rules(schema: dict[str, Any], cls: type) -> None:
+    """pydantic's json_schema_extra hook: put each model's `__cel__` into its schema."""
+    for rule in getattr(cls, "__cel__", ()):
+        target = schema if rule.on is None else schema["properties"][rule.on]
+        target.setdefault("x-kubernetes-validations", []).append(rule.to_crd())
+
+
+class ApiModel(BaseModel):
+    """Base of every spec model: camelCase aliases, unknown fields rejected, CEL twins."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,  # the docstring under a field is its description
+        json_schema_extra=_attach_rules,
+    )
+    __cel__: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        for rule in type(self).__cel__:
+            if rule.check is not None and not rule.check(self):
+                raise ValueError(rule.message)
+        return self
+
+
+def _default_object() -> Any:
+    # Object fields default to {} in the CRD; the API server then fills nested defaults.
+    return {"default": {}}
+
+
+def _number_to_str(value: Any) -> Any:
+    # YAML reads `1001` as an int; a user id is a string everywhere downstream.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+UserId = Annotated[str, BeforeValidator(_number_to_str), StringConstraints(min_length=1)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
+TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+_TZ_CEL = "timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0 && !self.contains(':')"
+
+
+def _tz_rule(path: str, attr: str) -> Rule:
+    # CEL has no zone list: getHours(zone) raises "unknown time zone X" for a bad name,
+    # which the API server reports on this field. ':' excludes CEL's "+05:00" offsets.
+    return Rule(
+        _TZ_CEL,
+        f"{path} must be an IANA time zone name such as UTC or Europe/Berlin",
+        lambda m: getattr(m, attr) is None or is_valid_time_zone(getattr(m, attr)),
+        on="timeZone",
+    )
+
+
+# --- audience -------------------------------------------------------------------------
+
+
+class SecretRef(ApiModel):
+    """A Secret in the PushTask's namespace."""
+
+    name: Name
+    """Secret name."""
+
+
+class MongoSecretRef(SecretRef):
+    """A Secret key holding a MongoDB URI."""
+
+    key: Name = "uri"
+    """Key in the Secret holding the MongoDB URI."""
+
+
+class InlineUser(ApiModel):
+    """A user with attributes for the templates: {id: ..., name: ..., email: ...}."""
+
+    model_config = ConfigDict(extra="allow")
+    id: UserId
+    """The user id."""
+
+
+InlineEntry = Annotated[
+    UserId | InlineUser,
+    WithJsonSchema(
+        {
+            "x-kubernetes-preserve-unknown-fields": True,
+            "description": "A user id (string) or an object {id, ...attributes}.",
+        }
+    ),
+]
+
+
+class InlineSource(ApiModel):
+    """An inline list of users (the seed's only kind)."""
+
+    kind: Literal["inline"]
+    users: list[InlineEntry] = Field(min_length=1)
+    """User ids, or objects {id, ...attributes} whose attributes the templates can use."""
+    send_at_field: FieldName | None = None
+    """Attribute holding the recipient's own send time (RFC 3339); unset: send at once."""
+
+
+class MongoSource(ApiModel):
+    """A query over a MongoDB collection of users."""
+
+    kind: Literal["mongo"]
+    secret_ref: MongoSecretRef | None = None
+    """Secret with the MongoDB URI; unset: the system's own MongoDB."""
+    database: Name | None = None
+    """Database; unset: the URI's database, else the system database."""
+    collection: Name
+    """Collection to query."""
+    filter: dict[str, Any] = {}
+    """Query filter (MongoDB query language)."""
+    projection: dict[str, Any] | None = None
+    """Projection: the attributes the templates need."""
+    id_field: FieldName = "_id"
+    """Field holding the user id."""
+    send_at_field: FieldName | None = None
+    """Field holding the recipient's own send time; unset: send at once."""
+
+
+class ConfigMapSource(ApiModel):
+    """A key of a ConfigMap in the PushTask's namespace."""
+
+    kind: Literal["configMap"]
+    name: Name
+    """ConfigMap name."""
+    key: Name
+    """Key in the ConfigMap."""
+    format: Literal["lines", "csv", "jsonl"] = "lines"
+    """lines: one user id per line; csv: a header row; jsonl: one JSON object per line."""
+    id_field: FieldName = "id"
+    """Column or attribute holding the user id (csv, jsonl)."""
+    send_at_field: FieldName | None = None
+    """Column or attribute holding the recipient's own send time (csv, jsonl)."""
+
+    __cel__ = (
+        Rule(
+            "!has(self.sendAtField) || (has(self.format) && self.format != 'lines')",
+            "sendAtField needs format csv or jsonl",
+            lambda m: m.send_at_field is None or m.format != "lines",
+            field_path=".sendAtField",
+        ),
+    )
+
+
+class UrlSource(ApiModel):
+    """A CSV or JSON Lines file at an http(s) URL."""
+
+    kind: Literal["url"]
+    url: HttpUrl
+    """http(s) URL of the file."""
+    format: Literal["csv", "jsonl"]
+    """csv: a header row names the columns; jsonl: one JSON object per line."""
+    id_field: FieldName = "id"
+    """Column or attribute holding the user id."""
+    columns: dict[str, str] | None = None
+    """Template attribute name -> column name; unset: every column under its own name."""
+    send_at_field: FieldName | None = None
+    """Column holding the recipient's own send time; unset: send at once."""
+
+
+Source = Annotated[
+    InlineSource | MongoSource | ConfigMapSource | UrlSource,
+    Field(discriminator="kind"),
+]
+
+
+class Audience(ApiModel):
+    """Who receives the message: the union of `sources` minus the users of `exclude`."""
+
+    shards: int = Field(16, ge=1, le=4096)
+    """Delivery shards: recipients are hashed into this many independently claimed buckets."""
+    sources: list[Source] = Field(min_length=1, max_length=64)
+    """Where users come from; overlapping sources are deduplicated."""
+    exclude: list[Source] = Field([], max_length=64)
+    """Users to leave out (same kinds as sources)."""
+
+
+# --- message --------------------------------------------------------------------------
+
+
+class HmacSecretRef(SecretRef):
+    """A Secret key holding the HMAC-SHA256 signing key."""
+
+    key: Name = "hmac"
+    """Key in the Secret holding the HMAC key."""
+
+
+class Webhook(ApiModel):
+    """JSON POST per recipient, signed with HMAC-SHA256 when a secret is given."""
+
+    url: HttpUrl
+    """Endpoint (http or https)."""
+    secret_ref: HmacSecretRef | None = None
+    """Secret with the HMAC-SHA256 key; unset: requests are not signed."""
+    timeout_seconds: float = Field(10, gt=0, le=300)
+    """Per-request timeout."""
+    headers: dict[str, str] = {}
+    """Extra HTTP headers."""
+
+
+class Smtp(ApiModel):
+    """E-mail through an SMTP server."""
+
+    host: Name
+    """SMTP server host."""
+    port: int = Field(587, ge=1, le=65535)
+    """SMTP server port."""
+    starttls: bool = True
+    """Upgrade the connection with STARTTLS."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret with keys username and password; unset: no authentication."""
+    from_: Annotated[str, StringConstraints(min_length=3, max_length=320)] = Field(alias="from")
+    """Sender address."""
+    to_field: FieldName = "email"
+    """Recipient attribute holding the address."""
+
+
+class Template(ApiModel):
+    """Jinja2 templates (sandboxed, strict undefined) rendered per recipient."""
+
+    title: str | None = None
+    """Title or e-mail subject."""
+    body: Annotated[str, StringConstraints(min_length=1)]
+    """Body."""
+    link: str | None = None
+    """Link (a promotional URL, may use the recipient's attributes)."""
+    extra: dict[str, str] = {}
+    """More templated fields, sent as they are named."""
+
+
+class Message(ApiModel):
+    """What is sent, and through which channel."""
+
+    channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=63)] = (
+        "webhook"
+    )
+    """webhook, smtp, or the name of a channel plugin."""
+    webhook: Webhook | None = None
+    """Settings of the webhook channel."""
+    smtp: Smtp | None = None
+    """Settings of the smtp channel."""
+    settings: dict[str, Any] | None = None
+    """Settings of a plugin channel (free-form)."""
+    template: Template
+    """The message templates."""
+
+    __cel__ = (
+        Rule(
+            "self.channel != 'webhook' || has(self.webhook)",
+            "spec.message.webhook is required when spec.message.channel is webhook",
+            lambda m: m.channel != "webhook" or m.webhook is not None,
+            field_path=".webhook",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "self.channel != 'smtp' || has(self.smtp)",
+            "spec.message.smtp is required when spec.message.channel is smtp",
+            lambda m: m.channel != "smtp" or m.smtp is not None,
+            field_path=".smtp",
+            reason="FieldValueRequired",
+        ),
+    )
+
+
+# --- delivery, rate, schedule ---------------------------------------------------------
+
+
+class Guarantee(StrEnum):
+    """What happens to a recipient left in doubt by a lost worker."""
+
+    AT_MOST_ONCE = "AtMostOnce"
+    AT_LEAST_ONCE = "AtLeastOnce"
+
+
+class Backoff(ApiModel):
+    """Exponential backoff between attempts (a server's Retry-After wins)."""
+
+    initial_seconds: float = Field(1, gt=0, le=3600)
+    """First delay."""
+    max_seconds: float = Field(60, gt=0, le=86400)
+    """Longest delay."""
+    multiplier: float = Field(2, ge=1, le=10)
+    """Growth per attempt."""
+
+    __cel__ = (
+        Rule(
+            "self.maxSeconds >= self.initialSeconds",
+            "spec.delivery.backoff.maxSeconds must not be less than initialSeconds",
+            lambda m: m.max_seconds >= m.initial_seconds,
+            field_path=".maxSeconds",
+        ),
+    )
+
+
+class FailureThreshold(ApiModel):
+    """The error budget: the run fails when failed/attempted exceeds `ratio`."""
+
+    ratio: float = Field(0.5, gt=0, le=1)
+    """Failed share of attempted sends that fails the run."""
+    min_sample: int = Field(100, ge=1)
+    """Sends attempted before the ratio is judged."""
+
+
+class Delivery(ApiModel):
+    """Retries, error budget and the in-doubt rule."""
+
+    guarantee: Guarantee = Guarantee.AT_MOST_ONCE
+    """AtMostOnce: a recipient in doubt becomes unknown; AtLeastOnce: it is sent again."""
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Attempts per recipient (retryable errors only; 4xx is final)."""
+    backoff: Backoff = Field(default_factory=Backoff, json_schema_extra=_default_object())
+    """Delay between attempts."""
+    failure_threshold: FailureThreshold = Field(
+        default_factory=FailureThreshold, json_schema_extra=_default_object()
+    )
+    """Error budget."""
+
+
+class Rate(ApiModel):
+    """Send rate of the whole task, shared equally by its live workers."""
+
+    per_second: float = Field(100, gt=0, le=1_000_000)
+    """Sends per second across all workers."""
+
+
+class Weekday(StrEnum):
+    MON = "Mon"
+    TUE = "Tue"
+    WED = "Wed"
+    THU = "Thu"
+    FRI = "Fri"
+    SAT = "Sat"
+    SUN = "Sun"
+
+
+Time = Annotated[str, StringConstraints(pattern=HHMM_PATTERN)]
+
+
+class Window(ApiModel):
+    """A daily send window; `to` before `from` crosses midnight (22:00-02:00)."""
+
+    days: list[Weekday] = Field(
+        default_factory=lambda: [Weekday(d) for d in WEEKDAYS],
+        min_length=1,
+        max_length=7,
+        json_schema_extra={"default": list(WEEKDAYS), "x-kubernetes-list-type": "set"},
+    )
+    """Days on which the window opens (a window crossing midnight runs into the next day)."""
+    from_: Time = Field(alias="from")
+    """Opening time, HH:MM (00:00-23:59)."""
+    to: Time
+    """Closing time, HH:MM (00:00-23:59), exclusive."""
+    time_zone: TimeZone | None = None
+    """IANA time zone; unset: spec.schedule.timeZone."""
+
+    __cel__ = (
+        Rule(
+            "self.to != self.from",
+            "spec.schedule.windows[].to must differ from from",
+            lambda m: m.to != m.from_,
+            field_path=".to",
+        ),
+        _tz_rule("spec.schedule.windows[].timeZone", "time_zone"),
+    )
+
+    @field_validator("days")
+    @classmethod
+    def _unique_days(cls, days: list[Weekday]) -> list[Weekday]:
+        # The CRD declares a set (the API server rejects duplicates the same way).
+        if len(set(days)) != len(days):
+            raise ValueError("spec.schedule.windows[].days must not repeat a day")
+        return days
+
+
+class Schedule(ApiModel):
+    """When to send: a start time, send windows, or a cron schedule of runs."""
+
+    start_at: AwareDatetime | None = None
+    """Do not start before this time (RFC 3339)."""
+    windows: list[Window] = Field([], max_length=32)
+    """Send only inside these windows; outside them workers hold. Empty: any time."""
+    cron: Annotated[str, StringConstraints(max_length=128)] | None = None
+    """Recurring runs (5-field cron, or @daily etc.): each firing is a new run; no overlap."""
+    time_zone: TimeZone = "UTC"
+    """IANA time zone of the cron schedule and of windows without their own."""
+
+    __cel__ = (
+        Rule(
+            f"self.matches({CRON_PATTERN!r})",
+            "spec.schedule.cron must be a 5-field cron expression such as '0 9 * * Mon-Fri'",
+            lambda m: m.cron is None or is_valid_cron(m.cron),
+            on="cron",
+        ),
+        _tz_rule("spec.schedule.timeZone", "time_zone"),
+    )
+
+
+# --- spec -----------------------------------------------------------------------------
+
+RUN_RULE = Rule(
+    "self >= oldSelf",
+    "spec.run must not decrease: raise it to start a new run",
+    None,
+    on="run",
+)
+
+
+class PushTaskSpec(ApiModel):
+    """Desired state of a PushTask."""
+
+    run: int = Field(1, ge=1)
+    """Names the run; raising it starts a fresh run (counters reset). Never decreases."""
+    state: DesiredState = DesiredState.STARTED
+    """Started, Paused (resume later: same run) or Stopped (the run is over)."""
+    workers: int = Field(1, ge=1, le=1000)
+    """Worker pods (the scale subresource drives this)."""
+    priority: int = Field(500, ge=0, le=1000)
+    """Higher is more important; operator settings map ranges to tiers degraded at peaks."""
+    rate: Rate = Field(default_factory=Rate, json_schema_extra=_default_object())
+    """Send rate."""
+    audience: Audience
+    """Who receives the message."""
+    message: Message
+    """What is sent."""
+    delivery: Delivery = Field(default_factory=Delivery, json_schema_extra=_default_object())
+    """Retries and guarantees."""
+    schedule: Schedule = Field(default_factory=Schedule, json_schema_extra=_default_object())
+    """When to send."""
+
+    __cel__ = (RUN_RULE,)
+
+
+def validate_update(old: PushTaskSpec, new: PushTaskSpec) -> None:
+    """The transition rules (CEL `oldSelf`) for an update from `old` to `new`."""
+    if new.run < old.run:
+        raise ValueError(RUN_RULE.message)
+
+
+# --- status (written only by the operator) --------------------------------------------
+
+
+class StatusModel(BaseModel):
+    """Base of status models: tolerant on read (whatever the server holds parses)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+
+class Counts(StatusModel):
+    """Recipients by result; at the end sent + failed + unknown + skipped == audience."""
+
+    audience: int = 0
+    """Recipients found plus skipped source rows."""
+    pending: int = 0
+    """Not yet sent."""
+    sent: int = 0
+    """Delivered."""
+    failed: int = 0
+    """Failed for good (4xx, or attempts exhausted)."""
+    skipped: int = 0
+    """Bad source rows, with reasons in skipSamples."""
+    unknown: int = 0
+    """In doubt after a lost worker (AtMostOnce): never sent again."""
+
+
+class WorkerCounts(StatusModel):
+    """Worker pods."""
+
+    desired: int = 0
+    """Replicas asked for (0 when the phase scales to zero)."""
+    ready: int = 0
+    """Ready pods of the Deployment."""
+    live: int = 0
+    """Workers with a fresh heartbeat in MongoDB."""
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusModel):
+    """A Kubernetes condition."""
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=316)]
+    """Condition type (Ready among them)."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str | None = None
+    """CamelCase reason."""
+    message: str | None = None
+    """Human-readable detail."""
+    last_transition_time: AwareDatetime | None = None
+    """When status last changed."""
+    observed_generation: int | None = None
+    """metadata.generation this condition was computed from."""
+
+
+class PushTaskStatus(StatusModel):
+    """Observed state of a PushTask (one writer: the operator)."""
+
+    phase: Phase | None = None
+    """Ready, Started, Paused, Stopped, Finished, Failed or Reboot."""
+    run: int | None = None
+    """The run this status describes."""
+    run_id: str | None = None
+    """The run's id in MongoDB."""
+    observed_generation: int | None = None
+    """metadata.generation last reconciled."""
+    counts: Counts | None = None
+    """Recipients by result."""
+    rate: float | None = None
+    """Current sends per second."""
+    eta: str | None = None
+    """Estimated time to finish."""
+    workers: WorkerCounts | None = None
+    """Worker pods."""
+    replicas: int | None = None
+    """Current worker replicas (scale subresource)."""
+    selector: str | None = None
+    """Label selector of the worker pods (scale subresource, HPA)."""
+    conditions: list[Condition] = Field(
+        [],
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    """Conditions, keyed by type; Ready is among them."""
+    message: str | None = None
+    """Human-readable detail of the phase."""
+    reason: str | None = None
+    """CamelCase reason of the last transition."""
+    started_at: AwareDatetime | None = None
+    """When the run started."""
+    finished_at: AwareDatetime | None = None
+    """When the run ended."""
+    skip_samples: list[str] = []
+    """A few skipped source rows with their reasons."""
+    last_fired_at: AwareDatetime | None = None
+    """Last cron firing."""
+
+
+class PushTask(BaseModel):
+    """A whole PushTask manifest, as `kubectl push` reads it."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    api_version: Literal["pushtask.dev/v1alpha1"] = Field(
+        "pushtask.dev/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["PushTask"] = "PushTask"
+    metadata: dict[str, Any] = {}
+    spec: PushTaskSpec
+    status: PushTaskStatus | None = None
+
+
+__all__ = [
+    "API_VERSION",
+    "CATEGORIES",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "VERSION",
+    "Audience",
+    "Backoff",
+    "Condition",
+    "ConditionStatus",
+    "ConfigMapSource",
+    "Counts",
+    "Delivery",
+    "DesiredState",
+    "FailureThreshold",
+    "Guarantee",
+    "HmacSecretRef",
+    "InlineSource",
+    "InlineUser",
+    "Message",
+    "MongoSecretRef",
+    "MongoSource",
+    "Phase",
+    "PushTask",
+    "PushTaskSpec",
+    "PushTaskStatus",
+    "Rate",
+    "Rule",
+    "Schedule",
+    "SecretRef",
+    "Smtp",
+    "Source",
+    "Template",
+    "UrlSource",
+    "Webhook",
+    "Weekday",
+    "Window",
+    "WorkerCounts",
+    "validate_update",
+]

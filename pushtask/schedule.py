@@ -1,0 +1,165 @@
+"""Schedules as pure functions of (schedule, now): start time, send windows, cron firings.
+
+Every `now` must be timezone-aware; results are timezone-aware UTC datetimes. The model
+types are imported for type checking only: `models` imports the validators from here.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING
+
+from croniter import croniter
+
+if TYPE_CHECKING:
+    from pushtask.models import Schedule, Window
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # index == date.weekday()
+
+# One cron list item per field: value, range or `*`, with an optional step. The same
+# regex is the CRD's CEL rule (RE2 accepts it), so the API server and Python agree.
+_NAMES_MONTH = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
+_NAMES_DOW = "SUN|MON|TUE|WED|THU|FRI|SAT"
+
+
+def _field(value: str) -> str:
+    item = rf"(\*|({value})(-({value}))?)(/[0-9]{{1,2}})?"
+    return rf"{item}(,{item})*"
+
+
+CRON_PATTERN = (
+    r"(?i)^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    + r"\s+".join(
+        _field(v)
+        for v in (
+            "[0-5]?[0-9]",  # minute
+            "[01]?[0-9]|2[0-3]",  # hour
+            "0?[1-9]|[12][0-9]|3[01]",  # day of month
+            f"0?[1-9]|1[0-2]|{_NAMES_MONTH}",  # month
+            f"[0-7]|{_NAMES_DOW}",  # day of week (0 and 7 are Sunday)
+        )
+    )
+    + r")$"
+)
+_CRON_RE = re.compile(CRON_PATTERN)
+
+HHMM_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+def is_valid_cron(expr: str) -> bool:
+    """Five fields (or an @macro) that croniter accepts."""
+    return bool(_CRON_RE.match(expr.strip())) and croniter.is_valid(expr)
+
+
+def is_valid_time_zone(name: str) -> bool:
+    """An IANA zone name that zoneinfo knows ("UTC", "Europe/Berlin")."""
+    if not name or name != name.strip() or name.startswith("/") or ".." in name:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def _hhmm(value: str) -> time:
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+def start_reached(schedule: Schedule, now: datetime) -> bool:
+    """`schedule.startAt` is unset or not in the future."""
+    return schedule.start_at is None or now >= schedule.start_at
+
+
+def window_zone(schedule: Schedule, window: Window) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(window.time_zone or schedule.time_zone)
+
+
+def _window_open_on(window: Window, day: date, tz: zoneinfo.ZoneInfo) -> tuple[datetime, datetime]:
+    """The [open, close) interval of `window` opening on local `day`, as aware datetimes."""
+    start, end = _hhmm(window.from_), _hhmm(window.to)
+    opens = datetime.combine(day, start, tzinfo=tz)
+    # A window whose end is not after its start crosses midnight into the next day.
+    closes = datetime.combine(day + timedelta(days=1 if end <= start else 0), end, tzinfo=tz)
+    return opens, closes
+
+
+def _intervals(schedule: Schedule, around: datetime, days: int) -> list[tuple[datetime, datetime]]:
+    """Every window interval opening from the day before `around` to `days` days after."""
+    out: list[tuple[datetime, datetime]] = []
+    for window in schedule.windows:
+        tz = window_zone(schedule, window)
+        local = around.astimezone(tz).date()
+        for offset in range(-1, days + 1):
+            day = local + timedelta(days=offset)
+            if WEEKDAYS[day.weekday()] in window.days:
+                out.append(_window_open_on(window, day, tz))
+    return out
+
+
+def in_window(schedule: Schedule, now: datetime) -> bool:
+    """`now` is inside one of the send windows; no windows means always."""
+    if not schedule.windows:
+        return True
+    # Compare as UTC instants: wall-clock arithmetic is wrong across DST changes.
+    utc_now = now.astimezone(UTC)
+    intervals = _intervals(schedule, now, 0)
+    return any(o.astimezone(UTC) <= utc_now < c.astimezone(UTC) for o, c in intervals)
+
+
+def next_window_open(schedule: Schedule, now: datetime) -> datetime | None:
+    """When sending may next happen: `now` if inside a window, else the next opening."""
+    if in_window(schedule, now):
+        return now.astimezone(UTC)
+    opens = [o.astimezone(UTC) for o, _ in _intervals(schedule, now, 8)]
+    future = [o for o in opens if o > now]
+    return min(future) if future else None
+
+
+def next_firing(cron: str, time_zone: str, after: datetime) -> datetime:
+    """The first cron firing strictly after `after`, evaluated in `time_zone`."""
+    local = after.astimezone(zoneinfo.ZoneInfo(time_zone))
+    fired: datetime = croniter(cron, local).get_next(datetime)
+    return fired.astimezone(UTC)
+
+
+def due_firing(schedule: Schedule, since: datetime, now: datetime) -> datetime | None:
+    """The firing to run now, if any: the latest one in (since, now], not before startAt.
+
+    `since` is the last firing (status.lastFiredAt) or the task's creation time. Missed
+    firings (operator down) collapse into one: runs never overlap or pile up.
+    """
+    if schedule.cron is None or not start_reached(schedule, now):
+        return None
+    tz = zoneinfo.ZoneInfo(schedule.time_zone)
+    # croniter's get_prev from just after `now` includes a firing exactly at `now`.
+    probe = now.astimezone(tz) + timedelta(microseconds=1)
+    latest: datetime = croniter(schedule.cron, probe).get_prev(datetime)
+    latest = latest.astimezone(UTC)
+    if latest <= since or (schedule.start_at is not None and latest < schedule.start_at):
+        return None
+    return latest
+
+
+def start_due(schedule: Schedule, now: datetime, since: datetime) -> bool:
+    """The `Facts.start_due` of the state machine: startAt reached, or a firing due."""
+    if schedule.cron is not None:
+        return due_firing(schedule, since, now) is not None
+    return start_reached(schedule, now)
+
+
+def next_wakeup(schedule: Schedule, now: datetime, since: datetime) -> datetime | None:
+    """The next instant at which `start_due` or `in_window` may change (operator timers)."""
+    candidates: list[datetime] = []
+    if schedule.start_at is not None and schedule.start_at > now:
+        candidates.append(schedule.start_at.astimezone(UTC))
+    if schedule.cron is not None:
+        candidates.append(next_firing(schedule.cron, schedule.time_zone, max(now, since)))
+    if schedule.windows:
+        utc_now = now.astimezone(UTC)
+        for o, c in _intervals(schedule, now, 8):
+            candidates.extend(t for t in (o.astimezone(UTC), c.astimezone(UTC)) if t > utc_now)
+    return min(candidates) if candidates else None
