@@ -11,6 +11,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pushtask_operator.settings import OperatorSettings
@@ -82,6 +83,62 @@ def batch_seconds(spec: Mapping[str, Any]) -> float:
     return 2 * timeout
 
 
+@dataclass(frozen=True)
+class SecretKeyRef:
+    """A Secret key a worker needs, and the environment variable it arrives in."""
+
+    env: str
+    secret: str
+    key: str
+    field: str  # where the spec names it, for messages
+
+
+def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
+    """Every Secret key the spec refers to, mapped to the worker's environment.
+
+    Workers never read Secrets from the API: the kubelet puts them in the environment,
+    where the channels find them (`PUSHTASK_WEBHOOK_SECRET`, `PUSHTASK_SMTP_USERNAME`,
+    `PUSHTASK_SMTP_PASSWORD`) and the MongoDB sources their URIs
+    (`PUSHTASK_AUDIENCE_SOURCES_<i>_URI`, `PUSHTASK_AUDIENCE_EXCLUDE_<i>_URI`).
+    """
+    refs: list[SecretKeyRef] = []
+    message = _get(spec, "message", default={})
+    hook_ref = _get(message, "webhook", "secretRef")
+    if hook_ref:
+        refs.append(
+            SecretKeyRef(
+                "PUSHTASK_WEBHOOK_SECRET",
+                hook_ref["name"],
+                hook_ref.get("key") or "hmac",
+                "spec.message.webhook.secretRef",
+            )
+        )
+    creds = _get(message, "smtp", "credentialsSecretRef")
+    if creds:
+        for key in ("username", "password"):
+            refs.append(
+                SecretKeyRef(
+                    f"PUSHTASK_SMTP_{key.upper()}",
+                    creds["name"],
+                    key,
+                    "spec.message.smtp.credentialsSecretRef",
+                )
+            )
+    for part in ("sources", "exclude"):
+        for i, source in enumerate(_get(spec, "audience", part, default=[]) or []):
+            ref = source.get("secretRef") if isinstance(source, Mapping) else None
+            if source.get("kind") == "mongo" and ref:
+                refs.append(
+                    SecretKeyRef(
+                        f"PUSHTASK_AUDIENCE_{part.upper()}_{i}_URI",
+                        ref["name"],
+                        ref.get("key") or "uri",
+                        f"spec.audience.{part}[{i}].secretRef",
+                    )
+                )
+    return refs
+
+
 def termination_grace_seconds(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
     return max(settings.worker_termination_grace_seconds, math.ceil(batch_seconds(spec)) + 10)
 
@@ -99,7 +156,11 @@ def owner_reference(task_meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _env(run_id: str, settings: OperatorSettings) -> list[dict[str, Any]]:
+def _env(run_id: str, spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    secrets = [
+        {"name": r.env, "valueFrom": {"secretKeyRef": {"name": r.secret, "key": r.key}}}
+        for r in secret_key_refs(spec)
+    ]
     return [
         {
             "name": "PUSHTASK_MONGO_URI",
@@ -118,6 +179,7 @@ def _env(run_id: str, settings: OperatorSettings) -> list[dict[str, Any]]:
         # The root filesystem is read-only: no .pyc files, and temp files go to /tmp.
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *secrets,
     ]
 
 
@@ -136,8 +198,9 @@ def build_worker_deployment(
 ) -> dict[str, Any]:
     """The worker Deployment of one task and run.
 
-    `task_meta` is the PushTask's metadata (name, namespace, uid); `spec` its spec in
-    JSON form; `replicas` what the phase asks for (see reconcile.desired_replicas).
+    `task_meta` is the PushTask's metadata (name, namespace, uid); `spec` the run's frozen
+    spec in JSON form (its Secret references must not change mid-run); `replicas` what
+    the phase and the live spec.workers ask for (see reconcile.desired_replicas).
     """
     name = task_meta["name"]
     namespace = task_meta["namespace"]
@@ -155,7 +218,7 @@ def build_worker_deployment(
         "imagePullPolicy": settings.worker_image_pull_policy,
         # The console script, not a path: devstack runs it in the project's environment.
         "command": ["pushtask-worker"],
-        "env": _env(run_id, settings),
+        "env": _env(run_id, spec, settings),
         "resources": {k: dict(v) for k, v in settings.worker_resources.items()},
         "securityContext": {
             "allowPrivilegeEscalation": False,

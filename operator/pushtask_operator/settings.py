@@ -21,6 +21,14 @@ DEFAULT_WORKER_RESOURCES: dict[str, dict[str, str]] = {
 }
 
 
+# Three tiers by spec.priority (default 500: "normal").
+DEFAULT_TIERS: dict[str, tuple[int, int]] = {
+    "low": (0, 299),
+    "normal": (300, 699),
+    "critical": (700, 1000),
+}
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the operator cannot use (fail at start-up)."""
 
@@ -49,7 +57,9 @@ class OperatorSettings:
     worker_pod_annotations: Mapping[str, str] = field(default_factory=dict)
     # Operator-wide sends per second shared by every running task; 0 = no global budget.
     send_budget: float = 0.0
-    # priority tier -> how it is degraded right now ("graceful" pause / "immediate" cancel).
+    # Tier name -> inclusive range of spec.priority (0..1000) it covers.
+    tiers: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    # Tier name -> how it is degraded right now ("graceful" pause / "immediate" cancel).
     degraded_tiers: Mapping[str, Degrade] = field(default_factory=dict)
     # How often each running task's progress is aggregated into its status.
     progress_interval: float = 3.0
@@ -59,6 +69,17 @@ class OperatorSettings:
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
+
+    def tier_of(self, priority: int) -> str | None:
+        for name, (low, high) in self.tiers.items():
+            if low <= priority <= high:
+                return name
+        return None
+
+    def degrade_for(self, priority: int) -> Degrade | None:
+        """How a task of this priority is degraded right now (None: it is not)."""
+        tier = self.tier_of(priority)
+        return self.degraded_tiers.get(tier) if tier is not None else None
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -100,16 +121,40 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 
     return value
 
 
+def _tiers(value: str) -> dict[str, tuple[int, int]]:
+    """`{"low": [0, 299], ...}` (JSON) or `low=0-299,normal=300-699`."""
+    raw = _mapping("PUSHTASK_TIERS", value)
+    if not raw:
+        return dict(DEFAULT_TIERS)
+    out: dict[str, tuple[int, int]] = {}
+    for name, rng in raw.items():
+        try:
+            low, high = rng.split("-", 1) if isinstance(rng, str) else rng
+            out[name] = (int(low), int(high))
+        except (TypeError, ValueError):
+            raise SettingsError(
+                f"PUSHTASK_TIERS: tier {name!r}: expected a range such as 0-299, got {rng!r}"
+            ) from None
+        if out[name][0] > out[name][1]:
+            raise SettingsError(f"PUSHTASK_TIERS: tier {name!r}: range is empty")
+    return out
+
+
 def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """Build settings from `PUSHTASK_*` variables; unknown or bad values fail loudly."""
     env = os.environ if env is None else env
     d = OperatorSettings()
-    tiers = _mapping("PUSHTASK_DEGRADED_TIERS", env.get("PUSHTASK_DEGRADED_TIERS", ""))
-    for tier, mode in tiers.items():
+    tiers = _tiers(env.get("PUSHTASK_TIERS", ""))
+    degraded = _mapping("PUSHTASK_DEGRADED_TIERS", env.get("PUSHTASK_DEGRADED_TIERS", ""))
+    for tier, mode in degraded.items():
         if mode not in ("graceful", "immediate"):
             raise SettingsError(
                 f"PUSHTASK_DEGRADED_TIERS: tier {tier!r}: mode must be graceful or immediate,"
                 f" got {mode!r}"
+            )
+        if tier not in tiers:
+            raise SettingsError(
+                f"PUSHTASK_DEGRADED_TIERS: unknown tier {tier!r}; tiers are {', '.join(tiers)}"
             )
     resources = (
         _mapping("PUSHTASK_WORKER_RESOURCES", env["PUSHTASK_WORKER_RESOURCES"])
@@ -139,7 +184,8 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
             "PUSHTASK_WORKER_POD_ANNOTATIONS", env.get("PUSHTASK_WORKER_POD_ANNOTATIONS", "")
         ),
         send_budget=_number(env, "PUSHTASK_SEND_BUDGET", 0.0),
-        degraded_tiers=tiers,
+        tiers=tiers,
+        degraded_tiers=degraded,
         progress_interval=_number(env, "PUSHTASK_PROGRESS_INTERVAL", d.progress_interval, 0.5),
         url_probe_timeout=_number(env, "PUSHTASK_URL_PROBE_TIMEOUT", d.url_probe_timeout, 0.1),
     )

@@ -5,6 +5,7 @@ from pushtask_operator.deployment import (
     deployment_name,
     deployment_patch,
     label_value,
+    secret_key_refs,
     selector_string,
     termination_grace_seconds,
 )
@@ -126,3 +127,31 @@ def test_patch_keeps_selector_out() -> None:
     assert patch["spec"]["replicas"] == 5
     assert "selector" not in patch["spec"]
     assert patch["metadata"]["annotations"]["pushtask.dev/run-id"] == RUN_ID
+
+
+def test_secrets_reach_workers_through_the_environment() -> None:
+    spec = {
+        **SPEC,
+        "message": {
+            "channel": "smtp",
+            "webhook": {"url": "http://x", "secretRef": {"name": "hmac", "key": "k"}},
+            "smtp": {"host": "h", "credentialsSecretRef": {"name": "mail"}},
+        },
+        "audience": {
+            "sources": [
+                {"kind": "inline", "users": ["a"]},
+                {"kind": "mongo", "collection": "u", "secretRef": {"name": "crm", "key": "uri"}},
+            ],
+            "exclude": [{"kind": "mongo", "collection": "optout", "secretRef": {"name": "crm2"}}],
+        },
+    }
+    refs = {r.env: (r.secret, r.key) for r in secret_key_refs(spec)}
+    assert refs == {
+        "PUSHTASK_WEBHOOK_SECRET": ("hmac", "k"),
+        "PUSHTASK_SMTP_USERNAME": ("mail", "username"),
+        "PUSHTASK_SMTP_PASSWORD": ("mail", "password"),
+        "PUSHTASK_AUDIENCE_SOURCES_1_URI": ("crm", "uri"),
+        "PUSHTASK_AUDIENCE_EXCLUDE_0_URI": ("crm2", "uri"),
+    }
+    env = env_of(build_worker_deployment(META, spec, RUN_ID, SETTINGS, replicas=1))
+    assert env["PUSHTASK_WEBHOOK_SECRET"] == {"secretKeyRef": {"name": "hmac", "key": "k"}}

@@ -14,6 +14,7 @@ def test_values_from_environment() -> None:
             "PUSHTASK_NAMESPACES": "a, b,,c",
             "PUSHTASK_MONGO_SECRET": "m",
             "PUSHTASK_SEND_BUDGET": "500",
+            "PUSHTASK_TIERS": '{"low": [0, 299], "batch": [300, 399], "high": [400, 1000]}',
             "PUSHTASK_DEGRADED_TIERS": "low=graceful,batch=immediate",
             "PUSHTASK_WORKER_RESOURCES": '{"limits": {"memory": "1Gi"}}',
             "PUSHTASK_LEASE_SECONDS": "12",
@@ -25,6 +26,15 @@ def test_values_from_environment() -> None:
     assert s.degraded_tiers == {"low": "graceful", "batch": "immediate"}
     assert s.worker_resources == {"limits": {"memory": "1Gi"}}
     assert s.lease_seconds == 12
+    assert s.degrade_for(0) == "graceful"
+    assert s.degrade_for(350) == "immediate"
+    assert s.degrade_for(900) is None
+
+
+def test_default_tiers() -> None:
+    s = from_env({"PUSHTASK_DEGRADED_TIERS": "low=immediate"})
+    assert s.tier_of(500) == "normal" and s.tier_of(100) == "low"
+    assert s.degrade_for(100) == "immediate" and s.degrade_for(500) is None
 
 
 @pytest.mark.parametrize(
@@ -32,6 +42,9 @@ def test_values_from_environment() -> None:
     [
         ("PUSHTASK_DEGRADED_TIERS", "low=later", "graceful or immediate"),
         ("PUSHTASK_DEGRADED_TIERS", "low", "key=value"),
+        ("PUSHTASK_DEGRADED_TIERS", "nosuch=graceful", "unknown tier"),
+        ("PUSHTASK_TIERS", "low=high", "expected a range"),
+        ("PUSHTASK_TIERS", "low=9-1", "range is empty"),
         ("PUSHTASK_SEND_BUDGET", "lots", "not a number"),
         ("PUSHTASK_SEND_BUDGET", "-1", ">= 0"),
         ("PUSHTASK_WORKER_RESOURCES", "{bad", "not valid JSON"),
