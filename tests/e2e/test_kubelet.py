@@ -1,0 +1,355 @@
+"""devstack's local kubelet against the real control plane: pods as local processes.
+
+Each test talks to the real kube-apiserver through the real kubectl; the pods' processes
+run on this machine, so the test reaches them at their loopback pod IPs and reads the
+marker files they write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from devstack import stack
+from devstack.testing import Kubectl
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(bool(os.environ.get("PUSHTASK_E2E_KUBECONFIG")),
+                       reason="exercises devstack's local kubelet (pods as local processes)"),
+]
+
+T = TypeVar("T")
+
+# A tiny HTTP server bound to the pod IP; on SIGTERM it leaves a marker file and exits.
+WEB = textwrap.dedent("""
+    import http.server, os, pathlib, signal, sys
+    name, ip, marks = os.environ["POD_NAME"], os.environ["POD_IP"], os.environ["MARKER_DIR"]
+    def term(*_):
+        pathlib.Path(marks, name + ".term").write_text("SIGTERM")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, term)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    print("serving on", ip, flush=True)
+    http.server.HTTPServer((ip, 8080), H).serve_forever()
+""")
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60,
+             interval: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except (AssertionError, OSError, KeyError, ValueError) as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+def pods(k: Kubectl, selector: str | None = None) -> list[dict[str, Any]]:
+    args = ["get", "pods"] + (["-l", selector] if selector else [])
+    return list(k.json(*args)["items"])
+
+
+def pod(k: Kubectl, name: str) -> dict[str, Any]:
+    return dict(k.json("get", "pod", name))
+
+
+def is_ready(p: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in p.get("status", {}).get("conditions", []))
+
+
+def container_status(p: dict[str, Any]) -> dict[str, Any]:
+    return dict(p["status"]["containerStatuses"][0])
+
+
+def http_get(ip: str, port: int = 8080) -> str:
+    with urllib.request.urlopen(f"http://{ip}:{port}/", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def web_deployment(marker_dir: Path, replicas: int = 2) -> str:
+    return json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "web",
+                        "image": "python:3.11-slim",  # ignored by devstack
+                        "command": ["python", "-c", WEB],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "env": [
+                            {"name": "POD_NAME",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "POD_IP",
+                             "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            {"name": "MARKER_DIR", "value": str(marker_dir)},
+                        ],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"},
+                                           "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    })
+
+
+def ready_web_pods(k: Kubectl, count: int) -> list[dict[str, Any]] | None:
+    items = [p for p in pods(k, "app=web")
+             if p["status"].get("phase") == "Running" and is_ready(p)
+             and not p["metadata"].get("deletionTimestamp")]
+    return items if len(items) == count else None
+
+
+@pytest.fixture
+def k(kubectl: Kubectl, namespace: str) -> Kubectl:
+    return kubectl.in_namespace(namespace)
+
+
+def test_two_replicas_serve_the_same_port_on_their_pod_ips(k: Kubectl, namespace: str,
+                                                         tmp_path: Path) -> None:
+    started = time.monotonic()
+    k.apply(web_deployment(tmp_path))
+    running = wait_for("2 ready web pods", lambda: ready_web_pods(k, 2))
+    latency = time.monotonic() - started
+    ips = [p["status"]["podIP"] for p in running]
+    assert len(set(ips)) == 2 and all(ip.startswith("127.") for ip in ips)
+    for p in running:
+        assert p["status"]["podIPs"] == [{"ip": p["status"]["podIP"]}]
+        assert p["spec"]["nodeName"] == "devstack"
+        assert p["status"]["startTime"]
+        cs = container_status(p)
+        assert "running" in cs["state"] and cs["ready"] is True and cs["restartCount"] == 0
+        # Both bind port 8080, each on its own address, and answer with their own name.
+        assert http_get(p["status"]["podIP"]) == p["metadata"]["name"]
+        log = stack.Paths(stack.state_root()).kubelet_state / "pods" / namespace / \
+            p["metadata"]["name"] / "web.log"
+        assert "serving on " + p["status"]["podIP"] in log.read_text()
+    print(f"2 replicas ready {latency:.1f}s after apply")
+
+
+def test_deleting_a_pod_sends_sigterm_and_it_is_replaced(k: Kubectl, tmp_path: Path) -> None:
+    k.apply(web_deployment(tmp_path))
+    first = wait_for("2 ready web pods", lambda: ready_web_pods(k, 2))
+    victim = first[0]["metadata"]["name"]
+    victim_ip = first[0]["status"]["podIP"]
+    started = time.monotonic()
+    k("delete", "pod", victim, "--wait=false")
+    marker = tmp_path / f"{victim}.term"
+    wait_for("the SIGTERM marker", marker.exists, timeout=30, interval=0.1)
+    assert marker.read_text() == "SIGTERM"
+    # The kubelet removes the object once the process has gone (grace period 0 delete).
+    wait_for(f"pod {victim} to be gone",
+             lambda: victim not in {p["metadata"]["name"] for p in pods(k)}, timeout=30)
+    gone = time.monotonic() - started
+    second = wait_for("a replacement pod", lambda: ready_web_pods(k, 2))
+    names = {p["metadata"]["name"] for p in second}
+    assert victim not in names
+    replacement = next(p for p in second if p["metadata"]["name"] != first[1]["metadata"]["name"])
+    assert replacement["status"]["podIP"] != victim_ip  # a freed IP is not reused at once
+    assert http_get(replacement["status"]["podIP"]) == replacement["metadata"]["name"]
+    print(f"deleted pod gone after {gone:.1f}s")
+
+
+RBAC_PROBE = textwrap.dedent("""
+    import os, pathlib, time
+    from kubernetes import client, config
+    out = pathlib.Path(os.environ["MARKER_DIR"], "status")
+    config.load_kube_config()  # from $KUBECONFIG, written by the kubelet
+    api = client.CoreV1Api()
+    while True:
+        try:
+            api.list_namespaced_config_map(os.environ["NS"])
+            code = 200
+        except client.ApiException as e:
+            code = e.status
+        out.write_text(str(code))
+        time.sleep(0.5)
+""")
+
+
+def test_the_pod_token_is_subject_to_rbac(k: Kubectl, namespace: str, tmp_path: Path) -> None:
+    k("create", "serviceaccount", "reader")
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rbac"},
+        "spec": {
+            "serviceAccountName": "reader",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "probe", "image": "ignored",
+                "command": [sys.executable, "-c", RBAC_PROBE],
+                "env": [{"name": "MARKER_DIR", "value": str(tmp_path)},
+                        {"name": "NS", "valueFrom": {"fieldRef": {
+                            "fieldPath": "metadata.namespace"}}}],
+            }],
+        },
+    }))
+    status = tmp_path / "status"
+    wait_for("403 without a Role", lambda: status.exists() and status.read_text() == "403")
+    k("create", "role", "cm-reader", "--verb=list", "--resource=configmaps")
+    k("create", "rolebinding", "cm-reader", "--role=cm-reader",
+      f"--serviceaccount={namespace}:reader")
+    wait_for("200 once bound", lambda: status.read_text() == "200")
+    # The kubeconfig holds a token of the pod's own ServiceAccount, bound to the pod.
+    kubeconfig = stack.Paths(stack.state_root()).kubelet_state / "pods" / namespace / \
+        "rbac" / "kubeconfig"
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    review = k.json("auth", "whoami", f"--kubeconfig={kubeconfig}")
+    assert review["status"]["userInfo"]["username"] == \
+        f"system:serviceaccount:{namespace}:reader"
+    assert review["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"] == \
+        ["rbac"]
+
+
+ENV_DUMP = "import json, os, pathlib; " \
+    "pathlib.Path(os.environ['OUT']).write_text(json.dumps({**os.environ, '_cwd': os.getcwd()}))"
+
+
+def test_env_from_secrets_configmaps_and_fields(k: Kubectl, namespace: str,
+                                                tmp_path: Path) -> None:
+    k("create", "secret", "generic", "db", "--from-literal=password=s3cret",
+      "--from-literal=user=app")
+    k("create", "configmap", "cfg", "--from-literal=MODE=fast", "--from-literal=LEVEL=3")
+
+    def dump_pod(name: str, automount: bool | None = None) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "dump", "image": "ignored", "command": ["python", "-c", ENV_DUMP],
+                "workingDir": str(tmp_path),
+                "envFrom": [{"configMapRef": {"name": "cfg"}},
+                            {"secretRef": {"name": "db"}, "prefix": "DB_"}],
+                "env": [
+                    {"name": "OUT", "value": str(tmp_path / f"{name}.json")},
+                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db",
+                                                                  "key": "password"}}},
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg",
+                                                                       "key": "MODE"}}},
+                    {"name": "NOPE", "valueFrom": {"configMapKeyRef": {
+                        "name": "missing", "key": "x", "optional": True}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "URL", "value": "http://$(IP):80/$(MODE)"},
+                ],
+            }],
+        }
+        if automount is not None:
+            spec["automountServiceAccountToken"] = automount
+        k.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                            "spec": spec}))
+        done = wait_for(f"pod {name} Succeeded",
+                        lambda: (p := pod(k, name))["status"].get("phase") == "Succeeded" and p)
+        assert container_status(done)["state"]["terminated"]["exitCode"] == 0
+        env: dict[str, Any] = json.loads((tmp_path / f"{name}.json").read_text())
+        env["_pod_ip"] = done["status"]["podIP"]
+        return env
+
+    env = dump_pod("env")
+    assert env["PW"] == "s3cret" and env["DB_password"] == "s3cret" and env["DB_user"] == "app"
+    assert env["MODE"] == "fast" and env["LEVEL"] == "3" and "NOPE" not in env
+    assert env["IP"] == env["_pod_ip"] and env["NODE"] == "devstack"
+    assert env["URL"] == f"http://{env['IP']}:80/fast"
+    assert env["_cwd"] == str(tmp_path)  # workingDir exists here: used
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert "KUBERNETES_SERVICE_HOST" not in env
+    assert env["KUBECONFIG"].endswith(f"/pods/{namespace}/env/kubeconfig")
+    assert "KUBECONFIG" not in dump_pod("nokube", automount=False)
+
+
+def test_readiness_probe_gates_ready(k: Kubectl, tmp_path: Path) -> None:
+    flag = tmp_path / "ready"
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gated"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "ignored",
+            "command": ["python", "-c", "import time; time.sleep(3600)"],
+            "readinessProbe": {"exec": {"command": ["test", "-f", str(flag)]},
+                               "periodSeconds": 1, "failureThreshold": 1},
+        }]},
+    }))
+    wait_for("Running", lambda: pod(k, "gated")["status"].get("phase") == "Running")
+    time.sleep(2)
+    assert not is_ready(pod(k, "gated"))
+    flag.touch()
+    wait_for("Ready", lambda: is_ready(pod(k, "gated")), timeout=20)
+    flag.unlink()
+    wait_for("not Ready again", lambda: not is_ready(pod(k, "gated")), timeout=20)
+
+
+def test_crashing_container_restarts_with_backoff(k: Kubectl) -> None:
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crash"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "ignored",
+            "command": ["python", "-c", "print('boom', flush=True); raise SystemExit(3)"],
+        }]},
+    }))
+    seen_backoff = wait_for(
+        "CrashLoopBackOff",
+        lambda: (cs := container_status(pod(k, "crash")))["state"].get("waiting", {}).get(
+            "reason") == "CrashLoopBackOff" and cs, timeout=60, interval=0.2)
+    assert seen_backoff["lastState"]["terminated"]["exitCode"] == 3
+    assert seen_backoff["restartCount"] >= 1
+    later = wait_for("a second restart",
+                     lambda: (cs := container_status(pod(k, "crash")))["restartCount"] >= 2
+                     and cs, timeout=60)
+    assert later["lastState"]["terminated"]["reason"] == "Error"
+    assert pod(k, "crash")["status"]["phase"] == "Running"
+
+
+def test_restart_policy_never_fails_the_pod(k: Kubectl) -> None:
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "once"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "c", "image": "ignored", "command": ["python", "-c", "raise SystemExit(7)"],
+        }]},
+    }))
+    failed = wait_for("Failed", lambda: (p := pod(k, "once"))["status"].get("phase") == "Failed"
+                      and p)
+    cs = container_status(failed)
+    assert cs["state"]["terminated"]["exitCode"] == 7 and cs["restartCount"] == 0
+
+
+def test_liveness_probe_restarts_the_container(k: Kubectl) -> None:
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "live"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "ignored",
+            "command": ["python", "-c", "import time; time.sleep(3600)"],
+            "livenessProbe": {"tcpSocket": {"port": 9}, "periodSeconds": 1,
+                              "failureThreshold": 2},
+        }]},
+    }))
+    restarted = wait_for("a restart by the liveness probe",
+                         lambda: (cs := container_status(pod(k, "live")))["restartCount"] >= 1
+                         and cs, timeout=60)
+    assert restarted["lastState"]["terminated"]["message"] == "failed liveness probe"
