@@ -1,0 +1,386 @@
+"""The operator's handlers: gather facts, call the pure modules, apply the plan.
+
+Every entry point (create, resume, update, the timer) ends in `reconcile()`, which runs
+under a per-task lock so an update and a timer tick never act on the same task at once.
+One reconcile: validate (when due) → read the run's progress from MongoDB and the worker
+Deployment → `reconcile.decide()` → create the run document if a run starts → write the
+run's control block → own the Deployment → ONE status patch → an Event per transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+from pymongo.errors import PyMongoError
+
+from pushtask import schedule as schedule_mod
+from pushtask.fairshare import max_min_fair
+from pushtask.models import Schedule
+from pushtask.planning import TaskRef, plan_run, run_id_for
+from pushtask.states import DesiredState, Phase
+from pushtask.store import Store
+from pushtask_operator import metrics
+from pushtask_operator.deployment import (
+    RUN_ID_ANNOTATION,
+    build_worker_deployment,
+    deployment_name,
+    selector_string,
+)
+from pushtask_operator.kube import Kube
+from pushtask_operator.progress import DeploymentView, Progress, RateTracker, compute_progress
+from pushtask_operator.reconcile import RUNNING_PHASES, Observed, Plan, Validation, decide
+from pushtask_operator.settings import OperatorSettings
+from pushtask_operator.validation import configmap_contents, validate
+
+log = logging.getLogger("pushtask.operator")
+
+TEMPLATE_HASH_ANNOTATION = "pushtask.dev/template-hash"
+# A problem that is waited out (a Secret not there yet) is looked at again this often;
+# URL probes, which may take seconds, less often.
+REVALIDATE_SECONDS = 5.0
+REPROBE_SECONDS = 15.0
+
+
+@dataclass
+class Runtime:
+    """Operator-wide state, created at startup and shared by every task's handlers."""
+
+    settings: OperatorSettings
+    store: Store
+    kube: Kube
+    # Task key -> sends per second it asks for, for the running tasks only.
+    demands: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TaskState:
+    """Per-task memory of this operator process (lost on restart, rebuilt from status)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tracker: RateTracker = field(default_factory=RateTracker)
+    validation: Validation = field(default_factory=Validation)
+    validated_generation: int | None = None
+    validated_at: float = 0.0
+    probed_at: float = 0.0
+    # What this process last wrote: the API server may not have echoed it back yet.
+    status: dict[str, Any] = field(default_factory=dict)
+    control: dict[str, Any] | None = None
+
+
+def runtime_of(memo: kopf.Memo) -> Runtime:
+    rt = memo.get("runtime")
+    if not isinstance(rt, Runtime):
+        raise kopf.TemporaryError("operator runtime not initialised yet", delay=1)
+    return rt
+
+
+def task_state(memo: kopf.Memo) -> TaskState:
+    state = memo.get("task")
+    if not isinstance(state, TaskState):
+        state = TaskState()
+        memo["task"] = state
+    return state
+
+
+def task_key(meta: Mapping[str, Any]) -> str:
+    return f"{meta['namespace']}/{meta['name']}"
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(ts: Any) -> datetime | None:
+    if not ts:
+        return None
+    if isinstance(ts, datetime):
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+
+
+def _template_hash(deployment: Mapping[str, Any]) -> str:
+    text = json.dumps(deployment["spec"]["template"], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- facts ------------------------------------------------------------------------------
+
+
+async def _validate_if_due(
+    rt: Runtime, state: TaskState, spec: Mapping[str, Any], meta: Mapping[str, Any]
+) -> Validation:
+    now = time.monotonic()
+    generation = int(meta.get("generation") or 0)
+    due = generation != state.validated_generation or (
+        not state.validation.ok
+        and not state.validation.permanent
+        and now - state.validated_at >= REVALIDATE_SECONDS
+    )
+    if not due:
+        return state.validation
+    probe = generation != state.validated_generation or now - state.probed_at >= REPROBE_SECONDS
+    state.validation = await validate(
+        spec, meta["namespace"], rt.kube, rt.settings, probe_urls=probe
+    )
+    if probe:
+        state.probed_at = now
+    state.validated_generation = generation
+    state.validated_at = now
+    return state.validation
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    run_doc: dict[str, Any] | None
+    totals: Any
+    heartbeats: list[dict[str, Any]]
+    leased: list[dict[str, Any]]
+
+
+async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
+    run_doc = await store.runs.find_one(
+        {"_id": run_id}, {"spec": 1, "stage": 1, "failure": 1, "control": 1}
+    )
+    if run_doc is not None and running:
+        # Idempotent steps any party may take: the operator takes them too, so a run
+        # whose last worker died right after finishing a split still moves on.
+        if run_doc.get("stage") == "audience" and await store.finalize_audience(run_id):
+            run_doc["stage"] = "delivery"
+        if run_doc.get("stage") == "delivery" and await store.finish_if_done(run_id):
+            run_doc["stage"] = "done"
+    totals = await store.totals(run_id)
+    heartbeats = [doc async for doc in store.workers.find({"run": run_id})]
+    leased = [
+        doc
+        async for doc in store.splits.find(
+            {"run": run_id, "status": "leased"}, {"owner": 1, "leaseUntil": 1}
+        )
+    ]
+    return RunFacts(run_doc, totals, heartbeats, leased)
+
+
+def _schedule_facts(
+    spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any], now: datetime
+) -> tuple[bool, bool, bool]:
+    """(start_due, in_window, recurring) from spec.schedule."""
+    sched = Schedule.model_validate(spec.get("schedule") or {})
+    since = _parse(status.get("lastFiredAt")) or _parse(meta.get("creationTimestamp")) or now
+    return (
+        schedule_mod.start_due(sched, now, since),
+        schedule_mod.in_window(sched, now),
+        sched.cron is not None,
+    )
+
+
+def _fair_rate(rt: Runtime, key: str, demand: float | None) -> float | None:
+    """This task's part of the operator-wide budget (None when there is no budget)."""
+    if demand is None:
+        rt.demands.pop(key, None)
+    else:
+        rt.demands[key] = demand
+    if rt.settings.send_budget <= 0 or demand is None:
+        return None
+    return max_min_fair(rt.settings.send_budget, rt.demands).get(key)
+
+
+# -- the reconcile ------------------------------------------------------------------------
+
+
+async def reconcile(
+    rt: Runtime,
+    body: Mapping[str, Any],
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any] = log,
+) -> Plan:
+    state = task_state(memo)
+    async with state.lock:
+        return await _reconcile(rt, body, state, logger)
+
+
+async def _reconcile(
+    rt: Runtime,
+    body: Mapping[str, Any],
+    state: TaskState,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> Plan:
+    settings = rt.settings
+    meta = body["metadata"]
+    spec: dict[str, Any] = json.loads(json.dumps(dict(body["spec"]), default=str))
+    name, namespace = meta["name"], meta["namespace"]
+    # Ours first: the watch stream may not have echoed our last status patch yet.
+    status: dict[str, Any] = {**dict(body.get("status") or {}), **state.status}
+    now = datetime.now(UTC)
+    key = task_key(meta)
+
+    validation = await _validate_if_due(rt, state, spec, meta)
+
+    run_id: str | None = status.get("runId")
+    phase_now = status.get("phase")
+    running = phase_now in {p.value for p in RUNNING_PHASES}
+    facts = await _run_facts(rt.store, run_id, running) if run_id else None
+    dep_name = deployment_name(name)
+    deployment = await rt.kube.read_deployment(namespace, dep_name)
+    view = DeploymentView.from_status(deployment)
+    workers = int(spec.get("workers") or 1)
+
+    progress: Progress | None = None
+    if facts is not None and run_id is not None:
+        progress = compute_progress(
+            totals=facts.totals,
+            run_doc=facts.run_doc,
+            heartbeats=facts.heartbeats,
+            leased_splits=facts.leased,
+            deployment=deployment,
+            desired_workers=view.desired,
+            tracker=state.tracker,
+            run_id=run_id,
+            now=now,
+            lease_seconds=settings.lease_seconds,
+        )
+
+    start_due, in_window, recurring = _schedule_facts(spec, status, meta, now)
+    rate = float((spec.get("rate") or {}).get("perSecond") or 100)
+    degrade = settings.degrade_for(int(spec.get("priority") or 500))
+    fair = _fair_rate(rt, key, rate if running else None)
+
+    plan = decide(
+        Observed(
+            generation=int(meta.get("generation") or 0),
+            spec_run=int(spec.get("run") or 1),
+            spec_workers=workers,
+            desired=DesiredState(spec.get("state") or "Started"),
+            rate_per_second=rate,
+            status=status,
+            validation=validation,
+            progress=progress,
+            deployment=view,
+            start_due=start_due,
+            in_window=in_window,
+            recurring=recurring,
+            degrade=degrade,
+            fair_rate=fair,
+            now=now,
+        )
+    )
+
+    new_status: dict[str, Any] = dict(plan.status)
+    new_status["reason"] = plan.transition.reason
+    new_status["selector"] = selector_string(name)
+    frozen: Mapping[str, Any] | None = (facts.run_doc or {}).get("spec") if facts else None
+
+    if plan.new_run and plan.run is not None:
+        task = TaskRef(namespace=namespace, name=name, uid=meta["uid"])
+        new_id = run_id_for(task, plan.run)
+        if run_id and run_id != new_id:
+            # The old run is over: its workers stop at their next heartbeat.
+            await rt.store.set_control(run_id, state="Stopped", cancelInflight=False)
+        inline = await configmap_contents(spec, namespace, rt.kube)
+        rate_now = plan.control["ratePerSecond"] if plan.control else rate
+        planned = plan_run(task, plan.run, spec, inline=inline, rate_per_second=rate_now, now=now)
+        created = await rt.store.create_run(planned.run, planned.splits)
+        logger.info("run %s %s", new_id, "created" if created else "already existed")
+        run_id, frozen = new_id, spec
+        state.tracker = RateTracker()
+        state.control = None
+        progress = None
+        new_status.update(
+            runId=new_id,
+            startedAt=_iso(now),
+            finishedAt=None,
+            counts={k: 0 for k in ("audience", "pending", "sent", "failed", "skipped", "unknown")},
+            rate=0.0,
+            eta="",
+            skipSamples=[],
+        )
+        if recurring:
+            new_status["lastFiredAt"] = _iso(now)
+
+    # The run's control block: desired state, live rate, cancellation of in-flight sends.
+    if run_id and plan.control is not None and plan.control != state.control:
+        await rt.store.set_control(run_id, **plan.control)
+        state.control = dict(plan.control)
+
+    for worker in plan.forget_workers:
+        await rt.store.forget_worker(worker)
+
+    # The worker Deployment: created with the first run, patched only when it changes.
+    replicas = plan.replicas
+    if run_id:
+        desired = build_worker_deployment(
+            meta, frozen or spec, run_id, settings, replicas=replicas, run=plan.run
+        )
+        thash = _template_hash(desired)
+        desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = thash
+        annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+        if (
+            deployment is None
+            or view.desired != replicas
+            or annotations.get(TEMPLATE_HASH_ANNOTATION) != thash
+            or annotations.get(RUN_ID_ANNOTATION) != run_id
+        ):
+            await rt.kube.apply_deployment(desired)
+
+    if progress is not None:
+        new_status.update(progress.status_fields())
+        if progress.counts.skipped and facts is not None:
+            new_status["skipSamples"] = await rt.store.skip_samples(run_id or "")
+    workers_status = dict(new_status.get("workers") or {"ready": 0, "live": 0})
+    workers_status["desired"] = replicas
+    new_status["workers"] = workers_status
+    new_status["replicas"] = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
+    if plan.phase in (Phase.FINISHED, Phase.FAILED, Phase.STOPPED):
+        if phase_now != plan.phase.value or not status.get("finishedAt"):
+            new_status["finishedAt"] = status.get("finishedAt") or _iso(now)
+        new_status["rate"] = 0.0
+        new_status["eta"] = ""
+
+    # ONE status patch, and only when something changed.
+    changed = {k: v for k, v in new_status.items() if status.get(k) != v}
+    if changed:
+        await rt.kube.patch_status(namespace, name, changed)
+        state.status = {**state.status, **new_status}
+
+    for ev in plan.events:
+        kopf.event(cast(kopf.Body, body), type=ev.type, reason=ev.reason, message=ev.message)
+        logger.info("%s: %s", ev.reason, ev.message)
+
+    metrics.observe(namespace, name, plan.phase.value, new_status)
+    return plan
+
+
+# -- entry points (called from main.py's registrations) ------------------------------------
+
+
+async def on_change(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
+    """create / resume / update: react at once instead of waiting for the next tick."""
+    rt = runtime_of(memo)
+    try:
+        await reconcile(rt, body, memo, logger)
+    except PyMongoError as exc:
+        # Store outages are waited out, never counted against the task.
+        raise kopf.TemporaryError(f"MongoDB unavailable: {exc}", delay=10) from exc
+
+
+async def on_tick(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
+    rt = runtime_of(memo)
+    try:
+        await reconcile(rt, body, memo, logger)
+    except PyMongoError as exc:
+        logger.warning("MongoDB unavailable, status not updated this tick: %s", exc)
+
+
+async def on_delete(body: Mapping[str, Any], memo: kopf.Memo) -> None:
+    """Forget the task (the garbage collector removes its Deployment)."""
+    rt = memo.get("runtime")
+    if isinstance(rt, Runtime):
+        rt.demands.pop(task_key(body["metadata"]), None)
+    metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])

@@ -1,0 +1,173 @@
+"""`pushtask-operator`: registers the handlers, configures kopf, runs it. Nothing else.
+
+pushtask-operator [--all-namespaces | --namespace NS ...] [--peering NAME | --standalone]
+                  [--liveness URL]
+pushtask-operator selftest      # helm test: MongoDB from PUSHTASK_MONGO_URI answers
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from pushtask.models import GROUP, PLURAL, VERSION
+from pushtask.store import Store
+from pushtask_operator import handlers, metrics
+from pushtask_operator.kube import Kube
+from pushtask_operator.settings import OperatorSettings, SettingsError, from_env
+
+log = logging.getLogger("pushtask.operator")
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
+    """kopf's settings, each chosen on purpose (the defaults suit a demo, not a cluster)."""
+    # The API server ends a watch after server_timeout; a client timeout a little longer
+    # catches a connection that died silently (a load balancer dropping idle streams).
+    kopf_settings.watching.server_timeout = 270
+    kopf_settings.watching.client_timeout = 300
+    kopf_settings.watching.connect_timeout = 30
+    kopf_settings.watching.reconnect_backoff = 1.0
+    kopf_settings.networking.request_timeout = 60
+    # API errors in kopf's own calls (patches, events): back off, then give up quietly.
+    kopf_settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    # Only kopf's warnings become Events; our transitions are posted explicitly, one each.
+    kopf_settings.posting.level = logging.WARNING
+    # The operator is the only writer of status, and status has a fixed schema: kopf keeps
+    # its bookkeeping in annotations, never in status.
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    kopf_settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # One active replica: a peer that stopped renewing is presumed dead after this long
+    # (a SIGKILLed operator blocks its successor at most this long).
+    kopf_settings.peering.lifetime = int(os.environ.get("PUSHTASK_PEERING_LIFETIME", "30"))
+    kopf_settings.peering.mandatory = True
+    # A namespaced install has no cluster-wide read of CRDs: don't try to watch them.
+    if not config.cluster_wide:
+        kopf_settings.scanning.disabled = True
+    # Handler retries: a temporary error (MongoDB down) is retried with its own delay.
+    kopf_settings.execution.max_workers = 16
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """All handlers, bound to `registry` (so tests can inspect a fresh one)."""
+    res = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_kopf(settings, config)
+        store = Store.connect(config.mongo_uri)
+        await store.ensure_indexes()
+        kube = Kube()
+        kube.probe_timeout = config.url_probe_timeout
+        memo["runtime"] = handlers.Runtime(settings=config, store=store, kube=kube)
+        metrics.serve(
+            int(os.environ.get("PUSHTASK_METRICS_PORT", "0") or 0),
+            os.environ.get("POD_IP", "0.0.0.0"),
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        rt = memo.get("runtime")
+        if isinstance(rt, handlers.Runtime):
+            await rt.store.close()
+
+    @kopf.on.probe(id="tasks", registry=registry)
+    def tasks_probe(memo: kopf.Memo, **_: Any) -> int:
+        rt = memo.get("runtime")
+        return len(rt.demands) if isinstance(rt, handlers.Runtime) else 0
+
+    @kopf.on.create(*res, registry=registry, id="reconcile")
+    @kopf.on.resume(*res, registry=registry, id="reconcile")
+    @kopf.on.update(*res, registry=registry, id="reconcile")
+    async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        await handlers.on_change(body, memo, logger)
+
+    @kopf.timer(
+        *res,
+        registry=registry,
+        id="progress",
+        interval=config.progress_interval,
+        initial_delay=config.progress_interval,
+    )
+    async def tick(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        await handlers.on_tick(body, memo, logger)
+
+    # optional: no finalizer; the garbage collector removes the Deployment.
+    @kopf.on.delete(*res, registry=registry, id="forget", optional=True)
+    async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await handlers.on_delete(body, memo)
+
+
+async def selftest(uri: str) -> int:
+    store = Store.connect(uri)
+    try:
+        await store.db.command("ping")
+        await store.ensure_indexes()
+        print(f"MongoDB at {store.db.name!r} answers; indexes are in place")
+        return 0
+    finally:
+        await store.close()
+
+
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pushtask-operator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "selftest"])
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true")
+    scope.add_argument("-n", "--namespace", action="append", default=[])
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument("--peering", help="kopf peering object to register in")
+    peering.add_argument("--standalone", action="store_true", help="no peering at all")
+    parser.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--log-level", default=os.environ.get("PUSHTASK_LOG_LEVEL", "info"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if args.command == "selftest":
+        uri = os.environ.get("PUSHTASK_MONGO_URI")
+        if not uri:
+            print("PUSHTASK_MONGO_URI is not set", file=sys.stderr)
+            return 2
+        return asyncio.run(selftest(uri))
+    try:
+        config = from_env()
+    except SettingsError as exc:
+        print(f"pushtask-operator: bad setting: {exc}", file=sys.stderr)
+        return 2
+    namespaces = list(args.namespace) or list(config.namespaces)
+    if args.all_namespaces:
+        namespaces = []
+    config = OperatorSettings(**{**config.__dict__, "namespaces": tuple(namespaces)})
+    registry = kopf.OperatorRegistry()
+    register(registry, config)
+    kopf.run(
+        registry=registry,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness,
+        peering_name=args.peering,
+        standalone=args.standalone or not args.peering,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

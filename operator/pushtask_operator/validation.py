@@ -1,0 +1,137 @@
+"""Checks the schema cannot make: templates compile, referenced objects exist, URLs answer.
+
+`validate()` is plain async code over a `Lookups` protocol, so the rules are tested with
+fakes; the handler passes lookups backed by the Kubernetes API and aiohttp. The order
+matters: a permanent problem (the spec can never work as written) is reported before
+problems that are waited out (an object not created yet, a server not up yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from pushtask.models import PushTaskSpec
+from pushtask.templates import TemplateCompileError, compile_message
+from pushtask_operator.deployment import secret_key_refs
+from pushtask_operator.reconcile import Validation
+from pushtask_operator.settings import OperatorSettings
+
+
+class Lookups(Protocol):
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """Keys of a Secret; None when it does not exist."""
+
+    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """Data of a ConfigMap; None when it does not exist."""
+
+    async def service_account_exists(self, namespace: str, name: str) -> bool: ...
+
+    async def probe_url(self, url: str) -> str | None:
+        """None when the URL answers with a success; else why not."""
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"spec.{where}: {err.get('msg')}" if where else str(err.get("msg"))
+
+
+async def validate(
+    spec: Mapping[str, Any],
+    namespace: str,
+    lookups: Lookups,
+    settings: OperatorSettings,
+    *,
+    probe_urls: bool = True,
+) -> Validation:
+    # Permanent: the spec as written cannot work.
+    try:
+        model = PushTaskSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        return Validation.failed("InvalidSpec", _first_error(exc), permanent=True)
+    try:
+        compile_message(model.message.template)
+    except TemplateCompileError as exc:
+        return Validation.failed("TemplateError", f"spec.message.{exc}", permanent=True)
+
+    # Waited out: objects that may be created later, servers that may come up.
+    secret = settings.mongo_secret_name
+    keys = await lookups.secret_keys(namespace, secret)
+    if keys is None or settings.mongo_secret_key not in keys:
+        return Validation.failed(
+            "MongoSecretMissing",
+            f'Secret "{secret}" with key "{settings.mongo_secret_key}" (the MongoDB URI for '
+            f'workers) not found in namespace "{namespace}"',
+            permanent=False,
+        )
+    account = settings.worker_service_account
+    if account and not await lookups.service_account_exists(namespace, account):
+        return Validation.failed(
+            "WorkerServiceAccountMissing",
+            f'ServiceAccount "{account}" for workers not found in namespace "{namespace}"',
+            permanent=False,
+        )
+    for ref in secret_key_refs(spec):
+        keys = await lookups.secret_keys(namespace, ref.secret)
+        if keys is None:
+            return Validation.failed(
+                "SecretMissing",
+                f'Secret "{ref.secret}" ({ref.field}) not found in namespace "{namespace}"',
+                permanent=False,
+            )
+        if ref.key not in keys:
+            return Validation.failed(
+                "SecretKeyMissing",
+                f'Secret "{ref.secret}" ({ref.field}) has no key "{ref.key}"',
+                permanent=False,
+            )
+    for part in ("sources", "exclude"):
+        for i, source in enumerate(spec.get("audience", {}).get(part) or []):
+            field = f"spec.audience.{part}[{i}]"
+            if source.get("kind") == "configMap":
+                data = await lookups.configmap_data(namespace, source["name"])
+                if data is None:
+                    return Validation.failed(
+                        "ConfigMapMissing",
+                        f'ConfigMap "{source["name"]}" ({field}) not found in namespace '
+                        f'"{namespace}"',
+                        permanent=False,
+                    )
+                if source["key"] not in data:
+                    return Validation.failed(
+                        "ConfigMapKeyMissing",
+                        f'ConfigMap "{source["name"]}" ({field}) has no key "{source["key"]}"',
+                        permanent=False,
+                    )
+            elif source.get("kind") == "url" and probe_urls:
+                problem = await lookups.probe_url(source["url"])
+                if problem is not None:
+                    return Validation.failed(
+                        "SourceUnreachable",
+                        f"{field}: {source['url']} does not answer: {problem}",
+                        permanent=False,
+                    )
+    return Validation()
+
+
+async def configmap_contents(
+    spec: Mapping[str, Any], namespace: str, lookups: Lookups
+) -> dict[str, str]:
+    """ConfigMap text of each configMap source, keyed as the run document's `inline`.
+
+    Workers cannot read ConfigMaps (no API access): the operator copies the content into
+    the run document when the run is created, which also freezes it for the run.
+    Keys: the source's index in `sources`, or `exclude.<i>` for exclusion sources.
+    """
+    out: dict[str, str] = {}
+    for part in ("sources", "exclude"):
+        for i, source in enumerate(spec.get("audience", {}).get(part) or []):
+            if source.get("kind") != "configMap":
+                continue
+            data = await lookups.configmap_data(namespace, source["name"]) or {}
+            key = str(i) if part == "sources" else f"exclude.{i}"
+            out[key] = data.get(source["key"], "")
+    return out

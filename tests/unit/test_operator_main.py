@@ -1,0 +1,33 @@
+import kopf
+from pushtask_operator.main import _args, configure_kopf, register
+from pushtask_operator.settings import OperatorSettings
+
+
+def test_registers_reconcile_timer_and_delete() -> None:
+    registry = kopf.OperatorRegistry()
+    register(registry, OperatorSettings(progress_interval=3))
+    changing = registry._changing.get_all_handlers()
+    assert {h.id for h in changing} == {"reconcile", "forget"}
+    (timer,) = registry._spawning.get_all_handlers()
+    assert timer.id == "progress" and timer.interval == 3  # type: ignore[attr-defined]
+    (forget,) = [h for h in changing if h.id == "forget"]
+    assert forget.requires_finalizer is False  # type: ignore[attr-defined]
+
+
+def test_kopf_settings_are_deliberate() -> None:
+    s = kopf.OperatorSettings()
+    configure_kopf(s, OperatorSettings())
+    assert s.watching.server_timeout and s.watching.client_timeout
+    assert s.watching.client_timeout > s.watching.server_timeout
+    assert s.posting.level >= 30
+    assert isinstance(s.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert s.peering.mandatory and not s.scanning.disabled
+    namespaced = kopf.OperatorSettings()
+    configure_kopf(namespaced, OperatorSettings(namespaces=("a",)))
+    assert namespaced.scanning.disabled
+
+
+def test_command_line() -> None:
+    a = _args(["--namespace", "a", "-n", "b", "--peering", "p", "--liveness", "http://x/h"])
+    assert a.namespace == ["a", "b"] and a.peering == "p" and a.command == "run"
+    assert _args(["selftest"]).command == "selftest"

@@ -1,0 +1,107 @@
+import asyncio
+from typing import Any
+
+import pytest
+from pushtask_operator.settings import OperatorSettings
+from pushtask_operator.validation import configmap_contents, validate
+
+SETTINGS = OperatorSettings(mongo_secret_name="mongo", worker_service_account="pt-worker")
+
+
+class Fake:
+    def __init__(self) -> None:
+        self.secrets: dict[str, set[str]] = {"mongo": {"uri"}, "hmac": {"hmac"}}
+        self.configmaps: dict[str, dict[str, str]] = {"users": {"list": "a\nb\n"}}
+        self.accounts = {"pt-worker"}
+        self.urls: dict[str, str | None] = {}
+
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        return self.secrets.get(name)
+
+    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.configmaps.get(name)
+
+    async def service_account_exists(self, namespace: str, name: str) -> bool:
+        return name in self.accounts
+
+    async def probe_url(self, url: str) -> str | None:
+        return self.urls.get(url)
+
+
+def spec(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "audience": {
+            "sources": [
+                {"kind": "inline", "users": ["u1", "u2"]},
+                {"kind": "configMap", "name": "users", "key": "list"},
+                {"kind": "url", "url": "http://files/x.csv", "format": "csv"},
+            ],
+        },
+        "message": {
+            "channel": "webhook",
+            "webhook": {"url": "http://sink/hook", "secretRef": {"name": "hmac"}},
+            "template": {"title": "Hi", "body": "Hello {{ name }}"},
+        },
+    }
+    base.update(over)
+    return base
+
+
+def run(s: dict[str, Any], fake: Fake, **kw: Any) -> Any:
+    return asyncio.run(validate(s, "ns", fake, SETTINGS, **kw))
+
+
+def test_a_good_spec_passes() -> None:
+    assert run(spec(), Fake()).ok
+
+
+def test_template_error_is_permanent_and_names_the_line() -> None:
+    s = spec()
+    s["message"]["template"]["body"] = "Hello\n{{ name "
+    v = run(s, Fake())
+    assert not v.ok and v.permanent and v.reason == "TemplateError"
+    assert "body" in v.message and "line 2" in v.message
+
+
+def test_schema_level_problem_is_permanent() -> None:
+    s = spec()
+    del s["message"]["webhook"]
+    v = run(s, Fake())
+    assert not v.ok and v.permanent and "webhook" in v.message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "words"),
+    [
+        (lambda f: f.secrets.pop("hmac"), "SecretMissing", 'Secret "hmac"'),
+        (lambda f: f.secrets.__setitem__("hmac", {"other"}), "SecretKeyMissing", '"hmac"'),
+        (lambda f: f.secrets.pop("mongo"), "MongoSecretMissing", 'Secret "mongo"'),
+        (lambda f: f.accounts.clear(), "WorkerServiceAccountMissing", "pt-worker"),
+        (lambda f: f.configmaps.clear(), "ConfigMapMissing", 'ConfigMap "users"'),
+        (lambda f: f.configmaps.__setitem__("users", {}), "ConfigMapKeyMissing", '"list"'),
+        (
+            lambda f: f.urls.__setitem__("http://files/x.csv", "HTTP 404"),
+            "SourceUnreachable",
+            "HTTP 404",
+        ),
+    ],
+)
+def test_missing_things_are_waited_out(mutate: Any, reason: str, words: str) -> None:
+    fake = Fake()
+    mutate(fake)
+    v = run(spec(), fake)
+    assert not v.ok and not v.permanent and v.reason == reason
+    assert words in v.message
+
+
+def test_url_probe_can_be_skipped() -> None:
+    fake = Fake()
+    fake.urls["http://files/x.csv"] = "timeout"
+    assert run(spec(), fake, probe_urls=False).ok
+
+
+def test_configmap_content_is_copied_by_source_index() -> None:
+    s = spec()
+    s["audience"]["exclude"] = [{"kind": "configMap", "name": "users", "key": "list"}]
+    got = asyncio.run(configmap_contents(s, "ns", Fake()))
+    assert got == {"1": "a\nb\n", "exclude.0": "a\nb\n"}
