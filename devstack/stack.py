@@ -49,15 +49,9 @@ GROUPS = {
 # Start order; `down` goes in reverse (the kubelet first, so pods get their SIGTERM).
 ORDER = ("ferretdb", *GROUPS["cluster"])
 
-# Controllers the project relies on are all in the default set ("*"): deployment,
-# replicaset, garbage-collector, serviceaccount, serviceaccount-token, namespace, ...
-# The ones below need cloud or node networking we do not have; they would only log errors.
-DISABLED_CONTROLLERS = (
-    "-cloud-node-lifecycle-controller",
-    "-service-lb-controller",
-    "-node-route-controller",
-    "-node-ipam-controller",
-)
+# Every on-by-default controller ("*"): deployment, replicaset, garbage-collector,
+# serviceaccount, serviceaccount-token, namespace, node-lifecycle, ... are all in it.
+CONTROLLERS = "*"
 
 
 class StackError(RuntimeError):
@@ -256,7 +250,7 @@ def _argv_controller_manager(p: Paths) -> list[str]:
         f"--cluster-signing-key-file={k.ca_key}",
         # Each controller acts as its own service account, so RBAC applies to them too.
         "--use-service-account-credentials=true",
-        f"--controllers=*,{','.join(DISABLED_CONTROLLERS)}",
+        f"--controllers={CONTROLLERS}",
         f"--service-cluster-ip-range={versions.SERVICE_CLUSTER_IP_RANGE}",
         # One instance: leader election would only delay the start by a lease period.
         "--leader-elect=false",
