@@ -221,7 +221,7 @@ def _merge_property(
                         f"self.{name} in {_cel_list(e)}",
                         "message": f"{name} must be one of {', '.join(e)} when kind is {kind}",
                         "fieldPath": f".{name}",
-                        "reason": "FieldValueNotSupported",
+                        "reason": "FieldValueInvalid",
                     }
                 )
     return out
@@ -242,7 +242,11 @@ def _tidy(node: Any, *, drop_defaults: bool) -> Any:
         if drop_defaults and key == "default":
             continue
         value = node[key]
-        if key in ("properties", "additionalProperties", "items") or isinstance(value, dict | list):
+        if key in ("default", "enum"):
+            pass  # data, not schema: keep as the models dump it
+        elif key in ("properties", "additionalProperties", "items") or isinstance(
+            value, dict | list
+        ):
             # property names are data, not schema keys: keep their declared order
             value = (
                 {n: _tidy(p, drop_defaults=drop_defaults) for n, p in value.items()}

@@ -101,9 +101,11 @@ class ApiModel(BaseModel):
         return self
 
 
-def _default_object() -> Any:
-    # Object fields default to {} in the CRD; the API server then fills nested defaults.
-    return {"default": {}}
+def _default_of(model: type[BaseModel]) -> Any:
+    """json_schema_extra declaring a model's whole default object in the CRD."""
+    # In full, not {}: the API server validates a default (CEL included) before it fills
+    # the nested defaults in, so {} would fail the rules that read those fields.
+    return {"default": model().model_dump(by_alias=True, mode="json", exclude_none=True)}
 
 
 def _number_to_str(value: Any) -> Any:
@@ -390,10 +392,10 @@ class Delivery(ApiModel):
     """AtMostOnce: a recipient in doubt becomes unknown; AtLeastOnce: it is sent again."""
     max_attempts: int = Field(3, ge=1, le=20)
     """Attempts per recipient (retryable errors only; 4xx is final)."""
-    backoff: Backoff = Field(default_factory=Backoff, json_schema_extra=_default_object())
+    backoff: Backoff = Field(default_factory=Backoff, json_schema_extra=_default_of(Backoff))
     """Delay between attempts."""
     failure_threshold: FailureThreshold = Field(
-        default_factory=FailureThreshold, json_schema_extra=_default_object()
+        default_factory=FailureThreshold, json_schema_extra=_default_of(FailureThreshold)
     )
     """Error budget."""
 
@@ -415,7 +417,7 @@ class Weekday(StrEnum):
     SUN = "Sun"
 
 
-Time = Annotated[str, StringConstraints(pattern=HHMM_PATTERN)]
+Time = Annotated[str, StringConstraints(pattern=HHMM_PATTERN, max_length=5)]
 
 
 class Window(ApiModel):
@@ -498,15 +500,15 @@ class PushTaskSpec(ApiModel):
     """Worker pods (the scale subresource drives this)."""
     priority: int = Field(500, ge=0, le=1000)
     """Higher is more important; operator settings map ranges to tiers degraded at peaks."""
-    rate: Rate = Field(default_factory=Rate, json_schema_extra=_default_object())
+    rate: Rate = Field(default_factory=Rate, json_schema_extra=_default_of(Rate))
     """Send rate."""
     audience: Audience
     """Who receives the message."""
     message: Message
     """What is sent."""
-    delivery: Delivery = Field(default_factory=Delivery, json_schema_extra=_default_object())
+    delivery: Delivery = Field(default_factory=Delivery, json_schema_extra=_default_of(Delivery))
     """Retries and guarantees."""
-    schedule: Schedule = Field(default_factory=Schedule, json_schema_extra=_default_object())
+    schedule: Schedule = Field(default_factory=Schedule, json_schema_extra=_default_of(Schedule))
     """When to send."""
 
     __cel__ = (RUN_RULE,)
