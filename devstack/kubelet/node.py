@@ -80,8 +80,9 @@ def node_status(settings: Settings, cap: dict[str, str], started: datetime,
                  "kubelet has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": settings.host_ip},
-                      {"type": "Hostname", "address": settings.node_name}],
+        # No Hostname address: the API server would prefer it for reaching the kubelet and
+        # the node name does not resolve.
+        "addresses": [{"type": "InternalIP", "address": settings.host_ip}],
         # Nothing listens there: logs are read from files (`devstack logs`), not through
         # the API server's kubelet proxy.
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
