@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import textwrap
 import time
@@ -353,3 +354,49 @@ def test_liveness_probe_restarts_the_container(k: Kubectl) -> None:
                          lambda: (cs := container_status(pod(k, "live")))["restartCount"] >= 1
                          and cs, timeout=60)
     assert restarted["lastState"]["terminated"]["message"] == "failed liveness probe"
+
+
+def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(k: Kubectl) -> None:
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn"},
+        "spec": {"terminationGracePeriodSeconds": 3, "containers": [{
+            "name": "c", "image": "ignored",
+            "command": ["python", "-c", "import signal, time; "
+                        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"],
+        }]},
+    }))
+    wait_for("Running", lambda: pod(k, "stubborn")["status"].get("phase") == "Running")
+    started_event = next(e for e in k.json("get", "events")["items"]
+                         if e["involvedObject"]["name"] == "stubborn" and e["reason"] == "Started")
+    match = re.search(r"pid (\d+)", started_event["message"])
+    assert match is not None
+    pid = int(match.group(1))
+    started = time.monotonic()
+    k("delete", "pod", "stubborn", "--wait=false")
+    wait_for("the pod to be gone", lambda: "stubborn" not in
+             {p["metadata"]["name"] for p in pods(k)}, timeout=30, interval=0.2)
+    took = time.monotonic() - started
+    assert 2.5 <= took < 10, took  # SIGKILL after the 3 s grace period, then removed
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_init_containers_run_first_in_order(k: Kubectl, tmp_path: Path) -> None:
+    out = tmp_path / "order"
+    step = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "inits"},
+        "spec": {"restartPolicy": "Never",
+                 "initContainers": [
+                     {"name": "one", "image": "x", "command": ["python", "-c", step, str(out),
+                                                               "one"]},
+                     {"name": "two", "image": "x", "command": ["python", "-c", step, str(out),
+                                                               "two"]}],
+                 "containers": [
+                     {"name": "main", "image": "x", "command": ["python", "-c", step, str(out),
+                                                                "main"]}]},
+    }))
+    done = wait_for("Succeeded", lambda: (p := pod(k, "inits"))["status"].get("phase")
+                    == "Succeeded" and p)
+    assert out.read_text().split() == ["one", "two", "main"]
+    assert [s["state"]["terminated"]["exitCode"] for s in
+            done["status"]["initContainerStatuses"]] == [0, 0]
