@@ -72,6 +72,7 @@ class ProcRecord:
     start_time: int
     argv: list[str]
     started_by: str  # "cli" or "pytest": the fixtures only tear down what they started
+    started_at: float = 0.0  # wall clock, for "has it reported since it started?" checks
 
     def alive(self) -> bool:
         return start_time(self.pid) == self.start_time and not _is_zombie(self.pid)
@@ -137,7 +138,7 @@ def spawn(
     # detached child is reaped by init once the CLI exits; in long-lived callers (pytest)
     # `_reap` below collects it.
     _spawned[proc.pid] = proc
-    return ProcRecord(name, proc.pid, st, list(argv), started_by)
+    return ProcRecord(name, proc.pid, st, list(argv), started_by, time.time())
 
 
 _spawned: dict[int, subprocess.Popen[bytes]] = {}

@@ -15,6 +15,7 @@ All state and logs live under ``.devstack/`` in the repository root (override wi
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import importlib.util
 import json
@@ -131,17 +132,17 @@ def _check_http(
     return None if expect(body) else f"{url}: {body[:200]!r}"
 
 
-def _health_etcd(p: Paths) -> str | None:
+def _health_etcd(p: Paths, since: float) -> str | None:
     url = f"http://127.0.0.1:{versions.ETCD_CLIENT_PORT}/health"
     return _check_http(url, None, lambda b: json.loads(b).get("health") == "true")
 
 
-def _health_apiserver(p: Paths) -> str | None:
+def _health_apiserver(p: Paths, since: float) -> str | None:
     return _check_http(f"{APISERVER_URL}/readyz", _ssl_context(p), lambda b: b.strip() == b"ok")
 
 
-def _health_secure_port(port: int) -> Callable[[Paths], str | None]:
-    def check(p: Paths) -> str | None:
+def _health_secure_port(port: int) -> Callable[[Paths, float], str | None]:
+    def check(p: Paths, since: float) -> str | None:
         # Anonymous is enough: /healthz is on the components' always-allowed paths.
         url = f"https://127.0.0.1:{port}/healthz"
         return _check_http(url, _ssl_context(p, client=False), lambda b: b.strip() == b"ok")
@@ -149,7 +150,7 @@ def _health_secure_port(port: int) -> Callable[[Paths], str | None]:
     return check
 
 
-def _health_ferretdb(p: Paths) -> str | None:
+def _health_ferretdb(p: Paths, since: float) -> str | None:
     return mongo_ping(MONGO_URI)
 
 
@@ -169,18 +170,42 @@ def mongo_ping(uri: str) -> str | None:
         client.close()
 
 
-def _health_kubelet(p: Paths) -> str | None:
-    url = f"{APISERVER_URL}/api/v1/nodes/{versions.NODE_NAME}"
+def _parse_time(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _health_kubelet(p: Paths, since: float) -> str | None:
+    """The node is Ready and its Lease was renewed by *this* kubelet process.
+
+    A Node keeps its last Ready condition after its kubelet dies (until the node-lifecycle
+    controller notices, ~40 s later), so Ready alone would pass on a stale object.
+    """
+    node_name = versions.NODE_NAME
     try:
-        node = json.loads(_http_get(url, _ssl_context(p)))
+        ctx = _ssl_context(p)
+        node = json.loads(_http_get(f"{APISERVER_URL}/api/v1/nodes/{node_name}", ctx))
+        lease = json.loads(
+            _http_get(
+                f"{APISERVER_URL}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/"
+                f"leases/{node_name}",
+                ctx,
+            )
+        )
     except urllib.error.HTTPError as exc:
-        return f"node {versions.NODE_NAME}: HTTP {exc.code}"
+        return f"node {node_name}: HTTP {exc.code}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        return f"node {versions.NODE_NAME}: {exc}"
+        return f"node {node_name}: {exc}"
+    renewed = lease.get("spec", {}).get("renewTime")
+    # 1 s of slack: renewTime and our clock are the same host's, but rounded differently.
+    if not renewed or _parse_time(renewed) < since - 1:
+        return f"lease of node {node_name} not renewed since the kubelet started"
+    duration = lease.get("spec", {}).get("leaseDurationSeconds") or 40
+    if _parse_time(renewed) + duration < time.time():
+        return f"lease of node {node_name} expired (last renewed {renewed})"
     for cond in node.get("status", {}).get("conditions", []):
         if cond.get("type") == "Ready":
             return None if cond.get("status") == "True" else f"node not Ready: {cond}"
-    return f"node {versions.NODE_NAME} has no Ready condition yet"
+    return f"node {node_name} has no Ready condition yet"
 
 
 # --- command lines ---------------------------------------------------------------------
@@ -308,7 +333,7 @@ class Component:
     name: str
     tool: str | None  # cached binary it needs (None: the Python kubelet)
     argv: Callable[[Paths], list[str]]
-    health: Callable[[Paths], str | None]
+    health: Callable[[Paths, float], str | None]  # (paths, started_at) -> None or reason
     port: int | None  # checked free before start, so a foreign server is reported clearly
     timeout: float  # seconds to become healthy
 
@@ -411,7 +436,8 @@ class Stack:
     def health(self, name: str) -> str | None:
         if name != "ferretdb" and not self.paths.pki.ca_cert.exists():
             return "no PKI yet"
-        return COMPONENTS[name].health(self.paths)
+        rec = self.pids.read(name)
+        return COMPONENTS[name].health(self.paths, rec.started_at if rec else 0.0)
 
     def healthy(self, names: Sequence[str]) -> bool:
         return all(self.record(n) is not None and self.health(n) is None for n in names)
