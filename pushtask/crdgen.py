@@ -412,6 +412,11 @@ def _constraints(schema: JsonObj) -> str:
     return ", ".join(parts)
 
 
+def _short(rule: str, limit: int = 160) -> str:
+    # The cron regex runs to 1.5 kB: the CRD has it in full, the table only its start.
+    return rule if len(rule) <= limit else rule[: limit - 1] + "…"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -479,7 +484,7 @@ def reference_markdown() -> str:
                 "| --- | --- | --- |",
             ]
             out += [
-                f"| `{part}{'.' + p if p != '(root)' else ''}` | `{_cell(r['rule'])}` | "
+                f"| `{part}{'.' + p if p != '(root)' else ''}` | `{_cell(_short(r['rule']))}` | "
                 f"{_cell(r['message'])} |"
                 for p, r in rules
             ]

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -514,6 +515,34 @@ class PushTaskSpec(ApiModel):
     __cel__ = (RUN_RULE,)
 
 
+_SOURCE_KINDS = frozenset({"inline", "mongo", "configMap", "url"})
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a Kubernetes field path: ("a", 0, "b") -> "a[0].b"."""
+    out = ""
+    previous: int | str = ""
+    for part in loc:
+        after_index, previous = isinstance(previous, int), part
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif (after_index and part in _SOURCE_KINDS) or "[" in part:
+            continue  # a source's kind (the union's tag) or a validator's name: not a field
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    """Each error of a spec as "spec.audience.sources[0].collection: Field required"."""
+    lines = []
+    for e in error.errors():
+        path = ".".join(p for p in (prefix, field_path(tuple(e["loc"]))) if p)
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
 def validate_update(old: PushTaskSpec, new: PushTaskSpec) -> None:
     """The transition rules (CEL `oldSelf`) for an update from `old` to `new`."""
     if new.run < old.run:
@@ -684,5 +713,7 @@ __all__ = [
     "Weekday",
     "Window",
     "WorkerCounts",
+    "describe_errors",
+    "field_path",
     "validate_update",
 ]

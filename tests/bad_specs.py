@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pushtask.models import describe_errors
+
 Manifest = dict[str, Any]
 
 
@@ -155,28 +157,9 @@ BAD_CASES: list[BadCase] = [
 ]  # fmt: skip
 
 
-def k8s_path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's loc as a Kubernetes field path: ("a", 0, "b") -> "a[0].b"."""
-    out = ""
-    previous: int | str = ""
-    for part in loc:
-        after_index, previous = isinstance(previous, int), part
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif (after_index and part in ("inline", "mongo", "configMap", "url")) or "[" in part:
-            continue  # a source's kind (the union's tag) or a validator's name: not a field
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-def pydantic_paths(error: ValidationError, prefix: str = "") -> str:
+def pydantic_paths(error: ValidationError) -> str:
     """Every error of `error` as "path: message" lines."""
-    lines = []
-    for e in error.errors():
-        path = k8s_path(tuple(e["loc"]))
-        lines.append(f"{prefix}{'.' if prefix and path else ''}{path}: {e['msg']}")
-    return "\n".join(lines)
+    return "\n".join(describe_errors(error))
 
 
 def names_field(text: str, path: str) -> bool:

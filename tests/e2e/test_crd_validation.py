@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from devstack.testing import Kubectl
-from pushtask.models import PushTaskSpec
+from pushtask.models import ApiModel, PushTask, PushTaskSpec, describe_errors
 from tests.bad_specs import BAD_CASES, BadCase, valid_manifest
 
 pytestmark = pytest.mark.e2e
@@ -20,6 +21,19 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 CRD = ROOT / "crds" / "pushtask.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def _rule_messages() -> set[str]:
+    out: set[str] = set()
+    todo: list[type[ApiModel]] = [ApiModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            out |= {r.message for r in sub.__cel__}
+            todo.append(sub)
+    return out
+
+
+RULE_MESSAGES = _rule_messages()
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +93,11 @@ def test_server_defaults_equal_model_defaults(crd: None, kubectl: Kubectl, names
     assert server_spec["schedule"]["windows"][0]["days"][0] == "Mon"
 
 
+def test_explain_shows_the_field_descriptions(crd: None, kubectl: Kubectl) -> None:
+    out = kubectl("explain", "pushtask.spec.schedule.windows").stdout
+    assert "crosses midnight" in out and "timeZone" in out
+
+
 def test_there_are_at_least_fifteen_bad_manifests() -> None:
     assert len(BAD_CASES) >= 15
 
@@ -90,6 +109,13 @@ def test_bad_manifest_is_rejected_naming_the_field(
     proc = _dry_run(kubectl.in_namespace(namespace), case.manifest())
     assert proc.returncode != 0, f"accepted: {yaml.safe_dump(case.manifest())}"
     assert case.path in proc.stderr, proc.stderr
+    # Where the models reject with one of their CEL twins, the server says the same words.
+    with pytest.raises(ValidationError) as info:
+        PushTask.model_validate(case.manifest())
+    for line in describe_errors(info.value):
+        message = line.split(": ", 1)[-1]
+        if message in RULE_MESSAGES:
+            assert message in proc.stderr, (message, proc.stderr)
 
 
 def test_run_must_not_decrease_on_update(crd: None, kubectl: Kubectl, namespace: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,27 @@ def test_rules_match_the_models() -> None:
     assert run["x-kubernetes-validations"] == [models.RUN_RULE.to_crd()]
     cron = _schema()["properties"]["spec"]["properties"]["schedule"]["properties"]["cron"]
     assert cron["x-kubernetes-validations"][0]["rule"] == f"self.matches({schedule.CRON_PATTERN!r})"
+
+
+def _api_models() -> list[type[models.ApiModel]]:
+    seen: list[type[models.ApiModel]] = []
+    todo: list[type[models.ApiModel]] = [models.ApiModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            seen.append(sub)
+            todo.append(sub)
+    return seen
+
+
+def test_every_rule_of_the_models_is_in_the_crd() -> None:
+    text = json.dumps(_schema())
+    ruled = [m for m in _api_models() if m.__cel__]
+    assert {m.__name__ for m in ruled} >= {"Message", "Backoff", "Window", "Schedule"}
+    for model in ruled:
+        for rule in model.__cel__:
+            # Rules of a source kind are guarded by the kind in the merged source object.
+            assert json.dumps(rule.rule)[1:-1] in text, (model.__name__, rule.rule)
+            assert json.dumps(rule.message)[1:-1] in text, (model.__name__, rule.message)
 
 
 def test_exclusive_minimum_is_openapi_v3() -> None:

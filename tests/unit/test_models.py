@@ -19,6 +19,8 @@ from pushtask.models import (
     PushTaskSpec,
     PushTaskStatus,
     UrlSource,
+    describe_errors,
+    field_path,
     validate_update,
 )
 from pushtask.states import DesiredState, Phase
@@ -205,3 +207,18 @@ def test_status_parses_what_the_server_holds_and_dumps_camel_case() -> None:
     assert out["runId"] == "ns.t.2.abcd1234"
     assert out["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert "kopf" not in out
+
+
+def test_errors_read_as_kubernetes_field_paths() -> None:
+    manifest = valid_manifest()
+    manifest["spec"]["audience"]["sources"].append({"kind": "mongo"})
+    manifest["spec"]["message"]["channel"] = "smtp"
+    with pytest.raises(ValidationError) as info:
+        PushTaskSpec.model_validate(manifest["spec"])
+    assert describe_errors(info.value, prefix="spec") == [
+        "spec.audience.sources[1].collection: Field required",
+        "spec.message: spec.message.smtp is required when spec.message.channel is smtp",
+    ]
+    # A source's kind is a union tag in pydantic's location, not a field; a field named
+    # like a kind (a url source's `url`) is kept.
+    assert field_path(("audience", "sources", 0, "url", "url")) == "audience.sources[0].url"
