@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -178,7 +179,8 @@ _BOOLS = ("start_due", "in_window", "run_raised", "recurring", "finished", "work
 def _every_facts() -> list[Facts]:
     out = []
     for values in itertools.product((False, True), repeat=len(_BOOLS)):
-        base = Facts(**dict(zip(_BOOLS, values, strict=True)))
+        kwargs: dict[str, Any] = dict(zip(_BOOLS, values, strict=True))
+        base = Facts(**kwargs)
         out += [base, replace(base, failure="boom")]
     return out
 
