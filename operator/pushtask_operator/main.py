@@ -26,7 +26,9 @@ from pushtask_operator.settings import OperatorSettings, SettingsError, from_env
 log = logging.getLogger("pushtask.operator")
 
 
-def configure_kopf(kopf_settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
+def configure_kopf(
+    kopf_settings: kopf.OperatorSettings, config: OperatorSettings, *, peering: bool = True
+) -> None:
     """kopf's settings, each chosen on purpose (the defaults suit a demo, not a cluster)."""
     # The API server ends a watch after server_timeout; a client timeout a little longer
     # catches a connection that died silently (a load balancer dropping idle streams).
@@ -49,7 +51,9 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, config: OperatorSetting
     # One active replica: a peer that stopped renewing is presumed dead after this long
     # (a SIGKILLed operator blocks its successor at most this long).
     kopf_settings.peering.lifetime = int(os.environ.get("PUSHTASK_PEERING_LIFETIME", "30"))
-    kopf_settings.peering.mandatory = True
+    # With a peering name (the chart ships the object), its absence is an error, not a
+    # silent fall back to running unguarded.
+    kopf_settings.peering.mandatory = peering
     # A namespaced install has no cluster-wide read of CRDs: don't try to watch them.
     if not config.cluster_wide:
         kopf_settings.scanning.disabled = True
@@ -57,13 +61,15 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, config: OperatorSetting
     kopf_settings.execution.max_workers = 16
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorSettings, *, peering: bool = True
+) -> None:
     """All handlers, bound to `registry` (so tests can inspect a fresh one)."""
     res = (GROUP, VERSION, PLURAL)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure_kopf(settings, config)
+        configure_kopf(settings, config, peering=peering)
         store = Store.connect(config.mongo_uri)
         await store.ensure_indexes()
         kube = Kube()
@@ -73,6 +79,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
             int(os.environ.get("PUSHTASK_METRICS_PORT", "0") or 0),
             os.environ.get("POD_IP", "0.0.0.0"),
         )
+
+    # A fresh registry has no login handler: use the kubernetes client's config loading
+    # (in-cluster, else KUBECONFIG), re-run by kopf whenever credentials expire.
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -141,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # pymongo logs every command at debug level: far too much even for debugging handlers.
+    logging.getLogger("pymongo").setLevel(logging.WARNING)
     if args.command == "selftest":
         uri = os.environ.get("PUSHTASK_MONGO_URI")
         if not uri:
@@ -157,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces = []
     config = OperatorSettings(**{**config.__dict__, "namespaces": tuple(namespaces)})
     registry = kopf.OperatorRegistry()
-    register(registry, config)
+    register(registry, config, peering=bool(args.peering) and not args.standalone)
     kopf.run(
         registry=registry,
         clusterwide=not namespaces,

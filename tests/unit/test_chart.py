@@ -1,0 +1,246 @@
+"""`helm template` / `helm lint` of charts/pushtask with several value sets.
+
+Needs only the helm binary (devstack builds and caches it); no cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack import build
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "pushtask"
+URI = ["--set", "mongodb.uri=mongodb://mongo.example:27017/pushtask"]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    path = build.tool_path("helm")
+    if not build.is_built("helm"):
+        pytest.skip("helm is not built yet: python -m devstack build --only helm")
+    return path
+
+
+def run(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "HOME": "/tmp",
+            "PATH": "/usr/bin:/bin",
+            "HELM_CACHE_HOME": "/tmp/helm-cache",
+            "HELM_CONFIG_HOME": "/tmp/helm-config",
+            "HELM_DATA_HOME": "/tmp/helm-data",
+        },
+    )
+
+
+def render(helm: Path, *values: str, namespace: str = "pushtask-system") -> list[dict[str, Any]]:
+    proc = run(helm, "template", "rel", str(CHART), "--namespace", namespace, *values)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def find(
+    docs: list[dict[str, Any]], kind: str, name: str | None = None, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (name is None or d["metadata"]["name"] == name)
+        and (namespace is None or d["metadata"].get("namespace") == namespace)
+    ]
+
+
+def operator_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = find(docs, "Deployment", "rel-pushtask-operator")
+    return dep
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_lint_strict_is_clean(helm: Path) -> None:
+    for values in (
+        [],
+        URI,
+        ["--set", "mongodb.bundled.enabled=true", "--set", "watchNamespaces={a,b}"],
+    ):
+        proc = run(helm, "lint", "--strict", str(CHART), *values)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_chart_crds_match_the_generated_crd() -> None:
+    # Helm installs crds/ from the chart; `make chart-crds` copies the generated file.
+    assert (CHART / "crds" / "pushtask.yaml").read_text() == (
+        ROOT / "crds" / "pushtask.yaml"
+    ).read_text(), "charts/pushtask/crds is stale: run `make chart-crds`"
+
+
+def test_cluster_wide_defaults(helm: Path) -> None:
+    docs = render(helm, *URI)
+    dep = operator_deployment(docs)
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (c,) = pod["containers"]
+    assert c["command"] == ["pushtask-operator"]
+    assert "--all-namespaces" in c["args"] and "--peering=pushtask" in c["args"]
+    assert any(a.startswith("--liveness=http://$(POD_IP):8080/healthz") for a in c["args"])
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    env = env_of(c)
+    assert env["PUSHTASK_MONGO_URI"] == {
+        "secretKeyRef": {"name": "rel-pushtask-mongodb", "key": "uri"}
+    }
+    assert env["PUSHTASK_NAMESPACES"] == ""
+    assert find(docs, "ClusterRole", "rel-pushtask-operator")
+    assert find(docs, "ClusterRoleBinding", "rel-pushtask-operator")
+    assert find(docs, "ClusterKopfPeering", "pushtask")
+    (secret,) = find(docs, "Secret", "rel-pushtask-mongodb")
+    assert secret["stringData"]["uri"] == "mongodb://mongo.example:27017/pushtask"
+    (svc,) = find(docs, "Service", "rel-pushtask-metrics")
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert not find(docs, "StatefulSet")
+    (test_pod,) = [d for d in find(docs, "Pod") if "helm.sh/hook" in d["metadata"]["annotations"]]
+    assert test_pod["spec"]["containers"][0]["command"] == ["pushtask-operator", "selftest"]
+
+
+def test_operator_rbac_is_least_privilege(helm: Path) -> None:
+    docs = render(helm, *URI)
+    (role,) = find(docs, "ClusterRole", "rel-pushtask-operator")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "delete" not in rule["verbs"]
+        if "secrets" in rule["resources"]:
+            assert rule["verbs"] == ["get"]  # never list: only the Secrets a task names
+    granted = {
+        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    for needed in [
+        ("pushtask.dev", "pushtasks"),
+        ("pushtask.dev", "pushtasks/status"),
+        ("apps", "deployments"),
+        ("", "events"),
+        ("", "secrets"),
+        ("", "configmaps"),
+        ("kopf.dev", "clusterkopfpeerings"),
+    ]:
+        assert needed in granted
+
+
+def test_workers_get_no_api_access(helm: Path) -> None:
+    docs = render(helm, *URI, "--set", "watchNamespaces={a,b}")
+    for ns in ("a", "b"):
+        (sa,) = find(docs, "ServiceAccount", "pushtask-worker", ns)
+        assert sa["automountServiceAccountToken"] is False
+    for binding in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding"):
+        assert all(s["name"] != "pushtask-worker" for s in binding["subjects"])
+
+
+def test_watched_namespaces(helm: Path) -> None:
+    docs = render(helm, *URI, "--set", "watchNamespaces={a,b}")
+    (c,) = operator_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=a" in c["args"] and "--namespace=b" in c["args"]
+    assert "--all-namespaces" not in c["args"]
+    assert env_of(c)["PUSHTASK_NAMESPACES"] == "a,b"
+    assert not find(docs, "ClusterRoleBinding", "rel-pushtask-operator")
+    assert not find(docs, "ClusterKopfPeering")
+    for ns in ("a", "b"):
+        assert find(docs, "Role", "rel-pushtask-operator", ns)
+        (rb,) = find(docs, "RoleBinding", "rel-pushtask-operator", ns)
+        assert rb["subjects"][0]["namespace"] == "pushtask-system"
+        assert find(docs, "KopfPeering", "pushtask", ns)
+        assert find(docs, "Secret", "rel-pushtask-mongodb", ns)
+    # The operator's own copy of the URI in the release namespace.
+    assert find(docs, "Secret", "rel-pushtask-mongodb", "pushtask-system")
+
+
+def test_bundled_mongodb(helm: Path) -> None:
+    docs = render(helm, "--set", "mongodb.bundled.enabled=true")
+    (sts,) = find(docs, "StatefulSet", "rel-pushtask-mongodb")
+    assert sts["spec"]["replicas"] == 1
+    assert find(docs, "Service", "rel-pushtask-mongodb")
+    (secret,) = find(docs, "Secret", "rel-pushtask-mongodb")
+    assert secret["stringData"]["uri"] == (
+        "mongodb://rel-pushtask-mongodb.pushtask-system.svc:27017/pushtask"
+    )
+    persistent = render(
+        helm,
+        "--set",
+        "mongodb.bundled.enabled=true",
+        "--set",
+        "mongodb.bundled.persistence.enabled=true",
+    )
+    (sts,) = find(persistent, "StatefulSet")
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
+
+
+def test_existing_secret(helm: Path) -> None:
+    docs = render(
+        helm, "--set", "mongodb.existingSecret=my-mongo", "--set", "mongodb.secretKey=connection"
+    )
+    assert not find(docs, "Secret")
+    (c,) = operator_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert env["PUSHTASK_MONGO_URI"] == {"secretKeyRef": {"name": "my-mongo", "key": "connection"}}
+    assert env["PUSHTASK_MONGO_SECRET"] == "my-mongo"
+
+
+def test_operator_settings_reach_the_environment(helm: Path) -> None:
+    docs = render(
+        helm,
+        *URI,
+        "--set",
+        "sendBudget=500",
+        "--set",
+        "degradedTiers.low=graceful",
+        "--set",
+        "worker.leaseSeconds=20",
+        "--set",
+        "operator.peering.enabled=false",
+    )
+    (c,) = operator_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert env["PUSHTASK_SEND_BUDGET"] == "500"
+    assert env["PUSHTASK_DEGRADED_TIERS"] == '{"low":"graceful"}'
+    assert env["PUSHTASK_LEASE_SECONDS"] == "20"
+    assert env["PUSHTASK_TIERS"] == '{"critical":[700,1000],"low":[0,299],"normal":[300,699]}'
+    assert "--standalone" in c["args"]
+    assert not find(docs, "ClusterKopfPeering")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([], "set exactly one of mongodb.uri, mongodb.existingSecret"),
+        ([*URI, "--set", "mongodb.bundled.enabled=true"], "set exactly one of"),
+        ([*URI, "--set", "sendBudget=-5"], "/sendBudget"),
+        ([*URI, "--set", "degradedTiers.low=later"], "/degradedTiers/low"),
+        ([*URI, "--set", "degradedTiers.nosuch=graceful"], "degradedTiers: unknown tier nosuch"),
+        ([*URI, "--set", "tiers.low={1}"], "/tiers/low"),
+        ([*URI, "--set", "operator.logLevel=loud"], "/operator/logLevel"),
+        ([*URI, "--set", "watchNamespaces={Bad_NS}"], "/watchNamespaces/0"),
+        ([*URI, "--set", "worker.leaseSeconds=1"], "/worker/leaseSeconds"),
+        ([*URI, "--set", "operator.replicas=2"], "replicas"),
+        (["--set", "mongodb.uri=postgres://x"], "/mongodb/uri"),
+        ([*URI, "--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+    ],
+)
+def test_bad_values_fail_with_a_clear_message(helm: Path, values: list[str], message: str) -> None:
+    proc = run(helm, "template", "rel", str(CHART), *values)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
