@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from devstack import versions
+from devstack import stack, versions
 from devstack.testing import Helm, Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -172,3 +175,26 @@ def test_helm_install_and_uninstall(helm: Helm, kubectl: Kubectl, namespace: str
     assert json.loads(helm("list", "--namespace", namespace, "-o", "json").stdout) == []
     # helm keeps release state in Secrets; uninstall removes them too.
     assert k.json("get", "secrets", "-l", "owner=helm")["items"] == []
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("PUSHTASK_E2E_KUBECONFIG")), reason="checks the local devstack itself"
+)
+def test_up_again_is_harmless_and_env_points_at_the_stack(kubeconfig: Path) -> None:
+    def cluster_rows() -> list[dict[str, str]]:
+        return [r for r in stack.Stack().status() if r["component"] in stack.GROUPS["cluster"]]
+
+    before = {r["component"]: r["pid"] for r in cluster_rows()}
+    cli = [sys.executable, "-m", "devstack"]
+    up = subprocess.run(
+        [*cli, "up", "--only", "cluster"], capture_output=True, text=True, timeout=120
+    )
+    assert up.returncode == 0, up.stderr
+    assert "started: nothing (already running)" in up.stderr
+    rows = cluster_rows()
+    assert {r["component"]: r["pid"] for r in rows} == before
+    assert all(r["state"] == "healthy" for r in rows), rows
+
+    env = subprocess.run([*cli, "env"], capture_output=True, text=True, check=True).stdout
+    assert f"export KUBECONFIG={kubeconfig}\n" in env
+    assert f"export PUSHTASK_MONGO_URI={stack.MONGO_URI}\n" in env
