@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
                    help="longest back-off (env DEVSTACK_KUBELET_BACKOFF_MAX, default 300)")
     p.add_argument("--pod-network", default="127.10.0.0/16",
                    help="block of 127.0.0.0/8 that pod IPs come from")
+    p.add_argument("--port", type=int, default=10250,
+                   help="HTTPS port serving container logs to the API server (0: none)")
     p.add_argument("--shutdown-grace", type=float, default=20.0,
                    help="at kubelet shutdown, the longest wait for a pod to stop")
     p.add_argument("--token-ttl", type=int, default=3600,
@@ -37,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
     return Settings(node_name=a.node_name, state_dir=a.state_dir.resolve(),
                     kubeconfig=a.kubeconfig.resolve(), backoff_base=a.backoff_base,
                     backoff_max=a.backoff_max, pod_network=a.pod_network,
-                    shutdown_grace=a.shutdown_grace, token_ttl=a.token_ttl), bool(a.verbose)
+                    shutdown_grace=a.shutdown_grace, token_ttl=a.token_ttl,
+                    port=a.port), bool(a.verbose)
 
 
 async def _main(settings: Settings) -> None:

@@ -16,6 +16,7 @@ from .events import EventRecorder
 from .ipam import IPAM
 from .node import NodeAgent, capacity
 from .pods import Node, PodManager
+from .server import KubeletServer
 from .state import ProcessStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         agent = NodeAgent(settings, api, cap)
         await retry("register node", agent.register)
         pods = PodManager(node)
+        server = KubeletServer(settings, pods.is_running)
+        if settings.port:
+            await server.start()
         tasks = [asyncio.create_task(agent.run(), name="node"),
                  asyncio.create_task(pods.run(), name="pods")]
         log.info("kubelet for node %s running (state in %s)", settings.node_name,
@@ -78,6 +82,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         stopping.cancel()
+        await server.stop()
     finally:
         await api.close()
         lock.close()

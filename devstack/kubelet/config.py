@@ -33,6 +33,8 @@ class Settings:
     pod_network: str = "127.10.0.0/16"
     host_ip: str = "127.0.0.1"
     max_pods: int = 110
+    # HTTPS port for `kubectl logs` (the API server proxies there); 0 turns it off.
+    port: int = 10250
     # Kubelet shutdown stops every pod, each with its grace period but at most this long.
     shutdown_grace: float = 20.0
 

@@ -83,9 +83,8 @@ def node_status(settings: Settings, cap: dict[str, str], started: datetime,
         # No Hostname address: the API server would prefer it for reaching the kubelet and
         # the node name does not resolve.
         "addresses": [{"type": "InternalIP", "address": settings.host_ip}],
-        # Nothing listens there: logs are read from files (`devstack logs`), not through
-        # the API server's kubelet proxy.
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        # Where the API server proxies `kubectl logs` to (see server.py).
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": settings.port}},
         "nodeInfo": node_info(),
     }
 

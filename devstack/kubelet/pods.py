@@ -185,7 +185,6 @@ class ContainerRunner:
             ran_for = (result.finished_at - (result.started_at or result.finished_at))
             delay = self.backoff.next_delay(ran_for.total_seconds())
             self.view.last_terminated = result
-            self.view.restart_count += 1
             if delay > 0:
                 self._set_waiting(
                     "CrashLoopBackOff",
@@ -194,11 +193,18 @@ class ContainerRunner:
                 self.worker.event("Warning", "BackOff",
                                   f"Back-off restarting failed container {self.name}")
                 await self._sleep(delay)
+                if self.stopping:
+                    return
+            # Counted when the container starts again, as the kubelet counts it.
+            self.view.restart_count += 1
 
     async def _run_once(self, environ: dict[str, str], argv: list[str],
                         cwd: Path) -> Terminated:
         """Start the process and wait for it to end (by itself or killed)."""
         log_path = self.worker.dir / f"{self.name}.log"
+        if self.view.restart_count:
+            # Like a runtime's per-container logs: `kubectl logs --previous` reads the last run.
+            process.rotate_log(log_path, self.worker.dir / f"{self.name}.previous.log")
         started = now()
         self._interrupt.clear()
         self._kill_reason = ""
@@ -727,6 +733,14 @@ class PodManager:
             self._done.add(uid)
             if len(self._done) > 10000:
                 self._done.clear()
+
+    def is_running(self, namespace: str, name: str, container: str) -> bool:
+        """Whether that container's process runs now (for following its log)."""
+        for worker in self.workers.values():
+            if worker.namespace == namespace and worker.name == name:
+                return any(r.name == container and r.proc is not None
+                           for r in worker.runners + worker.init_runners)
+        return False
 
     def _removed(self, pod: Mapping[str, Any]) -> None:
         worker = self.workers.get(pod["metadata"]["uid"])

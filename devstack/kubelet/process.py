@@ -97,6 +97,11 @@ def open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
+def rotate_log(path: Path, previous: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, previous)
+
+
 def append_log(path: Path, line: str) -> None:
     fd = open_log(path)
     try:
