@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,9 +438,6 @@ class Stack:
             return "no PKI yet"
         rec = self.pids.read(name)
         return COMPONENTS[name].health(self.paths, rec.started_at if rec else 0.0)
-
-    def healthy(self, names: Sequence[str]) -> bool:
-        return all(self.record(n) is not None and self.health(n) is None for n in names)
 
     def _prepare_cluster_files(self) -> None:
         p = self.paths
