@@ -630,6 +630,9 @@ class PodWorker:
 
     async def _delete_object(self) -> None:
         """The real kubelet's last step: delete with grace 0, guarded by the UID."""
+        # Before the delete: once the object is gone a new pod of the same name may take
+        # over this pod's directory, and its kubeconfig must survive our cleanup.
+        self._cleanup()
         if not self.object_gone:
             body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
                     "preconditions": {"uid": self.uid}}
@@ -642,11 +645,12 @@ class PodWorker:
                         break
                     log.warning("delete %s/%s: %s", self.namespace, self.name, e)
                     await asyncio.sleep(0.5 * (attempt + 1))
-        self._cleanup()
         log.info("pod %s/%s removed", self.namespace, self.name)
 
     def _cleanup(self) -> None:
-        if self.token is not None:
+        marker = self.dir / ".uid"
+        owns_dir = marker.exists() and marker.read_text() == self.uid
+        if self.token is not None and owns_dir:
             self.token.remove()
         self.node.ipam.release(self.uid)
         self.node.processes.forget_pod(self.uid)
