@@ -130,6 +130,13 @@ async def selftest(uri: str) -> int:
         await store.close()
 
 
+def _quiet_routine(record: logging.LogRecord) -> bool:
+    """Drop kopf's "succeeded" line of every timer tick and probe: one per task per second."""
+    message = record.getMessage()
+    routine = message.startswith(("Timer 'progress' succeeded", "Activity 'tasks' succeeded"))
+    return not (routine and record.levelno <= logging.INFO)
+
+
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="pushtask-operator",
@@ -155,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # pymongo logs every command at debug level: far too much even for debugging handlers.
     logging.getLogger("pymongo").setLevel(logging.WARNING)
+    # Liveness probes every few seconds: not news.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name in ("kopf.objects", "kopf.activities.probe"):
+        logging.getLogger(name).addFilter(_quiet_routine)
     if args.command == "selftest":
         uri = os.environ.get("PUSHTASK_MONGO_URI")
         if not uri:

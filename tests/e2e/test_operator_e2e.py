@@ -1,0 +1,348 @@
+"""End to end: helm install the chart, kubectl apply a PushTask, watch it, break things.
+
+Runs on devstack (the local kubelet runs the operator and worker pods as processes) or
+on any cluster named by PUSHTASK_E2E_KUBECONFIG (kind: scripts/e2e-kind.sh). Each test
+installs its own release serving only its own namespace, with its own MongoDB database,
+and a webhook sink in this process records every request the workers make.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import yaml
+from pymongo import MongoClient
+
+from tests.support.sink import SinkThread
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "pushtask"
+SINK_HOST = os.environ.get("PUSHTASK_E2E_SINK_HOST", "127.0.0.1")
+T = TypeVar("T")
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 120, every: float = 0.5) -> T:
+    """Poll `fn` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except AssertionError as exc:  # kubectl hiccups while the API server is busy
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def database_uri(base: str, database: str) -> str:
+    parts = urlsplit(base)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+@dataclass
+class Env:
+    kubectl: Any  # devstack.testing.Kubectl bound to the test namespace
+    namespace: str
+    mongo_uri: str
+    sink: SinkThread
+    release: str
+
+    # -- PushTasks ------------------------------------------------------------------
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.kubectl.apply(yaml.safe_dump(manifest))
+
+    def task(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.kubectl.json("get", "pushtask", name)
+        return result
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.task(name).get("status") or {})
+
+    def phase(self, name: str) -> str | None:
+        return self.status(name).get("phase")
+
+    def patch_spec(self, name: str, **spec: Any) -> None:
+        self.kubectl("patch", "pushtask", name, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 180) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status = self.status(name)
+            if status.get("phase") == "Failed" and phase != "Failed":
+                pytest.fail(f"{name} Failed: {status.get('message')}")
+            return status if status.get("phase") == phase else None
+
+        return wait_for(f"{name} in phase {phase}", check, timeout)
+
+    # -- workers ----------------------------------------------------------------------
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        proc = self.kubectl("get", "deployment", f"{name}-worker", "-o", "json", check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    def worker_pods(self, name: str) -> list[dict[str, Any]]:
+        pods = self.kubectl.json(
+            "get", "pods", "-l", f"app.kubernetes.io/name=pushtask-worker,pushtask.dev/task={name}"
+        )["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.kubectl.json(
+            "get", "events", "--field-selector", f"involvedObject.name={name}"
+        )["items"]
+        return items
+
+    # -- the sink -------------------------------------------------------------------------
+    def delivered(self, run: int | None = None) -> Counter[str | None]:
+        return Counter(
+            r.user
+            for r in list(self.sink.requests)
+            if 200 <= r.status < 300 and (run is None or r.run == run)
+        )
+
+
+@pytest.fixture
+def env(kubectl: Any, helm: Any, namespace: str, mongo_uri: str) -> Iterator[Env]:
+    """A release of the chart serving only this test's namespace, and a webhook sink."""
+    k = kubectl.in_namespace(namespace)
+    release = f"pt-{namespace[-6:]}"
+    db_uri = database_uri(mongo_uri, f"e2e_{namespace.replace('-', '_')}"[:60])
+    existing = os.environ.get("PUSHTASK_E2E_RELEASE")
+    if existing:  # kind: one release installed by the script, cluster-wide
+        k("create", "secret", "generic", "pushtask-mongodb", f"--from-literal=uri={db_uri}")
+        k("create", "serviceaccount", "pushtask-worker")
+    else:
+        helm(
+            "install",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--wait",
+            "--timeout",
+            "3m",
+            "--set",
+            f"mongodb.uri={db_uri}",
+            "--set",
+            f"watchNamespaces={{{namespace}}}",
+            # Quick loss detection and progress for tests; production keeps the defaults.
+            "--set",
+            "worker.leaseSeconds=10",
+            "--set",
+            "operator.progressInterval=1",
+            "--set",
+            "operator.logLevel=debug",
+            # Aggregated roles for people are cluster-wide: one per test adds nothing.
+            "--set",
+            "userRoles.enabled=false",
+            timeout=240,
+        )
+    with SinkThread(host=SINK_HOST) as sink:
+        yield Env(k, namespace, db_uri, sink, existing or release)
+    if not existing:
+        helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(db_uri, serverSelectionTimeoutMS=3000) as client:
+        client.drop_database(urlsplit(db_uri).path.strip("/"))
+
+
+def users(n: int, prefix: str = "u") -> list[str]:
+    return [f"{prefix}-{i:05d}" for i in range(n)]
+
+
+def push_task(
+    name: str,
+    sink_url: str,
+    audience: list[str],
+    *,
+    workers: int = 3,
+    rate: float = 5000,
+    body: str = "Hi {{ user }}, 20% off this week.",
+    **spec: Any,
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "apiVersion": "pushtask.dev/v1alpha1",
+        "kind": "PushTask",
+        "metadata": {"name": name},
+        "spec": {
+            "workers": workers,
+            "rate": {"perSecond": rate},
+            "audience": {"shards": 12, "sources": [{"kind": "inline", "users": audience}]},
+            "message": {
+                "channel": "webhook",
+                "webhook": {"url": sink_url, "timeoutSeconds": 5},
+                "template": {"title": "Sale", "body": body, "link": "https://shop/s?u={{ user }}"},
+            },
+        },
+    }
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def assert_each_once(env: Env, audience: list[str], run: int | None = None) -> None:
+    got = env.delivered(run)
+    twice = {u: c for u, c in got.items() if c > 1}
+    assert not twice, f"users delivered more than once: {list(twice.items())[:10]}"
+    missing = set(audience) - set(got)
+    assert not missing, f"{len(missing)} users never delivered, e.g. {sorted(missing)[:5]}"
+    assert set(got) <= set(audience)
+
+
+# -- the tests -------------------------------------------------------------------------
+
+
+def test_campaign_finishes_each_user_exactly_once(env: Env) -> None:
+    audience = users(5000)
+    env.apply(push_task("sale", env.sink.url, audience, workers=3))
+    dep = wait_for("worker Deployment", lambda: env.deployment("sale"), 60)
+    assert dep["spec"]["replicas"] == 3
+    status = env.wait_phase("sale", "Finished", timeout=300)
+    assert_each_once(env, audience)
+    counts = status["counts"]
+    assert counts["sent"] == len(env.delivered()) == 5000
+    assert counts["audience"] == 5000
+    assert counts["failed"] == counts["unknown"] == counts["skipped"] == counts["pending"] == 0
+    # Finished scales the workers to zero.
+    wait_for("workers scaled to 0", lambda: (env.deployment("sale") or {})["spec"]["replicas"] == 0)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+
+
+def test_pause_stops_sending_and_resume_finishes(env: Env) -> None:
+    audience = users(5000)
+    # 250/s: about 20 s of sending, room to pause in the middle.
+    env.apply(push_task("paused", env.sink.url, audience, workers=3, rate=250))
+    wait_for("sending under way", lambda: len(env.delivered()) > 500, 180)
+    env.patch_spec("paused", state="Paused")
+    env.wait_phase("paused", "Paused", 60)
+    wait_for(
+        "workers at 0",
+        lambda: (
+            (env.deployment("paused") or {})["spec"]["replicas"] == 0
+            and not env.worker_pods("paused")
+        ),
+        120,
+    )
+    seen = len(env.sink.requests)
+    time.sleep(6)
+    assert len(env.sink.requests) == seen, "requests reached the sink while Paused"
+    assert env.phase("paused") == "Paused"
+    assert seen < 5000
+    env.patch_spec("paused", state="Started")
+    status = env.wait_phase("paused", "Finished", 300)
+    assert_each_once(env, audience)
+    assert status["counts"]["sent"] == 5000
+
+
+def test_lost_worker_is_rebooted_and_nothing_is_sent_twice(env: Env) -> None:
+    audience = users(5000)
+    env.apply(push_task("lossy", env.sink.url, audience, workers=3, rate=300))
+    wait_for("sending under way", lambda: len(env.delivered()) > 500, 180)
+    victim = env.worker_pods("lossy")[0]["metadata"]["name"]
+    # A lost pod, not a graceful scale-down: no time to release its leases.
+    env.kubectl("delete", "pod", victim, "--grace-period=0", "--force", "--wait=false")
+    env.wait_phase("lossy", "Reboot", 120)
+    status = env.wait_phase("lossy", "Finished", 300)
+    got = env.delivered()
+    assert not [u for u, c in got.items() if c > 1], "a user was delivered twice"
+    counts = status["counts"]
+    # AtMostOnce: recipients in doubt are unknown, never resent; nobody is missing.
+    assert counts["sent"] + counts["unknown"] == counts["audience"] == 5000
+    assert counts["sent"] <= len(got) <= counts["sent"] + counts["unknown"]
+    reasons = {e["reason"] for e in env.events("lossy")}
+    assert {"WorkerLost", "Recovered"} <= reasons
+
+
+def test_scale_subresource_drives_the_deployment(env: Env) -> None:
+    env.apply(push_task("scaled", env.sink.url, users(5000), workers=2, rate=50))
+    wait_for("Deployment at 2", lambda: (env.deployment("scaled") or {})["spec"]["replicas"] == 2)
+    env.kubectl("scale", "pushtask/scaled", "--replicas=5")
+    wait_for("Deployment at 5", lambda: (env.deployment("scaled") or {})["spec"]["replicas"] == 5)
+    wait_for("status shows 5 desired", lambda: env.status("scaled")["workers"]["desired"] == 5)
+    selector = env.status("scaled")["selector"]
+    assert "pushtask.dev/task=scaled" in selector
+    path = f"/apis/pushtask.dev/v1alpha1/namespaces/{env.namespace}/pushtasks/scaled/scale"
+    scale = json.loads(env.kubectl("get", "--raw", path).stdout)
+    assert scale["spec"]["replicas"] == 5 and scale["status"]["selector"] == selector
+
+
+def test_stop_then_a_new_run_counts_from_zero(env: Env) -> None:
+    audience = users(2000)
+    env.apply(push_task("again", env.sink.url, audience, workers=2, rate=200))
+    wait_for("sending under way", lambda: len(env.delivered()) > 100, 180)
+    env.patch_spec("again", state="Stopped")
+    env.wait_phase("again", "Stopped", 60)
+    wait_for("workers at 0", lambda: (env.deployment("again") or {})["spec"]["replicas"] == 0)
+    stopped = env.status("again")
+    assert stopped["run"] == 1 and stopped["counts"]["sent"] < 2000
+    # A new run: raise spec.run (and start it again).
+    env.patch_spec("again", run=2, state="Started", rate={"perSecond": 5000})
+    wait_for("run 2", lambda: env.status("again").get("run") == 2, 60)
+    status = env.wait_phase("again", "Finished", 300)
+    assert status["run"] == 2 and status["counts"]["sent"] == 2000
+    assert status["runId"].split(".")[-2] == "2"
+    assert_each_once(env, audience, run=2)
+    assert not [u for u, c in env.delivered(1).items() if c > 1]
+
+
+def test_template_error_fails_with_the_line(env: Env) -> None:
+    env.apply(push_task("broken", env.sink.url, users(10), body="Hello\n{{ user "))
+    status = env.wait_phase("broken", "Failed", 60)
+    assert "line 2" in status["message"] and "body" in status["message"]
+    assert env.deployment("broken") is None
+    assert any(e["reason"] == "InvalidSpec" for e in env.events("broken"))
+
+
+def test_missing_secret_waits_then_recovers(env: Env) -> None:
+    task = push_task("signed", env.sink.url, users(200), workers=1)
+    task["spec"]["message"]["webhook"]["secretRef"] = {"name": "hook-hmac"}
+    env.apply(task)
+
+    def waiting() -> dict[str, Any] | None:
+        s = env.status("signed")
+        return s if 'Secret "hook-hmac"' in (s.get("message") or "") else None
+
+    status = wait_for("a message naming the Secret", waiting, 60)
+    assert status["phase"] == "Ready"
+    valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+    assert valid["status"] == "False" and valid["reason"] == "SecretMissing"
+    env.kubectl("create", "secret", "generic", "hook-hmac", "--from-literal=hmac=s3cret")
+    env.wait_phase("signed", "Finished", 180)
+    assert len(env.delivered()) == 200
+
+
+def test_operator_killed_mid_run_status_catches_up(env: Env) -> None:
+    audience = users(5000)
+    env.apply(push_task("survivor", env.sink.url, audience, workers=3, rate=300))
+    wait_for("sending under way", lambda: len(env.delivered()) > 300, 180)
+    pods = env.kubectl.json("get", "pods", "-l", "app.kubernetes.io/name=pushtask-operator")
+    (operator,) = [p["metadata"]["name"] for p in pods["items"]]
+    env.kubectl("delete", "pod", operator, "--wait=false")
+    status = env.wait_phase("survivor", "Finished", 300)
+    assert status["counts"]["sent"] == 5000
+    assert_each_once(env, audience)
+
+
+def test_printer_columns_and_events(env: Env) -> None:
+    env.apply(push_task("shown", env.sink.url, users(300), workers=1))
+    env.wait_phase("shown", "Finished", 180)
+    table = env.kubectl("get", "pushtasks").stdout
+    header = table.splitlines()[0].split()
+    for column in ("NAME", "PHASE", "RUN", "SENT", "TOTAL", "RATE", "WORKERS", "AGE"):
+        assert column in header, table
+    row = table.splitlines()[1].split()
+    assert row[:3] == ["shown", "Finished", "1"] and "300" in row
+    described = env.kubectl("describe", "pushtask", "shown").stdout
+    assert "StartTimeReached" in described and "RunFinished" in described
