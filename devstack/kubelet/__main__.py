@@ -1,4 +1,7 @@
-"""``python -m devstack.kubelet --kubeconfig PATH --node-name NAME --state-dir DIR``."""
+"""devstack's local kubelet: runs the pods bound to one Node as local processes.
+
+``python -m devstack.kubelet --kubeconfig PATH --node-name NAME --state-dir DIR``
+"""
 
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
                    help="longest back-off (env DEVSTACK_KUBELET_BACKOFF_MAX, default 300)")
     p.add_argument("--pod-network", default="127.10.0.0/16",
                    help="block of 127.0.0.0/8 that pod IPs come from")
+    p.add_argument("--cpu", default="",
+                   help="CPU capacity to advertise (default 8 per core: requests do not confine"
+                        " local processes)")
+    p.add_argument("--max-pods", type=int, default=110)
     p.add_argument("--port", type=int, default=10250,
                    help="HTTPS port serving container logs to the API server (0: none)")
     p.add_argument("--shutdown-grace", type=float, default=20.0,
@@ -40,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
                     kubeconfig=a.kubeconfig.resolve(), backoff_base=a.backoff_base,
                     backoff_max=a.backoff_max, pod_network=a.pod_network,
                     shutdown_grace=a.shutdown_grace, token_ttl=a.token_ttl,
-                    port=a.port), bool(a.verbose)
+                    port=a.port, cpu=a.cpu, max_pods=a.max_pods), bool(a.verbose)
 
 
 async def _main(settings: Settings) -> None:

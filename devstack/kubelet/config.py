@@ -33,6 +33,9 @@ class Settings:
     pod_network: str = "127.10.0.0/16"
     host_ip: str = "127.0.0.1"
     max_pods: int = 110
+    # CPUs the node advertises. Requests do not confine a local process, and the real
+    # core count (2 here) would leave pods Pending after 20 requests of 100m.
+    cpu: str = ""
     # HTTPS port for `kubectl logs` (the API server proxies there); 0 turns it off.
     port: int = 10250
     # Kubelet shutdown stops every pod, each with its grace period but at most this long.

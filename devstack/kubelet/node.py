@@ -30,7 +30,7 @@ def capacity(settings: Settings) -> dict[str, str]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     fs = os.statvfs(settings.state_dir)
     return {
-        "cpu": str(os.cpu_count() or 1),
+        "cpu": settings.cpu or str(8 * (os.cpu_count() or 1)),
         "memory": f"{mem_kib}Ki",
         "pods": str(settings.max_pods),
         "ephemeral-storage": f"{fs.f_blocks * fs.f_frsize // 1024}Ki",
