@@ -273,18 +273,3 @@ def build_worker_deployment(
             },
         },
     }
-
-
-def deployment_patch(desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of the Deployment the operator keeps in line on every reconcile.
-
-    The selector is immutable and metadata belongs partly to others (kubectl annotations),
-    so only replicas and the pod template are patched.
-    """
-    return {
-        "metadata": {"annotations": dict(desired["metadata"]["annotations"])},
-        "spec": {
-            "replicas": desired["spec"]["replicas"],
-            "template": desired["spec"]["template"],
-        },
-    }

@@ -3,7 +3,6 @@ from typing import Any
 from pushtask_operator.deployment import (
     build_worker_deployment,
     deployment_name,
-    deployment_patch,
     label_value,
     secret_key_refs,
     selector_string,
@@ -120,13 +119,6 @@ def test_long_names_fit_label_limits() -> None:
     assert len(value) <= 63 and value == label_value(long)
     assert label_value("b" * 63) == "b" * 63
     assert len(deployment_name("x" * 253)) <= 200
-
-
-def test_patch_keeps_selector_out() -> None:
-    patch = deployment_patch(build(replicas=5))
-    assert patch["spec"]["replicas"] == 5
-    assert "selector" not in patch["spec"]
-    assert patch["metadata"]["annotations"]["pushtask.dev/run-id"] == RUN_ID
 
 
 def test_secrets_reach_workers_through_the_environment() -> None:
