@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -50,6 +50,11 @@ REVALIDATE_SECONDS = 5.0
 REPROBE_SECONDS = 15.0
 
 
+def post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+    """An Event on the PushTask, through kopf's posting queue (never blocks the handler)."""
+    kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message)
+
+
 @dataclass
 class Runtime:
     """Operator-wide state, created at startup and shared by every task's handlers."""
@@ -59,6 +64,7 @@ class Runtime:
     kube: Kube
     # Task key -> sends per second it asks for, for the running tasks only.
     demands: dict[str, float] = field(default_factory=dict)
+    events: Callable[[Mapping[str, Any], str, str, str], None] = post_event
 
 
 @dataclass
@@ -350,7 +356,7 @@ async def _reconcile(
         state.status = {**state.status, **new_status}
 
     for ev in plan.events:
-        kopf.event(cast(kopf.Body, body), type=ev.type, reason=ev.reason, message=ev.message)
+        rt.events(body, ev.type, ev.reason, ev.message)
         logger.info("%s: %s", ev.reason, ev.message)
 
     metrics.observe(namespace, name, plan.phase.value, new_status)

@@ -1,0 +1,335 @@
+"""The operator's reconcile against a real MongoDB-wire server, with an in-memory cluster.
+
+Workers are simulated with the store's own operations (claim, add recipients, take a
+batch, record outcomes), so these tests check what the operator makes of real run data:
+run creation, progress, Finished, a lost worker (Reboot and back), pause, fair share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections.abc import Awaitable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import kopf
+import pytest
+from pushtask_operator.handlers import Runtime, reconcile
+from pushtask_operator.settings import OperatorSettings
+from pymongo import MongoClient
+
+from pushtask.leases import claim, now_utc, release
+from pushtask.models import PushTaskSpec
+from pushtask.planning import shard_of
+from pushtask.store import Outcome, Store
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+NS = "shop"
+
+
+class FakeKube:
+    """The few API calls the operator makes, kept in memory; Deployments become ready."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, set[str]] = {"pushtask-mongodb": {"uri"}}
+        self.configmaps: dict[str, dict[str, str]] = {}
+        self.accounts = {"pushtask-worker"}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.ready_cap: int | None = None  # fewer ready pods than desired (a lost pod)
+
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        return self.secrets.get(name)
+
+    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.configmaps.get(name)
+
+    async def service_account_exists(self, namespace: str, name: str) -> bool:
+        return name in self.accounts
+
+    async def probe_url(self, url: str) -> str | None:
+        return None
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        dep = self.deployments.get(name)
+        if dep is None:
+            return None
+        dep = copy.deepcopy(dep)
+        n = dep["spec"]["replicas"]
+        ready = n if self.ready_cap is None else min(n, self.ready_cap)
+        dep["status"] = {"replicas": n, "readyReplicas": ready, "updatedReplicas": n}
+        return dep
+
+    async def apply_deployment(self, body: dict[str, Any]) -> None:
+        self.deployments[body["metadata"]["name"]] = copy.deepcopy(body)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        current = self.statuses.setdefault(name, {})
+        for key, value in status.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = copy.deepcopy(value)
+
+
+class Cluster:
+    def __init__(self, store: Store, settings: OperatorSettings) -> None:
+        self.kube = FakeKube()
+        self.events: list[tuple[str, str, str]] = []
+        self.rt = Runtime(
+            settings=settings,
+            store=store,
+            kube=self.kube,  # type: ignore[arg-type]
+            events=lambda body, t, r, m: self.events.append((body["metadata"]["name"], r, m)),
+        )
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.memos: dict[str, kopf.Memo] = {}
+
+    def apply(self, name: str, **spec: Any) -> None:
+        full = PushTaskSpec.model_validate(spec).model_dump(
+            by_alias=True, mode="json", exclude_none=True
+        )
+        old = self.tasks.get(name)
+        meta = (
+            old["metadata"]
+            if old
+            else {
+                "name": name,
+                "namespace": NS,
+                "uid": uuid.uuid4().hex,
+                "generation": 0,
+                "creationTimestamp": now_utc().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+        meta["generation"] += 1
+        self.tasks[name] = {"metadata": meta, "spec": full}
+        self.memos.setdefault(name, kopf.Memo())
+
+    def patch(self, name: str, **spec: Any) -> None:
+        merged = {**self.tasks[name]["spec"], **spec}
+        self.apply(name, **merged)
+
+    async def tick(self, name: str) -> dict[str, Any]:
+        body = {**self.tasks[name], "status": copy.deepcopy(self.kube.statuses.get(name, {}))}
+        await reconcile(self.rt, body, self.memos[name])
+        return self.kube.statuses[name]
+
+    def replicas(self, name: str) -> int:
+        return int(self.kube.deployments[f"{name}-worker"]["spec"]["replicas"])
+
+    def reasons(self, name: str) -> list[str]:
+        return [r for n, r, _ in self.events if n == name]
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def wrapped() -> T:
+        return await coro
+
+    return asyncio.run(wrapped())
+
+
+@pytest.fixture
+def db_name(mongo_uri: str) -> Iterator[str]:
+    name = f"op_{uuid.uuid4().hex[:12]}"
+    yield name
+    MongoClient(mongo_uri).drop_database(name)
+
+
+def task_spec(users: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "workers": 3,
+        "audience": {"shards": 4, "sources": [{"kind": "inline", "users": users}]},
+        "message": {
+            "webhook": {"url": "http://sink/hook"},
+            "template": {"body": "Hi {{ user }}"},
+        },
+        **extra,
+    }
+
+
+async def read_audience(store: Store, run_id: str, worker: str, *, done: bool = True) -> None:
+    run_doc = await store.get_run(run_id)
+    assert run_doc is not None
+    shards = run_doc["shards"]
+    users = run_doc["spec"]["audience"]["sources"][0]["users"]
+    while got := await claim(store.splits, run_id=run_id, kind="audience", owner=worker, ttl=30):
+        doc, lease = got
+        rng = doc["source"]["range"]
+        rows = [
+            {"run": run_id, "user": u, "shard": shard_of(u, shards), "attrs": {}}
+            for u in users[rng["start"] : rng["end"]]
+        ]
+        await store.add_recipients(lease, rows)
+        await release(store.splits, lease, done=done)
+    await store.finalize_audience(run_id)
+
+
+async def deliver(store: Store, run_id: str, worker: str, limit: int | None = None) -> int:
+    """Deliver as `worker`; with `limit`, stop after one batch and keep the lease (a crash)."""
+    sent = 0
+    while got := await claim(store.splits, run_id=run_id, kind="delivery", owner=worker, ttl=30):
+        doc, lease = got
+        while batch := await store.take_batch(lease, run_id, doc["index"], limit or 50):
+            counted = await store.record_outcomes(lease, [Outcome(r["_id"], "sent") for r in batch])
+            sent += counted.get("sent", 0)
+            if limit is not None:
+                return sent  # dies holding the lease
+        await release(store.splits, lease, done=True)
+    await store.finish_if_done(run_id)
+    return sent
+
+
+def test_run_lifecycle_to_finished(mongo_uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(lease_seconds=10))
+        users = [f"u{i}" for i in range(500)]
+        c.apply("sale", **task_spec(users))
+
+        status = await c.tick("sale")
+        assert status["phase"] == "Started" and status["run"] == 1
+        run_id = status["runId"]
+        assert c.replicas("sale") == 3
+        assert await store.get_run(run_id) is not None
+        assert c.reasons("sale") == ["StartTimeReached"]
+
+        await store.heartbeat("w1", run_id)
+        await read_audience(store, run_id, "w1")
+        status = await c.tick("sale")
+        assert status["counts"]["audience"] == 500 and status["counts"]["pending"] == 500
+        assert status["workers"] == {"desired": 3, "ready": 3, "live": 1}
+
+        assert await deliver(store, run_id, "w1") == 500
+        await store.forget_worker("w1")
+        status = await c.tick("sale")
+        assert status["phase"] == "Finished"
+        assert status["counts"]["sent"] == 500 and status["counts"]["pending"] == 0
+        assert status["finishedAt"] and c.replicas("sale") == 0
+        assert c.reasons("sale")[-1] == "RunFinished"
+        run_doc = await store.get_run(run_id)
+        assert run_doc is not None and run_doc["control"]["state"] == "Stopped"
+
+        # A new run: counts from zero, a new run document.
+        c.patch("sale", run=2)
+        status = await c.tick("sale")
+        assert status["run"] == 2 and status["runId"] != run_id
+        assert status["counts"]["sent"] == 0 and status["phase"] == "Started"
+        assert c.replicas("sale") == 3
+        await store.close()
+
+    run(scenario())
+
+
+def test_lost_worker_reboot_and_recovery(mongo_uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(lease_seconds=10))
+        c.apply("lossy", **task_spec([f"u{i}" for i in range(300)]))
+        run_id = (await c.tick("lossy"))["runId"]
+        await store.heartbeat("dead", run_id)
+        await store.heartbeat("alive", run_id)
+        await read_audience(store, run_id, "alive")
+        # "dead" sends one batch and dies holding its lease; its heartbeat goes stale.
+        await deliver(store, run_id, "dead", limit=10)
+        old = now_utc() - timedelta(seconds=30)
+        await store.workers.update_one({"_id": "dead"}, {"$set": {"lastSeen": old}})
+        await store.splits.update_many(
+            {"run": run_id, "owner": "dead"}, {"$set": {"leaseUntil": old}}
+        )
+        c.kube.ready_cap = 2  # its pod is gone; the replacement is not ready yet
+
+        status = await c.tick("lossy")
+        assert status["phase"] == "Reboot" and c.reasons("lossy")[-1] == "WorkerLost"
+        assert await store.workers.find_one({"_id": "dead"}) is None  # handled
+        assert c.replicas("lossy") == 3  # Reboot keeps the workers running
+
+        c.kube.ready_cap = None  # the Deployment is whole again, but a lease is stale
+        assert (await c.tick("lossy"))["phase"] == "Reboot"
+
+        await store.heartbeat("alive", run_id)
+        await deliver(store, run_id, "alive")  # reclaims the expired lease, finishes
+        status = await c.tick("lossy")
+        assert status["phase"] == "Finished", status
+        counts = status["counts"]
+        assert counts["sent"] + counts["unknown"] == counts["audience"] == 300
+        await store.close()
+
+    run(scenario())
+
+
+def test_pause_resume_and_control_block(mongo_uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings())
+        c.apply("p", **task_spec(["a", "b"], rate={"perSecond": 40}))
+        run_id = (await c.tick("p"))["runId"]
+        c.patch("p", state="Paused")
+        status = await c.tick("p")
+        assert status["phase"] == "Paused" and c.replicas("p") == 0
+        run_doc = await store.get_run(run_id)
+        assert run_doc is not None and run_doc["control"]["state"] == "Paused"
+        c.patch("p", state="Started", rate={"perSecond": 80})
+        status = await c.tick("p")
+        assert status["phase"] == "Started" and status["runId"] == run_id
+        run_doc = await store.get_run(run_id)
+        assert run_doc is not None
+        assert run_doc["control"] == {
+            "state": "Started",
+            "cancelInflight": False,
+            "ratePerSecond": 80.0,
+        }
+        await store.close()
+
+    run(scenario())
+
+
+def test_send_budget_is_shared_max_min_fairly(mongo_uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(send_budget=100))
+        c.apply("small", **task_spec(["a"], rate={"perSecond": 10}))
+        c.apply("big", **task_spec(["b"], rate={"perSecond": 1000}))
+        ids = {n: (await c.tick(n))["runId"] for n in ("small", "big")}
+        for _ in range(2):  # both are running now: shares settle on the next ticks
+            for n in ("small", "big"):
+                await c.tick(n)
+        controls = {n: (await store.get_run(i) or {})["control"] for n, i in ids.items()}
+        assert controls["small"]["ratePerSecond"] == 10
+        assert controls["big"]["ratePerSecond"] == 90
+        await store.close()
+
+    run(scenario())
+
+
+def test_missing_secret_then_template_error(mongo_uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings())
+        spec = task_spec(["a"])
+        spec["message"]["webhook"]["secretRef"] = {"name": "hmac"}
+        c.apply("s", **spec)
+        status = await c.tick("s")
+        assert status["phase"] == "Ready" and 'Secret "hmac"' in status["message"]
+        assert "s-worker" not in c.kube.deployments
+        c.kube.secrets["hmac"] = {"hmac"}
+        await asyncio.sleep(5.1)  # problems that are waited out are looked at every 5 s
+        assert (await c.tick("s"))["phase"] == "Started"
+
+        bad = task_spec(["a"])
+        bad["message"]["template"]["body"] = "{% if %}"
+        c.apply("t", **bad)
+        status = await c.tick("t")
+        assert status["phase"] == "Failed" and "line 1" in status["message"]
+        c.patch("t", message={**bad["message"], "template": {"body": "fixed {{ user }}"}})
+        assert (await c.tick("t"))["phase"] == "Started"
+        await store.close()
+
+    run(scenario())
