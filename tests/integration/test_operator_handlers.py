@@ -93,7 +93,7 @@ class Cluster:
             by_alias=True, mode="json", exclude_none=True
         )
         old = self.tasks.get(name)
-        meta = (
+        meta: dict[str, Any] = (
             old["metadata"]
             if old
             else {
