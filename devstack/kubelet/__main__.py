@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
                    help="CPU capacity to advertise (default 8 per core: requests do not confine"
                         " local processes)")
     p.add_argument("--max-pods", type=int, default=110)
+    p.add_argument("--register-with-taints", default="",
+                   help="comma-separated key=value:Effect taints for the new Node")
     p.add_argument("--port", type=int, default=10250,
                    help="HTTPS port serving container logs to the API server (0: none)")
     p.add_argument("--shutdown-grace", type=float, default=20.0,
@@ -43,11 +45,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
                    help="lifetime asked for service-account tokens (at least 600)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
+    taints = tuple(t for t in a.register_with_taints.split(",") if t)
     return Settings(node_name=a.node_name, state_dir=a.state_dir.resolve(),
                     kubeconfig=a.kubeconfig.resolve(), backoff_base=a.backoff_base,
                     backoff_max=a.backoff_max, pod_network=a.pod_network,
                     shutdown_grace=a.shutdown_grace, token_ttl=a.token_ttl,
-                    port=a.port, cpu=a.cpu, max_pods=a.max_pods), bool(a.verbose)
+                    port=a.port, cpu=a.cpu, max_pods=a.max_pods,
+                    taints=taints), bool(a.verbose)
 
 
 async def _main(settings: Settings) -> None:

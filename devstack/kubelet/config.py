@@ -36,6 +36,8 @@ class Settings:
     # CPUs the node advertises. Requests do not confine a local process, and the real
     # core count (2 here) would leave pods Pending after 20 requests of 100m.
     cpu: str = ""
+    # Taints the Node is created with ("key=value:Effect"), like --register-with-taints.
+    taints: tuple[str, ...] = ()
     # HTTPS port for `kubectl logs` (the API server proxies there); 0 turns it off.
     port: int = 10250
     # Kubelet shutdown stops every pod, each with its grace period but at most this long.

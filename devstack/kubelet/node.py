@@ -37,6 +37,19 @@ def capacity(settings: Settings) -> dict[str, str]:
     }
 
 
+def parse_taint(text: str) -> dict[str, str]:
+    """``key=value:Effect`` or ``key:Effect``, as the kubelet's --register-with-taints."""
+    spec, _, effect = text.rpartition(":")
+    key, _, value = spec.partition("=")
+    if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise ValueError(f"bad taint {text!r}: want key=value:NoSchedule|PreferNoSchedule|"
+                         "NoExecute")
+    taint = {"key": key, "effect": effect}
+    if value:
+        taint["value"] = value
+    return taint
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text().strip()
@@ -117,7 +130,7 @@ class NodeAgent:
                 "beta.kubernetes.io/os": "linux",
                 "beta.kubernetes.io/arch": arch,
             }},
-            "spec": {},
+            "spec": {"taints": [parse_taint(t) for t in s.taints]} if s.taints else {},
             "status": node_status(s, self.capacity, self.started, now()),
         }
         try:
