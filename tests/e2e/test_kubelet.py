@@ -7,18 +7,23 @@ marker files they write.
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from devstack import stack
 from devstack.testing import Kubectl
@@ -411,3 +416,140 @@ def test_init_containers_run_first_in_order(k: Kubectl, tmp_path: Path) -> None:
     assert out.read_text().split() == ["one", "two", "main"]
     assert [s["state"]["terminated"]["exitCode"] for s in
             done["status"]["initContainerStatuses"]] == [0, 0]
+
+
+# --- a second kubelet of our own, to kill and restart without touching the shared one ---
+
+
+class SecondKubelet:
+    """``python -m devstack.kubelet`` for a node of its own, tainted so nothing else lands on
+    it; its identity is a client certificate signed by the cluster CA, as the stack does."""
+
+    def __init__(self, admin_kubeconfig: Path, root: Path) -> None:
+        self.name = f"devstack-t{os.getpid() % 10000}-{int(time.time()) % 100000}"
+        self.root = root
+        self.state = root / "state"
+        self.kubeconfig = root / "node.kubeconfig"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._write_identity(admin_kubeconfig)
+
+    def _write_identity(self, admin_kubeconfig: Path) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        pki_dir = stack.Paths(stack.state_root()).root / "pki"
+        ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{self.name}")]))
+                .issuer_name(ca.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=1))
+                .not_valid_after(now + datetime.timedelta(hours=2))
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+                .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+        config = yaml.safe_load(admin_kubeconfig.read_text())
+        config["users"][0]["user"] = {
+            "client-certificate-data": base64.b64encode(
+                cert.public_bytes(serialization.Encoding.PEM)).decode(),
+            "client-key-data": base64.b64encode(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption())).decode()}
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+
+    def start(self) -> None:
+        with open(self.root / "kubelet.log", "ab") as log:  # the child has its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "devstack.kubelet", f"--kubeconfig={self.kubeconfig}",
+                 f"--node-name={self.name}", f"--state-dir={self.state}", "--port=0",
+                 "--pod-network=127.11.0.0/16", "--shutdown-grace=5",
+                 "--register-with-taints=devstack.test/private=true:NoSchedule"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def second_kubelet(kubeconfig: Path, kubectl: Kubectl,
+                   tmp_path: Path) -> Iterator[SecondKubelet]:
+    kubelet = SecondKubelet(kubeconfig, tmp_path)
+    try:
+        yield kubelet
+    finally:
+        if kubelet.proc is not None:
+            kubelet.kill(signal.SIGTERM)
+        kubectl("delete", "node", kubelet.name, "--ignore-not-found", "--wait=false")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+PIDS = textwrap.dedent("""
+    import os, pathlib, subprocess, sys, time
+    child = subprocess.Popen(["sleep", "3600"])
+    pathlib.Path(sys.argv[1]).write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(3600)
+""")
+
+
+def test_kubelet_restart_cleans_up_and_restarts_its_pods(
+        k: Kubectl, second_kubelet: SecondKubelet, tmp_path: Path) -> None:
+    node = second_kubelet.name
+    second_kubelet.start()
+    wait_for("the second node to be Ready",
+             lambda: any(c["type"] == "Ready" and c["status"] == "True"
+                         for c in k.json("get", "node", node)["status"]["conditions"]))
+    pids = tmp_path / "pids"
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "survivor"},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 2, "containers": [{
+            "name": "c", "image": "ignored", "command": ["python", "-c", PIDS, str(pids)]}]},
+    }))
+
+    def running_with_new_pids(previous: str) -> tuple[dict[str, Any], list[int]] | None:
+        p = pod(k, "survivor")
+        text = pids.read_text() if pids.exists() else ""
+        if p["status"].get("phase") != "Running" or not text or text == previous:
+            return None
+        return p, [int(x) for x in text.split()]
+
+    first, first_pids = wait_for("Running", lambda: running_with_new_pids(""))
+    ip = first["status"]["podIP"]
+    assert ip.startswith("127.11.")
+
+    # A crashed kubelet leaves its processes running; the next one stops them (child too)
+    # and starts the container again, on the same pod IP.
+    second_kubelet.kill(signal.SIGKILL)
+    assert all(alive(pid) for pid in first_pids)
+    second_kubelet.start()
+    again, second_pids = wait_for("a restart", lambda: running_with_new_pids(
+        " ".join(map(str, first_pids))))
+    assert not any(alive(pid) for pid in first_pids)
+    assert again["status"]["podIP"] == ip
+    assert container_status(again)["restartCount"] == 1
+
+    # A kubelet stopped with SIGTERM stops its pods' processes and leaves nothing behind.
+    second_kubelet.kill(signal.SIGTERM)
+    assert not any(alive(pid) for pid in second_pids)
+    assert pod(k, "survivor")["status"]["phase"] == "Running"  # the pod itself stays
+
+    second_kubelet.start()
+    wait_for("Running once more", lambda: running_with_new_pids(
+        " ".join(map(str, second_pids))))
+    k("delete", "pod", "survivor", "--wait=false")
+    wait_for("the pod to be gone", lambda: "survivor" not in
+             {p["metadata"]["name"] for p in pods(k)}, timeout=30)
