@@ -44,6 +44,7 @@ from pushtask_operator.validation import configmap_contents, validate
 log = logging.getLogger("pushtask.operator")
 
 TEMPLATE_HASH_ANNOTATION = "pushtask.dev/template-hash"
+TERMINAL = frozenset({Phase.FINISHED.value, Phase.STOPPED.value, Phase.FAILED.value})
 # A problem that is waited out (a Secret not there yet) is looked at again this often;
 # URL probes, which may take seconds, less often.
 REVALIDATE_SECONDS = 5.0
@@ -198,6 +199,21 @@ def _fair_rate(rt: Runtime, key: str, demand: float | None) -> float | None:
     return max_min_fair(rt.settings.send_budget, rt.demands).get(key)
 
 
+def _settled(spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
+    """A run that is over and a spec already reconciled: nothing to read or write.
+
+    Finished/Stopped/Failed tasks are most tasks on a busy cluster; their timers must not
+    query MongoDB and the API server every few seconds. A spec change (new generation),
+    a raised run or a cron schedule (the next firing) wakes them up.
+    """
+    return (
+        status.get("phase") in TERMINAL
+        and status.get("observedGeneration") == meta.get("generation")
+        and int(spec.get("run") or 1) <= int(status.get("run") or 0)
+        and not (spec.get("schedule") or {}).get("cron")
+    )
+
+
 # -- the reconcile ------------------------------------------------------------------------
 
 
@@ -206,7 +222,8 @@ async def reconcile(
     body: Mapping[str, Any],
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any] = log,
-) -> Plan:
+) -> Plan | None:
+    """Bring one task in line; None when it is settled (nothing was read or written)."""
     state = task_state(memo)
     async with state.lock:
         return await _reconcile(rt, body, state, logger)
@@ -217,7 +234,7 @@ async def _reconcile(
     body: Mapping[str, Any],
     state: TaskState,
     logger: logging.Logger | logging.LoggerAdapter[Any],
-) -> Plan:
+) -> Plan | None:
     settings = rt.settings
     meta = body["metadata"]
     spec: dict[str, Any] = json.loads(json.dumps(dict(body["spec"]), default=str))
@@ -226,6 +243,10 @@ async def _reconcile(
     status: dict[str, Any] = {**dict(body.get("status") or {}), **state.status}
     now = datetime.now(UTC)
     key = task_key(meta)
+
+    if _settled(spec, status, meta):
+        rt.demands.pop(key, None)
+        return None
 
     validation = await _validate_if_due(rt, state, spec, meta)
 
