@@ -92,6 +92,10 @@ class Env:
         proc = self.kubectl("get", "deployment", f"{name}-worker", "-o", "json", check=False)
         return json.loads(proc.stdout) if proc.returncode == 0 else None
 
+    def replicas(self, name: str) -> int | None:
+        dep = self.deployment(name)
+        return None if dep is None else int(dep["spec"]["replicas"])
+
     def worker_pods(self, name: str) -> list[dict[str, Any]]:
         pods = self.kubectl.json(
             "get", "pods", "-l", f"app.kubernetes.io/name=pushtask-worker,pushtask.dev/task={name}"
@@ -215,7 +219,7 @@ def test_campaign_finishes_each_user_exactly_once(env: Env) -> None:
     assert counts["audience"] == 5000
     assert counts["failed"] == counts["unknown"] == counts["skipped"] == counts["pending"] == 0
     # Finished scales the workers to zero.
-    wait_for("workers scaled to 0", lambda: (env.deployment("sale") or {})["spec"]["replicas"] == 0)
+    wait_for("workers scaled to 0", lambda: env.replicas("sale") == 0)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
 
@@ -229,10 +233,7 @@ def test_pause_stops_sending_and_resume_finishes(env: Env) -> None:
     env.wait_phase("paused", "Paused", 60)
     wait_for(
         "workers at 0",
-        lambda: (
-            (env.deployment("paused") or {})["spec"]["replicas"] == 0
-            and not env.worker_pods("paused")
-        ),
+        lambda: env.replicas("paused") == 0 and not env.worker_pods("paused"),
         120,
     )
     seen = len(env.sink.requests)
@@ -268,9 +269,9 @@ def test_lost_worker_is_rebooted_and_nothing_is_sent_twice(env: Env) -> None:
 
 def test_scale_subresource_drives_the_deployment(env: Env) -> None:
     env.apply(push_task("scaled", env.sink.url, users(5000), workers=2, rate=50))
-    wait_for("Deployment at 2", lambda: (env.deployment("scaled") or {})["spec"]["replicas"] == 2)
+    wait_for("Deployment at 2", lambda: env.replicas("scaled") == 2)
     env.kubectl("scale", "pushtask/scaled", "--replicas=5")
-    wait_for("Deployment at 5", lambda: (env.deployment("scaled") or {})["spec"]["replicas"] == 5)
+    wait_for("Deployment at 5", lambda: env.replicas("scaled") == 5)
     wait_for("status shows 5 desired", lambda: env.status("scaled")["workers"]["desired"] == 5)
     selector = env.status("scaled")["selector"]
     assert "pushtask.dev/task=scaled" in selector
@@ -285,7 +286,7 @@ def test_stop_then_a_new_run_counts_from_zero(env: Env) -> None:
     wait_for("sending under way", lambda: len(env.delivered()) > 100, 180)
     env.patch_spec("again", state="Stopped")
     env.wait_phase("again", "Stopped", 60)
-    wait_for("workers at 0", lambda: (env.deployment("again") or {})["spec"]["replicas"] == 0)
+    wait_for("workers at 0", lambda: env.replicas("again") == 0)
     stopped = env.status("again")
     assert stopped["run"] == 1 and stopped["counts"]["sent"] < 2000
     # A new run: raise spec.run (and start it again).
