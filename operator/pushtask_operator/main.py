@@ -41,6 +41,10 @@ def configure_kopf(
     kopf_settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     # Only kopf's warnings become Events; our transitions are posted explicitly, one each.
     kopf_settings.posting.level = logging.WARNING
+    # `kubectl describe` shows who said it: this operator's pod, not "kopf/dev".
+    kopf_settings.posting.reporting_component = "pushtask-operator"
+    kopf_settings.posting.reporting_instance = os.environ.get("POD_NAME", "local")
+    kopf_settings.posting.event_name_prefix = "pushtask-"
     # The operator is the only writer of status, and status has a fixed schema: kopf keeps
     # its bookkeeping in annotations, never in status.
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
