@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
 
+# Failures to reach the API server at all: worth retrying, never fatal to a loop.
+TRANSIENT: tuple[type[Exception], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+
+
 class ApiError(Exception):
     def __init__(self, status: int, method: str, path: str, body: str) -> None:
         self.status = status
@@ -29,6 +33,10 @@ class ApiError(Exception):
         except ValueError:
             self.reason = body
         super().__init__(f"{method} {path}: {status} {self.reason}")
+
+
+# Any failed call: the server said no, or could not be reached.
+CALL_FAILED: tuple[type[Exception], ...] = (ApiError, *TRANSIENT)
 
 
 def pod_path(namespace: str, name: str, sub: str = "") -> str:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .api import Api, ApiError
+from .api import CALL_FAILED, Api
 from .status import now, rfc3339
 
 log = logging.getLogger(__name__)
@@ -57,5 +57,5 @@ class EventRecorder:
         }
         try:
             await self.api.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
-        except (ApiError, OSError, TimeoutError) as e:
+        except CALL_FAILED as e:
             log.debug("event %s for %s not posted: %s", reason, meta["name"], e)

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .api import Api, ApiError
+from .api import TRANSIENT, Api, ApiError
 from .config import Settings
 from .status import micro_time, now, rfc3339
 
@@ -193,6 +193,6 @@ class NodeAgent:
                     await self.register()
                 else:
                     log.warning("node heartbeat: %s", e)
-            except (OSError, TimeoutError) as e:
+            except TRANSIENT as e:
                 log.warning("node heartbeat: %r", e)
             await asyncio.sleep(self.settings.lease_renew)

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import env as envmod
 from . import process
-from .api import Api, ApiError, pod_path
+from .api import CALL_FAILED, TRANSIENT, Api, ApiError, pod_path
 from .backoff import Backoff
 from .config import Settings
 from .events import EventRecorder
@@ -210,8 +210,8 @@ class ContainerRunner:
         self._kill_reason = ""
         try:
             proc = await process.start(argv, environ, cwd, log_path)
-        except OSError as e:  # no such executable, not executable, bad cwd
-            message = f"failed to start {argv[0]!r}: {e.strerror or e}"
+        except (OSError, ValueError) as e:  # no such executable, bad cwd, NUL in env
+            message = f"failed to start {argv[0]!r}: {getattr(e, 'strerror', None) or e}"
             process.append_log(log_path, f"devstack kubelet: {message}\n")
             term = Terminated(exit_code=128, started_at=started, finished_at=now(),
                               reason="StartError", message=message)
@@ -451,6 +451,9 @@ class PodWorker:
                     await asyncio.sleep(0.2 * (attempt + 1))
                     continue
                 raise envmod.EnvError(f"{kind.lower()} {name!r}: {e.reason}") from e
+            except TRANSIENT as e:
+                # The API server is unreachable: the runner retries, as for a missing key.
+                raise envmod.EnvError(f"cannot read {kind.lower()} {name!r}: {e!r}") from e
         raise AssertionError("unreachable")
 
     async def container_config(self, spec: Mapping[str, Any]
@@ -476,8 +479,9 @@ class PodWorker:
             await self._run()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as e:
             log.exception("pod worker %s/%s failed", self.namespace, self.name)
+            self.event("Warning", "KubeletError", f"devstack kubelet: {e!r}")
             raise
         finally:
             for task in self._tasks:
@@ -588,10 +592,11 @@ class PodWorker:
             try:
                 await self.token.fetch()
                 return
-            except ApiError as e:
+            except CALL_FAILED as e:
                 # 403 right after binding, like secrets: the authorizer's graph lags.
+                reason = e.reason if isinstance(e, ApiError) else repr(e)
                 msg = f"cannot get a token for serviceaccount {self.token.service_account}: " \
-                      f"{e.reason}"
+                      f"{reason}"
                 log.warning("%s/%s: %s", self.namespace, self.name, msg)
                 for r in self.runners:
                     r.view.waiting_reason, r.view.waiting_message = "ContainerCreating", msg
@@ -644,7 +649,9 @@ class PodWorker:
                     if e.status in (404, 409):  # gone, or a new pod of the same name
                         break
                     log.warning("delete %s/%s: %s", self.namespace, self.name, e)
-                    await asyncio.sleep(0.5 * (attempt + 1))
+                except TRANSIENT as e:
+                    log.warning("delete %s/%s: %r", self.namespace, self.name, e)
+                await asyncio.sleep(0.5 * (attempt + 1))
         log.info("pod %s/%s removed", self.namespace, self.name)
 
     def _cleanup(self) -> None:
@@ -666,7 +673,7 @@ class PodWorker:
         """Post the current status now (the final one before the object goes)."""
         if self.object_gone:
             return
-        with contextlib.suppress(ApiError, OSError, TimeoutError):
+        with contextlib.suppress(ApiError, *TRANSIENT):
             await self._post(self.build_status())
 
     async def _post(self, status: dict[str, Any]) -> None:
@@ -695,7 +702,7 @@ class PodWorker:
                 log.warning("status of %s/%s: %s", self.namespace, self.name, e)
                 await asyncio.sleep(1)
                 self._dirty.set()
-            except (OSError, TimeoutError) as e:
+            except TRANSIENT as e:
                 log.warning("status of %s/%s: %r", self.namespace, self.name, e)
                 await asyncio.sleep(1)
                 self._dirty.set()
@@ -789,7 +796,7 @@ class PodManager:
                 if e.status == 410:
                     resource_version = None
                 await asyncio.sleep(1)
-            except (OSError, TimeoutError) as e:
+            except TRANSIENT as e:
                 log.warning("pod watch: %r", e)
                 await asyncio.sleep(1)
             except Exception as e:  # aiohttp's payload errors and the like: relist

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .api import Api, ApiError
+from .api import CALL_FAILED, Api
 from .status import now, parse_time
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class PodToken:
             await asyncio.sleep(max(wait, 0))
             try:
                 await self.fetch()
-            except (ApiError, OSError, TimeoutError) as e:
+            except CALL_FAILED as e:
                 log.warning("token refresh for %s/%s failed: %s", self.namespace,
                             self.pod_name, e)
                 self.next_refresh = None
