@@ -348,3 +348,32 @@ def test_printer_columns_and_events(env: Env) -> None:
     assert row[:3] == ["shown", "Finished", "1"] and "300" in row
     described = env.kubectl("describe", "pushtask", "shown").stdout
     assert "StartTimeReached" in described and "RunFinished" in described
+
+
+def test_rbac_and_helm_test(env: Env, helm: Any) -> None:
+    if os.environ.get("PUSHTASK_E2E_RELEASE"):
+        pytest.skip("release installed outside the test")
+    ns = env.namespace
+    operator = f"system:serviceaccount:{ns}:{env.release}-pushtask-operator"
+    worker = f"system:serviceaccount:{ns}:pushtask-worker"
+
+    def can(who: str, *what: str) -> bool:
+        proc = env.kubectl("auth", "can-i", *what, f"--as={who}", check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can(operator, "patch", "pushtasks/status")
+    assert can(operator, "create", "deployments")
+    assert can(operator, "get", "secrets")
+    assert not can(operator, "list", "secrets")
+    assert not can(operator, "delete", "deployments")
+    assert not can(operator, "get", "pushtasks", "-n", "kube-system")
+    for verb, resource in [
+        ("get", "pods"),
+        ("get", "secrets"),
+        ("list", "pushtasks"),
+        ("get", "configmaps"),
+        ("create", "events"),
+    ]:
+        assert not can(worker, verb, resource), f"worker may {verb} {resource}"
+    proc = helm("test", env.release, "--namespace", ns, timeout=180)
+    assert "Succeeded" in proc.stdout
