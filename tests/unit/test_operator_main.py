@@ -11,7 +11,7 @@ def test_registers_reconcile_timer_and_delete() -> None:
     (timer,) = registry._spawning.get_all_handlers()
     assert timer.id == "progress" and timer.interval == 3  # type: ignore[attr-defined]
     (forget,) = [h for h in changing if h.id == "forget"]
-    assert forget.requires_finalizer is False  # type: ignore[attr-defined]
+    assert forget.requires_finalizer is False
 
 
 def test_kopf_settings_are_deliberate() -> None:
