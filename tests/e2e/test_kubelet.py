@@ -30,8 +30,10 @@ from devstack.testing import Kubectl
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(bool(os.environ.get("PUSHTASK_E2E_KUBECONFIG")),
-                       reason="exercises devstack's local kubelet (pods as local processes)"),
+    pytest.mark.skipif(
+        bool(os.environ.get("PUSHTASK_E2E_KUBECONFIG")),
+        reason="exercises devstack's local kubelet (pods as local processes)",
+    ),
 ]
 
 T = TypeVar("T")
@@ -58,8 +60,9 @@ WEB = textwrap.dedent("""
 """)
 
 
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60,
-             interval: float = 0.5) -> T:
+def wait_for(
+    what: str, fn: Callable[[], T | None], timeout: float = 60, interval: float = 0.5
+) -> T:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -84,8 +87,10 @@ def pod(k: Kubectl, name: str) -> dict[str, Any]:
 
 
 def is_ready(p: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in p.get("status", {}).get("conditions", []))
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in p.get("status", {}).get("conditions", [])
+    )
 
 
 def container_status(p: dict[str, Any]) -> dict[str, Any]:
@@ -98,41 +103,56 @@ def http_get(ip: str, port: int = 8080) -> str:
 
 
 def web_deployment(marker_dir: Path, replicas: int = 2) -> str:
-    return json.dumps({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [{
-                        "name": "web",
-                        "image": "python:3.11-slim",  # ignored by devstack
-                        "command": ["python", "-c", WEB],
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "env": [
-                            {"name": "POD_NAME",
-                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "POD_IP",
-                             "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                            {"name": "MARKER_DIR", "value": str(marker_dir)},
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 10,
+                        "containers": [
+                            {
+                                "name": "web",
+                                "image": "python:3.11-slim",  # ignored by devstack
+                                "command": ["python", "-c", WEB],
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                                "env": [
+                                    {
+                                        "name": "POD_NAME",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                    },
+                                    {
+                                        "name": "POD_IP",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                                    },
+                                    {"name": "MARKER_DIR", "value": str(marker_dir)},
+                                ],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/", "port": "http"},
+                                    "periodSeconds": 1,
+                                },
+                            }
                         ],
-                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"},
-                                           "periodSeconds": 1},
-                    }],
+                    },
                 },
             },
-        },
-    })
+        }
+    )
 
 
 def ready_web_pods(k: Kubectl, count: int) -> list[dict[str, Any]] | None:
-    items = [p for p in pods(k, "app=web")
-             if p["status"].get("phase") == "Running" and is_ready(p)
-             and not p["metadata"].get("deletionTimestamp")]
+    items = [
+        p
+        for p in pods(k, "app=web")
+        if p["status"].get("phase") == "Running"
+        and is_ready(p)
+        and not p["metadata"].get("deletionTimestamp")
+    ]
     return items if len(items) == count else None
 
 
@@ -141,8 +161,9 @@ def k(kubectl: Kubectl, namespace: str) -> Kubectl:
     return kubectl.in_namespace(namespace)
 
 
-def test_two_replicas_serve_the_same_port_on_their_pod_ips(k: Kubectl, namespace: str,
-                                                         tmp_path: Path) -> None:
+def test_two_replicas_serve_the_same_port_on_their_pod_ips(
+    k: Kubectl, namespace: str, tmp_path: Path
+) -> None:
     started = time.monotonic()
     k.apply(web_deployment(tmp_path))
     running = wait_for("2 ready web pods", lambda: ready_web_pods(k, 2))
@@ -157,8 +178,13 @@ def test_two_replicas_serve_the_same_port_on_their_pod_ips(k: Kubectl, namespace
         assert "running" in cs["state"] and cs["ready"] is True and cs["restartCount"] == 0
         # Both bind port 8080, each on its own address, and answer with their own name.
         assert http_get(p["status"]["podIP"]) == p["metadata"]["name"]
-        log = stack.Paths(stack.state_root()).kubelet_state / "pods" / namespace / \
-            p["metadata"]["name"] / "web.log"
+        log = (
+            stack.Paths(stack.state_root()).kubelet_state
+            / "pods"
+            / namespace
+            / p["metadata"]["name"]
+            / "web.log"
+        )
         assert "serving on " + p["status"]["podIP"] in log.read_text()
         # The same through the API server, which proxies to the kubelet's log endpoint.
         assert "serving on" in k("logs", p["metadata"]["name"]).stdout
@@ -176,8 +202,11 @@ def test_deleting_a_pod_sends_sigterm_and_it_is_replaced(k: Kubectl, tmp_path: P
     wait_for("the SIGTERM marker", marker.exists, timeout=30, interval=0.1)
     assert marker.read_text() == "SIGTERM"
     # The kubelet removes the object once the process has gone (grace period 0 delete).
-    wait_for(f"pod {victim} to be gone",
-             lambda: victim not in {p["metadata"]["name"] for p in pods(k)}, timeout=30)
+    wait_for(
+        f"pod {victim} to be gone",
+        lambda: victim not in {p["metadata"]["name"] for p in pods(k)},
+        timeout=30,
+    )
     gone = time.monotonic() - started
     second = wait_for("a replacement pod", lambda: ready_web_pods(k, 2))
     names = {p["metadata"]["name"] for p in second}
@@ -207,75 +236,120 @@ RBAC_PROBE = textwrap.dedent("""
 
 def test_the_pod_token_is_subject_to_rbac(k: Kubectl, namespace: str, tmp_path: Path) -> None:
     k("create", "serviceaccount", "reader")
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rbac"},
-        "spec": {
-            "serviceAccountName": "reader",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "probe", "image": "ignored",
-                "command": [sys.executable, "-c", RBAC_PROBE],
-                "env": [{"name": "MARKER_DIR", "value": str(tmp_path)},
-                        {"name": "NS", "valueFrom": {"fieldRef": {
-                            "fieldPath": "metadata.namespace"}}}],
-            }],
-        },
-    }))
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "rbac"},
+                "spec": {
+                    "serviceAccountName": "reader",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "probe",
+                            "image": "ignored",
+                            "command": [sys.executable, "-c", RBAC_PROBE],
+                            "env": [
+                                {"name": "MARKER_DIR", "value": str(tmp_path)},
+                                {
+                                    "name": "NS",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                                },
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
+    )
     status = tmp_path / "status"
     wait_for("403 without a Role", lambda: status.exists() and status.read_text() == "403")
     k("create", "role", "cm-reader", "--verb=list", "--resource=configmaps")
-    k("create", "rolebinding", "cm-reader", "--role=cm-reader",
-      f"--serviceaccount={namespace}:reader")
+    k(
+        "create",
+        "rolebinding",
+        "cm-reader",
+        "--role=cm-reader",
+        f"--serviceaccount={namespace}:reader",
+    )
     wait_for("200 once bound", lambda: status.read_text() == "200")
     # The kubeconfig holds a token of the pod's own ServiceAccount, bound to the pod.
-    kubeconfig = stack.Paths(stack.state_root()).kubelet_state / "pods" / namespace / \
-        "rbac" / "kubeconfig"
+    kubeconfig = (
+        stack.Paths(stack.state_root()).kubelet_state / "pods" / namespace / "rbac" / "kubeconfig"
+    )
     assert kubeconfig.stat().st_mode & 0o777 == 0o600
     review = k.json("auth", "whoami", f"--kubeconfig={kubeconfig}")
-    assert review["status"]["userInfo"]["username"] == \
-        f"system:serviceaccount:{namespace}:reader"
-    assert review["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"] == \
-        ["rbac"]
+    assert review["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:reader"
+    assert review["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"] == [
+        "rbac"
+    ]
 
 
-ENV_DUMP = "import json, os, pathlib; " \
+ENV_DUMP = (
+    "import json, os, pathlib; "
     "pathlib.Path(os.environ['OUT']).write_text(json.dumps({**os.environ, '_cwd': os.getcwd()}))"
+)
 
 
-def test_env_from_secrets_configmaps_and_fields(k: Kubectl, namespace: str,
-                                                tmp_path: Path) -> None:
-    k("create", "secret", "generic", "db", "--from-literal=password=s3cret",
-      "--from-literal=user=app")
+def test_env_from_secrets_configmaps_and_fields(k: Kubectl, namespace: str, tmp_path: Path) -> None:
+    k(
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+        "--from-literal=user=app",
+    )
     k("create", "configmap", "cfg", "--from-literal=MODE=fast", "--from-literal=LEVEL=3")
 
     def dump_pod(name: str, automount: bool | None = None) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "restartPolicy": "Never",
-            "containers": [{
-                "name": "dump", "image": "ignored", "command": ["python", "-c", ENV_DUMP],
-                "workingDir": str(tmp_path),
-                "envFrom": [{"configMapRef": {"name": "cfg"}},
-                            {"secretRef": {"name": "db"}, "prefix": "DB_"}],
-                "env": [
-                    {"name": "OUT", "value": str(tmp_path / f"{name}.json")},
-                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db",
-                                                                  "key": "password"}}},
-                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg",
-                                                                       "key": "MODE"}}},
-                    {"name": "NOPE", "valueFrom": {"configMapKeyRef": {
-                        "name": "missing", "key": "x", "optional": True}}},
-                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                    {"name": "URL", "value": "http://$(IP):80/$(MODE)"},
-                ],
-            }],
+            "containers": [
+                {
+                    "name": "dump",
+                    "image": "ignored",
+                    "command": ["python", "-c", ENV_DUMP],
+                    "workingDir": str(tmp_path),
+                    "envFrom": [
+                        {"configMapRef": {"name": "cfg"}},
+                        {"secretRef": {"name": "db"}, "prefix": "DB_"},
+                    ],
+                    "env": [
+                        {"name": "OUT", "value": str(tmp_path / f"{name}.json")},
+                        {
+                            "name": "PW",
+                            "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}},
+                        },
+                        {
+                            "name": "MODE",
+                            "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "MODE"}},
+                        },
+                        {
+                            "name": "NOPE",
+                            "valueFrom": {
+                                "configMapKeyRef": {"name": "missing", "key": "x", "optional": True}
+                            },
+                        },
+                        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                        {"name": "URL", "value": "http://$(IP):80/$(MODE)"},
+                    ],
+                }
+            ],
         }
         if automount is not None:
             spec["automountServiceAccountToken"] = automount
-        k.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                            "spec": spec}))
-        done = wait_for(f"pod {name} Succeeded",
-                        lambda: (p := pod(k, name))["status"].get("phase") == "Succeeded" and p)
+        k.apply(
+            json.dumps(
+                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+            )
+        )
+        done = wait_for(
+            f"pod {name} Succeeded",
+            lambda: (p := pod(k, name))["status"].get("phase") == "Succeeded" and p,
+        )
         assert container_status(done)["state"]["terminated"]["exitCode"] == 0
         env: dict[str, Any] = json.loads((tmp_path / f"{name}.json").read_text())
         env["_pod_ip"] = done["status"]["podIP"]
@@ -295,15 +369,30 @@ def test_env_from_secrets_configmaps_and_fields(k: Kubectl, namespace: str,
 
 def test_readiness_probe_gates_ready(k: Kubectl, tmp_path: Path) -> None:
     flag = tmp_path / "ready"
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gated"},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-            "name": "c", "image": "ignored",
-            "command": ["python", "-c", "import time; time.sleep(3600)"],
-            "readinessProbe": {"exec": {"command": ["test", "-f", str(flag)]},
-                               "periodSeconds": 1, "failureThreshold": 1},
-        }]},
-    }))
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "gated"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "ignored",
+                            "command": ["python", "-c", "import time; time.sleep(3600)"],
+                            "readinessProbe": {
+                                "exec": {"command": ["test", "-f", str(flag)]},
+                                "periodSeconds": 1,
+                                "failureThreshold": 1,
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    )
     wait_for("Running", lambda: pod(k, "gated")["status"].get("phase") == "Running")
     time.sleep(2)
     assert not is_ready(pod(k, "gated"))
@@ -313,18 +402,61 @@ def test_readiness_probe_gates_ready(k: Kubectl, tmp_path: Path) -> None:
     wait_for("not Ready again", lambda: not is_ready(pod(k, "gated")), timeout=20)
 
 
-def test_crashing_container_restarts_with_backoff(k: Kubectl) -> None:
+def test_startup_probe_holds_readiness_until_it_passes(k: Kubectl, tmp_path: Path) -> None:
+    flag = tmp_path / "started"
     k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crash"},
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "slowstart"},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
             "name": "c", "image": "ignored",
-            "command": ["python", "-c", "print('boom', flush=True); raise SystemExit(3)"],
+            "command": ["python", "-c", "import time; time.sleep(3600)"],
+            "startupProbe": {"exec": {"command": ["test", "-f", str(flag)]},
+                             "periodSeconds": 1, "failureThreshold": 60},
         }]},
     }))
+    wait_for("Running", lambda: pod(k, "slowstart")["status"].get("phase") == "Running")
+    time.sleep(2)
+    cs = container_status(pod(k, "slowstart"))
+    assert cs["started"] is False and cs["ready"] is False
+    flag.touch()
+    wait_for("started and Ready", lambda: (cs := container_status(pod(k, "slowstart")))[
+        "started"] and cs["ready"], timeout=20)
+    assert container_status(pod(k, "slowstart"))["restartCount"] == 0
+
+
+def test_crashing_container_restarts_with_backoff(k: Kubectl) -> None:
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "crash"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "ignored",
+                            "command": [
+                                "python",
+                                "-c",
+                                "print('boom', flush=True); raise SystemExit(3)",
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
+    )
     seen_backoff = wait_for(
         "CrashLoopBackOff",
-        lambda: (cs := container_status(pod(k, "crash")))["state"].get("waiting", {}).get(
-            "reason") == "CrashLoopBackOff" and cs, timeout=60, interval=0.2)
+        lambda: (
+            (cs := container_status(pod(k, "crash")))["state"].get("waiting", {}).get("reason")
+            == "CrashLoopBackOff"
+            and cs
+        ),
+        timeout=60,
+        interval=0.2,
+    )
     seen_at = time.monotonic()
     assert seen_backoff["lastState"]["terminated"]["exitCode"] == 3
     # The first restart is immediate; the back-off starts after the second exit.
@@ -332,9 +464,12 @@ def test_crashing_container_restarts_with_backoff(k: Kubectl) -> None:
     match = re.search(r"back-off (\d+(?:\.\d+)?)s", seen_backoff["state"]["waiting"]["message"])
     assert match is not None
     delay = float(match.group(1))
-    later = wait_for("a second restart",
-                     lambda: (cs := container_status(pod(k, "crash")))["restartCount"] >= 2
-                     and cs, timeout=delay + 30, interval=0.2)
+    later = wait_for(
+        "a second restart",
+        lambda: (cs := container_status(pod(k, "crash")))["restartCount"] >= 2 and cs,
+        timeout=delay + 30,
+        interval=0.2,
+    )
     waited = time.monotonic() - seen_at
     assert waited >= delay - 1.5, (waited, delay)
     print(f"restart after a {delay:g}s back-off came {waited:.1f}s after it was seen")
@@ -344,53 +479,107 @@ def test_crashing_container_restarts_with_backoff(k: Kubectl) -> None:
 
 
 def test_restart_policy_never_fails_the_pod(k: Kubectl) -> None:
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "once"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "c", "image": "ignored", "command": ["python", "-c", "raise SystemExit(7)"],
-        }]},
-    }))
-    failed = wait_for("Failed", lambda: (p := pod(k, "once"))["status"].get("phase") == "Failed"
-                      and p)
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "once"},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "ignored",
+                            "command": ["python", "-c", "raise SystemExit(7)"],
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    failed = wait_for(
+        "Failed", lambda: (p := pod(k, "once"))["status"].get("phase") == "Failed" and p
+    )
     cs = container_status(failed)
     assert cs["state"]["terminated"]["exitCode"] == 7 and cs["restartCount"] == 0
 
 
 def test_liveness_probe_restarts_the_container(k: Kubectl) -> None:
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "live"},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-            "name": "c", "image": "ignored",
-            "command": ["python", "-c", "import time; time.sleep(3600)"],
-            "livenessProbe": {"tcpSocket": {"port": 9}, "periodSeconds": 1,
-                              "failureThreshold": 2},
-        }]},
-    }))
-    restarted = wait_for("a restart by the liveness probe",
-                         lambda: (cs := container_status(pod(k, "live")))["restartCount"] >= 1
-                         and cs, timeout=60)
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "live"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "ignored",
+                            "command": ["python", "-c", "import time; time.sleep(3600)"],
+                            "livenessProbe": {
+                                "tcpSocket": {"port": 9},
+                                "periodSeconds": 1,
+                                "failureThreshold": 2,
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    restarted = wait_for(
+        "a restart by the liveness probe",
+        lambda: (cs := container_status(pod(k, "live")))["restartCount"] >= 1 and cs,
+        timeout=60,
+    )
     assert restarted["lastState"]["terminated"]["message"] == "failed liveness probe"
 
 
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(k: Kubectl) -> None:
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn"},
-        "spec": {"terminationGracePeriodSeconds": 3, "containers": [{
-            "name": "c", "image": "ignored",
-            "command": ["python", "-c", "import signal, time; "
-                        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"],
-        }]},
-    }))
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "stubborn"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 3,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "ignored",
+                            "command": [
+                                "python",
+                                "-c",
+                                "import signal, time; "
+                                "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)",
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
+    )
     wait_for("Running", lambda: pod(k, "stubborn")["status"].get("phase") == "Running")
-    started_event = next(e for e in k.json("get", "events")["items"]
-                         if e["involvedObject"]["name"] == "stubborn" and e["reason"] == "Started")
+    started_event = next(
+        e
+        for e in k.json("get", "events")["items"]
+        if e["involvedObject"]["name"] == "stubborn" and e["reason"] == "Started"
+    )
     match = re.search(r"pid (\d+)", started_event["message"])
     assert match is not None
     pid = int(match.group(1))
     started = time.monotonic()
     k("delete", "pod", "stubborn", "--wait=false")
-    wait_for("the pod to be gone", lambda: "stubborn" not in
-             {p["metadata"]["name"] for p in pods(k)}, timeout=30, interval=0.2)
+    wait_for(
+        "the pod to be gone",
+        lambda: "stubborn" not in {p["metadata"]["name"] for p in pods(k)},
+        timeout=30,
+        interval=0.2,
+    )
     took = time.monotonic() - started
     assert 2.5 <= took < 10, took  # SIGKILL after the 3 s grace period, then removed
     assert not Path(f"/proc/{pid}").exists()
@@ -399,23 +588,44 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(k: Kubectl)
 def test_init_containers_run_first_in_order(k: Kubectl, tmp_path: Path) -> None:
     out = tmp_path / "order"
     step = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "inits"},
-        "spec": {"restartPolicy": "Never",
-                 "initContainers": [
-                     {"name": "one", "image": "x", "command": ["python", "-c", step, str(out),
-                                                               "one"]},
-                     {"name": "two", "image": "x", "command": ["python", "-c", step, str(out),
-                                                               "two"]}],
-                 "containers": [
-                     {"name": "main", "image": "x", "command": ["python", "-c", step, str(out),
-                                                                "main"]}]},
-    }))
-    done = wait_for("Succeeded", lambda: (p := pod(k, "inits"))["status"].get("phase")
-                    == "Succeeded" and p)
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "inits"},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "initContainers": [
+                        {
+                            "name": "one",
+                            "image": "x",
+                            "command": ["python", "-c", step, str(out), "one"],
+                        },
+                        {
+                            "name": "two",
+                            "image": "x",
+                            "command": ["python", "-c", step, str(out), "two"],
+                        },
+                    ],
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "x",
+                            "command": ["python", "-c", step, str(out), "main"],
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    done = wait_for(
+        "Succeeded", lambda: (p := pod(k, "inits"))["status"].get("phase") == "Succeeded" and p
+    )
     assert out.read_text().split() == ["one", "two", "main"]
-    assert [s["state"]["terminated"]["exitCode"] for s in
-            done["status"]["initContainerStatuses"]] == [0, 0]
+    assert [
+        s["state"]["terminated"]["exitCode"] for s in done["status"]["initContainerStatuses"]
+    ] == [0, 0]
 
 
 # --- a second kubelet of our own, to kill and restart without touching the shared one ---
@@ -444,33 +654,57 @@ class SecondKubelet:
         ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{self.name}")]))
-                .issuer_name(ca.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=1))
-                .not_valid_after(now + datetime.timedelta(hours=2))
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-                .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                        x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{self.name}"),
+                    ]
+                )
+            )
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .sign(ca_key, hashes.SHA256())
+        )  # type: ignore[arg-type]
         config = yaml.safe_load(admin_kubeconfig.read_text())
         config["users"][0]["user"] = {
             "client-certificate-data": base64.b64encode(
-                cert.public_bytes(serialization.Encoding.PEM)).decode(),
-            "client-key-data": base64.b64encode(key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption())).decode()}
+                cert.public_bytes(serialization.Encoding.PEM)
+            ).decode(),
+            "client-key-data": base64.b64encode(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            ).decode(),
+        }
         self.kubeconfig.write_text(yaml.safe_dump(config))
 
     def start(self) -> None:
         with open(self.root / "kubelet.log", "ab") as log:  # the child has its own copy
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "devstack.kubelet", f"--kubeconfig={self.kubeconfig}",
-                 f"--node-name={self.name}", f"--state-dir={self.state}", "--port=0",
-                 "--pod-network=127.11.0.0/16", "--shutdown-grace=5",
-                 "--register-with-taints=devstack.test/private=true:NoSchedule"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "devstack.kubelet",
+                    f"--kubeconfig={self.kubeconfig}",
+                    f"--node-name={self.name}",
+                    f"--state-dir={self.state}",
+                    "--port=0",
+                    "--pod-network=127.11.0.0/16",
+                    "--shutdown-grace=5",
+                    "--register-with-taints=devstack.test/private=true:NoSchedule",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self, sig: int) -> None:
         assert self.proc is not None
@@ -480,8 +714,7 @@ class SecondKubelet:
 
 
 @pytest.fixture
-def second_kubelet(kubeconfig: Path, kubectl: Kubectl,
-                   tmp_path: Path) -> Iterator[SecondKubelet]:
+def second_kubelet(kubeconfig: Path, kubectl: Kubectl, tmp_path: Path) -> Iterator[SecondKubelet]:
     kubelet = SecondKubelet(kubeconfig, tmp_path)
     try:
         yield kubelet
@@ -507,18 +740,38 @@ PIDS = textwrap.dedent("""
 
 
 def test_kubelet_restart_cleans_up_and_restarts_its_pods(
-        k: Kubectl, second_kubelet: SecondKubelet, tmp_path: Path) -> None:
+    k: Kubectl, second_kubelet: SecondKubelet, tmp_path: Path
+) -> None:
     node = second_kubelet.name
     second_kubelet.start()
-    wait_for("the second node to be Ready",
-             lambda: any(c["type"] == "Ready" and c["status"] == "True"
-                         for c in k.json("get", "node", node)["status"]["conditions"]))
+    wait_for(
+        "the second node to be Ready",
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in k.json("get", "node", node)["status"]["conditions"]
+        ),
+    )
     pids = tmp_path / "pids"
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "survivor"},
-        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 2, "containers": [{
-            "name": "c", "image": "ignored", "command": ["python", "-c", PIDS, str(pids)]}]},
-    }))
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "survivor"},
+                "spec": {
+                    "nodeName": node,
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "ignored",
+                            "command": ["python", "-c", PIDS, str(pids)],
+                        }
+                    ],
+                },
+            }
+        )
+    )
 
     def running_with_new_pids(previous: str) -> tuple[dict[str, Any], list[int]] | None:
         p = pod(k, "survivor")
@@ -536,8 +789,9 @@ def test_kubelet_restart_cleans_up_and_restarts_its_pods(
     second_kubelet.kill(signal.SIGKILL)
     assert all(alive(pid) for pid in first_pids)
     second_kubelet.start()
-    again, second_pids = wait_for("a restart", lambda: running_with_new_pids(
-        " ".join(map(str, first_pids))))
+    again, second_pids = wait_for(
+        "a restart", lambda: running_with_new_pids(" ".join(map(str, first_pids)))
+    )
     assert not any(alive(pid) for pid in first_pids)
     assert again["status"]["podIP"] == ip
     assert container_status(again)["restartCount"] == 1
@@ -548,8 +802,10 @@ def test_kubelet_restart_cleans_up_and_restarts_its_pods(
     assert pod(k, "survivor")["status"]["phase"] == "Running"  # the pod itself stays
 
     second_kubelet.start()
-    wait_for("Running once more", lambda: running_with_new_pids(
-        " ".join(map(str, second_pids))))
+    wait_for("Running once more", lambda: running_with_new_pids(" ".join(map(str, second_pids))))
     k("delete", "pod", "survivor", "--wait=false")
-    wait_for("the pod to be gone", lambda: "survivor" not in
-             {p["metadata"]["name"] for p in pods(k)}, timeout=30)
+    wait_for(
+        "the pod to be gone",
+        lambda: "survivor" not in {p["metadata"]["name"] for p in pods(k)},
+        timeout=30,
+    )
