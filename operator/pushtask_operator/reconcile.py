@@ -253,7 +253,7 @@ def decide(obs: Observed) -> Plan:
 
     events: list[EventSpec] = []
     if phase is not phase_now or t.new_run:
-        warn = phase in (Phase.FAILED, Phase.REBOOT)
+        warn = phase in (Phase.FAILED, Phase.REBOOT) or t.reason == v.reason != ""
         what = f"{phase_now.value if phase_now else 'New'} -> {phase.value}"
         run_note = f" (run {run})" if run is not None else ""
         events.append(

@@ -146,7 +146,7 @@ def test_missing_secret_holds_the_start_then_recovers() -> None:
     plan = decide(obs(validation=missing))
     assert plan.phase is Phase.READY and not plan.new_run and plan.replicas == 0
     assert 'Secret "hmac" not found' in plan.status["message"]
-    assert [e.reason for e in plan.events] == ["SecretMissing"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "SecretMissing")]
     valid = next(c for c in plan.status["conditions"] if c["type"] == "SpecValid")
     assert valid["status"] == "False"
     later = decide(obs(plan.status))
