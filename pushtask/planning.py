@@ -1,0 +1,160 @@
+"""From a spec to a run: the run document, its audience splits and delivery shards.
+
+Pure functions: the operator calls them when a run starts and hands the result to the
+store. The spec arrives in its frozen JSON form (camelCase keys), exactly as it is kept
+in the run document, so planning never depends on how the models are built in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pushtask.leases import EPOCH
+
+# An inline list is cut into blocks of this many users so several workers share it.
+INLINE_BLOCK = 5000
+# Sources whose size is only known by reading them (a MongoDB query, a URL) get one
+# planning split; the worker that claims it cuts it into ranges for the others.
+EXPANDABLE_KINDS = frozenset({"mongo", "url"})
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run: dict[str, Any]
+    splits: list[dict[str, Any]]
+
+
+def run_id_for(task: TaskRef, run: int) -> str:
+    # The uid part keeps a re-created task of the same name from meeting the old run's data.
+    return f"{task.namespace}.{task.name}.{run}.{task.uid[:8]}"
+
+
+def shard_of(user: str, shards: int) -> int:
+    """Stable bucket of a user: the same user lands in the same shard in every process."""
+    digest = hashlib.blake2b(user.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def idempotency_key(task_uid: str, run: int, user: str) -> str:
+    return hashlib.sha256(f"{task_uid}:{run}:{user}".encode()).hexdigest()
+
+
+def audience_split_id(run_id: str, n: int | str) -> str:
+    return f"{run_id}/a/{n}"
+
+
+def delivery_split_id(run_id: str, shard: int) -> str:
+    return f"{run_id}/d/{shard}"
+
+
+def _new_split(run_id: str, split_id: str, kind: str, index: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "_id": split_id,
+        "run": run_id,
+        "kind": kind,
+        "index": index,
+        "status": "pending",
+        "owner": None,
+        "token": 0,
+        "leaseUntil": None,
+        "notBefore": EPOCH,
+        "counters": {},
+        **extra,
+    }
+
+
+def audience_splits(run_id: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One split per block of an inline list, per ConfigMap, per expandable source."""
+    audience = spec["audience"]
+    out: list[dict[str, Any]] = []
+    sources = [(False, i, s) for i, s in enumerate(audience["sources"])] + [
+        (True, i, s) for i, s in enumerate(audience.get("exclude") or [])
+    ]
+    for exclude, index, source in sources:
+        kind = source["kind"]
+        ranges: list[dict[str, Any] | None]
+        if kind == "inline":
+            n = len(source.get("users") or [])
+            ranges = [
+                {"start": a, "end": min(a + INLINE_BLOCK, n)} for a in range(0, n, INLINE_BLOCK)
+            ]
+        else:
+            # ConfigMaps are small (1 MiB at most); mongo/url are planned by their first reader.
+            ranges = [None]
+        for rng in ranges:
+            n_split = len(out)
+            out.append(
+                _new_split(
+                    run_id,
+                    audience_split_id(run_id, n_split),
+                    "audience",
+                    n_split,
+                    source={
+                        "kind": kind,
+                        "index": index,
+                        "exclude": exclude,
+                        "range": rng,
+                        "expand": kind in EXPANDABLE_KINDS and rng is None,
+                    },
+                    cursor=None,
+                )
+            )
+    return out
+
+
+def delivery_splits(run_id: str, shards: int) -> list[dict[str, Any]]:
+    # Blocked until the audience is whole: delivery never starts on a partial audience.
+    return [
+        {
+            **_new_split(run_id, delivery_split_id(run_id, s), "delivery", s),
+            "status": "blocked",
+            "total": 0,
+        }
+        for s in range(shards)
+    ]
+
+
+def plan_run(
+    task: TaskRef,
+    run: int,
+    spec: Mapping[str, Any],
+    *,
+    inline: Mapping[str, str] | None = None,
+    rate_per_second: float | None = None,
+    now: datetime,
+) -> RunPlan:
+    """Freeze `spec` into a run document and cut its work into splits."""
+    run_id = run_id_for(task, run)
+    shards = int(spec["audience"].get("shards", 16))
+    doc = {
+        "_id": run_id,
+        "task": {"namespace": task.namespace, "name": task.name, "uid": task.uid},
+        "run": run,
+        "spec": dict(spec),
+        "inline": dict(inline or {}),
+        "shards": shards,
+        "stage": "audience",
+        "control": {
+            "state": "Started",
+            "cancelInflight": False,
+            "ratePerSecond": float(
+                rate_per_second if rate_per_second is not None else spec["rate"]["perSecond"]
+            ),
+        },
+        "failure": None,
+        "created": now,
+        "audienceDoneAt": None,
+        "doneAt": None,
+    }
+    return RunPlan(run=doc, splits=audience_splits(run_id, spec) + delivery_splits(run_id, shards))
