@@ -11,6 +11,9 @@ Sources come only from the Go module proxy:
   each of them with its published v0.x release (the list is read from that go.mod).
 - etcd: go.etcd.io/etcd/server/v3 (its root package is the etcd main).
 - helm: helm.sh/helm/v3/cmd/helm.
+- mongo-java-server: its jars from Maven Central (``mvn dependency:copy-dependencies`` with a
+  local repository under the cache), devstack/mongo_java/MongoWireServer.java compiled with
+  the machine's javac, and a small launcher script as the "binary".
 - ferretdb: FerretDB panics at start unless build/version/version.txt is filled in (its
   release pipeline writes it), so it is built from a writable copy of the module source
   with that one file written; nothing else is changed.
@@ -35,7 +38,8 @@ from pathlib import Path
 from devstack import versions
 
 KUBERNETES_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-ALL_TOOLS = ("etcd", *KUBERNETES_TOOLS, "helm", "ferretdb")
+ALL_TOOLS = ("etcd", *KUBERNETES_TOOLS, "helm", "ferretdb", "mongo-java-server")
+MONGO_JAVA_DIR = Path(__file__).resolve().parent / "mongo_java"
 
 
 class BuildError(RuntimeError):
@@ -53,6 +57,7 @@ def tool_version(tool: str) -> str:
         "etcd": versions.ETCD_VERSION,
         "helm": versions.HELM_VERSION,
         "ferretdb": versions.FERRETDB_VERSION,
+        "mongo-java-server": versions.MONGO_JAVA_SERVER_VERSION,
     }[tool]
 
 
@@ -241,11 +246,54 @@ def _recipe_ferretdb(tool: str, go: str, workdir: Path, log: Path, env: dict[str
     _build_go(tool, go, src, "./cmd/ferretdb", "-s -w", log, env)
 
 
+def _recipe_mongo_java_server(
+    tool: str, go: str, workdir: Path, log: Path, env: dict[str, str]
+) -> None:
+    home = tool_path(tool).parent.parent
+    lib, classes = home / "lib", home / "classes"
+    for d in (lib, classes):
+        shutil.rmtree(d, ignore_errors=True)
+    mvn = shutil.which("mvn")
+    javac = shutil.which("javac")
+    if not mvn or not javac:
+        raise BuildError(f"{tool}: needs mvn and javac on PATH (Debian: maven, default-jdk)")
+    _run_logged(
+        tool,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(MONGO_JAVA_DIR / "pom.xml"),
+            f"-Dmaven.repo.local={cache_root() / 'm2'}",
+            f"-Dmongo-java-server.version={versions.MONGO_JAVA_SERVER_VERSION}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+        ],
+        workdir,
+        env,
+        log,
+    )
+    source = MONGO_JAVA_DIR / "MongoWireServer.java"
+    _run_logged(tool, [javac, "-cp", f"{lib}/*", "-d", str(classes), str(source)], workdir, env, log)
+    launcher = tool_path(tool)
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    tmp = launcher.with_name(launcher.name + ".partial")
+    # exec: the recorded pid is the JVM itself, so `down` signals the server directly.
+    tmp.write_text(
+        "#!/bin/sh\n"
+        f'exec java -XX:+UseSerialGC -Xss512k -cp "{classes}:{lib}/*" MongoWireServer "$@"\n'
+    )
+    tmp.chmod(0o755)
+    tmp.replace(launcher)
+
+
 _RECIPES: dict[str, Callable[[str, str, Path, Path, dict[str, str]], None]] = {
     **{t: _recipe_kubernetes for t in KUBERNETES_TOOLS},
     "etcd": _recipe_etcd,
     "helm": _recipe_helm,
     "ferretdb": _recipe_ferretdb,
+    "mongo-java-server": _recipe_mongo_java_server,
 }
 
 
@@ -279,7 +327,7 @@ def ensure_tool(tool: str) -> Path:
         log = cache_root() / "build" / "logs" / f"{tool}-{version}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
-        _log(f"building {tool} {version} from the Go module proxy (first time only; log: {log})")
+        _log(f"building {tool} {version} from pinned sources (first time only; log: {log})")
         start = time.monotonic()
         _RECIPES[tool](tool, go, workdir, log, _GoEnv().env())
         _log(f"built {tool} {version} in {time.monotonic() - start:.0f}s -> {path}")

@@ -34,11 +34,12 @@ from pathlib import Path
 from devstack import build, pki, process, versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MONGO_URI = f"mongodb://127.0.0.1:{versions.FERRETDB_PORT}/"
+MONGO_URI = f"mongodb://127.0.0.1:{versions.MONGO_PORT}/"
+FERRETDB_URI = f"mongodb://127.0.0.1:{versions.FERRETDB_PORT}/"
 APISERVER_URL = f"https://127.0.0.1:{versions.APISERVER_PORT}"
 
 GROUPS = {
-    "mongo": ("ferretdb",),
+    "mongo": ("mongo-java-server", "ferretdb"),
     "cluster": (
         "etcd",
         "kube-apiserver",
@@ -48,7 +49,7 @@ GROUPS = {
     ),
 }
 # Start order; `down` goes in reverse (the kubelet first, so pods get their SIGTERM).
-ORDER = ("ferretdb", *GROUPS["cluster"])
+ORDER = (*GROUPS["mongo"], *GROUPS["cluster"])
 
 # Every on-by-default controller ("*"): deployment, replicaset, garbage-collector,
 # serviceaccount, serviceaccount-token, namespace, node-lifecycle, ... are all in it.
@@ -151,6 +152,10 @@ def _health_secure_port(port: int) -> Callable[[Paths, float], str | None]:
 
 
 def _health_ferretdb(p: Paths, since: float) -> str | None:
+    return mongo_ping(FERRETDB_URI)
+
+
+def _health_mongo_java(p: Paths, since: float) -> str | None:
     return mongo_ping(MONGO_URI)
 
 
@@ -317,6 +322,17 @@ def _argv_ferretdb(p: Paths) -> list[str]:
     ]
 
 
+def _argv_mongo_java(p: Paths) -> list[str]:
+    data = p.root / "mongo"
+    data.mkdir(parents=True, exist_ok=True)
+    return [
+        str(build.tool_path("mongo-java-server")),
+        "127.0.0.1",
+        str(versions.MONGO_PORT),
+        str(data / "data.mv"),
+    ]
+
+
 def _argv_kubelet(p: Paths) -> list[str]:
     return [
         sys.executable,
@@ -341,6 +357,14 @@ class Component:
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
+        Component(
+            "mongo-java-server",
+            "mongo-java-server",
+            _argv_mongo_java,
+            _health_mongo_java,
+            versions.MONGO_PORT,
+            60,
+        ),
         Component(
             "ferretdb", "ferretdb", _argv_ferretdb, _health_ferretdb, versions.FERRETDB_PORT, 30
         ),
@@ -375,7 +399,7 @@ COMPONENTS: dict[str, Component] = {
 
 # Components started together, each wave healthy before the next (dependencies).
 WAVES = (
-    ("ferretdb", "etcd"),
+    ("mongo-java-server", "ferretdb", "etcd"),
     ("kube-apiserver",),
     ("kube-controller-manager", "kube-scheduler", "kubelet"),
 )
@@ -434,7 +458,7 @@ class Stack:
         return self.pids.live(name)
 
     def health(self, name: str) -> str | None:
-        if name != "ferretdb" and not self.paths.pki.ca_cert.exists():
+        if name not in GROUPS["mongo"] and not self.paths.pki.ca_cert.exists():
             return "no PKI yet"
         rec = self.pids.read(name)
         return COMPONENTS[name].health(self.paths, rec.started_at if rec else 0.0)
@@ -463,7 +487,7 @@ class Stack:
         t0 = time.monotonic()
         with self.locked():
             self.paths.root.mkdir(parents=True, exist_ok=True)
-            if any(n != "ferretdb" for n in names):
+            if any(n not in GROUPS["mongo"] for n in names):
                 self._prepare_cluster_files()
             for wave in WAVES:
                 batch = [n for n in wave if n in names]
@@ -566,6 +590,7 @@ class Stack:
         return [
             f"export KUBECONFIG={self.paths.admin_kubeconfig}",
             f"export PUSHTASK_MONGO_URI={MONGO_URI}",
+            f"export PUSHTASK_FERRETDB_URI={FERRETDB_URI}",
             f'export PATH={os.pathsep.join(bins)}{os.pathsep}"$PATH"',
         ]
 

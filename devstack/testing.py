@@ -1,8 +1,10 @@
 """pytest fixtures for tests that need the real servers (wired up in tests/conftest.py).
 
-- ``mongo_uri`` (session): a MongoDB-wire URI. FerretDB from the local stack, started if
-  it is not running; or ``PUSHTASK_MONGO_URI`` when it names another server (a real
-  MongoDB in CI, say).
+- ``mongo_uri`` (session): a MongoDB-wire URI. mongo-java-server from the local stack,
+  started if it is not running; or ``PUSHTASK_MONGO_URI`` when it names another server (a
+  real MongoDB in CI, say).
+- ``ferretdb_uri`` (session): FerretDB from the local stack, the second MongoDB-wire server
+  the store's tests run on (see devstack/versions.py for why both).
 - ``kubeconfig`` (session): the admin kubeconfig of the local cluster, started if needed;
   or ``PUSHTASK_E2E_KUBECONFIG`` for another cluster (kind on a machine with Docker). The
   ambient ``KUBECONFIG`` is deliberately not used: it may point at a cluster that matters.
@@ -88,6 +90,12 @@ def mongo_uri(devstack_session: StackSession) -> str:
         return uri
     devstack_session.ensure("mongo")
     return stack.MONGO_URI
+
+
+@pytest.fixture(scope="session")
+def ferretdb_uri(devstack_session: StackSession) -> str:
+    devstack_session.ensure("mongo")
+    return stack.FERRETDB_URI
 
 
 @pytest.fixture(scope="session")

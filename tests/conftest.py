@@ -2,6 +2,7 @@
 
 from devstack.testing import (  # noqa: F401  (re-exported as pytest fixtures)
     devstack_session,
+    ferretdb_uri,
     helm,
     k8s_api,
     kubeconfig,
