@@ -275,7 +275,9 @@ def _recipe_mongo_java_server(
         log,
     )
     source = MONGO_JAVA_DIR / "MongoWireServer.java"
-    _run_logged(tool, [javac, "-cp", f"{lib}/*", "-d", str(classes), str(source)], workdir, env, log)
+    _run_logged(
+        tool, [javac, "-cp", f"{lib}/*", "-d", str(classes), str(source)], workdir, env, log
+    )
     launcher = tool_path(tool)
     launcher.parent.mkdir(parents=True, exist_ok=True)
     tmp = launcher.with_name(launcher.name + ".partial")
