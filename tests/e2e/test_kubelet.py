@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -643,6 +644,12 @@ class SecondKubelet:
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_identity(admin_kubeconfig)
 
+    def use_server(self, server: str) -> None:
+        """Reach the API server at another address (a proxy the test can cut)."""
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["clusters"][0]["cluster"]["server"] = server
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+
     def _write_identity(self, admin_kubeconfig: Path) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -809,3 +816,98 @@ def test_kubelet_restart_cleans_up_and_restarts_its_pods(
         lambda: "survivor" not in {p["metadata"]["name"] for p in pods(k)},
         timeout=30,
     )
+
+
+PROXY = textwrap.dedent("""
+    import asyncio, sys
+    listen, upstream = int(sys.argv[1]), int(sys.argv[2])
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+    async def handle(reader, writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", listen, reuse_address=True)
+        print("ready", flush=True)
+        await server.serve_forever()
+    asyncio.run(main())
+""")
+
+
+class Proxy:
+    """A TCP forwarder to the API server; killing it cuts every connection through it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.upstream = upstream_port
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PROXY, str(self.port), str(self.upstream)],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def test_kubelet_rides_out_an_api_server_outage(
+        k: Kubectl, kubeconfig: Path, second_kubelet: SecondKubelet, tmp_path: Path) -> None:
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    proxy = Proxy(int(server.rsplit(":", 1)[1]))
+    proxy.start()
+    try:
+        second_kubelet.use_server(f"https://127.0.0.1:{proxy.port}")
+        second_kubelet.start()
+        node = second_kubelet.name
+        wait_for("the node to be Ready",
+                 lambda: any(c["type"] == "Ready" and c["status"] == "True"
+                             for c in k.json("get", "node", node)["status"]["conditions"]))
+
+        def sleeper(name: str) -> str:
+            return json.dumps({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": "c", "image": "ignored",
+                    "command": ["python", "-c", "import time; time.sleep(3600)"]}]}})
+
+        k.apply(sleeper("before"))
+        wait_for("Running", lambda: pod(k, "before")["status"].get("phase") == "Running")
+
+        proxy.stop()  # the kubelet loses its watch, lease renewals and status posts
+        k("delete", "pod", "before", "--wait=false")
+        k.apply(sleeper("during"))
+        time.sleep(5)
+        assert pod(k, "during")["status"].get("phase") == "Pending"
+        proxy.start()
+
+        # After the outage it sees both changes: stops and removes one, starts the other.
+        wait_for("the deleted pod to be gone", lambda: "before" not in
+                 {p["metadata"]["name"] for p in pods(k)}, timeout=60)
+        wait_for("the new pod to run",
+                 lambda: pod(k, "during")["status"].get("phase") == "Running", timeout=60)
+        lease = k.json("get", "lease", "-n", "kube-node-lease", node)
+        renewed = datetime.datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+        age = datetime.datetime.now(datetime.UTC) - renewed
+        assert age.total_seconds() < 15, age
+        k("delete", "pod", "during", "--wait=false")
+        wait_for("cleanup", lambda: not pods(k), timeout=30)
+    finally:
+        proxy.stop()
