@@ -1,0 +1,71 @@
+# PushTask: every command a developer or CI needs. `make demo` runs the product locally,
+# `make test` runs every test; both set up what they need on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup test unit integration e2e lint crds chart-crds up down status demo bench e2e-kind clean
+
+# The Python environment (pip's cache lives in ~/.cache, so a second machine setup is quick).
+$(VENV)/.installed: pyproject.toml
+	bash scripts/bootstrap.sh $(VENV)
+	@touch $@
+
+setup: $(VENV)/.installed
+
+## test: every test (unit, integration on the MongoDB-wire servers, e2e on devstack) and lint
+test: setup lint
+	$(PY) -m devstack build
+	$(PYTEST) tests -p no:cacheprovider
+
+unit: setup
+	$(PYTEST) tests/unit -p no:cacheprovider
+
+integration: setup
+	$(PYTEST) -m integration tests -p no:cacheprovider
+
+e2e: setup
+	$(PY) -m devstack build
+	$(PYTEST) -m e2e tests -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check pushtask operator worker devstack
+	$(VENV)/bin/mypy
+
+## crds: regenerate crds/, the chart's copy and the field reference from the models
+crds: setup
+	$(PY) -m pushtask.crdgen > crds/pushtask.yaml
+	$(PY) -m pushtask.crdgen --reference > docs/reference.md
+	$(MAKE) chart-crds
+
+# Helm installs the chart's crds/ folder; it is a copy of the generated file (a test checks).
+chart-crds:
+	cp crds/pushtask.yaml charts/pushtask/crds/pushtask.yaml
+
+up: setup
+	$(PY) -m devstack up
+
+down: setup
+	$(PY) -m devstack down
+
+status: setup
+	$(PY) -m devstack status
+
+## demo: devstack, the chart, a local webhook sink, an example campaign with live progress
+demo: setup
+	$(PY) -m devstack up
+	$(PY) -m pushtask_operator.demo
+
+bench: setup
+	$(PY) -m devstack up --only mongo
+	$(PY) bench/worker.py
+
+e2e-kind:
+	bash scripts/e2e-kind.sh
+
+clean:
+	-$(PY) -m devstack down
+	rm -rf $(VENV) .devstack build *.egg-info
