@@ -84,7 +84,6 @@ class ContainerRunner:
         self._kill_reason = ""  # why the kubelet is killing the running process
         self.finished = False  # will not run again
         self._probers: list[asyncio.Task[None]] = []
-        self._ready_probe: Prober | None = None
         self._probe_ctx: ProbeContext | None = None
         if not init and worker.init_runners:
             self.view.waiting_reason = "PodInitializing"
@@ -97,14 +96,14 @@ class ContainerRunner:
         self._kill_reason = "stop"
         self._interrupt.set()
 
-    def adopt_history(self, previous: Mapping[str, Any] | None) -> bool:
+    def adopt_history(self, previous: Mapping[str, Any] | None) -> None:
         """Take over restartCount and last state from the status a previous kubelet posted.
 
-        Returns False when the container ran before and must not run again (its
-        restartPolicy forbids a restart), in which case its view is final.
+        A container that ran before and may not run again (restartPolicy) keeps its final
+        state and is marked finished.
         """
         if not previous:
-            return True
+            return
         self.view.restart_count = int(previous.get("restartCount") or 0)
         state = previous.get("state") or {}
         last = (previous.get("lastState") or {}).get("terminated")
@@ -120,15 +119,14 @@ class ContainerRunner:
                              started_at=parse_time(state["running"].get("startedAt")),
                              finished_at=now())
         if ran is None:
-            return True
+            return
         if self._should_restart(ran.exit_code):
             self.view.last_terminated = ran
             self.view.restart_count += 1
-            return True
+            return
         self.view.state = "terminated"
         self.view.terminated = ran
         self.finished = True
-        return False
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -307,9 +305,7 @@ class ContainerRunner:
         readiness = self.spec.get("readinessProbe")
         liveness = self.spec.get("livenessProbe")
         if readiness and not self.init:
-            self._ready_probe = Prober("readiness", readiness, ctx, self._on_readiness,
-                                       initial=False)
-            self._launch(self._ready_probe)
+            self._launch(Prober("readiness", readiness, ctx, self._on_readiness, initial=False))
         if liveness and not self.init:
             self._launch(Prober("liveness", liveness, ctx, self._on_liveness, initial=True))
 
@@ -320,7 +316,6 @@ class ContainerRunner:
         for task in self._probers:
             task.cancel()
         self._probers.clear()
-        self._ready_probe = None
 
     def _kill(self, reason: str) -> None:
         if not self._kill_reason:
@@ -550,9 +545,17 @@ class PodWorker:
                                                    name=f"token-{self.name}"))
 
         if not self.init_done:
-            if not await self._until_deleting(self._run_init_containers()):
+            # A runner task, not a cancellable step: on deletion its processes must get
+            # their SIGTERM like any container's (see _finish_deletion).
+            init = asyncio.create_task(self._run_init_containers(), name=f"init-{self.name}")
+            self._runner_tasks = [init]
+            deletion_first: asyncio.Future[Any] = asyncio.ensure_future(self.deleting.wait())
+            await asyncio.wait([init, deletion_first], return_when=asyncio.FIRST_COMPLETED)
+            deletion_first.cancel()
+            if not init.done():
                 await self._finish_deletion()
                 return
+            self._runner_tasks = []
 
         if not self.init_failed:
             self._runner_tasks = [asyncio.create_task(r.run(), name=f"ctr-{r.name}")
@@ -606,7 +609,11 @@ class PodWorker:
 
     async def _run_init_containers(self) -> None:
         for runner in self.init_runners:
+            if self.deleting.is_set():
+                return
             await runner.run()
+            if runner.stopping:
+                return
             term = runner.view.terminated
             if term is None or term.exit_code != 0:
                 # Never: the pod has failed. Otherwise runner.run only returns when stopped.

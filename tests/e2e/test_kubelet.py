@@ -629,6 +629,30 @@ def test_init_containers_run_first_in_order(k: Kubectl, tmp_path: Path) -> None:
     ] == [0, 0]
 
 
+def test_deleting_a_pod_during_its_init_container_stops_it(k: Kubectl, tmp_path: Path) -> None:
+    marker = tmp_path / "init.term"
+    trap = ("import pathlib, signal, sys, time\n"
+            "def term(*_):\n"
+            f"    pathlib.Path({str(marker)!r}).write_text('TERM'); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, term)\n"
+            "time.sleep(3600)\n")
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "slowinit"},
+        "spec": {"terminationGracePeriodSeconds": 5,
+                 "initContainers": [{"name": "wait", "image": "x",
+                                     "command": ["python", "-c", trap]}],
+                 "containers": [{"name": "main", "image": "x", "command": ["sleep", "3600"]}]},
+    }))
+    wait_for("the init container to run",
+             lambda: "running" in pod(k, "slowinit")["status"].get(
+                 "initContainerStatuses", [{}])[0].get("state", {}))
+    assert pod(k, "slowinit")["status"]["phase"] == "Pending"
+    k("delete", "pod", "slowinit", "--wait=false")
+    wait_for("SIGTERM in the init container", marker.exists, timeout=20, interval=0.1)
+    wait_for("the pod to be gone", lambda: "slowinit" not in
+             {p["metadata"]["name"] for p in pods(k)}, timeout=20)
+
+
 # --- a second kubelet of our own, to kill and restart without touching the shared one ---
 
 
