@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -715,6 +716,30 @@ class PodWorker:
                 self._dirty.set()
 
 
+def remove_old_pod_dirs(pods_dir: Path, live_uids: set[str],
+                        keep_seconds: float = 86400) -> int:
+    """Forget pods deleted more than a day ago: their logs, work dirs, empty namespaces.
+
+    Logs of recently deleted pods stay readable (`devstack logs`) for a post-mortem.
+    """
+    removed = 0
+    cutoff = time.time() - keep_seconds
+    for marker in pods_dir.glob("*/*/.uid"):
+        pod_dir = marker.parent
+        try:
+            stale = marker.read_text() not in live_uids and \
+                max(p.stat().st_mtime for p in pod_dir.iterdir()) < cutoff
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(pod_dir, ignore_errors=True)
+            removed += 1
+    for ns_dir in pods_dir.glob("*"):
+        with contextlib.suppress(OSError):
+            ns_dir.rmdir()  # only succeeds when empty
+    return removed
+
+
 class PodManager:
     """Watches the pods bound to this node and keeps one worker per pod."""
 
@@ -785,6 +810,7 @@ class PodManager:
                         for uid in self.node.ipam.allocations():
                             if uid not in seen:
                                 self.node.ipam.release(uid)
+                        remove_old_pod_dirs(self.node.settings.pods_dir, seen)
                         self.synced.set()
                 params = {**self._selector(), "resourceVersion": resource_version}
                 async for event in api.watch("/api/v1/pods", params):

@@ -29,3 +29,37 @@ def test_capacity_and_status(tmp_path: Path) -> None:
     assert ready["status"] == "True" and ready["reason"] == "KubeletReady"
     assert status["addresses"] == [{"type": "InternalIP", "address": "127.0.0.1"}]
     assert status["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10250}}
+
+
+def test_old_pod_dirs_are_removed(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from devstack.kubelet.pods import remove_old_pod_dirs
+
+    def make(ns: str, pod: str, uid: str, age: float) -> Path:
+        d = tmp_path / ns / pod
+        d.mkdir(parents=True)
+        (d / ".uid").write_text(uid)
+        (d / "c.log").write_text("x")
+        for f in d.iterdir():
+            os.utime(f, (time.time() - age, time.time() - age))
+        return d
+
+    live = make("a", "live", "u1", age=10 * 86400)
+    recent = make("a", "recent", "u2", age=60)
+    old = make("b", "old", "u3", age=2 * 86400)
+    assert remove_old_pod_dirs(tmp_path, {"u1"}) == 1
+    assert live.exists() and recent.exists() and not old.exists()
+    assert not (tmp_path / "b").exists()
+
+
+def test_backoff_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devstack.kubelet.__main__ import parse_args
+
+    monkeypatch.setenv("DEVSTACK_KUBELET_BACKOFF_BASE", "1")
+    settings, _ = parse_args(["--kubeconfig", "k", "--node-name", "n", "--state-dir", "s"])
+    assert settings.backoff_base == 1 and settings.backoff_max == 300
+    settings, _ = parse_args(["--kubeconfig", "k", "--node-name", "n", "--state-dir", "s",
+                              "--backoff-base", "2", "--register-with-taints", "a=b:NoSchedule"])
+    assert settings.backoff_base == 2 and settings.taints == ("a=b:NoSchedule",)
