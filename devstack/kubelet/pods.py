@@ -592,16 +592,21 @@ class PodWorker:
     async def _fetch_token(self) -> None:
         assert self.token is not None
         delay = 0.2
+        attempt = 0
         while True:
             try:
                 await self.token.fetch()
                 return
             except CALL_FAILED as e:
-                # 403 right after binding, like secrets: the authorizer's graph lags.
+                # Refusals right after binding are normal: the node authorizer's graph and
+                # NodeRestriction's pod cache have not seen the binding yet. Say so loudly
+                # only when it lasts.
+                attempt += 1
                 reason = e.reason if isinstance(e, ApiError) else repr(e)
                 msg = f"cannot get a token for serviceaccount {self.token.service_account}: " \
                       f"{reason}"
-                log.warning("%s/%s: %s", self.namespace, self.name, msg)
+                log.log(logging.WARNING if attempt > 3 else logging.DEBUG, "%s/%s: %s",
+                        self.namespace, self.name, msg)
                 for r in self.runners:
                     r.view.waiting_reason, r.view.waiting_message = "ContainerCreating", msg
                 self.mark_dirty()
