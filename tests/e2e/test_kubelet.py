@@ -586,6 +586,29 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(k: Kubectl)
     assert not Path(f"/proc/{pid}").exists()
 
 
+def test_prestop_hook_runs_before_sigterm(k: Kubectl, tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    main = ("import pathlib, signal, sys, time\n"
+            "def term(*_):\n"
+            f"    with open({str(events)!r}, 'a') as f: f.write('sigterm\\n')\n"
+            "    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, term)\n"
+            "time.sleep(3600)\n")
+    hook = f"with open({str(events)!r}, 'a') as f: f.write('prestop\\n')"
+    k.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hooked"},
+        "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
+            "name": "c", "image": "x", "command": ["python", "-c", main],
+            "lifecycle": {"preStop": {"exec": {"command": ["python", "-c", hook]}}},
+        }]},
+    }))
+    wait_for("Running", lambda: pod(k, "hooked")["status"].get("phase") == "Running")
+    k("delete", "pod", "hooked", "--wait=false")
+    wait_for("the pod to be gone", lambda: "hooked" not in
+             {p["metadata"]["name"] for p in pods(k)}, timeout=30)
+    assert events.read_text().split() == ["prestop", "sigterm"]
+
+
 def test_init_containers_run_first_in_order(k: Kubectl, tmp_path: Path) -> None:
     out = tmp_path / "order"
     step = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
