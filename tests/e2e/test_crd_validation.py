@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ from tests.bad_specs import BAD_CASES, BadCase, valid_manifest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).parents[2]
-CRD = ROOT / "crds" / "pushtask.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
@@ -36,19 +33,6 @@ def _rule_messages() -> set[str]:
 RULE_MESSAGES = _rule_messages()
 
 
-@pytest.fixture(scope="module")
-def crd(kubectl: Kubectl) -> Iterator[None]:
-    """The generated CRD, applied and Established (left in place: other suites use it)."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/pushtasks.pushtask.dev")
-    # Discovery of a new group lags a moment behind Established.
-    deadline = time.monotonic() + 30
-    while kubectl("get", "pushtasks", "-A", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "pushtasks never became servable"
-        time.sleep(0.5)
-    yield
-
-
 def _dry_run(k: Kubectl, manifest: dict[str, Any]) -> Any:
     return k(
         "apply",
@@ -62,7 +46,7 @@ def _dry_run(k: Kubectl, manifest: dict[str, Any]) -> Any:
     )
 
 
-def test_crd_is_accepted_with_its_names_and_columns(crd: None, kubectl: Kubectl) -> None:
+def test_crd_is_accepted_with_its_names_and_columns(pushtask_crd: None, kubectl: Kubectl) -> None:
     got = kubectl.json("get", "crd", "pushtasks.pushtask.dev")
     assert got["spec"]["names"]["shortNames"] == ["pt"]
     assert got["spec"]["names"]["categories"] == ["pushtask"]
@@ -72,14 +56,16 @@ def test_crd_is_accepted_with_its_names_and_columns(crd: None, kubectl: Kubectl)
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_passes_server_dry_run(
-    crd: None, kubectl: Kubectl, namespace: str, path: Path
+    pushtask_crd: None, kubectl: Kubectl, namespace: str, path: Path
 ) -> None:
     k = kubectl.in_namespace(namespace)
     proc = k("apply", "--dry-run=server", "-f", str(path), check=False)
     assert proc.returncode == 0, proc.stderr
 
 
-def test_server_defaults_equal_model_defaults(crd: None, kubectl: Kubectl, namespace: str) -> None:
+def test_server_defaults_equal_model_defaults(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
+) -> None:
     manifest = valid_manifest("defaults")
     proc = _dry_run(kubectl.in_namespace(namespace), manifest)
     assert proc.returncode == 0, proc.stderr
@@ -93,7 +79,7 @@ def test_server_defaults_equal_model_defaults(crd: None, kubectl: Kubectl, names
     assert server_spec["schedule"]["windows"][0]["days"][0] == "Mon"
 
 
-def test_explain_shows_the_field_descriptions(crd: None, kubectl: Kubectl) -> None:
+def test_explain_shows_the_field_descriptions(pushtask_crd: None, kubectl: Kubectl) -> None:
     out = kubectl("explain", "pushtask.spec.schedule.windows").stdout
     assert "crosses midnight" in out and "timeZone" in out
 
@@ -104,7 +90,7 @@ def test_there_are_at_least_fifteen_bad_manifests() -> None:
 
 @pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.name)
 def test_bad_manifest_is_rejected_naming_the_field(
-    crd: None, kubectl: Kubectl, namespace: str, case: BadCase
+    pushtask_crd: None, kubectl: Kubectl, namespace: str, case: BadCase
 ) -> None:
     proc = _dry_run(kubectl.in_namespace(namespace), case.manifest())
     assert proc.returncode != 0, f"accepted: {yaml.safe_dump(case.manifest())}"
@@ -118,7 +104,9 @@ def test_bad_manifest_is_rejected_naming_the_field(
             assert message in proc.stderr, (message, proc.stderr)
 
 
-def test_run_must_not_decrease_on_update(crd: None, kubectl: Kubectl, namespace: str) -> None:
+def test_run_must_not_decrease_on_update(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
+) -> None:
     k = kubectl.in_namespace(namespace)
     manifest = valid_manifest("runs")
     manifest["spec"]["run"] = 3
@@ -131,7 +119,9 @@ def test_run_must_not_decrease_on_update(crd: None, kubectl: Kubectl, namespace:
     assert "spec.run" in proc.stderr and "must not decrease" in proc.stderr, proc.stderr
 
 
-def test_scale_subresource_drives_workers(crd: None, kubectl: Kubectl, namespace: str) -> None:
+def test_scale_subresource_drives_workers(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
+) -> None:
     k = kubectl.in_namespace(namespace)
     k.apply(json.dumps(valid_manifest("scaled")))
     k("scale", "pushtask/scaled", "--replicas=5")
@@ -141,7 +131,7 @@ def test_scale_subresource_drives_workers(crd: None, kubectl: Kubectl, namespace
 
 
 def test_declared_status_fields_survive_and_print(
-    crd: None, kubectl: Kubectl, namespace: str
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
 ) -> None:
     k = kubectl.in_namespace(namespace)
     k.apply(json.dumps(valid_manifest("status")))
