@@ -1,4 +1,9 @@
-"""The MongoDB-wire server the tests use answers the operations the design relies on."""
+"""The MongoDB-wire servers answer the operations the design relies on.
+
+Each check runs on FerretDB (``ferretdb_uri``) and on the primary test server
+(``mongo_uri``: mongo-java-server locally, or ``PUSHTASK_MONGO_URI``), so the core path
+stays within what both serve (DESIGN.md, "Work splits and leases").
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,20 @@ from pymongo import InsertOne, MongoClient, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from devstack import versions
+
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["ferretdb_uri", "mongo_uri"])
+def server_uri(request: pytest.FixtureRequest) -> str:
+    uri: str = request.getfixturevalue(request.param)
+    return uri
+
+
 @pytest.fixture
-def coll(mongo_uri: str) -> Iterator[Collection[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+def coll(server_uri: str) -> Iterator[Collection[dict[str, Any]]]:
+    client: MongoClient[dict[str, Any]] = MongoClient(server_uri, serverSelectionTimeoutMS=5000)
     db = client[f"t_{secrets.token_hex(4)}"]  # a database per test: no cross-test leftovers
     try:
         yield db["items"]
@@ -25,14 +38,16 @@ def coll(mongo_uri: str) -> Iterator[Collection[dict[str, Any]]]:
         client.close()
 
 
-def test_server_is_ferretdb_or_mongodb(mongo_uri: str) -> None:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+def test_ferretdb_answers_as_ferretdb(ferretdb_uri: str) -> None:
+    client: MongoClient[dict[str, Any]] = MongoClient(ferretdb_uri, serverSelectionTimeoutMS=5000)
     try:
         info = client.admin.command("buildInfo")
         assert client.admin.command("ping")["ok"] == 1.0
     finally:
         client.close()
-    assert isinstance(info["version"], str) and info["version"]
+    # FerretDB reports the MongoDB version it emulates, and its own beside it.
+    assert info["ferretdbVersion"] == versions.FERRETDB_VERSION
+    assert info["versionArray"][0] >= 6
 
 
 def test_insert_and_read_back(coll: Collection[dict[str, Any]]) -> None:
@@ -94,7 +109,38 @@ def test_bulk_write_mixed_and_unordered_duplicates(coll: Collection[dict[str, An
         coll.bulk_write(
             [InsertOne({"user": "b"}), InsertOne({"user": "d", "sent": 0})], ordered=False
         )
-    details = err.value.details
-    assert details["nInserted"] == 1
-    assert [e["code"] for e in details["writeErrors"]] == [11000]
+    assert [e["code"] for e in err.value.details["writeErrors"]] == [11000]
+    assert coll.count_documents({"user": "b"}) == 1
     assert coll.count_documents({"user": "d"}) == 1
+
+
+@pytest.mark.parametrize(
+    "uri_fixture",
+    [
+        "ferretdb_uri",
+        pytest.param(
+            "mongo_uri",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="mongo-java-server counts a rejected duplicate in nInserted of an "
+                "unordered bulk write: count inserted documents, not nInserted",
+            ),
+        ),
+    ],
+)
+def test_unordered_bulk_reports_only_what_it_inserted(
+    uri_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    uri: str = request.getfixturevalue(uri_fixture)
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    db = client[f"t_{secrets.token_hex(4)}"]
+    try:
+        coll = db["items"]
+        coll.create_index("user", unique=True)
+        coll.insert_one({"user": "b"})
+        with pytest.raises(BulkWriteError) as err:
+            coll.bulk_write([InsertOne({"user": "b"}), InsertOne({"user": "d"})], ordered=False)
+        assert err.value.details["nInserted"] == 1
+    finally:
+        client.drop_database(db.name)
+        client.close()

@@ -98,7 +98,8 @@ def test_tool_paths_are_keyed_by_version(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_resolve_expands_groups_in_start_order() -> None:
-    assert stack.resolve(["mongo"]) == ["ferretdb"]
+    assert stack.resolve(["ferretdb"]) == ["ferretdb"]
+    assert "ferretdb" in stack.resolve(["mongo"])
     assert stack.resolve(["kubelet,etcd"]) == ["etcd", "kubelet"]
     assert stack.resolve(None) == list(stack.ORDER)
     with pytest.raises(stack.StackError, match="unknown component 'mysql'"):
