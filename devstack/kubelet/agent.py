@@ -54,20 +54,27 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             log.info("stopped %d process(es) left by a previous kubelet", stale)
         store.clear()
         cap = capacity(settings)
-        node = Node(settings=settings, api=api,
-                    ipam=IPAM(settings.state_dir / "ipam.json", settings.pod_network),
-                    processes=store, events=EventRecorder(api, settings.node_name),
-                    capacity=cap)
+        node = Node(
+            settings=settings,
+            api=api,
+            ipam=IPAM(settings.state_dir / "ipam.json", settings.pod_network),
+            processes=store,
+            events=EventRecorder(api, settings.node_name),
+            capacity=cap,
+        )
         agent = NodeAgent(settings, api, cap)
         await retry("register node", agent.register)
         pods = PodManager(node)
         server = KubeletServer(settings, pods.is_running)
         if settings.port:
             await server.start()
-        tasks = [asyncio.create_task(agent.run(), name="node"),
-                 asyncio.create_task(pods.run(), name="pods")]
-        log.info("kubelet for node %s running (state in %s)", settings.node_name,
-                 settings.state_dir)
+        tasks = [
+            asyncio.create_task(agent.run(), name="node"),
+            asyncio.create_task(pods.run(), name="pods"),
+        ]
+        log.info(
+            "kubelet for node %s running (state in %s)", settings.node_name, settings.state_dir
+        )
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
         for task in done:

@@ -60,13 +60,20 @@ class Api:
     async def close(self) -> None:
         await self._session.close()
 
-    async def request(self, method: str, path: str, *, body: Any = None,
-                      params: Mapping[str, str] | None = None,
-                      content_type: str = "application/json") -> JSON:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> JSON:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else None
-        async with self._session.request(method, path, data=data, params=params,
-                                         headers=headers) as resp:
+        async with self._session.request(
+            method, path, data=data, params=params, headers=headers
+        ) as resp:
             text = await resp.text()
             if resp.status >= 400:
                 raise ApiError(resp.status, method, path, text)
@@ -90,21 +97,31 @@ class Api:
         return await self.request("PUT", path, body=body)
 
     async def patch(self, path: str, body: JSON, strategic: bool = True) -> JSON:
-        ctype = ("application/strategic-merge-patch+json" if strategic
-                 else "application/merge-patch+json")
+        ctype = (
+            "application/strategic-merge-patch+json"
+            if strategic
+            else "application/merge-patch+json"
+        )
         return await self.request("PATCH", path, body=body, content_type=ctype)
 
     async def delete(self, path: str, body: JSON | None = None) -> JSON:
         return await self.request("DELETE", path, body=body)
 
-    async def watch(self, path: str, params: Mapping[str, str],
-                    server_timeout: int = 300) -> AsyncIterator[JSON]:
+    async def watch(
+        self, path: str, params: Mapping[str, str], server_timeout: int = 300
+    ) -> AsyncIterator[JSON]:
         """Events of one watch request; returns when the server ends it."""
-        query = {**params, "watch": "true", "allowWatchBookmarks": "true",
-                 "timeoutSeconds": str(server_timeout)}
+        query = {
+            **params,
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(server_timeout),
+        }
         async with self._session.get(
-                path, params=query,
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=server_timeout + 30)) as resp:
+            path,
+            params=query,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=server_timeout + 30),
+        ) as resp:
             if resp.status >= 400:
                 raise ApiError(resp.status, "WATCH", path, await resp.text())
             # Our own line splitting: aiohttp's readline caps a line's length, a pod can
@@ -118,8 +135,15 @@ class Api:
                         yield json.loads(line)
 
 
-async def retry(what: str, fn: Any, *args: Any, attempts: int = 0, delay: float = 0.5,
-                max_delay: float = 5.0, **kwargs: Any) -> Any:
+async def retry(
+    what: str,
+    fn: Any,
+    *args: Any,
+    attempts: int = 0,
+    delay: float = 0.5,
+    max_delay: float = 5.0,
+    **kwargs: Any,
+) -> Any:
     """Call ``await fn(*args)`` until it succeeds (``attempts`` 0: forever), backing off.
 
     404 is not retried: the object is gone, which only the caller can judge.

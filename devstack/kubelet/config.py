@@ -100,8 +100,7 @@ def load_kubeconfig(path: Path, secrets_dir: Path) -> ClusterAccess:
     ca = _material(cluster, "certificate-authority", base)
     if ca is None:
         raise ValueError(f"{path}: cluster has no certificate-authority")
-    access = ClusterAccess(server=cluster["server"].rstrip("/"), ca_pem=ca,
-                           token=user.get("token"))
+    access = ClusterAccess(server=cluster["server"].rstrip("/"), ca_pem=ca, token=user.get("token"))
     cert = _material(user, "client-certificate", base)
     key = _material(user, "client-key", base)
     if cert and key:

@@ -14,8 +14,18 @@ ObjectData = Mapping[str, str] | None
 
 # What a real container inherits from its image, here from the kubelet's environment:
 # nothing that names the kubelet's own credentials (KUBECONFIG) or cluster.
-_INHERITED = ("PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSL_CERT_FILE",
-              "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+_INHERITED = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+)
 
 
 class EnvError(Exception):
@@ -47,8 +57,9 @@ def references(container: Mapping[str, Any]) -> References:
 
 def decode_secret(data: Mapping[str, str] | None) -> dict[str, str]:
     # surrogateescape keeps non-UTF-8 bytes intact all the way to the process's environ.
-    return {k: base64.b64decode(v).decode("utf-8", "surrogateescape")
-            for k, v in (data or {}).items()}
+    return {
+        k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (data or {}).items()
+    }
 
 
 def expand(text: str, lookup: Callable[[str], str | None]) -> str:
@@ -71,7 +82,7 @@ def expand(text: str, lookup: Callable[[str], str | None]) -> str:
                 out.append("$(")
                 i += 2
                 continue
-            name = text[i + 2:close]
+            name = text[i + 2 : close]
             value = lookup(name)
             out.append(value if value is not None else f"$({name})")
             i = close + 1
@@ -87,7 +98,7 @@ def field_value(pod: Mapping[str, Any], path: str, pod_ip: str, host_ip: str) ->
     spec = pod.get("spec") or {}
     for prefix, key in (("metadata.labels['", "labels"), ("metadata.annotations['", "annotations")):
         if path.startswith(prefix) and path.endswith("']"):
-            return str((meta.get(key) or {}).get(path[len(prefix):-2], ""))
+            return str((meta.get(key) or {}).get(path[len(prefix) : -2], ""))
     simple: dict[str, str] = {
         "metadata.name": meta.get("name", ""),
         "metadata.namespace": meta.get("namespace", ""),
@@ -109,15 +120,28 @@ def parse_quantity(text: str) -> float:
     text = str(text).strip()
     for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "m"):
         if text.endswith(suffix):
-            factor = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-                      "Ei": 2**60, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-                      "E": 1e18, "m": 1e-3}[suffix]
+            factor = {
+                "Ki": 2**10,
+                "Mi": 2**20,
+                "Gi": 2**30,
+                "Ti": 2**40,
+                "Pi": 2**50,
+                "Ei": 2**60,
+                "k": 1e3,
+                "M": 1e6,
+                "G": 1e9,
+                "T": 1e12,
+                "P": 1e15,
+                "E": 1e18,
+                "m": 1e-3,
+            }[suffix]
             return float(text[: -len(suffix)]) * factor
     return float(text)
 
 
-def resource_value(container: Mapping[str, Any], ref: Mapping[str, Any],
-                   capacity: Mapping[str, str]) -> str:
+def resource_value(
+    container: Mapping[str, Any], ref: Mapping[str, Any], capacity: Mapping[str, str]
+) -> str:
     """A resourceFieldRef: the container's limit/request, the node's capacity if unset."""
     resource: str = ref["resource"]  # e.g. limits.cpu, requests.memory
     kind, _, name = resource.partition(".")
@@ -130,10 +154,16 @@ def resource_value(container: Mapping[str, Any], ref: Mapping[str, Any],
     return str(rounded)
 
 
-def resolve_env(pod: Mapping[str, Any], container: Mapping[str, Any], *, pod_ip: str,
-                host_ip: str, secrets: Mapping[str, ObjectData],
-                configmaps: Mapping[str, ObjectData],
-                capacity: Mapping[str, str] | None = None) -> dict[str, str]:
+def resolve_env(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    *,
+    pod_ip: str,
+    host_ip: str,
+    secrets: Mapping[str, ObjectData],
+    configmaps: Mapping[str, ObjectData],
+    capacity: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The variables the pod spec asks for, in the kubelet's order: envFrom, then env.
 
     ``secrets`` and ``configmaps`` hold every referenced object (see :func:`references`),
@@ -175,8 +205,11 @@ def resolve_env(pod: Mapping[str, Any], container: Mapping[str, Any], *, pod_ip:
         elif "resourceFieldRef" in source:
             value = resource_value(container, source["resourceFieldRef"], capacity or {})
         else:
-            kind, key = (("Secret", "secretKeyRef") if "secretKeyRef" in source
-                         else ("ConfigMap", "configMapKeyRef"))
+            kind, key = (
+                ("Secret", "secretKeyRef")
+                if "secretKeyRef" in source
+                else ("ConfigMap", "configMapKeyRef")
+            )
             if key not in source:
                 raise EnvError(f"env {name}: unsupported valueFrom {sorted(source)}")
             ref = source[key]
@@ -188,8 +221,9 @@ def resolve_env(pod: Mapping[str, Any], container: Mapping[str, Any], *, pod_ip:
             if ref["key"] not in data:
                 if ref.get("optional"):
                     continue
-                raise EnvError(f"couldn't find key {ref['key']} in {kind} "
-                               f"{namespace}/{ref['name']}")
+                raise EnvError(
+                    f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}"
+                )
             value = data[ref["key"]]
         result[name] = value
     return result
@@ -200,8 +234,11 @@ def base_environment(pod_name: str, parent: Mapping[str, str] | None = None) -> 
     parent = os.environ if parent is None else parent
     env = {k: parent[k] for k in _INHERITED if k in parent}
     bindir = os.path.dirname(sys.executable)
-    rest = [p for p in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep)
-            if p and p != bindir]
+    rest = [
+        p
+        for p in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep)
+        if p and p != bindir
+    ]
     env["PATH"] = os.pathsep.join([bindir, *rest])
     env["HOSTNAME"] = pod_name
     # Python images usually set this; without it a process's output reaches its log file
@@ -215,6 +252,8 @@ def command_line(container: Mapping[str, Any], env: Mapping[str, str]) -> list[s
     a container with only ``args`` runs them as the whole command line."""
     argv = list(container.get("command") or []) + list(container.get("args") or [])
     if not argv:
-        raise EnvError(f"container {container.get('name')!r} has no command or args "
-                       "(devstack ignores the image, so its entrypoint is unknown)")
+        raise EnvError(
+            f"container {container.get('name')!r} has no command or args "
+            "(devstack ignores the image, so its entrypoint is unknown)"
+        )
     return [expand(str(a), env.get) for a in argv]

@@ -23,27 +23,38 @@ class EventRecorder:
         self._pending: set[asyncio.Task[None]] = set()
 
     def pod_event(self, pod: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        log.info("%s/%s %s: %s", pod["metadata"].get("namespace"), pod["metadata"].get("name"),
-                 reason, message)
+        log.info(
+            "%s/%s %s: %s",
+            pod["metadata"].get("namespace"),
+            pod["metadata"].get("name"),
+            reason,
+            message,
+        )
         if self.api is None:
             return
         task = asyncio.create_task(self._post(pod, type_, reason, message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _post(self, pod: Mapping[str, Any], type_: str, reason: str,
-                    message: str) -> None:
+    async def _post(self, pod: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         assert self.api is not None
         meta = pod["metadata"]
         when = now()
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
-                         "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"],
-                               "resourceVersion": meta.get("resourceVersion", "")},
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
             "reason": reason,
             "message": message[:1024],
             "type": type_,

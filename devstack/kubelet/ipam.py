@@ -42,17 +42,24 @@ class IPAM:
         if self.path is None:
             return
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"last": str(ipaddress.ip_address(self._last)),
-                                   "allocations": self._by_uid}, indent=1, sort_keys=True))
+        tmp.write_text(
+            json.dumps(
+                {"last": str(ipaddress.ip_address(self._last)), "allocations": self._by_uid},
+                indent=1,
+                sort_keys=True,
+            )
+        )
         os.replace(tmp, self.path)  # atomic: a crash never leaves half a file
 
     def _usable(self, value: int) -> bool:
         # Skip the block's own network/broadcast and any .0/.255 octet: legal on lo, but
         # they look like mistakes in a status or a log line.
         last_octet = value & 0xFF
-        return (value != int(self.network.network_address)
-                and value != int(self.network.broadcast_address)
-                and last_octet not in (0, 255))
+        return (
+            value != int(self.network.network_address)
+            and value != int(self.network.broadcast_address)
+            and last_octet not in (0, 255)
+        )
 
     def allocate(self, uid: str, owner: str = "", prefer: str | None = None) -> str:
         """The pod's address: the one it already has, else ``prefer`` (the podIP its status

@@ -42,8 +42,9 @@ def parse_taint(text: str) -> dict[str, str]:
     spec, _, effect = text.rpartition(":")
     key, _, value = spec.partition("=")
     if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
-        raise ValueError(f"bad taint {text!r}: want key=value:NoSchedule|PreferNoSchedule|"
-                         "NoExecute")
+        raise ValueError(
+            f"bad taint {text!r}: want key=value:NoSchedule|PreferNoSchedule|NoExecute"
+        )
     taint = {"key": key, "effect": effect}
     if value:
         taint["value"] = value
@@ -65,7 +66,8 @@ def node_info() -> dict[str, str]:
         "bootID": _read("/proc/sys/kernel/random/boot_id"),
         "kernelVersion": platform.release(),
         "osImage": platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
-        if hasattr(platform, "freedesktop_os_release") else "Linux",
+        if hasattr(platform, "freedesktop_os_release")
+        else "Linux",
         "containerRuntimeVersion": "devstack://local-processes",
         "kubeletVersion": KUBELET_VERSION,
         "kubeProxyVersion": "",
@@ -74,23 +76,38 @@ def node_info() -> dict[str, str]:
     }
 
 
-def node_status(settings: Settings, cap: dict[str, str], started: datetime,
-                heartbeat: datetime) -> dict[str, Any]:
+def node_status(
+    settings: Settings, cap: dict[str, str], started: datetime, heartbeat: datetime
+) -> dict[str, Any]:
     def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, str]:
-        return {"type": ctype, "status": status, "reason": reason, "message": message,
-                "lastHeartbeatTime": rfc3339(heartbeat),
-                "lastTransitionTime": rfc3339(started)}
+        return {
+            "type": ctype,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": rfc3339(heartbeat),
+            "lastTransitionTime": rfc3339(started),
+        }
 
     return {
         "capacity": cap,
         "allocatable": cap,
         "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory",
-                 "kubelet has sufficient memory available"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure",
-                 "kubelet has no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID",
-                 "kubelet has sufficient PID available"),
+            cond(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            cond(
+                "DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"
+            ),
+            cond(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
             cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
         # No Hostname address: the API server would prefer it for reaching the kubelet and
@@ -123,13 +140,16 @@ class NodeAgent:
         body = {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": s.node_name, "labels": {
-                "kubernetes.io/hostname": s.node_name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": arch,
-                "beta.kubernetes.io/os": "linux",
-                "beta.kubernetes.io/arch": arch,
-            }},
+            "metadata": {
+                "name": s.node_name,
+                "labels": {
+                    "kubernetes.io/hostname": s.node_name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": arch,
+                    "beta.kubernetes.io/os": "linux",
+                    "beta.kubernetes.io/arch": arch,
+                },
+            },
             "spec": {"taints": [parse_taint(t) for t in s.taints]} if s.taints else {},
             "status": node_status(s, self.capacity, self.started, now()),
         }
@@ -155,21 +175,37 @@ class NodeAgent:
             self._lease = await self.api.get_or_none(path)
         if self._lease is None:
             self._lease = await self.api.create(
-                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", {
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {
                     "apiVersion": "coordination.k8s.io/v1",
                     "kind": "Lease",
-                    "metadata": {"name": s.node_name, "namespace": "kube-node-lease",
-                                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
-                                                      "name": s.node_name, "uid": self.uid}]},
-                    "spec": {"holderIdentity": s.node_name,
-                             "leaseDurationSeconds": s.lease_duration,
-                             "renewTime": micro_time(now())},
-                })
+                    "metadata": {
+                        "name": s.node_name,
+                        "namespace": "kube-node-lease",
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "v1",
+                                "kind": "Node",
+                                "name": s.node_name,
+                                "uid": self.uid,
+                            }
+                        ],
+                    },
+                    "spec": {
+                        "holderIdentity": s.node_name,
+                        "leaseDurationSeconds": s.lease_duration,
+                        "renewTime": micro_time(now()),
+                    },
+                },
+            )
             return
         lease = dict(self._lease)
-        lease["spec"] = {**lease.get("spec", {}), "holderIdentity": s.node_name,
-                         "leaseDurationSeconds": s.lease_duration,
-                         "renewTime": micro_time(now())}
+        lease["spec"] = {
+            **lease.get("spec", {}),
+            "holderIdentity": s.node_name,
+            "leaseDurationSeconds": s.lease_duration,
+            "renewTime": micro_time(now()),
+        }
         try:
             self._lease = await self.api.put(path, lease)
         except ApiError as e:

@@ -115,10 +115,14 @@ class ContainerRunner:
             ran = _terminated_from_api(state["terminated"])
         elif "running" in state:
             # The previous kubelet stopped it on its way out (SIGTERM).
-            ran = Terminated(exit_code=143, signal=15, reason="Error",
-                             message="stopped when the devstack kubelet stopped",
-                             started_at=parse_time(state["running"].get("startedAt")),
-                             finished_at=now())
+            ran = Terminated(
+                exit_code=143,
+                signal=15,
+                reason="Error",
+                message="stopped when the devstack kubelet stopped",
+                started_at=parse_time(state["running"].get("startedAt")),
+                finished_at=now(),
+            )
         if ran is None:
             return
         if self._should_restart(ran.exit_code):
@@ -181,24 +185,25 @@ class ContainerRunner:
                 return
             if not self._should_restart(result.exit_code):
                 return
-            ran_for = (result.finished_at - (result.started_at or result.finished_at))
+            ran_for = result.finished_at - (result.started_at or result.finished_at)
             delay = self.backoff.next_delay(ran_for.total_seconds())
             self.view.last_terminated = result
             if delay > 0:
                 self._set_waiting(
                     "CrashLoopBackOff",
                     f"back-off {delay:g}s restarting failed container={self.name} "
-                    f"pod={self.worker.name}_{self.worker.namespace}({self.worker.uid})")
-                self.worker.event("Warning", "BackOff",
-                                  f"Back-off restarting failed container {self.name}")
+                    f"pod={self.worker.name}_{self.worker.namespace}({self.worker.uid})",
+                )
+                self.worker.event(
+                    "Warning", "BackOff", f"Back-off restarting failed container {self.name}"
+                )
                 await self._sleep(delay)
                 if self.stopping:
                     return
             # Counted when the container starts again, as the kubelet counts it.
             self.view.restart_count += 1
 
-    async def _run_once(self, environ: dict[str, str], argv: list[str],
-                        cwd: Path) -> Terminated:
+    async def _run_once(self, environ: dict[str, str], argv: list[str], cwd: Path) -> Terminated:
         """Start the process and wait for it to end (by itself or killed)."""
         log_path = self.worker.dir / f"{self.name}.log"
         if self.view.restart_count:
@@ -212,8 +217,13 @@ class ContainerRunner:
         except (OSError, ValueError) as e:  # no such executable, bad cwd, NUL in env
             message = f"failed to start {argv[0]!r}: {getattr(e, 'strerror', None) or e}"
             process.append_log(log_path, f"devstack kubelet: {message}\n")
-            term = Terminated(exit_code=128, started_at=started, finished_at=now(),
-                              reason="StartError", message=message)
+            term = Terminated(
+                exit_code=128,
+                started_at=started,
+                finished_at=now(),
+                reason="StartError",
+                message=message,
+            )
             self.view.state, self.view.terminated = "terminated", term
             self.view.ready = self.view.started = False
             self.worker.event("Warning", "Failed", f"Error: {message}")
@@ -222,8 +232,9 @@ class ContainerRunner:
         self.proc = proc
         ticks = process.start_ticks(proc.pid)
         if ticks is not None:
-            self.worker.node.processes.record(self.worker.uid, self.name,
-                                              process.ProcessRecord(proc.pid, ticks))
+            self.worker.node.processes.record(
+                self.worker.uid, self.name, process.ProcessRecord(proc.pid, ticks)
+            )
         container_id = f"devstack://{self.worker.uid}/{self.name}/{self.view.restart_count}"
         self.view.state = "running"
         self.view.running_since = started
@@ -247,8 +258,9 @@ class ContainerRunner:
             grace = self.stop_grace if self.stopping else self._probe_grace()
             if self._kill_reason != "stop":
                 message = self._kill_reason
-                self.worker.event("Normal", "Killing", f"Container {self.name} {message}, "
-                                  "will be restarted")
+                self.worker.event(
+                    "Normal", "Killing", f"Container {self.name} {message}, will be restarted"
+                )
             await self._pre_stop(environ, cwd, grace)
             await process.stop(proc, grace)
         else:
@@ -258,20 +270,32 @@ class ContainerRunner:
         self.worker.node.processes.record(self.worker.uid, self.name, None)
         self.proc = None
         code, sig = process.exit_status(proc.returncode)
-        term = Terminated(exit_code=code, signal=sig, started_at=started, finished_at=now(),
-                          message=message, container_id=container_id)
+        term = Terminated(
+            exit_code=code,
+            signal=sig,
+            started_at=started,
+            finished_at=now(),
+            message=message,
+            container_id=container_id,
+        )
         self.view.state, self.view.terminated = "terminated", term
         self.view.ready = False
         self.view.started = False
         self.worker.mark_dirty()
-        log.info("%s/%s container %s exited with %d", self.worker.namespace, self.worker.name,
-                 self.name, code)
+        log.info(
+            "%s/%s container %s exited with %d",
+            self.worker.namespace,
+            self.worker.name,
+            self.name,
+            code,
+        )
         return term
 
     def _ready_without_probe(self) -> bool:
         # Init containers are never "ready"; others are ready once running unless probed.
-        return not self.init and "readinessProbe" not in self.spec and \
-            "startupProbe" not in self.spec
+        return (
+            not self.init and "readinessProbe" not in self.spec and "startupProbe" not in self.spec
+        )
 
     def _probe_grace(self) -> float:
         probe = self.spec.get("livenessProbe") or self.spec.get("startupProbe") or {}
@@ -287,8 +311,9 @@ class ContainerRunner:
             await asyncio.sleep(min(float(hook["sleep"].get("seconds", 0)), grace))
             return
         probe = {**hook, "timeoutSeconds": max(int(grace), 1)}
-        ok, message = await probe_once(probe, ProbeContext(self.worker.pod_ip, self.spec,
-                                                           environ, cwd))
+        ok, message = await probe_once(
+            probe, ProbeContext(self.worker.pod_ip, self.spec, environ, cwd)
+        )
         if not ok:
             self.worker.event("Warning", "FailedPreStopHook", message)
 
@@ -350,11 +375,15 @@ class ContainerRunner:
 
 
 def _terminated_from_api(t: Mapping[str, Any]) -> Terminated:
-    return Terminated(exit_code=int(t.get("exitCode", 0)), signal=t.get("signal"),
-                      reason=t.get("reason", ""), message=t.get("message", ""),
-                      started_at=parse_time(t.get("startedAt")),
-                      finished_at=parse_time(t.get("finishedAt")) or now(),
-                      container_id=t.get("containerID", ""))
+    return Terminated(
+        exit_code=int(t.get("exitCode", 0)),
+        signal=t.get("signal"),
+        reason=t.get("reason", ""),
+        message=t.get("message", ""),
+        started_at=parse_time(t.get("startedAt")),
+        finished_at=parse_time(t.get("finishedAt")) or now(),
+        container_id=t.get("containerID", ""),
+    )
 
 
 class PodWorker:
@@ -373,8 +402,9 @@ class PodWorker:
         self.pod_ip = ""
         self.start_time = parse_time((pod.get("status") or {}).get("startTime")) or now()
         self.init_runners: list[ContainerRunner] = []
-        self.init_runners = [ContainerRunner(self, c, init=True)
-                             for c in spec.get("initContainers") or []]
+        self.init_runners = [
+            ContainerRunner(self, c, init=True) for c in spec.get("initContainers") or []
+        ]
         self.runners = [ContainerRunner(self, c) for c in spec.get("containers") or []]
         self.init_done = not self.init_runners
         self.init_failed = False
@@ -419,13 +449,19 @@ class PodWorker:
         return pod_phase(self.restart_policy, views, self.init_done, self.init_failed)
 
     def build_status(self) -> dict[str, Any]:
-        facts = PodFacts(pod_ip=self.pod_ip, host_ip=self.node.settings.host_ip,
-                         start_time=self.start_time, phase=self.phase(),
-                         init_done=self.init_done, sandbox_ready=bool(self.pod_ip),
-                         init_containers=[r.view for r in self.init_runners])
+        facts = PodFacts(
+            pod_ip=self.pod_ip,
+            host_ip=self.node.settings.host_ip,
+            start_time=self.start_time,
+            phase=self.phase(),
+            init_done=self.init_done,
+            sandbox_ready=bool(self.pod_ip),
+            init_containers=[r.view for r in self.init_runners],
+        )
         previous = (self._last_sent or {}).get("conditions")
-        return build_status(self.pod, [r.view for r in self.runners], facts,
-                            previous_conditions=previous)
+        return build_status(
+            self.pod, [r.view for r in self.runners], facts, previous_conditions=previous
+        )
 
     async def _fetch(self, kind: str, name: str) -> envmod.ObjectData:
         """A referenced Secret/ConfigMap's data; None when it does not exist."""
@@ -452,15 +488,22 @@ class PodWorker:
                 raise envmod.EnvError(f"cannot read {kind.lower()} {name!r}: {e!r}") from e
         raise AssertionError("unreachable")
 
-    async def container_config(self, spec: Mapping[str, Any]
-                               ) -> tuple[dict[str, str], list[str], Path]:
+    async def container_config(
+        self, spec: Mapping[str, Any]
+    ) -> tuple[dict[str, str], list[str], Path]:
         """Environment, argv and working directory for one start of a container."""
         refs = envmod.references(spec)
         secrets = {n: await self._fetch("Secret", n) for n in sorted(refs.secrets)}
         configmaps = {n: await self._fetch("ConfigMap", n) for n in sorted(refs.configmaps)}
-        resolved = envmod.resolve_env(self.pod, spec, pod_ip=self.pod_ip,
-                                      host_ip=self.node.settings.host_ip, secrets=secrets,
-                                      configmaps=configmaps, capacity=self.node.capacity)
+        resolved = envmod.resolve_env(
+            self.pod,
+            spec,
+            pod_ip=self.pod_ip,
+            host_ip=self.node.settings.host_ip,
+            secrets=secrets,
+            configmaps=configmaps,
+            capacity=self.node.capacity,
+        )
         environ = envmod.base_environment(self.name)
         if self.token is not None:
             environ["KUBECONFIG"] = str(self.token.path)
@@ -513,27 +556,31 @@ class PodWorker:
             self.pod_ip = settings.host_ip
         else:
             prefer = (self.pod.get("status") or {}).get("podIP")
-            self.pod_ip = self.node.ipam.allocate(self.uid, f"{self.namespace}/{self.name}",
-                                                  prefer=prefer)
+            self.pod_ip = self.node.ipam.allocate(
+                self.uid, f"{self.namespace}/{self.name}", prefer=prefer
+            )
         self._prepare_dir()
-        previous = {c["name"]: c for c in
-                    (self.pod.get("status") or {}).get("containerStatuses") or []}
+        previous = {
+            c["name"]: c for c in (self.pod.get("status") or {}).get("containerStatuses") or []
+        }
         for runner in self.runners:
             runner.adopt_history(previous.get(runner.name))
         if any(r.view.restart_count or r.finished for r in self.runners):
             # Init containers ran to completion before the kubelet restarted.
             self.init_done = True
-            previous_init = {c["name"]: c for c in
-                             (self.pod.get("status") or {}).get("initContainerStatuses") or []}
+            previous_init = {
+                c["name"]: c
+                for c in (self.pod.get("status") or {}).get("initContainerStatuses") or []
+            }
             for runner in self.init_runners:
-                done = ((previous_init.get(runner.name) or {}).get("state") or {}).get(
-                    "terminated")
+                done = ((previous_init.get(runner.name) or {}).get("state") or {}).get("terminated")
                 if done:
                     runner.view.state = "terminated"
                     runner.view.terminated = _terminated_from_api(done)
                 runner.finished = True
-        self._status_poster = asyncio.create_task(self._post_status_loop(),
-                                                  name=f"status-{self.name}")
+        self._status_poster = asyncio.create_task(
+            self._post_status_loop(), name=f"status-{self.name}"
+        )
         self._tasks.append(self._status_poster)
         self.mark_dirty()
 
@@ -542,8 +589,9 @@ class PodWorker:
             if not await self._until_deleting(self._fetch_token()):
                 await self._finish_deletion()
                 return
-            self._tasks.append(asyncio.create_task(self.token.keep_fresh(),
-                                                   name=f"token-{self.name}"))
+            self._tasks.append(
+                asyncio.create_task(self.token.keep_fresh(), name=f"token-{self.name}")
+            )
 
         if not self.init_done:
             # A runner task, not a cancellable step: on deletion its processes must get
@@ -559,10 +607,14 @@ class PodWorker:
             self._runner_tasks = []
 
         if not self.init_failed:
-            self._runner_tasks = [asyncio.create_task(r.run(), name=f"ctr-{r.name}")
-                                  for r in self.runners if not r.finished]
+            self._runner_tasks = [
+                asyncio.create_task(r.run(), name=f"ctr-{r.name}")
+                for r in self.runners
+                if not r.finished
+            ]
         containers_done: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*self._runner_tasks, return_exceptions=True))
+            asyncio.gather(*self._runner_tasks, return_exceptions=True)
+        )
         deletion: asyncio.Future[Any] = asyncio.ensure_future(self.deleting.wait())
         await asyncio.wait([containers_done, deletion], return_when=asyncio.FIRST_COMPLETED)
         if not deletion.done():
@@ -603,10 +655,16 @@ class PodWorker:
                 # only when it lasts.
                 attempt += 1
                 reason = e.reason if isinstance(e, ApiError) else repr(e)
-                msg = f"cannot get a token for serviceaccount {self.token.service_account}: " \
-                      f"{reason}"
-                log.log(logging.WARNING if attempt > 3 else logging.DEBUG, "%s/%s: %s",
-                        self.namespace, self.name, msg)
+                msg = (
+                    f"cannot get a token for serviceaccount {self.token.service_account}: {reason}"
+                )
+                log.log(
+                    logging.WARNING if attempt > 3 else logging.DEBUG,
+                    "%s/%s: %s",
+                    self.namespace,
+                    self.name,
+                    msg,
+                )
                 for r in self.runners:
                     r.view.waiting_reason, r.view.waiting_message = "ContainerCreating", msg
                 self.mark_dirty()
@@ -652,8 +710,12 @@ class PodWorker:
         # over this pod's directory, and its kubeconfig must survive our cleanup.
         self._cleanup()
         if not self.object_gone:
-            body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                    "preconditions": {"uid": self.uid}}
+            body = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "gracePeriodSeconds": 0,
+                "preconditions": {"uid": self.uid},
+            }
             for attempt in range(10):
                 try:
                     await self.node.api.delete(pod_path(self.namespace, self.name), body)
@@ -709,8 +771,7 @@ class PodWorker:
                 await self._post(self.build_status())
             except ApiError as e:
                 if e.status in (404, 409):
-                    log.info("status of %s/%s not posted: %s", self.namespace, self.name,
-                             e.reason)
+                    log.info("status of %s/%s not posted: %s", self.namespace, self.name, e.reason)
                     continue
                 log.warning("status of %s/%s: %s", self.namespace, self.name, e)
                 await asyncio.sleep(1)
@@ -721,8 +782,7 @@ class PodWorker:
                 self._dirty.set()
 
 
-def remove_old_pod_dirs(pods_dir: Path, live_uids: set[str],
-                        keep_seconds: float = 86400) -> int:
+def remove_old_pod_dirs(pods_dir: Path, live_uids: set[str], keep_seconds: float = 86400) -> int:
     """Forget pods deleted more than a day ago: their logs, work dirs, empty namespaces.
 
     Logs of recently deleted pods stay readable (`devstack logs`) for a post-mortem.
@@ -732,8 +792,10 @@ def remove_old_pod_dirs(pods_dir: Path, live_uids: set[str],
     for marker in pods_dir.glob("*/*/.uid"):
         pod_dir = marker.parent
         try:
-            stale = marker.read_text() not in live_uids and \
-                max(p.stat().st_mtime for p in pod_dir.iterdir()) < cutoff
+            stale = (
+                marker.read_text() not in live_uids
+                and max(p.stat().st_mtime for p in pod_dir.iterdir()) < cutoff
+            )
         except (OSError, ValueError):
             continue
         if stale:
@@ -786,8 +848,10 @@ class PodManager:
         """Whether that container's process runs now (for following its log)."""
         for worker in self.workers.values():
             if worker.namespace == namespace and worker.name == name:
-                return any(r.name == container and r.proc is not None
-                           for r in worker.runners + worker.init_runners)
+                return any(
+                    r.name == container and r.proc is not None
+                    for r in worker.runners + worker.init_runners
+                )
         return False
 
     def _removed(self, pod: Mapping[str, Any]) -> None:

@@ -86,9 +86,14 @@ async def _exec(spec: Mapping[str, Any], ctx: ProbeContext, limit: float) -> tup
     if not command:
         return False, "exec probe has no command"
     proc = await asyncio.create_subprocess_exec(
-        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, cwd=ctx.cwd, env=dict(ctx.env),
-        start_new_session=True)
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=ctx.cwd,
+        env=dict(ctx.env),
+        start_new_session=True,
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), limit)
     except TimeoutError:
@@ -112,8 +117,10 @@ async def probe_once(probe: Mapping[str, Any], ctx: ProbeContext) -> tuple[bool,
             return await _exec(probe["exec"], ctx, timeout)
     except (OSError, TimeoutError, aiohttp.ClientError, ValueError) as e:
         return False, f"{type(e).__name__}: {e}"
-    return False, f"unsupported probe handler {sorted(probe)} (devstack runs httpGet, " \
-                  "tcpSocket and exec)"
+    return (
+        False,
+        f"unsupported probe handler {sorted(probe)} (devstack runs httpGet, tcpSocket and exec)",
+    )
 
 
 class Prober:
@@ -124,9 +131,14 @@ class Prober:
     attempt: False for readiness and startup, True for liveness.
     """
 
-    def __init__(self, kind: str, probe: Mapping[str, Any], ctx: ProbeContext,
-                 on_change: Callable[[bool, str], Awaitable[None] | None],
-                 initial: bool) -> None:
+    def __init__(
+        self,
+        kind: str,
+        probe: Mapping[str, Any],
+        ctx: ProbeContext,
+        on_change: Callable[[bool, str], Awaitable[None] | None],
+        initial: bool,
+    ) -> None:
         self.kind = kind
         self.probe = probe
         self.ctx = ctx
@@ -161,8 +173,9 @@ class Prober:
         while True:
             ok, message = await probe_once(self.probe, self.ctx)
             if not ok:
-                log.debug("%s probe of %s failed: %s", self.kind,
-                          self.ctx.container.get("name"), message)
+                log.debug(
+                    "%s probe of %s failed: %s", self.kind, self.ctx.container.get("name"), message
+                )
             if self.record(ok):
                 result = self.on_change(self.verdict, message)
                 if result is not None:

@@ -33,7 +33,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after its ')'.
-    return raw[raw.rindex(")") + 2:].split()
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def start_ticks(pid: int) -> int | None:
@@ -75,8 +75,9 @@ def alive(record: ProcessRecord) -> bool:
     return start_ticks(record.pid) == record.start_ticks
 
 
-async def start(argv: Sequence[str], env: Mapping[str, str], cwd: Path,
-                log_path: Path) -> asyncio.subprocess.Process:
+async def start(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
+) -> asyncio.subprocess.Process:
     """Start one container; its stdout and stderr go straight to ``log_path``.
 
     The log file is handed to the child, not piped through the kubelet: output survives
@@ -85,8 +86,14 @@ async def start(argv: Sequence[str], env: Mapping[str, str], cwd: Path,
     out = open_log(log_path)
     try:
         return await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-            cwd=cwd, env=dict(env), start_new_session=True)
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
     finally:
         os.close(out)  # the child has its own copy
 

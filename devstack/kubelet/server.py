@@ -41,19 +41,28 @@ def self_signed(cert_path: Path, key_path: Path, host_ip: str, node_name: str) -
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName(node_name), x509.IPAddress(ipaddress.ip_address(host_ip))]),
-            critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(node_name), x509.IPAddress(ipaddress.ip_address(host_ip))]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
@@ -91,8 +100,7 @@ def read_from(path: Path, offset: int) -> tuple[bytes, int]:
 class KubeletServer:
     """Serves container logs from ``<state-dir>/pods/<ns>/<pod>/<container>.log``."""
 
-    def __init__(self, settings: Settings,
-                 is_running: Callable[[str, str, str], bool]) -> None:
+    def __init__(self, settings: Settings, is_running: Callable[[str, str, str], bool]) -> None:
         self.settings = settings
         self.is_running = is_running  # (namespace, pod, container) -> process alive
         self._runner: web.AppRunner | None = None
@@ -114,8 +122,12 @@ class KubeletServer:
             log.info("serving container logs on https://%s:%d", s.host_ip, s.port)
         except OSError as e:
             # Not fatal: pods still run; only `kubectl logs` is unavailable.
-            log.warning("cannot listen on %s:%d (%s): kubectl logs will not work",
-                        s.host_ip, s.port, e.strerror)
+            log.warning(
+                "cannot listen on %s:%d (%s): kubectl logs will not work",
+                s.host_ip,
+                s.port,
+                e.strerror,
+            )
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -131,12 +143,15 @@ class KubeletServer:
         q = request.query
         previous = q.get("previous") == "true"
         path = self.settings.pod_dir(ns, pod) / (
-            f"{container}.previous.log" if previous else f"{container}.log")
+            f"{container}.previous.log" if previous else f"{container}.log"
+        )
         data = read_log(path)
         if not data and not path.exists():
             raise web.HTTPNotFound(
                 text=f"previous terminated container {container!r} in pod {pod!r} not found"
-                if previous else f"container {container!r} in pod {pod!r} has no log yet")
+                if previous
+                else f"container {container!r} in pod {pod!r} has no log yet"
+            )
         data = tail(data, int(q.get("tailLines", "-1")))
         limit = int(q.get("limitBytes", "0")) or None
         if limit is not None:
@@ -149,8 +164,9 @@ class KubeletServer:
         await resp.write_eof()
         return resp
 
-    async def _follow(self, resp: web.StreamResponse, path: Path, ns: str, pod: str,
-                      container: str) -> None:
+    async def _follow(
+        self, resp: web.StreamResponse, path: Path, ns: str, pod: str, container: str
+    ) -> None:
         """Stream what the container writes until it stops (or the client goes)."""
         _, offset = read_from(path, 0)
         idle = 0.0

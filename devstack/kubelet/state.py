@@ -42,8 +42,9 @@ class ProcessStore:
             self._save()
 
     def all(self) -> list[ProcessRecord]:
-        return [ProcessRecord(pid, ticks) for pod in self._data.values()
-                for pid, ticks in pod.values()]
+        return [
+            ProcessRecord(pid, ticks) for pod in self._data.values() for pid, ticks in pod.values()
+        ]
 
     def clear(self) -> None:
         self._data = {}

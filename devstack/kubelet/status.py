@@ -94,16 +94,21 @@ class ContainerView:
             "restartCount": self.restart_count,
             "started": self.started,
             "state": state,
-            "lastState": ({"terminated": self.last_terminated.to_api()}
-                          if self.last_terminated else {}),
+            "lastState": (
+                {"terminated": self.last_terminated.to_api()} if self.last_terminated else {}
+            ),
         }
         if self.container_id and self.state != "waiting":
             out["containerID"] = self.container_id
         return out
 
 
-def pod_phase(restart_policy: str, containers: Sequence[ContainerView],
-              init_done: bool, init_failed: bool = False) -> str:
+def pod_phase(
+    restart_policy: str,
+    containers: Sequence[ContainerView],
+    init_done: bool,
+    init_failed: bool = False,
+) -> str:
     """The kubelet's getPhase, for containers of one pod."""
     if init_failed and restart_policy == "Never":
         return "Failed"
@@ -151,15 +156,26 @@ class PodFacts:
     reason: str = ""
 
 
-def _condition(ctype: str, ok: bool, previous: Mapping[str, Mapping[str, Any]], when: datetime,
-               reason: str = "", message: str = "") -> dict[str, Any]:
+def _condition(
+    ctype: str,
+    ok: bool,
+    previous: Mapping[str, Mapping[str, Any]],
+    when: datetime,
+    reason: str = "",
+    message: str = "",
+) -> dict[str, Any]:
     status = "True" if ok else "False"
     prev = previous.get(ctype)
     # lastTransitionTime moves only when the status flips.
-    transition = (prev.get("lastTransitionTime") if prev and prev.get("status") == status
-                  else None) or rfc3339(when)
-    cond: dict[str, Any] = {"type": ctype, "status": status, "lastProbeTime": None,
-                            "lastTransitionTime": transition}
+    transition = (
+        prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+    ) or rfc3339(when)
+    cond: dict[str, Any] = {
+        "type": ctype,
+        "status": status,
+        "lastProbeTime": None,
+        "lastTransitionTime": transition,
+    }
     if reason and not ok:
         cond["reason"] = reason
     if message and not ok:
@@ -167,10 +183,13 @@ def _condition(ctype: str, ok: bool, previous: Mapping[str, Mapping[str, Any]], 
     return cond
 
 
-def build_status(pod: Mapping[str, Any], containers: Sequence[ContainerView], facts: PodFacts,
-                 when: datetime | None = None,
-                 previous_conditions: Sequence[Mapping[str, Any]] | None = None
-                 ) -> dict[str, Any]:
+def build_status(
+    pod: Mapping[str, Any],
+    containers: Sequence[ContainerView],
+    facts: PodFacts,
+    when: datetime | None = None,
+    previous_conditions: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The ``status`` the kubelet posts for ``pod``.
 
     ``previous_conditions`` (what the kubelet last posted) keeps lastTransitionTime stable
@@ -184,23 +203,41 @@ def build_status(pod: Mapping[str, Any], containers: Sequence[ContainerView], fa
     previous.update({c["type"]: c for c in previous_conditions or []})
     terminal = facts.phase in ("Succeeded", "Failed")
     unready = [c.name for c in containers if not c.ready]
-    uninit = [c.name for c in facts.init_containers
-              if not (c.state == "terminated" and c.terminated and c.terminated.exit_code == 0)]
+    uninit = [
+        c.name
+        for c in facts.init_containers
+        if not (c.state == "terminated" and c.terminated and c.terminated.exit_code == 0)
+    ]
     containers_ready = not unready and not terminal
-    gates_ok = all((api_conditions.get(g["conditionType"]) or {}).get("status") == "True"
-                   for g in spec.get("readinessGates") or [])
+    gates_ok = all(
+        (api_conditions.get(g["conditionType"]) or {}).get("status") == "True"
+        for g in spec.get("readinessGates") or []
+    )
     not_ready_reason = "PodCompleted" if terminal else "ContainersNotReady"
     not_ready_msg = "" if terminal else f"containers with unready status: [{' '.join(unready)}]"
     conditions = [
-        _condition("PodReadyToStartContainers", facts.sandbox_ready and not terminal, previous,
-                   when),
-        _condition("Initialized", facts.init_done, previous, when, "ContainersNotInitialized",
-                   f"containers with incomplete status: [{' '.join(uninit)}]"),
-        _condition("Ready", containers_ready and gates_ok, previous, when,
-                   not_ready_reason if not containers_ready else "ReadinessGatesNotReady",
-                   not_ready_msg if not containers_ready else "readiness gates not all True"),
-        _condition("ContainersReady", containers_ready, previous, when, not_ready_reason,
-                   not_ready_msg),
+        _condition(
+            "PodReadyToStartContainers", facts.sandbox_ready and not terminal, previous, when
+        ),
+        _condition(
+            "Initialized",
+            facts.init_done,
+            previous,
+            when,
+            "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(uninit)}]",
+        ),
+        _condition(
+            "Ready",
+            containers_ready and gates_ok,
+            previous,
+            when,
+            not_ready_reason if not containers_ready else "ReadinessGatesNotReady",
+            not_ready_msg if not containers_ready else "readiness gates not all True",
+        ),
+        _condition(
+            "ContainersReady", containers_ready, previous, when, not_ready_reason, not_ready_msg
+        ),
         _condition("PodScheduled", True, previous, when),
     ]
     status: dict[str, Any] = {

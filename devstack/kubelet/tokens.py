@@ -41,12 +41,26 @@ def kubeconfig_text(server: str, ca_pem: bytes, token: str, namespace: str) -> s
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "devstack", "cluster": {
-            "server": server,
-            "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "clusters": [
+            {
+                "name": "devstack",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
         "users": [{"name": "serviceaccount", "user": {"token": token}}],
-        "contexts": [{"name": "devstack", "context": {
-            "cluster": "devstack", "user": "serviceaccount", "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": "devstack",
+                "context": {
+                    "cluster": "devstack",
+                    "user": "serviceaccount",
+                    "namespace": namespace,
+                },
+            }
+        ],
         "current-context": "devstack",
     }
     return yaml.safe_dump(config, sort_keys=False)
@@ -90,34 +104,44 @@ class PodToken:
             "spec": {
                 "expirationSeconds": self.ttl,
                 # Node authorization only lets a node ask for tokens bound to its pods.
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                   "name": self.pod_name, "uid": self.uid},
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.pod_name,
+                    "uid": self.uid,
+                },
             },
         }
         issued = now()
         result = await self.api.create(
-            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/"
-            f"{self.service_account}/token", body)
+            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{self.service_account}/token",
+            body,
+        )
         token: str = result["status"]["token"]
         expires = parse_time(result["status"].get("expirationTimestamp")) or issued
-        write_private(self.path, kubeconfig_text(self.api.access.server, self.api.access.ca_pem,
-                                                 token, self.namespace))
+        write_private(
+            self.path,
+            kubeconfig_text(self.api.access.server, self.api.access.ca_pem, token, self.namespace),
+        )
         write_private(self.token_path, token)
         self.next_refresh = refresh_at(issued, expires, self.ttl)
-        log.info("token for %s/%s (serviceaccount %s) valid until %s", self.namespace,
-                 self.pod_name, self.service_account, expires.isoformat())
+        log.info(
+            "token for %s/%s (serviceaccount %s) valid until %s",
+            self.namespace,
+            self.pod_name,
+            self.service_account,
+            expires.isoformat(),
+        )
 
     async def keep_fresh(self) -> None:
         """Refresh before expiry, forever (the pod worker cancels this task)."""
         while True:
-            wait = ((self.next_refresh - now()).total_seconds()
-                    if self.next_refresh else 0.0)
+            wait = (self.next_refresh - now()).total_seconds() if self.next_refresh else 0.0
             await asyncio.sleep(max(wait, 0))
             try:
                 await self.fetch()
             except CALL_FAILED as e:
-                log.warning("token refresh for %s/%s failed: %s", self.namespace,
-                            self.pod_name, e)
+                log.warning("token refresh for %s/%s failed: %s", self.namespace, self.pod_name, e)
                 self.next_refresh = None
                 await asyncio.sleep(10)
 

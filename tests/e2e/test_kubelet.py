@@ -405,22 +405,40 @@ def test_readiness_probe_gates_ready(k: Kubectl, tmp_path: Path) -> None:
 
 def test_startup_probe_holds_readiness_until_it_passes(k: Kubectl, tmp_path: Path) -> None:
     flag = tmp_path / "started"
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "slowstart"},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-            "name": "c", "image": "ignored",
-            "command": ["python", "-c", "import time; time.sleep(3600)"],
-            "startupProbe": {"exec": {"command": ["test", "-f", str(flag)]},
-                             "periodSeconds": 1, "failureThreshold": 60},
-        }]},
-    }))
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "slowstart"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "ignored",
+                            "command": ["python", "-c", "import time; time.sleep(3600)"],
+                            "startupProbe": {
+                                "exec": {"command": ["test", "-f", str(flag)]},
+                                "periodSeconds": 1,
+                                "failureThreshold": 60,
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    )
     wait_for("Running", lambda: pod(k, "slowstart")["status"].get("phase") == "Running")
     time.sleep(2)
     cs = container_status(pod(k, "slowstart"))
     assert cs["started"] is False and cs["ready"] is False
     flag.touch()
-    wait_for("started and Ready", lambda: (cs := container_status(pod(k, "slowstart")))[
-        "started"] and cs["ready"], timeout=20)
+    wait_for(
+        "started and Ready",
+        lambda: (cs := container_status(pod(k, "slowstart")))["started"] and cs["ready"],
+        timeout=20,
+    )
     assert container_status(pod(k, "slowstart"))["restartCount"] == 0
 
 
@@ -588,24 +606,42 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(k: Kubectl)
 
 def test_prestop_hook_runs_before_sigterm(k: Kubectl, tmp_path: Path) -> None:
     events = tmp_path / "events"
-    main = ("import pathlib, signal, sys, time\n"
-            "def term(*_):\n"
-            f"    with open({str(events)!r}, 'a') as f: f.write('sigterm\\n')\n"
-            "    sys.exit(0)\n"
-            "signal.signal(signal.SIGTERM, term)\n"
-            "time.sleep(3600)\n")
+    main = (
+        "import pathlib, signal, sys, time\n"
+        "def term(*_):\n"
+        f"    with open({str(events)!r}, 'a') as f: f.write('sigterm\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        "time.sleep(3600)\n"
+    )
     hook = f"with open({str(events)!r}, 'a') as f: f.write('prestop\\n')"
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hooked"},
-        "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
-            "name": "c", "image": "x", "command": ["python", "-c", main],
-            "lifecycle": {"preStop": {"exec": {"command": ["python", "-c", hook]}}},
-        }]},
-    }))
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "hooked"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "x",
+                            "command": ["python", "-c", main],
+                            "lifecycle": {"preStop": {"exec": {"command": ["python", "-c", hook]}}},
+                        }
+                    ],
+                },
+            }
+        )
+    )
     wait_for("Running", lambda: pod(k, "hooked")["status"].get("phase") == "Running")
     k("delete", "pod", "hooked", "--wait=false")
-    wait_for("the pod to be gone", lambda: "hooked" not in
-             {p["metadata"]["name"] for p in pods(k)}, timeout=30)
+    wait_for(
+        "the pod to be gone",
+        lambda: "hooked" not in {p["metadata"]["name"] for p in pods(k)},
+        timeout=30,
+    )
     assert events.read_text().split() == ["prestop", "sigterm"]
 
 
@@ -654,26 +690,44 @@ def test_init_containers_run_first_in_order(k: Kubectl, tmp_path: Path) -> None:
 
 def test_deleting_a_pod_during_its_init_container_stops_it(k: Kubectl, tmp_path: Path) -> None:
     marker = tmp_path / "init.term"
-    trap = ("import pathlib, signal, sys, time\n"
-            "def term(*_):\n"
-            f"    pathlib.Path({str(marker)!r}).write_text('TERM'); sys.exit(0)\n"
-            "signal.signal(signal.SIGTERM, term)\n"
-            "time.sleep(3600)\n")
-    k.apply(json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "slowinit"},
-        "spec": {"terminationGracePeriodSeconds": 5,
-                 "initContainers": [{"name": "wait", "image": "x",
-                                     "command": ["python", "-c", trap]}],
-                 "containers": [{"name": "main", "image": "x", "command": ["sleep", "3600"]}]},
-    }))
-    wait_for("the init container to run",
-             lambda: "running" in pod(k, "slowinit")["status"].get(
-                 "initContainerStatuses", [{}])[0].get("state", {}))
+    trap = (
+        "import pathlib, signal, sys, time\n"
+        "def term(*_):\n"
+        f"    pathlib.Path({str(marker)!r}).write_text('TERM'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        "time.sleep(3600)\n"
+    )
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "slowinit"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "initContainers": [
+                        {"name": "wait", "image": "x", "command": ["python", "-c", trap]}
+                    ],
+                    "containers": [{"name": "main", "image": "x", "command": ["sleep", "3600"]}],
+                },
+            }
+        )
+    )
+    wait_for(
+        "the init container to run",
+        lambda: (
+            "running"
+            in pod(k, "slowinit")["status"].get("initContainerStatuses", [{}])[0].get("state", {})
+        ),
+    )
     assert pod(k, "slowinit")["status"]["phase"] == "Pending"
     k("delete", "pod", "slowinit", "--wait=false")
     wait_for("SIGTERM in the init container", marker.exists, timeout=20, interval=0.1)
-    wait_for("the pod to be gone", lambda: "slowinit" not in
-             {p["metadata"]["name"] for p in pods(k)}, timeout=20)
+    wait_for(
+        "the pod to be gone",
+        lambda: "slowinit" not in {p["metadata"]["name"] for p in pods(k)},
+        timeout=20,
+    )
 
 
 # --- a second kubelet of our own, to kill and restart without touching the shared one ---
@@ -905,7 +959,9 @@ class Proxy:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", PROXY, str(self.port), str(self.upstream)],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
 
     def stop(self) -> None:
@@ -916,7 +972,8 @@ class Proxy:
 
 
 def test_kubelet_rides_out_an_api_server_outage(
-        k: Kubectl, kubeconfig: Path, second_kubelet: SecondKubelet, tmp_path: Path) -> None:
+    k: Kubectl, kubeconfig: Path, second_kubelet: SecondKubelet, tmp_path: Path
+) -> None:
     server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
     proxy = Proxy(int(server.rsplit(":", 1)[1]))
     proxy.start()
@@ -924,16 +981,33 @@ def test_kubelet_rides_out_an_api_server_outage(
         second_kubelet.use_server(f"https://127.0.0.1:{proxy.port}")
         second_kubelet.start()
         node = second_kubelet.name
-        wait_for("the node to be Ready",
-                 lambda: any(c["type"] == "Ready" and c["status"] == "True"
-                             for c in k.json("get", "node", node)["status"]["conditions"]))
+        wait_for(
+            "the node to be Ready",
+            lambda: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in k.json("get", "node", node)["status"]["conditions"]
+            ),
+        )
 
         def sleeper(name: str) -> str:
-            return json.dumps({
-                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{
-                    "name": "c", "image": "ignored",
-                    "command": ["python", "-c", "import time; time.sleep(3600)"]}]}})
+            return json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "nodeName": node,
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": "ignored",
+                                "command": ["python", "-c", "import time; time.sleep(3600)"],
+                            }
+                        ],
+                    },
+                }
+            )
 
         k.apply(sleeper("before"))
         wait_for("Running", lambda: pod(k, "before")["status"].get("phase") == "Running")
@@ -946,10 +1020,16 @@ def test_kubelet_rides_out_an_api_server_outage(
         proxy.start()
 
         # After the outage it sees both changes: stops and removes one, starts the other.
-        wait_for("the deleted pod to be gone", lambda: "before" not in
-                 {p["metadata"]["name"] for p in pods(k)}, timeout=60)
-        wait_for("the new pod to run",
-                 lambda: pod(k, "during")["status"].get("phase") == "Running", timeout=60)
+        wait_for(
+            "the deleted pod to be gone",
+            lambda: "before" not in {p["metadata"]["name"] for p in pods(k)},
+            timeout=60,
+        )
+        wait_for(
+            "the new pod to run",
+            lambda: pod(k, "during")["status"].get("phase") == "Running",
+            timeout=60,
+        )
         lease = k.json("get", "lease", "-n", "kube-node-lease", node)
         renewed = datetime.datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
         age = datetime.datetime.now(datetime.UTC) - renewed

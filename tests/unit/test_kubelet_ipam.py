@@ -53,4 +53,3 @@ def test_prefers_the_address_the_pod_already_has(tmp_path: Path) -> None:
 def test_rejects_a_block_outside_loopback() -> None:
     with pytest.raises(ValueError):
         IPAM(None, "10.0.0.0/24")
-

@@ -19,8 +19,9 @@ def test_parse_taint() -> None:
 
 
 def test_capacity_and_status(tmp_path: Path) -> None:
-    settings = Settings(node_name="n", state_dir=tmp_path, kubeconfig=tmp_path / "k",
-                        cpu="32", port=10250)
+    settings = Settings(
+        node_name="n", state_dir=tmp_path, kubeconfig=tmp_path / "k", cpu="32", port=10250
+    )
     cap = capacity(settings)
     assert cap["cpu"] == "32" and cap["pods"] == "110" and cap["memory"].endswith("Ki")
     t = datetime(2026, 1, 1, tzinfo=UTC)
@@ -60,6 +61,18 @@ def test_backoff_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVSTACK_KUBELET_BACKOFF_BASE", "1")
     settings, _ = parse_args(["--kubeconfig", "k", "--node-name", "n", "--state-dir", "s"])
     assert settings.backoff_base == 1 and settings.backoff_max == 300
-    settings, _ = parse_args(["--kubeconfig", "k", "--node-name", "n", "--state-dir", "s",
-                              "--backoff-base", "2", "--register-with-taints", "a=b:NoSchedule"])
+    settings, _ = parse_args(
+        [
+            "--kubeconfig",
+            "k",
+            "--node-name",
+            "n",
+            "--state-dir",
+            "s",
+            "--backoff-base",
+            "2",
+            "--register-with-taints",
+            "a=b:NoSchedule",
+        ]
+    )
     assert settings.backoff_base == 2 and settings.taints == ("a=b:NoSchedule",)

@@ -28,8 +28,12 @@ async def serve(status: int) -> tuple[web.AppRunner, int]:
 
 
 def ctx(tmp_path: Path, ports: list[dict[str, Any]] | None = None) -> ProbeContext:
-    return ProbeContext(pod_ip="127.10.9.9", container={"name": "c", "ports": ports or []},
-                        env={"PATH": "/usr/bin:/bin", "FLAG": "1"}, cwd=tmp_path)
+    return ProbeContext(
+        pod_ip="127.10.9.9",
+        container={"name": "c", "ports": ports or []},
+        env={"PATH": "/usr/bin:/bin", "FLAG": "1"},
+        cwd=tmp_path,
+    )
 
 
 def test_http_probe_to_the_pod_ip(tmp_path: Path) -> None:
@@ -65,8 +69,15 @@ def test_tcp_probe(tmp_path: Path) -> None:
 def test_exec_probe_sees_the_container_env_and_times_out(tmp_path: Path) -> None:
     async def main() -> None:
         c = ctx(tmp_path)
-        yes = {"exec": {"command": [sys.executable, "-c",
-                                    "import os,sys; sys.exit(os.environ['FLAG'] != '1')"]}}
+        yes = {
+            "exec": {
+                "command": [
+                    sys.executable,
+                    "-c",
+                    "import os,sys; sys.exit(os.environ['FLAG'] != '1')",
+                ]
+            }
+        }
         assert (await probe_once(yes, c))[0]
         no = {"exec": {"command": [sys.executable, "-c", "print('nope'); raise SystemExit(3)"]}}
         assert await probe_once(no, c) == (False, "nope\n")
@@ -90,12 +101,21 @@ def test_unsupported_and_bad_named_port(tmp_path: Path) -> None:
 
 def test_thresholds() -> None:
     changes: list[bool] = []
-    readiness = Prober("readiness", {"exec": {}, "successThreshold": 2, "failureThreshold": 2},
-                       ProbeContext("", {}, {}, Path(".")),
-                       lambda ok, _m: changes.append(ok), initial=False)
+    readiness = Prober(
+        "readiness",
+        {"exec": {}, "successThreshold": 2, "failureThreshold": 2},
+        ProbeContext("", {}, {}, Path(".")),
+        lambda ok, _m: changes.append(ok),
+        initial=False,
+    )
     results = [True, False, True, True, False, True, False, False]
     flips = [readiness.record(r) for r in results]
     assert flips == [False, False, False, True, False, False, False, True]
-    liveness = Prober("liveness", {"exec": {}}, ProbeContext("", {}, {}, Path(".")),
-                      lambda ok, _m: None, initial=True)
+    liveness = Prober(
+        "liveness",
+        {"exec": {}},
+        ProbeContext("", {}, {}, Path(".")),
+        lambda ok, _m: None,
+        initial=True,
+    )
     assert [liveness.record(False) for _ in range(3)] == [False, False, True]

@@ -49,8 +49,9 @@ def test_sigterm_reaches_the_process(tmp_path: Path) -> None:
     async def main() -> None:
         log = tmp_path / "c.log"
         marker = tmp_path / "marker"
-        proc = await process.start([sys.executable, "-c", TRAP, str(marker)],
-                                   {"PATH": os.environ["PATH"]}, tmp_path, log)
+        proc = await process.start(
+            [sys.executable, "-c", TRAP, str(marker)], {"PATH": os.environ["PATH"]}, tmp_path, log
+        )
         await wait_for_log(log, "ready")
         code = await process.stop(proc, grace=5)
         assert process.exit_status(code) == (0, None)
@@ -77,8 +78,9 @@ def test_sigkill_after_grace_takes_the_children_too(tmp_path: Path) -> None:
 def test_a_missing_executable_raises(tmp_path: Path) -> None:
     async def main() -> None:
         try:
-            await process.start(["no-such-binary-xyz"], {"PATH": "/usr/bin"}, tmp_path,
-                                tmp_path / "c.log")
+            await process.start(
+                ["no-such-binary-xyz"], {"PATH": "/usr/bin"}, tmp_path, tmp_path / "c.log"
+            )
         except FileNotFoundError:
             return
         raise AssertionError("started a missing binary")
@@ -88,8 +90,9 @@ def test_a_missing_executable_raises(tmp_path: Path) -> None:
 
 def test_kill_stale_stops_what_a_dead_kubelet_left(tmp_path: Path) -> None:
     # A process started "by a previous kubelet": not our asyncio child, own session.
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                start_new_session=True)
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
     try:
         ticks = process.start_ticks(leftover.pid)
         assert ticks is not None

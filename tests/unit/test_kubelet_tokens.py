@@ -17,14 +17,19 @@ from devstack.kubelet.tokens import (
     write_private,
 )
 
-PROJECTED = {"name": "kube-api-access-x", "projected": {"sources": [
-    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}
+PROJECTED = {
+    "name": "kube-api-access-x",
+    "projected": {
+        "sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]
+    },
+}
 
 
 def test_wants_token() -> None:
     assert wants_token({"spec": {"volumes": [PROJECTED]}})
-    assert not wants_token({"spec": {"volumes": [PROJECTED],
-                                     "automountServiceAccountToken": False}})
+    assert not wants_token(
+        {"spec": {"volumes": [PROJECTED], "automountServiceAccountToken": False}}
+    )
     assert wants_token({"spec": {"automountServiceAccountToken": True}})
     # No projected volume: the ServiceAccount admission plugin decided against mounting.
     assert not wants_token({"spec": {"volumes": [{"name": "d", "emptyDir": {}}]}})
@@ -59,14 +64,20 @@ class TokenApi:
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append((path, body))
         expires = datetime.now(UTC) + timedelta(seconds=body["spec"]["expirationSeconds"])
-        return {"status": {"token": f"t{len(self.calls)}",
-                           "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        return {
+            "status": {
+                "token": f"t{len(self.calls)}",
+                "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        }
 
 
 def test_pod_token_requests_a_bound_token_and_refreshes(tmp_path: Path) -> None:
     api = TokenApi()
-    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
-           "spec": {"serviceAccountName": "runner"}}
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+        "spec": {"serviceAccountName": "runner"},
+    }
     token = PodToken(api, pod, tmp_path, ttl=3600)  # type: ignore[arg-type]
 
     async def main() -> None:
@@ -82,10 +93,15 @@ def test_pod_token_requests_a_bound_token_and_refreshes(tmp_path: Path) -> None:
     asyncio.run(main())
     path, body = api.calls[0]
     assert path == "/api/v1/namespaces/ns/serviceaccounts/runner/token"
-    assert body["spec"]["boundObjectRef"] == {"apiVersion": "v1", "kind": "Pod", "name": "p",
-                                              "uid": "u1"}
+    assert body["spec"]["boundObjectRef"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "p",
+        "uid": "u1",
+    }
     assert len(api.calls) == 2
-    assert yaml.safe_load((tmp_path / "kubeconfig").read_text())["users"][0]["user"] == \
-        {"token": "t2"}
+    assert yaml.safe_load((tmp_path / "kubeconfig").read_text())["users"][0]["user"] == {
+        "token": "t2"
+    }
     token.remove()
     assert not (tmp_path / "kubeconfig").exists()
