@@ -478,14 +478,16 @@ def test_crashing_container_restarts_with_backoff(k: Kubectl) -> None:
     )
     seen_at = time.monotonic()
     assert seen_backoff["lastState"]["terminated"]["exitCode"] == 3
-    # The first restart is immediate; the back-off starts after the second exit.
-    assert seen_backoff["restartCount"] == 1
+    # The first restart is immediate; the back-off starts after the second exit (unless a
+    # tiny --backoff-base let the polling miss that first back-off).
+    restarts = seen_backoff["restartCount"]
+    assert restarts >= 1
     match = re.search(r"back-off (\d+(?:\.\d+)?)s", seen_backoff["state"]["waiting"]["message"])
     assert match is not None
     delay = float(match.group(1))
     later = wait_for(
-        "a second restart",
-        lambda: (cs := container_status(pod(k, "crash")))["restartCount"] >= 2 and cs,
+        "the restart after the back-off",
+        lambda: (cs := container_status(pod(k, "crash")))["restartCount"] > restarts and cs,
         timeout=delay + 30,
         interval=0.2,
     )
@@ -600,7 +602,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(k: Kubectl)
         interval=0.2,
     )
     took = time.monotonic() - started
-    assert 2.5 <= took < 10, took  # SIGKILL after the 3 s grace period, then removed
+    assert 2.5 <= took < 20, took  # SIGKILL after the 3 s grace period, then removed
     assert not Path(f"/proc/{pid}").exists()
 
 
