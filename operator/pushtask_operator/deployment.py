@@ -174,6 +174,8 @@ def _env(run_id: str, spec: Mapping[str, Any], settings: OperatorSettings) -> li
         {"name": "PUSHTASK_RUN_ID", "value": run_id},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # The metrics endpoint binds the pod's own address (on devstack pods share a host).
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "PUSHTASK_LEASE_SECONDS", "value": _num(settings.lease_seconds)},
         {"name": "PUSHTASK_METRICS_PORT", "value": str(settings.worker_metrics_port)},
         # The root filesystem is read-only: no .pyc files, and temp files go to /tmp.

@@ -6,6 +6,7 @@ all workers of a task, so one scrape target answers "how far along is every camp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from prometheus_client import Gauge, start_http_server
 
 from pushtask.states import Phase
 
+log = logging.getLogger("pushtask.operator")
 LABELS = ("namespace", "task")
 RECIPIENTS = Gauge(
     "pushtask_task_recipients", "Recipients of the current run by result", (*LABELS, "result")
@@ -24,8 +26,13 @@ _known: set[tuple[str, str]] = set()
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
-    if port:
+    """Start the endpoint; a port in use costs the metrics, never the operator."""
+    if not port:
+        return
+    try:
         start_http_server(port, addr=addr)
+    except OSError as exc:
+        log.warning("metrics endpoint %s:%s not started: %s", addr, port, exc)
 
 
 def observe(namespace: str, name: str, phase: str, status: Mapping[str, Any]) -> None:

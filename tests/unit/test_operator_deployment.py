@@ -72,6 +72,7 @@ def test_environment_of_the_worker() -> None:
     assert env["PUSHTASK_MONGO_URI"] == {"secretKeyRef": {"name": "mongo", "key": "uri"}}
     assert env["PUSHTASK_RUN_ID"] == RUN_ID
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["PUSHTASK_METRICS_PORT"] == "9100"
     assert env["PUSHTASK_LEASE_SECONDS"] == "20"
 
