@@ -39,6 +39,27 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass
+class Batch:
+    """Recipients one take_batch moved to inflight, under one token and one tag."""
+
+    run_id: str
+    shard: int
+    id: str
+    token: int
+    recipients: list[dict[str, Any]]
+
+    def filter(self) -> dict[str, Any]:
+        # run/shard/status lead, so MongoDB answers it from the (run, shard, status, due) index.
+        return {
+            "run": self.run_id,
+            "shard": self.shard,
+            "status": "inflight",
+            "batch": self.id,
+            "token": self.token,
+        }
+
+
 @dataclass(frozen=True)
 class RunTotals:
     """Counters of a run summed over its splits (what status.counts is made of)."""
@@ -342,53 +363,66 @@ class Store:
 
     async def take_batch(
         self, lease: Lease, run_id: str, shard: int, limit: int, now: datetime | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> Batch:
         """Move up to `limit` due recipients pending → inflight under this lease.
 
         The lease is renewed first (LeaseLost if it is gone): the move then happens with a
-        whole lease period ahead, before anyone else may claim the shard. Returns exactly
-        the recipients this call moved: only those may be sent.
+        whole lease period ahead, before anyone else may claim the shard. The batch holds
+        exactly the recipients this call moved (found again by its tag): only those may
+        be sent.
+
+        The move selects an `_id` range rather than a list of ids: every query stays on the
+        (run, shard, status, due) index in MongoDB, and none costs the size of the
+        collection times the size of the batch in servers that test `$in` member by member.
         """
         now = now or now_utc()
         await renew(self.splits, lease, now)
+        due = {"run": run_id, "shard": shard, "status": "pending", "due": {"$lte": now}}
         ids = [
             doc["_id"]
-            async for doc in self.recipients.find(
-                {"run": run_id, "shard": shard, "status": "pending", "due": {"$lte": now}},
-                {"_id": 1},
-            ).limit(limit)
+            async for doc in self.recipients.find(due, {"_id": 1})
+            .sort("_id", ASCENDING)
+            .limit(limit)
         ]
+        tag = Batch(run_id, shard, uuid.uuid4().hex, lease.token, [])
         if not ids:
-            return []
-        batch = uuid.uuid4().hex
+            return tag
         await self.recipients.update_many(
-            {"_id": {"$in": ids}, "status": "pending"},
+            {**due, "_id": {"$gte": ids[0], "$lte": ids[-1]}},
             {
                 "$set": {
                     "status": "inflight",
                     "token": lease.token,
-                    "batch": batch,
+                    "batch": tag.id,
                     "worker": lease.owner,
                 },
                 "$inc": {"attempts": 1},
             },
         )
-        cursor = self.recipients.find(
-            {"_id": {"$in": ids}, "batch": batch}, {"user": 1, "attrs": 1, "attempts": 1}
-        )
-        return [doc async for doc in cursor]
+        cursor = self.recipients.find(tag.filter(), {"user": 1, "attrs": 1, "attempts": 1})
+        tag.recipients.extend([doc async for doc in cursor])
+        return tag
 
-    async def record_outcomes(self, lease: Lease, outcomes: Sequence[Outcome]) -> dict[str, int]:
-        """Write final results (filtered by the token) and count them on the shard."""
+    async def record_outcomes(
+        self, lease: Lease, batch: Batch, outcomes: Sequence[Outcome]
+    ) -> dict[str, int]:
+        """Write final results (filtered by the token) and count them on the shard.
+
+        When `outcomes` cover the whole batch, the largest group (usually "sent") is written
+        last with the batch's own filter: what is still in flight of it is exactly that group.
+        """
         groups: dict[tuple[str, str | None], list[Any]] = defaultdict(list)
         for o in outcomes:
             groups[(o.status, o.error)].append(o.recipient_id)
+        ordered = sorted(groups.items(), key=lambda g: len(g[1]))
+        whole = {o.recipient_id for o in outcomes} == {r["_id"] for r in batch.recipients}
         counted: dict[str, int] = defaultdict(int)
         now = now_utc()
-        for (status, error), ids in groups.items():
+        for i, ((status, error), ids) in enumerate(ordered):
+            last = i == len(ordered) - 1
+            query = batch.filter() if whole and last else {**batch.filter(), "_id": {"$in": ids}}
             result = await self.recipients.update_many(
-                {"_id": {"$in": ids}, "token": lease.token, "status": "inflight"},
-                {"$set": {"status": status, "error": error, "doneAt": now}},
+                query, {"$set": {"status": status, "error": error, "doneAt": now}}
             )
             counted[status] += result.modified_count
         inc = {f"counters.{k}": v for k, v in counted.items() if v}
@@ -399,13 +433,12 @@ class Store:
         await fenced_update(self.splits, lease, {"$inc": inc or {"counters.attempted": 0}})
         return dict(counted)
 
-    async def requeue(self, lease: Lease, recipient_ids: Sequence[Any]) -> int:
-        """Put inflight recipients back to pending (a cancelled batch that was never sent)."""
-        if not recipient_ids:
+    async def requeue(self, lease: Lease, batch: Batch) -> int:
+        """Put a batch that was moved but never sent back to pending, as it was."""
+        if not batch.recipients:
             return 0
         result = await self.recipients.update_many(
-            {"_id": {"$in": list(recipient_ids)}, "token": lease.token, "status": "inflight"},
-            {"$set": {"status": "pending"}, "$inc": {"attempts": -1}},
+            batch.filter(), {"$set": {"status": "pending"}, "$inc": {"attempts": -1}}
         )
         return result.modified_count
 
@@ -467,4 +500,4 @@ class Store:
         )
 
 
-__all__ = ["Lease", "LeaseLost", "Outcome", "RunTotals", "Store"]
+__all__ = ["Batch", "Lease", "LeaseLost", "Outcome", "RunTotals", "Store"]

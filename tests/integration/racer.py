@@ -26,9 +26,9 @@ async def work_shard(store: Store, run_id: str, doc: dict, lease) -> None:  # ty
     await store.recount_shard(lease, run_id, shard)
     while True:
         batch = await store.take_batch(lease, run_id, shard, limit=5)
-        if not batch:
+        if not batch.recipients:
             break
-        for r in batch:
+        for r in batch.recipients:
             try:
                 await store.db["audit"].insert_one({"_id": r["_id"], "token": lease.token})
             except DuplicateKeyError:
@@ -36,7 +36,9 @@ async def work_shard(store: Store, run_id: str, doc: dict, lease) -> None:  # ty
                     {"recipient": r["_id"], "token": lease.token}
                 )
         await asyncio.sleep(random.uniform(0, 0.02))  # the "send"
-        await store.record_outcomes(lease, [Outcome(r["_id"], "sent") for r in batch])
+        await store.record_outcomes(
+            lease, batch, [Outcome(r["_id"], "sent") for r in batch.recipients]
+        )
         lease = await renew(store.splits, lease)
     await store.recount_shard(lease, run_id, shard)
     await release(store.splits, lease, done=True)

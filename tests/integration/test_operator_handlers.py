@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 
 import kopf
 import pytest
-from pushtask_operator.handlers import Runtime, reconcile
-from pushtask_operator.settings import OperatorSettings
 from pymongo import MongoClient
 
 from pushtask.leases import claim, now_utc, release
 from pushtask.models import PushTaskSpec
 from pushtask.planning import shard_of
 from pushtask.store import Outcome, Store
+from pushtask_operator.handlers import Runtime, reconcile
+from pushtask_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -172,8 +172,11 @@ async def deliver(store: Store, run_id: str, worker: str, limit: int | None = No
     sent = 0
     while got := await claim(store.splits, run_id=run_id, kind="delivery", owner=worker, ttl=30):
         doc, lease = got
-        while batch := await store.take_batch(lease, run_id, doc["index"], limit or 50):
-            counted = await store.record_outcomes(lease, [Outcome(r["_id"], "sent") for r in batch])
+        while (
+            batch := await store.take_batch(lease, run_id, doc["index"], limit or 50)
+        ).recipients:
+            sent = [Outcome(r["_id"], "sent") for r in batch.recipients]
+            counted = await store.record_outcomes(lease, batch, sent)
             sent += counted.get("sent", 0)
             if limit is not None:
                 return sent  # dies holding the lease

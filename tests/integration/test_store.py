@@ -136,7 +136,7 @@ def test_expired_lease_is_reclaimed_and_old_holder_changes_nothing(uri: str, db_
         assert got is not None
         _, old = got
         moved = await store.take_batch(old, run_id, 0, limit=4)
-        assert len(moved) == 4
+        assert len(moved.recipients) == 4
         # The old holder stalls past its lease; a new holder takes the shard over.
         await asyncio.sleep(1.0)
         got = await claim(store.splits, run_id=run_id, kind="delivery", owner="new", ttl=30)
@@ -152,7 +152,9 @@ def test_expired_lease_is_reclaimed_and_old_holder_changes_nothing(uri: str, db_
         with pytest.raises(LeaseLost):
             await store.take_batch(old, run_id, 0, limit=4)
         with pytest.raises(LeaseLost):
-            await store.record_outcomes(old, [Outcome(d["_id"], "sent") for d in moved])
+            await store.record_outcomes(
+                old, moved, [Outcome(d["_id"], "sent") for d in moved.recipients]
+            )
         with pytest.raises(LeaseLost):
             await store.checkpoint(old, {"offset": 99})
         with pytest.raises(LeaseLost):
@@ -316,9 +318,9 @@ def test_totals_before_and_after_delivery(uri: str, db_name: str) -> None:
             batch = await store.take_batch(lease, run_id, doc["index"], limit=100)
             outcomes = [
                 Outcome(r["_id"], "sent" if i % 5 else "failed", None if i % 5 else "HTTP 400")
-                for i, r in enumerate(batch)
+                for i, r in enumerate(batch.recipients)
             ]
-            await store.record_outcomes(lease, outcomes)
+            await store.record_outcomes(lease, batch, outcomes)
             assert await store.shard_state(run_id, doc["index"]) == (False, None)
             assert await release(store.splits, lease, done=True)
         assert await store.finish_if_done(run_id)
@@ -344,12 +346,43 @@ def test_not_yet_due_recipients_are_not_taken(uri: str, db_name: str) -> None:
         )
         assert lease is not None
         batch = await store.take_batch(lease, run_id, 0, limit=10)
-        assert sorted(r["user"] for r in batch) == ["u0-2", "u0-3"]
-        await store.record_outcomes(lease, [Outcome(r["_id"], "sent") for r in batch])
+        assert sorted(r["user"] for r in batch.recipients) == ["u0-2", "u0-3"]
+        await store.record_outcomes(
+            lease, batch, [Outcome(r["_id"], "sent") for r in batch.recipients]
+        )
         open_left, first_due = await store.shard_state(run_id, 0)
         assert (
             open_left and first_due is not None and abs((first_due - later).total_seconds()) < 0.01
         )
+        await store.close()
+
+    run(scenario())
+
+
+def test_outcomes_of_part_of_a_batch_and_requeue(uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        run_id = await delivery_run(store, shards=1, per_shard=6)
+        _, lease = await claim(store.splits, run_id=run_id, kind="delivery", owner="w", ttl=30) or (
+            None,
+            None,
+        )
+        assert lease is not None
+        batch = await store.take_batch(lease, run_id, 0, limit=6)
+        ids = [r["_id"] for r in batch.recipients]
+        # Results for two recipients only: the other four must stay in flight.
+        counted = await store.record_outcomes(
+            lease, batch, [Outcome(ids[0], "sent"), Outcome(ids[1], "failed", "HTTP 400")]
+        )
+        assert counted == {"sent": 1, "failed": 1}
+        statuses = {d["_id"]: d["status"] async for d in store.recipients.find({"run": run_id})}
+        assert [statuses[i] for i in ids] == ["sent", "failed"] + ["inflight"] * 4
+        # A batch moved but never sent goes back to pending as it was.
+        assert await store.requeue(lease, batch) == 4
+        docs = await store.recipients.find({"_id": {"$in": ids[2:]}}).to_list()
+        assert {(d["status"], d["attempts"]) for d in docs} == {("pending", 0)}
+        again = await store.take_batch(lease, run_id, 0, limit=10)
+        assert sorted(r["_id"] for r in again.recipients) == sorted(ids[2:])
         await store.close()
 
     run(scenario())

@@ -1,0 +1,1 @@
+"""The audience phase: read sources, drop bad rows with a reason, insert recipients."""

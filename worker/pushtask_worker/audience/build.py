@@ -1,0 +1,252 @@
+"""Build one audience split: read its range of a source and add recipients (or exclusions).
+
+Rows go to the store in chunks; after each chunk the split's cursor is checkpointed, so a
+worker that reclaims the split resumes there. Re-read rows change nothing: recipients are
+unique per (run, user) and skipped rows are keyed by their position in the split.
+A planning split (a MongoDB query or a URL whose size is unknown) is first cut into range
+splits that every worker can claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from pymongo import AsyncMongoClient
+from pymongo.uri_parser import parse_uri
+
+from pushtask.leases import EPOCH, Lease, release
+from pushtask.planning import shard_of
+from pushtask.store import Store
+from pushtask_worker.audience import mongosource, urlsource
+from pushtask_worker.audience.rows import (
+    Columns,
+    Row,
+    Skip,
+    detect_format,
+    parse_text,
+    to_recipient,
+)
+from pushtask_worker.resilience import StoreGuard
+
+log = logging.getLogger("pushtask.worker.audience")
+
+CHUNK = 1000
+MONGO_RANGE_SIZE = 50_000
+URL_BLOCK_BYTES = 8 << 20
+# (row position, parsed row or skip, cursor after it)
+Item = tuple[Any, Row | Skip, Any]
+
+
+class SourceReaders:
+    """Connections to audience sources, shared by the splits a worker builds."""
+
+    def __init__(self, system_uri: str, env: Mapping[str, str] | None = None) -> None:
+        self.system_uri = system_uri
+        self.env = os.environ if env is None else env
+        self._clients: dict[str, AsyncMongoClient[dict[str, Any]]] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    def mongo_uri(self, part: str, index: int) -> str:
+        # The operator maps a source's Secret to this variable; no Secret: the system store.
+        return self.env.get(f"PUSHTASK_AUDIENCE_{part.upper()}_{index}_URI") or self.system_uri
+
+    def mongo(self, uri: str) -> AsyncMongoClient[dict[str, Any]]:
+        if uri not in self._clients:
+            self._clients[uri] = AsyncMongoClient(uri, tz_aware=True)
+        return self._clients[uri]
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+            )
+        return self._http
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        if self._http is not None:
+            await self._http.close()
+
+
+def source_spec(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
+    part = "exclude" if ref["exclude"] else "sources"
+    return dict(run["spec"]["audience"][part][ref["index"]])
+
+
+def configmap_text(run: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    key = f"exclude.{ref['index']}" if ref["exclude"] else str(ref["index"])
+    inline = run.get("inline") or {}
+    if key not in inline:
+        raise urlsource.SourceError(f"ConfigMap content {key!r} missing from the run document")
+    return str(inline[key])
+
+
+class SplitBuilder:
+    def __init__(
+        self,
+        store: Store,
+        guard: StoreGuard,
+        readers: SourceReaders,
+        run: Mapping[str, Any],
+        doc: Mapping[str, Any],
+        lease: Lease,
+        halt: Callable[[], bool],
+    ) -> None:
+        self.store, self.guard, self.readers = store, guard, readers
+        self.run, self.doc, self.lease, self.halt = run, doc, lease, halt
+        self.run_id: str = run["_id"]
+        self.ref: Mapping[str, Any] = doc["source"]
+        self.source = source_spec(run, self.ref)
+        self.part = "exclude" if self.ref["exclude"] else "sources"
+
+    async def build(self) -> bool:
+        """Read the split; True when it was finished (released as done)."""
+        if self.ref.get("expand"):
+            await self._expand()
+            return True
+        cursor = self.doc.get("cursor")
+        users: list[str] = []
+        recipients: list[dict[str, Any]] = []
+        skips: list[tuple[Any, str, str]] = []
+        shards = int(self.run["shards"])
+        async for position, item, after in self._items(cursor):
+            if isinstance(item, Skip):
+                skips.append((position, item.reason, item.raw))
+            elif self.ref["exclude"]:
+                users.append(item.user)
+            else:
+                recipients.append(
+                    {
+                        "run": self.run_id,
+                        "user": item.user,
+                        "shard": shard_of(item.user, shards),
+                        "attrs": item.attrs,
+                        "due": item.due or EPOCH,
+                    }
+                )
+            if len(users) + len(recipients) + len(skips) >= CHUNK:
+                await self._flush(users, recipients, skips, after)
+                users, recipients, skips = [], [], []
+                if self.halt():
+                    await self.guard.call(
+                        lambda: release(self.store.splits, self.lease, done=False)
+                    )
+                    return False
+        await self._flush(users, recipients, skips, None)
+        await self.guard.call(lambda: release(self.store.splits, self.lease, done=True), "release")
+        return True
+
+    async def _flush(
+        self,
+        users: list[str],
+        recipients: list[dict[str, Any]],
+        skips: list[tuple[Any, str, str]],
+        cursor: Any,
+    ) -> None:
+        store, lease = self.store, self.lease
+        if users:
+            await self.guard.call(lambda: store.add_excluded(lease, self.run_id, users), "exclude")
+        if recipients:
+            await self.guard.call(lambda: store.add_recipients(lease, recipients), "add recipients")
+        if skips:
+            if self.ref["exclude"]:
+                # A bad exclusion row is no recipient: reported in the log, not in the counts.
+                log.warning(
+                    "bad rows in an exclusion source",
+                    extra={"n": len(skips), "sample": skips[0][1]},
+                )
+            else:
+                await self.guard.call(lambda: store.add_skips(lease, self.run_id, skips), "skips")
+        if cursor is not None:
+            await self.guard.call(lambda: store.checkpoint(lease, cursor), "checkpoint")
+
+    def _columns(self, default_user: str) -> Columns:
+        return Columns.from_spec(self.source, default_user=default_user)
+
+    async def _items(self, cursor: Any) -> AsyncIterator[Item]:
+        kind = self.source["kind"]
+        rng = self.ref.get("range") or {}
+        if kind == "inline":
+            columns = Columns(user="id")
+            users = self.source.get("users") or []
+            start = int(cursor if cursor is not None else rng.get("start", 0))
+            for i in range(start, int(rng.get("end", len(users)))):
+                value = users[i]
+                data = value if isinstance(value, Mapping) else {"id": value}
+                yield i, to_recipient(data, columns, repr(value)[:200]), i + 1
+        elif kind == "configMap":
+            fmt = detect_format(None, self.source.get("format", "lines"))
+            text = configmap_text(self.run, self.ref)
+            columns = self._columns("id")
+            skip_to = int(cursor or 0)
+            for n, item in parse_text(text.splitlines(), fmt, columns):
+                if n >= skip_to:
+                    yield n, item, n + 1
+        elif kind == "mongo":
+            coll = self._collection()
+            async for key, item, after in mongosource.read_range(
+                coll,
+                self.source.get("filter") or {},
+                self.source.get("projection"),
+                self.source.get("idField", "_id"),
+                self._columns(self.source.get("idField", "_id")),
+                rng,
+                cursor,
+            ):
+                yield key, item, after
+        elif kind == "url":
+            url = self.source["url"]
+            fmt = detect_format(url, self.source.get("format"))
+            async for offset, item, after in urlsource.read_url_range(
+                self.readers.http(), url, fmt, self._columns("id"), dict(rng), cursor
+            ):
+                yield offset, item, after
+        else:
+            raise urlsource.SourceError(f"unknown source kind {kind!r}")
+
+    def _collection(self) -> Any:
+        uri = self.readers.mongo_uri(self.part, int(self.ref["index"]))
+        db = self.source.get("database") or parse_uri(uri).get("database") or "pushtask"
+        return self.readers.mongo(uri)[db][self.source["collection"]]
+
+    async def _expand(self) -> None:
+        """Cut a planning split into range splits, then mark it done (children first, so
+        the audience is never seen as complete without them)."""
+        kind = self.source["kind"]
+        if kind == "mongo":
+            ranges = await mongosource.plan_ranges(
+                self._collection(),
+                self.source.get("filter") or {},
+                self.source.get("idField", "_id"),
+                MONGO_RANGE_SIZE,
+            )
+        else:
+            url = self.source["url"]
+            fmt = detect_format(url, self.source.get("format"))
+            info = await urlsource.probe(self.readers.http(), url, fmt)
+            ranges = urlsource.plan_ranges(info, URL_BLOCK_BYTES)
+        base = dict(self.doc)
+        children = [
+            {
+                **base,
+                "_id": f"{base['_id']}.{k}",
+                "index": int(base["index"]) * 1000 + k + 1,
+                "status": "pending",
+                "owner": None,
+                "token": 0,
+                "leaseUntil": None,
+                "notBefore": EPOCH,
+                "counters": {},
+                "cursor": None,
+                "source": {**base["source"], "range": rng, "expand": False},
+            }
+            for k, rng in enumerate(ranges)
+        ]
+        await self.guard.call(lambda: self.store.add_splits(children), "add range splits")
+        await self.guard.call(lambda: release(self.store.splits, self.lease, done=True), "release")
+        log.info("source cut into ranges", extra={"split": base["_id"], "ranges": len(children)})

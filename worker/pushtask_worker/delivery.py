@@ -1,0 +1,138 @@
+"""Deliver one shard: a bounded pipeline from the store to the channel and back.
+
+    take_batch (pending → inflight, this lease's token) ─▶ queue (1 batch) ─▶ send ─▶ record
+
+The queue holds one batch, so reading the store never runs ahead of sending by more than
+that, and a worker's memory does not grow with the audience. Only the recipients a
+take_batch actually moved are sent; results are written filtered by the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from pushtask.leases import Lease, now_utc, release
+from pushtask.store import Batch, Guarantee, Store
+from pushtask_worker import metrics
+from pushtask_worker.resilience import StoreGuard
+from pushtask_worker.sending import Sender
+
+log = logging.getLogger("pushtask.worker.delivery")
+T = TypeVar("T")
+
+
+def batch_size(rate_share: float | None, max_batch: int) -> int:
+    """About two seconds of sending at this worker's rate: a killed worker leaves at most
+    that many recipients in doubt. Unlimited rate: the largest batch."""
+    if rate_share is None:
+        return max_batch
+    return max(10, min(max_batch, int(rate_share * 2)))
+
+
+class ShardDelivery:
+    def __init__(
+        self,
+        store: Store,
+        guard: StoreGuard,
+        sender: Sender,
+        lease: Lease,
+        shard: int,
+        *,
+        guarantee: Guarantee,
+        concurrency: int,
+        max_batch: int,
+        halt: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.guard = guard
+        self.sender = sender
+        self.lease = lease
+        self.shard = shard
+        self.guarantee = guarantee
+        self.concurrency = concurrency
+        self.max_batch = max_batch
+        self.halt = halt
+        self.run_id = sender.run_id
+
+    async def _call(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        return await self.guard.call(fn, what)
+
+    async def run(self) -> bool:
+        """Deliver what is due; True when the shard is finished (released as done)."""
+        lease, run_id, shard = self.lease, self.run_id, self.shard
+        while True:
+            settled = await self._call(
+                lambda: self.store.settle_in_doubt(lease, run_id, shard, self.guarantee),
+                "settle in-doubt recipients",
+            )
+            if settled:
+                log.info("recipients in doubt settled", extra={"shard": shard, "n": settled})
+            await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
+            await self._pipeline()
+            if self.halt():
+                await self._call(lambda: release(self.store.splits, lease, done=False), "release")
+                return False
+            open_left, first_due = await self._call(
+                lambda: self.store.shard_state(run_id, shard), "shard state"
+            )
+            if not open_left:
+                await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
+                await self._call(lambda: release(self.store.splits, lease, done=True), "release")
+                return True
+            if first_due is not None and first_due > now_utc():
+                # Only recipients with a later sendAt are left: let the shard rest until then.
+                rest = partial(release, self.store.splits, lease, done=False, not_before=first_due)
+                await self._call(rest, "release until due")
+                return False
+            # Due recipients appeared (re-queued in doubt), or a stale holder left some in
+            # flight: go round again (the settle step takes care of the latter).
+
+    async def _pipeline(self) -> None:
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        gauge = metrics.QUEUE_DEPTH.labels(self.sender.label)
+
+        async def produce() -> None:
+            try:
+                while not self.halt():
+                    size = batch_size(self.sender.bucket.rate, self.max_batch)
+                    take = partial(self.store.take_batch, self.lease, self.run_id, self.shard, size)
+                    batch = await self._call(take, "take batch")
+                    if not batch.recipients:
+                        break
+                    gauge.inc(len(batch.recipients))
+                    await queue.put(batch)
+            finally:
+                await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (batch := await queue.get()) is not None:
+                try:
+                    if self.halt():
+                        # Moved but never sent: safe to hand back untouched.
+                        await self._call(partial(self.store.requeue, self.lease, batch), "requeue")
+                        continue
+                    await self._send_batch(batch)
+                finally:
+                    gauge.dec(len(batch.recipients))
+            await producer  # re-raise what stopped the producer (a lost lease, say)
+        finally:
+            if not producer.done():
+                producer.cancel()
+
+    async def _send_batch(self, batch: Batch) -> None:
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(recipient: dict[str, Any]) -> Any:
+            async with limit:
+                return await self.sender.send(recipient)
+
+        results = await asyncio.gather(*(one(r) for r in batch.recipients))
+        record = partial(self.store.record_outcomes, self.lease, batch, results)
+        counted = await self._call(record, "record results")
+        for result, n in counted.items():
+            metrics.RESULTS.labels(self.sender.label, result).inc(n)

@@ -1,0 +1,32 @@
+"""Prometheus metrics of a worker (served on PUSHTASK_METRICS_PORT)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RESULTS = Counter(
+    "pushtask_worker_recipients_total",
+    "Recipients by final result",
+    ["task", "result"],  # result: sent | failed | skipped | unknown
+)
+SEND_LATENCY = Histogram(
+    "pushtask_worker_send_seconds",
+    "Time of one send attempt to the channel",
+    ["task", "channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_DEPTH = Gauge(
+    "pushtask_worker_queue_depth", "Recipients taken from the store and not yet sent", ["task"]
+)
+LEASE_CLAIMS = Counter("pushtask_worker_lease_claims_total", "Splits claimed", ["task", "kind"])
+LEASE_LOSSES = Counter(
+    "pushtask_worker_lease_losses_total", "Leases lost to another worker", ["task"]
+)
+RATE = Gauge(
+    "pushtask_worker_rate_limit", "This worker's share of the task's rate (per second)", ["task"]
+)
+
+
+def serve(port: int, host: str) -> None:
+    if port:
+        start_http_server(port, addr=host)

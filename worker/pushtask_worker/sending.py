@@ -1,0 +1,86 @@
+"""One recipient, one message: render, wait for a rate token, send, retry what is transient.
+
+Every attempt carries the same idempotency key (task uid, run, user), so a receiver can
+drop a repeat; every attempt spends a rate token, because the receiver sees each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pushtask.models import PushTaskSpec
+from pushtask.planning import idempotency_key
+from pushtask.store import Outcome as Result
+from pushtask.templates import CompiledMessage, TemplateRenderError, build_context, render
+from pushtask_worker import metrics
+from pushtask_worker.channels import Attempt, Channel, Delivery, Outcome
+from pushtask_worker.ratelimit import TokenBucket
+from pushtask_worker.resilience import Backoff
+
+
+@dataclass
+class Sender:
+    """What sending needs, fixed for a run (the bucket's rate changes live)."""
+
+    task: Mapping[str, Any]  # {namespace, name, uid}
+    run: int
+    run_id: str
+    spec: PushTaskSpec
+    compiled: CompiledMessage
+    channel: Channel
+    bucket: TokenBucket
+
+    @property
+    def label(self) -> str:
+        return f"{self.task['namespace']}/{self.task['name']}"
+
+    def backoff(self) -> Backoff:
+        b = self.spec.delivery.backoff
+        return Backoff(initial=b.initial_seconds, maximum=b.max_seconds, multiplier=b.multiplier)
+
+    async def send(self, recipient: Mapping[str, Any]) -> Result:
+        """The final result of one recipient (never raises for a recipient's own fault)."""
+        user = str(recipient["user"])
+        attrs = recipient.get("attrs") or {}
+        try:
+            message = render(
+                self.compiled, build_context(user, attrs, task=self.task, run=self.run)
+            )
+        except TemplateRenderError as error:
+            return Result(recipient["_id"], "failed", str(error)[:500])
+        delivery = Delivery(
+            task=self.task,
+            run=self.run,
+            run_id=self.run_id,
+            user=user,
+            message=message,
+            attrs=attrs,
+            idempotency_key=idempotency_key(str(self.task["uid"]), self.run, user),
+        )
+        backoff = self.backoff()
+        attempts = self.spec.delivery.max_attempts
+        channel = self.channel.name or self.spec.message.channel
+        for attempt in range(1, attempts + 1):
+            await self.bucket.acquire()
+            started = time.monotonic()
+            try:
+                result = await self.channel.send(replace(delivery, attempt=attempt))
+            except Exception as error:  # a plugin's bug is a failed attempt, not a dead worker
+                result = Attempt(Outcome.RETRY, f"{type(error).__name__}: {error}"[:300])
+            metrics.SEND_LATENCY.labels(self.label, channel).observe(time.monotonic() - started)
+            if result.outcome is Outcome.OK:
+                return Result(recipient["_id"], "sent")
+            if result.outcome is Outcome.FINAL:
+                return Result(recipient["_id"], "failed", result.detail or "rejected")
+            if attempt == attempts:
+                return Result(
+                    recipient["_id"],
+                    "failed",
+                    f"gave up after {attempts} attempts: {result.detail}",
+                )
+            await asyncio.sleep(backoff.retry_delay(attempt, result.retry_after))
+        raise AssertionError("unreachable")

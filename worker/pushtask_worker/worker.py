@@ -1,0 +1,304 @@
+"""A worker process: heartbeat beside the work, audience splits first, then delivery shards.
+
+The heartbeat runs on its own task and is never blocked by the work (the seed's heartbeat
+shared the work loop, so a long batch looked like a dead worker that then kept sending
+beside its replacement). It renews the lease of the split in hand; a renewal that matches
+nothing cancels that split's work at once. It also re-reads the run: the operator's
+control (state, rate, cancellation) and the number of live workers, which set this
+worker's share of the rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from pushtask import schedule
+from pushtask.leases import Lease, LeaseLost, claim, now_utc, renew
+from pushtask.models import PushTaskSpec
+from pushtask.store import Store
+from pushtask.templates import TemplateError, compile_message
+from pushtask_worker import metrics
+from pushtask_worker.audience.build import SourceReaders, SplitBuilder
+from pushtask_worker.audience.urlsource import SourceError
+from pushtask_worker.channels import ChannelContext, UnknownChannel, load_channel
+from pushtask_worker.config import WorkerConfig
+from pushtask_worker.delivery import ShardDelivery
+from pushtask_worker.ratelimit import TokenBucket
+from pushtask_worker.resilience import StoreGuard
+from pushtask_worker.sending import Sender
+
+log = logging.getLogger("pushtask.worker")
+SOURCE_ATTEMPTS = 5  # a source that fails this many claims in a row fails the run
+
+
+@dataclass
+class Control:
+    """What the heartbeat last read from the run document."""
+
+    state: str = "Started"
+    rate: float | None = None
+    cancel_inflight: bool = False
+    failure: str | None = None
+    stage: str = "audience"
+    live_workers: int = 1
+
+
+@dataclass
+class Worker:
+    config: WorkerConfig
+    store: Store
+    control: Control = field(default_factory=Control)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    lease: Lease | None = None
+    work: asyncio.Task[bool] | None = None
+    source_failures: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.guard = StoreGuard(stopping=self.stopping.is_set)
+        self.bucket = TokenBucket(None, burst=1.0)
+
+    # -- the run --------------------------------------------------------------------------
+
+    async def load_run(self) -> dict[str, Any]:
+        run = await self.guard.call(lambda: self.store.get_run(self.config.run_id), "load run")
+        if run is None:
+            raise SystemExit(f"run {self.config.run_id!r} not found in the store")
+        return run
+
+    def halted(self) -> bool:
+        """Stop taking new work: shutting down, run no longer Started, window closed."""
+        c = self.control
+        return (
+            self.stopping.is_set()
+            or c.state != "Started"
+            or c.failure is not None
+            or not schedule.in_window(self.spec.schedule, now_utc())
+        )
+
+    def done(self) -> bool:
+        c = self.control
+        return c.stage == "done" or c.failure is not None or c.state == "Stopped"
+
+    async def refresh(self) -> None:
+        """Heartbeat: be seen, renew the lease in hand, re-read the run's control."""
+        store, cfg = self.store, self.config
+        await self.guard.call(
+            lambda: store.heartbeat(
+                cfg.worker_id, cfg.run_id, {"lease": getattr(self.lease, "split_id", None)}
+            ),
+            "heartbeat",
+        )
+        held = self.lease
+        if held is not None:
+            try:
+                self.lease = await self.guard.call(partial(renew, store.splits, held), "renew")
+            except LeaseLost:
+                metrics.LEASE_LOSSES.labels(self.label).inc()
+                log.warning("lease lost: dropping the split", extra={"split": held.split_id})
+                self.lease = None
+                if self.work is not None:
+                    self.work.cancel()
+        run = await self.guard.call(lambda: store.get_run(cfg.run_id), "read run")
+        if run is None:
+            return
+        control = run.get("control") or {}
+        live = await self.guard.call(
+            lambda: store.live_workers(cfg.run_id, cfg.lease_seconds), "live"
+        )
+        self.control = Control(
+            state=control.get("state", "Started"),
+            rate=control.get("ratePerSecond"),
+            cancel_inflight=bool(control.get("cancelInflight")),
+            failure=(run.get("failure") or {}).get("reason"),
+            stage=run.get("stage", "audience"),
+            live_workers=max(1, live),
+        )
+        share = self.control.rate / self.control.live_workers if self.control.rate else None
+        self.bucket.set_rate(share)
+        metrics.RATE.labels(self.label).set(share or 0)
+        if self.work is not None and self.control.cancel_inflight:
+            self.work.cancel()  # an immediate degrade: in-flight sends follow the guarantee
+        await self.check_failure_budget()
+
+    async def check_failure_budget(self) -> None:
+        budget = self.spec.delivery.failure_threshold
+        totals = await self.guard.call(lambda: self.store.totals(self.config.run_id), "totals")
+        if (
+            totals.attempted >= budget.min_sample
+            and totals.failed / totals.attempted > budget.ratio
+        ):
+            reason = (
+                f"failure budget spent: {totals.failed} of {totals.attempted} sends failed "
+                f"(more than {budget.ratio:.0%})"
+            )
+            if await self.store.fail_run(self.config.run_id, reason):
+                log.error("run failed", extra={"reason": reason})
+            self.control.failure = reason
+
+    async def heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_seconds)
+
+    # -- the work -------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        self.run = await self.load_run()
+        try:
+            self.spec = PushTaskSpec.model_validate(self.run["spec"])
+            self.compiled = compile_message(self.spec.message.template)
+            channel_cls = load_channel(self.spec.message.channel)
+        except (ValidationError, TemplateError, UnknownChannel, TypeError) as error:
+            await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
+            raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
+        m = self.spec.message
+        settings = getattr(m, m.channel, None) if m.channel in ("webhook", "smtp") else None
+        settings_map = (
+            settings.model_dump(by_alias=True) if settings is not None else dict(m.settings or {})
+        )
+        self.channel = channel_cls(
+            ChannelContext(settings_map, concurrency=self.config.concurrency)
+        )
+        self.readers = SourceReaders(self.config.mongo_uri)
+        task = self.run["task"]
+        self.label = f"{task['namespace']}/{task['name']}"
+        self.sender = Sender(
+            task=task,
+            run=int(self.run["run"]),
+            run_id=self.config.run_id,
+            spec=self.spec,
+            compiled=self.compiled,
+            channel=self.channel,
+            bucket=self.bucket,
+        )
+
+    async def run_forever(self) -> int:
+        await self.guard.call(self.store.ensure_indexes, "ensure indexes")
+        await self.setup()
+        await self.channel.start()
+        beat = asyncio.create_task(self.heartbeat_loop())
+        try:
+            await self.refresh()
+            while not self.stopping.is_set():
+                if self.done() and self.config.exit_when_done:
+                    break
+                if self.halted() or not await self.step():
+                    await self.idle()
+            return 0
+        finally:
+            self.stopping.set()
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            await self.channel.close()
+            await self.readers.close()
+            with contextlib.suppress(Exception):
+                await self.store.forget_worker(self.config.worker_id)
+
+    async def idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), self.config.idle_seconds)
+        if not self.stopping.is_set():
+            await self.refresh()
+
+    async def step(self) -> bool:
+        """Claim and do one split; False when there was nothing to claim."""
+        cfg, store = self.config, self.store
+        kind: Literal["audience", "delivery"] = (
+            "audience" if self.control.stage == "audience" else "delivery"
+        )
+        if self.control.stage == "done":
+            return False
+        got = await self.guard.call(
+            lambda: claim(
+                store.splits,
+                run_id=cfg.run_id,
+                kind=kind,
+                owner=cfg.worker_id,
+                ttl=cfg.lease_seconds,
+            ),
+            "claim",
+        )
+        if got is None:
+            if kind == "audience":
+                await self.guard.call(
+                    lambda: store.finalize_audience(cfg.run_id), "finalize audience"
+                )
+            else:
+                await self.guard.call(lambda: store.finish_if_done(cfg.run_id), "finish run")
+            await self.refresh()
+            return False
+        doc, self.lease = got
+        metrics.LEASE_CLAIMS.labels(self.label, kind).inc()
+        self.work = asyncio.create_task(self._do(kind, doc, self.lease))
+        try:
+            await self.work
+        except asyncio.CancelledError:
+            if self.stopping.is_set() and self.work.cancelled() is False:
+                raise
+            log.info("split work cancelled", extra={"split": doc["_id"]})
+        except LeaseLost:
+            metrics.LEASE_LOSSES.labels(self.label).inc()
+            log.warning("lease lost mid-split", extra={"split": doc["_id"]})
+        except (SourceError, OSError) as error:
+            await self.source_failed(doc, error)
+        finally:
+            self.work = None
+            self.lease = None
+        return True
+
+    async def _do(self, kind: str, doc: dict[str, Any], lease: Lease) -> bool:
+        if kind == "audience":
+            builder = SplitBuilder(
+                self.store, self.guard, self.readers, self.run, doc, lease, self.halted
+            )
+            return await builder.build()
+        delivery = ShardDelivery(
+            self.store,
+            self.guard,
+            self.sender,
+            lease,
+            int(doc["index"]),
+            guarantee=self.spec.delivery.guarantee.value,
+            concurrency=self.config.concurrency,
+            max_batch=self.config.max_batch,
+            halt=self.halted,
+        )
+        finished = await delivery.run()
+        if finished:
+            await self.guard.call(
+                lambda: self.store.finish_if_done(self.config.run_id), "finish run"
+            )
+        return finished
+
+    async def source_failed(self, doc: dict[str, Any], error: BaseException) -> None:
+        """An unreadable source is retried by later claims; after a few, the run fails."""
+        n = self.source_failures.get(doc["_id"], 0) + 1
+        self.source_failures[doc["_id"]] = n
+        log.warning(
+            "source read failed", extra={"split": doc["_id"], "attempt": n, "error": str(error)}
+        )
+        if self.lease is not None:
+            # Give the split back at once, to be tried again a little later.
+            from pushtask.leases import release
+
+            later = now_utc() + timedelta(seconds=min(30, 2**n))
+            with contextlib.suppress(Exception):
+                await release(self.store.splits, self.lease, done=False, not_before=later)
+        if n >= SOURCE_ATTEMPTS:
+            reason = f"audience source unreadable after {n} attempts: {error}"
+            await self.store.fail_run(self.config.run_id, reason)
