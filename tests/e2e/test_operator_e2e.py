@@ -155,6 +155,13 @@ def env(kubectl: Any, helm: Any, namespace: str, mongo_uri: str) -> Iterator[Env
         )
     with SinkThread(host=SINK_HOST) as sink:
         yield Env(k, namespace, db_uri, sink, existing or release)
+    # Shown by pytest only when the test failed: what the operator and workers said.
+    for selector in (
+        "app.kubernetes.io/name=pushtask-operator",
+        "app.kubernetes.io/name=pushtask-worker",
+    ):
+        logs = k("logs", "-l", selector, "--tail=80", "--prefix", check=False)
+        print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")
     if not existing:
         helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
     client: MongoClient[dict[str, Any]]
