@@ -261,8 +261,11 @@ class ContainerRunner:
                 self.worker.event(
                     "Normal", "Killing", f"Container {self.name} {message}, will be restarted"
                 )
+            hook_started = asyncio.get_running_loop().time()
             await self._pre_stop(environ, cwd, grace)
-            await process.stop(proc, grace)
+            # The hook spends the grace period; the kubelet leaves at least 2 s for SIGTERM.
+            spent = asyncio.get_running_loop().time() - hook_started
+            await process.stop(proc, max(grace - spent, min(2.0, grace)))
         else:
             process.kill_leftovers(proc.pid)
         await exit_wait
