@@ -1,0 +1,217 @@
+"""Run real worker processes against a real MongoDB-wire server (integration tests, bench).
+
+A run is planned and stored exactly as the operator does it (pushtask.planning + store),
+then `pushtask-worker` OS processes work it with PUSHTASK_EXIT_WHEN_DONE=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pushtask.models import PushTaskSpec
+from pushtask.planning import TaskRef, plan_run
+from pushtask.store import RunTotals, Store
+
+WORKER_BIN = str(Path(sys.executable).with_name("pushtask-worker"))
+
+
+def db_uri(uri: str, db: str) -> str:
+    """The server's URI naming database `db` (workers take their database from the URI)."""
+    base, _, query = uri.partition("?")
+    base = base.rstrip("/")
+    if base.count("/") > 2:  # already names a database
+        base = base.rsplit("/", 1)[0]
+    return f"{base}/{db}" + (f"?{query}" if query else "")
+
+
+def drop_db(uri: str) -> None:
+    from pymongo import MongoClient
+    from pymongo.uri_parser import parse_uri
+
+    name = parse_uri(uri).get("database")
+    if name:
+        client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+        try:
+            client.drop_database(name)
+        finally:
+            client.close()
+
+
+def spec_for(
+    users: Iterable[Any] | None = None,
+    *,
+    url: str,
+    sources: list[dict[str, Any]] | None = None,
+    exclude: list[dict[str, Any]] | None = None,
+    rate: float = 100_000,
+    shards: int = 16,
+    workers: int = 4,
+    guarantee: str = "AtMostOnce",
+    max_attempts: int = 3,
+    backoff: Mapping[str, float] | None = None,
+    template: Mapping[str, Any] | None = None,
+    failure: Mapping[str, Any] | None = None,
+    secret: bool = True,
+) -> dict[str, Any]:
+    """A validated spec in its frozen JSON form (what the run document keeps)."""
+    srcs = sources if sources is not None else [{"kind": "inline", "users": list(users or [])}]
+    webhook: dict[str, Any] = {"url": url, "timeoutSeconds": 5}
+    if secret:
+        webhook["secretRef"] = {"name": "hook"}
+    raw = {
+        "run": 1,
+        "workers": workers,
+        "rate": {"perSecond": rate},
+        "audience": {"shards": shards, "sources": srcs, "exclude": exclude or []},
+        "message": {
+            "channel": "webhook",
+            "webhook": webhook,
+            "template": dict(template or {"title": "Hi {{ user }}", "body": "Run {{ run }}"}),
+        },
+        "delivery": {
+            "guarantee": guarantee,
+            "maxAttempts": max_attempts,
+            "backoff": dict(backoff or {"initialSeconds": 0.2, "maxSeconds": 2}),
+            **({"failureThreshold": dict(failure)} if failure else {}),
+        },
+    }
+    return PushTaskSpec.model_validate(raw).model_dump(
+        by_alias=True, mode="json", exclude_none=True
+    )
+
+
+async def _create(uri: str, task: TaskRef, spec: dict[str, Any], inline: dict[str, str]) -> str:
+    store = Store.connect(uri)
+    try:
+        await store.ensure_indexes()
+        plan = plan_run(task, 1, spec, inline=inline, now=datetime.now(UTC))
+        await store.create_run(plan.run, plan.splits)
+        return str(plan.run["_id"])
+    finally:
+        await store.close()
+
+
+def create_run(
+    uri: str, spec: dict[str, Any], name: str = "t", inline: dict[str, str] | None = None
+) -> tuple[str, TaskRef]:
+    task = TaskRef("ns", f"{name}-{secrets.token_hex(3)}", secrets.token_hex(8))
+    return asyncio.run(_create(uri, task, spec, inline or {})), task
+
+
+async def _with_store(uri: str, fn: Any) -> Any:
+    store = Store.connect(uri)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def totals(uri: str, run_id: str) -> RunTotals:
+    return asyncio.run(_with_store(uri, lambda s: s.totals(run_id)))
+
+
+def run_doc(uri: str, run_id: str) -> dict[str, Any]:
+    return asyncio.run(_with_store(uri, lambda s: s.get_run(run_id))) or {}
+
+
+def recipient_statuses(uri: str, run_id: str) -> dict[str, str]:
+    async def go(store: Store) -> dict[str, str]:
+        cur = store.recipients.find({"run": run_id}, {"user": 1, "status": 1})
+        return {d["user"]: d["status"] async for d in cur}
+
+    return dict(asyncio.run(_with_store(uri, go)))
+
+
+def set_control(uri: str, run_id: str, **control: Any) -> None:
+    asyncio.run(_with_store(uri, lambda s: s.set_control(run_id, **control)))
+
+
+@dataclass
+class WorkerProcs:
+    """A group of `pushtask-worker` processes for one run, with their logs."""
+
+    uri: str
+    run_id: str
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    generation: dict[str, int] = field(default_factory=dict)
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        gen = self.generation.get(name, 0) + 1
+        self.generation[name] = gen
+        env = {
+            **os.environ,
+            "PUSHTASK_MONGO_URI": self.uri,
+            "PUSHTASK_RUN_ID": self.run_id,
+            "PUSHTASK_WORKER_ID": f"{name}-{gen}",
+            "PUSHTASK_METRICS_PORT": "0",
+            "PUSHTASK_EXIT_WHEN_DONE": "1",
+            "PUSHTASK_LEASE_SECONDS": "6",
+            "PUSHTASK_WEBHOOK_SECRET": "s3cret",
+            **self.env,
+        }
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}-{gen}.log", "wb")
+        proc = subprocess.Popen([WORKER_BIN], env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_many(self, n: int, prefix: str = "w") -> None:
+        for i in range(n):
+            self.start(f"{prefix}{i}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self.procs[name].send_signal(sig)
+        self.procs[name].wait(30)
+
+    def wait(self, timeout: float) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int] = {}
+        for name, p in self.procs.items():
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                codes[name] = p.wait(left)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"worker {name} still running after {timeout}s; logs in {self.log_dir}"
+                ) from None
+        return codes
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"== {f.name}\n{f.read_text(errors='replace')[-3000:]}"
+            for f in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def __enter__(self) -> WorkerProcs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM (peak resident set) of a live process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0

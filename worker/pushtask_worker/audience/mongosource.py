@@ -1,0 +1,91 @@
+"""A MongoDB query over a users collection, cut into ranges of its id field.
+
+The first worker to claim the source counts the matches and finds range boundaries
+(every ``range_size``-th id in id order); each range becomes an audience split that any
+worker reads with ``{filter, id: {$gte: lo, $lt: hi}}`` sorted by id. The checkpoint is
+the last id read, so a reclaimer resumes with ``$gt``. Only find, sort, skip, limit and
+count: served by MongoDB and FerretDB alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from pushtask_worker.audience.rows import Columns, Row, Skip, to_recipient
+
+MAX_RANGES = 256
+
+
+def range_filter(
+    base: Mapping[str, Any], id_field: str, rng: Mapping[str, Any] | None, after: Any = None
+) -> dict[str, Any]:
+    cond: dict[str, Any] = {}
+    if rng is not None and rng.get("gte") is not None:
+        cond["$gte"] = rng["gte"]
+    if rng is not None and rng.get("lt") is not None:
+        cond["$lt"] = rng["lt"]
+    if after is not None:
+        cond["$gt"] = after
+        cond.pop("$gte", None)
+    if not cond:
+        return dict(base)
+    if not base:
+        return {id_field: cond}
+    return {"$and": [dict(base), {id_field: cond}]}
+
+
+async def plan_ranges(
+    coll: AsyncCollection[dict[str, Any]],
+    query: Mapping[str, Any],
+    id_field: str,
+    range_size: int,
+) -> list[dict[str, Any]]:
+    """Boundaries every ``range_size`` matching ids: [{gte, lt}, ...] covering all ids."""
+    count = await coll.count_documents(dict(query))
+    n = min(MAX_RANGES, max(1, -(-count // max(1, range_size))))
+    if n == 1:
+        return [{"gte": None, "lt": None}]
+    step = -(-count // n)
+    bounds: list[Any] = []
+    for k in range(1, n):
+        doc = await coll.find_one(dict(query), {id_field: 1}, sort=[(id_field, 1)], skip=k * step)
+        if doc is None:
+            break
+        value = doc.get(id_field)
+        if value is not None and (not bounds or value != bounds[-1]):
+            bounds.append(value)
+    edges: list[Any] = [None, *bounds, None]
+    return [{"gte": edges[i], "lt": edges[i + 1]} for i in range(len(edges) - 1)]
+
+
+async def read_range(
+    coll: AsyncCollection[dict[str, Any]],
+    query: Mapping[str, Any],
+    projection: Mapping[str, Any] | None,
+    id_field: str,
+    columns: Columns,
+    rng: Mapping[str, Any] | None,
+    after: Any,
+    batch_size: int = 1000,
+) -> AsyncIterator[tuple[str, Row | Skip, Any]]:
+    """(row key, row, checkpoint) for every match in the range, in id order."""
+    proj = dict(projection) if projection else None
+    if proj is not None and any(bool(v) for v in proj.values()):
+        proj.setdefault(id_field, 1)
+        if columns.user != id_field:
+            proj.setdefault(columns.user, 1)
+        if columns.send_at:
+            proj.setdefault(columns.send_at, 1)
+    cursor = coll.find(
+        range_filter(query, id_field, rng, after), proj, sort=[(id_field, 1)], batch_size=batch_size
+    )
+    async for doc in cursor:
+        key = doc.get(id_field)
+        data = {k: v for k, v in doc.items() if not (k == "_id" and id_field != "_id")}
+        if columns.user not in data and key is not None:
+            data[columns.user] = key
+        raw = repr({k: data[k] for k in list(data)[:8]})[:500]
+        yield str(key), to_recipient(data, columns, raw), key
