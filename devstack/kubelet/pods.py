@@ -75,6 +75,9 @@ class ContainerRunner:
         self.spec = spec
         self.name: str = spec["name"]
         self.init = init
+        # A native sidecar: an init container that keeps running beside the containers.
+        self.sidecar = init and spec.get("restartPolicy") == "Always"
+        self.started_event = asyncio.Event()  # running, and its startup probe passed
         s = worker.node.settings
         self.backoff = Backoff(base=s.backoff_base, cap=s.backoff_max)
         self.view = ContainerView(name=self.name, image=spec.get("image", ""))
@@ -137,6 +140,8 @@ class ContainerRunner:
 
     def _should_restart(self, exit_code: int) -> bool:
         policy = self.worker.restart_policy
+        if self.sidecar:
+            return True
         if self.init:
             return exit_code != 0 and policy != "Never"
         return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
@@ -241,6 +246,8 @@ class ContainerRunner:
         self.view.container_id = container_id
         self.view.terminated = None
         self.view.started = "startupProbe" not in self.spec
+        if self.view.started:
+            self.started_event.set()
         self.view.ready = self._ready_without_probe()
         self.worker.mark_dirty()
         self.worker.event("Normal", "Started", f"Started container {self.name} (pid {proc.pid})")
@@ -297,7 +304,9 @@ class ContainerRunner:
     def _ready_without_probe(self) -> bool:
         # Init containers are never "ready"; others are ready once running unless probed.
         return (
-            not self.init and "readinessProbe" not in self.spec and "startupProbe" not in self.spec
+            (not self.init or self.sidecar)
+            and "readinessProbe" not in self.spec
+            and "startupProbe" not in self.spec
         )
 
     def _probe_grace(self) -> float:
@@ -333,9 +342,9 @@ class ContainerRunner:
     def _start_steady_probers(self, ctx: ProbeContext) -> None:
         readiness = self.spec.get("readinessProbe")
         liveness = self.spec.get("livenessProbe")
-        if readiness and not self.init:
+        if readiness and (not self.init or self.sidecar):
             self._launch(Prober("readiness", readiness, ctx, self._on_readiness, initial=False))
-        if liveness and not self.init:
+        if liveness and (not self.init or self.sidecar):
             self._launch(Prober("liveness", liveness, ctx, self._on_liveness, initial=True))
 
     def _launch(self, prober: Prober) -> None:
@@ -354,6 +363,7 @@ class ContainerRunner:
     def _on_startup(self, ok: bool, message: str) -> None:
         if ok:
             self.view.started = True
+            self.started_event.set()
             self.view.ready = "readinessProbe" not in self.spec
             self.worker.mark_dirty()
             self.worker.event("Normal", "Started", f"Startup probe of {self.name} succeeded")
@@ -419,6 +429,7 @@ class PodWorker:
         self._last_sent: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runner_tasks: list[asyncio.Task[None]] = []
+        self._sidecar_tasks: list[asyncio.Task[None]] = []
         self._status_poster: asyncio.Task[None] | None = None
 
     # -- from the watch ------------------------------------------------------------------
@@ -576,6 +587,9 @@ class PodWorker:
                 for c in (self.pod.get("status") or {}).get("initContainerStatuses") or []
             }
             for runner in self.init_runners:
+                if runner.sidecar:
+                    runner.adopt_history(previous_init.get(runner.name))
+                    continue  # started again below, before the containers
                 done = ((previous_init.get(runner.name) or {}).get("state") or {}).get("terminated")
                 if done:
                     runner.view.state = "terminated"
@@ -608,6 +622,10 @@ class PodWorker:
                 await self._finish_deletion()
                 return
             self._runner_tasks = []
+        else:
+            for runner in self.init_runners:
+                if runner.sidecar:
+                    self._start_sidecar(runner)
 
         if not self.init_failed:
             self._runner_tasks = [
@@ -621,7 +639,9 @@ class PodWorker:
         deletion: asyncio.Future[Any] = asyncio.ensure_future(self.deleting.wait())
         await asyncio.wait([containers_done, deletion], return_when=asyncio.FIRST_COMPLETED)
         if not deletion.done():
-            # Every container is done for good: the pod is Succeeded or Failed.
+            # Every container is done for good: the pod is Succeeded or Failed. Its
+            # sidecars have nothing left to serve.
+            await self._stop_sidecars(grace_period(self.pod))
             log.info("pod %s/%s is %s", self.namespace, self.name, self.phase())
             self.mark_dirty()
             self.node.ipam.release(self.uid)
@@ -674,10 +694,32 @@ class PodWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
+    def _start_sidecar(self, runner: ContainerRunner) -> None:
+        self._sidecar_tasks.append(asyncio.create_task(runner.run(), name=f"sidecar-{runner.name}"))
+
+    async def _stop_sidecars(self, grace: float) -> None:
+        for runner in self.init_runners:
+            if runner.sidecar:
+                runner.request_stop(grace)
+        if self._sidecar_tasks:
+            await asyncio.gather(*self._sidecar_tasks, return_exceptions=True)
+
     async def _run_init_containers(self) -> None:
         for runner in self.init_runners:
             if self.deleting.is_set():
                 return
+            if runner.sidecar:
+                # The next init container starts once this one runs (and its startup
+                # probe passed); it keeps running, restarted whatever the pod's policy.
+                self._start_sidecar(runner)
+                started = asyncio.ensure_future(runner.started_event.wait())
+                await asyncio.wait(
+                    [started, self._sidecar_tasks[-1]], return_when=asyncio.FIRST_COMPLETED
+                )
+                started.cancel()
+                if runner.stopping or not runner.started_event.is_set():
+                    return
+                continue
             await runner.run()
             if runner.stopping:
                 return
@@ -699,8 +741,8 @@ class PodWorker:
             self.event("Normal", "Killing", f"Stopping containers (grace period {grace:g}s)")
         for runner in self.runners + self.init_runners:
             runner.request_stop(grace)
-        if self._runner_tasks:
-            await asyncio.gather(*self._runner_tasks, return_exceptions=True)
+        if self._runner_tasks or self._sidecar_tasks:
+            await asyncio.gather(*self._runner_tasks, *self._sidecar_tasks, return_exceptions=True)
         if self.shutting_down:
             return  # the pod stays bound; the next kubelet restarts it
         self.mark_dirty()

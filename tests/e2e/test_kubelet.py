@@ -732,6 +732,80 @@ def test_deleting_a_pod_during_its_init_container_stops_it(k: Kubectl, tmp_path:
     )
 
 
+SIDECAR = textwrap.dedent("""
+    import http.server, os, pathlib, signal, sys
+    marks = os.environ["MARKER_DIR"]
+    def term(*_):
+        pathlib.Path(marks, "sidecar.term").write_text("SIGTERM")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, term)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"from the sidecar")
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer((os.environ["POD_IP"], 8081), H).serve_forever()
+""")
+
+CLIENT = textwrap.dedent("""
+    import os, pathlib, urllib.request
+    url = "http://" + os.environ["POD_IP"] + ":8081/"
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    pathlib.Path(os.environ["MARKER_DIR"], "main.out").write_text(body)
+""")
+
+
+def test_native_sidecar_serves_the_containers_and_stops_after_them(
+    k: Kubectl, tmp_path: Path
+) -> None:
+    env = [
+        {"name": "MARKER_DIR", "value": str(tmp_path)},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    k.apply(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "withsidecar"},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 5,
+                    "initContainers": [
+                        {
+                            "name": "side",
+                            "image": "x",
+                            "restartPolicy": "Always",
+                            "command": ["python", "-c", SIDECAR],
+                            "env": env,
+                            # The container starts only once the sidecar answers.
+                            "startupProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1},
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "x",
+                            "command": ["python", "-c", CLIENT],
+                            "env": env,
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    done = wait_for(
+        "Succeeded",
+        lambda: (p := pod(k, "withsidecar"))["status"].get("phase") == "Succeeded" and p,
+    )
+    assert (tmp_path / "main.out").read_text() == "from the sidecar"
+    wait_for("SIGTERM in the sidecar", (tmp_path / "sidecar.term").exists, timeout=20)
+    side = done["status"]["initContainerStatuses"][0]
+    assert side["name"] == "side" and side["restartCount"] == 0
+
+
 # --- a second kubelet of our own, to kill and restart without touching the shared one ---
 
 
