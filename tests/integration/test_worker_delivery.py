@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.support.workers import (
     create_run,
     db_uri,
     drop_db,
+    recipient_statuses,
     spec_for,
     totals,
 )
@@ -70,3 +72,51 @@ def test_every_user_exactly_once_with_four_workers(
     assert (t.sent, t.failed, t.unknown, t.skipped) == (audience, 0, 0, 0)
     assert t.stage == "done"
     print(f"{audience} recipients, 4 workers: {elapsed:.1f}s ({audience / elapsed:.0f}/s)")
+
+
+def wait_for(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("guarantee", ["AtMostOnce", "AtLeastOnce"])
+def test_kill_two_of_four_workers_mid_delivery(
+    uri: str, sink: SinkThread, tmp_path: Path, guarantee: str
+) -> None:
+    audience = n(20_000)
+    spec = spec_for(users(audience), url=sink.url, shards=16, guarantee=guarantee)
+    run_id, _ = create_run(uri, spec)
+    with WorkerProcs(uri, run_id, tmp_path) as workers:
+        workers.start_many(4)
+        wait_for(lambda: len(sink.requests) >= audience // 4, 300, "a quarter delivered")
+        workers.kill("w0")
+        workers.kill("w1")
+        killed_at = len(sink.requests)
+        workers.start("w0")
+        workers.start("w1")
+        codes = workers.wait(600)
+        assert set(codes.values()) == {0}, workers.logs()
+    assert killed_at < audience, "the kill came after the end"
+    t = totals(uri, run_id)
+    statuses = recipient_statuses(uri, run_id)
+    seen = Counter(r.user for r in sink.requests)
+    assert t.sent + t.unknown + t.failed + t.skipped == audience
+    assert len(statuses) == audience
+    assert t.stage == "done"
+    assert {u for u, s in statuses.items() if s == "sent"} <= set(seen)
+    if guarantee == "AtMostOnce":
+        assert max(seen.values()) == 1, "AtMostOnce: a user reached the sink twice"
+        assert t.failed == 0
+        # In doubt = moved to inflight by a killed worker: at most its batches in flight.
+        assert t.unknown <= 2 * 2 * 500, t
+        print(f"AtMostOnce: {t.sent} sent, {t.unknown} unknown after killing two workers")
+    else:
+        assert set(seen) == set(statuses), "AtLeastOnce: someone never arrived"
+        assert (t.sent, t.unknown) == (audience, 0)
+        assert sink.stats()["users_with_several_keys"] == 0
+        repeats = sum(c - 1 for c in seen.values())
+        print(f"AtLeastOnce: {repeats} repeats, each with the same Idempotency-Key")

@@ -1,0 +1,122 @@
+"""Retries, final failures, Retry-After, template failures and the failure budget, end to end."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.sink import SinkThread
+from tests.support.workers import (
+    WorkerProcs,
+    create_run,
+    db_uri,
+    drop_db,
+    recipient_statuses,
+    run_doc,
+    spec_for,
+    totals,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def uri(mongo_uri: str) -> Iterator[str]:
+    u = db_uri(mongo_uri, f"w_{secrets.token_hex(5)}")
+    yield u
+    drop_db(u)
+
+
+@pytest.fixture
+def sink() -> Iterator[SinkThread]:
+    with SinkThread(secret="s3cret") as s:
+        yield s
+
+
+def test_503_retried_400_final_retry_after_honoured(
+    uri: str, sink: SinkThread, tmp_path: Path
+) -> None:
+    ok = [f"ok-{i}" for i in range(200)]
+    flaky = [f"flaky-{i}" for i in range(20)]
+    bad = [f"bad-{i}" for i in range(10)]
+    busy = [f"busy-{i}" for i in range(5)]
+    down = ["down-0"]
+    sink.program(
+        prefixes={
+            "flaky-": [{"status": 503}, {"status": 200}],
+            "bad-": [{"status": 400}],
+            "busy-": [{"status": 429, "retryAfter": 2}, {"status": 200}],
+            "down-": [{"status": 503}],
+        }
+    )
+    spec = spec_for(
+        [*ok, *flaky, *bad, *busy, *down],
+        url=sink.url,
+        shards=4,
+        max_attempts=3,
+        backoff={"initialSeconds": 0.1, "maxSeconds": 0.5},
+    )
+    run_id, _ = create_run(uri, spec)
+    with WorkerProcs(uri, run_id, tmp_path) as workers:
+        workers.start_many(2)
+        assert set(workers.wait(120).values()) == {0}, workers.logs()
+    by_user = sink.by_user()
+    statuses = recipient_statuses(uri, run_id)
+    for u in flaky:  # 503 then 200: retried once, same key, delivered
+        reqs = by_user[u]
+        assert [r.status for r in reqs] == [503, 200]
+        assert reqs[0].key == reqs[1].key
+        assert [r.attempt for r in reqs] == [1, 2]
+        assert statuses[u] == "sent"
+    for u in bad:  # 400: final at once
+        assert [r.status for r in by_user[u]] == [400]
+        assert statuses[u] == "failed"
+    for u in busy:  # 429 Retry-After: 2 → the retry waits at least 2 s (back-off alone: 0.1 s)
+        first, second = by_user[u]
+        assert second.t - first.t >= 1.9, second.t - first.t
+        assert statuses[u] == "sent"
+    assert [r.status for r in by_user["down-0"]] == [503, 503, 503]  # maxAttempts
+    assert statuses["down-0"] == "failed"
+    t = totals(uri, run_id)
+    assert (t.sent, t.failed, t.unknown) == (len(ok) + len(flaky) + len(busy), len(bad) + 1, 0)
+    assert sink.stats()["bad_signatures"] == 0
+
+
+def test_missing_template_variable_fails_that_recipient_only(
+    uri: str, sink: SinkThread, tmp_path: Path
+) -> None:
+    users = [{"id": f"u{i}", "name": f"N{i}"} for i in range(50)] + [{"id": "nameless"}]
+    spec = spec_for(users, url=sink.url, shards=2, template={"body": "Hi {{ name }}"})
+    run_id, _ = create_run(uri, spec)
+    with WorkerProcs(uri, run_id, tmp_path) as workers:
+        workers.start_many(1)
+        assert set(workers.wait(60).values()) == {0}, workers.logs()
+    t = totals(uri, run_id)
+    assert (t.sent, t.failed) == (50, 1)
+    assert "nameless" not in sink.by_user()
+    assert recipient_statuses(uri, run_id)["nameless"] == "failed"
+
+
+def test_failure_budget_fails_the_run_and_stops_the_workers(
+    uri: str, sink: SinkThread, tmp_path: Path
+) -> None:
+    sink.program(default=[{"status": 400}])
+    audience = 5000
+    spec = spec_for(
+        [f"u{i}" for i in range(audience)],
+        url=sink.url,
+        shards=8,
+        rate=500,
+        failure={"ratio": 0.5, "minSample": 100},
+    )
+    run_id, _ = create_run(uri, spec)
+    with WorkerProcs(uri, run_id, tmp_path) as workers:
+        workers.start_many(2)
+        assert set(workers.wait(120).values()) == {0}, workers.logs()
+    failure = run_doc(uri, run_id).get("failure") or {}
+    assert "failure budget" in failure.get("reason", ""), failure
+    # Stopped early: far from every recipient was attempted.
+    assert len(sink.requests) < audience / 2
