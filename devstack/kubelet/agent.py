@@ -83,6 +83,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         log.info("kubelet stopping: stopping every pod's processes")
         tasks[1].cancel()  # no new pods while the old ones stop
         await pods.shutdown()
+        # Safety net: whatever a stuck pod worker left running dies with the kubelet, so a
+        # `devstack down` leaves no process behind.
+        left = await process.kill_stale(store.all(), grace=0)
+        if left:
+            log.warning("killed %d container process(es) still running at exit", left)
         for task in tasks:
             task.cancel()
         for task in tasks:
