@@ -58,6 +58,13 @@ def _read(path: str) -> str:
         return ""
 
 
+def _os_image() -> str:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
+    except OSError:  # no /etc/os-release
+        return "Linux"
+
+
 def node_info() -> dict[str, str]:
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     return {
@@ -65,9 +72,7 @@ def node_info() -> dict[str, str]:
         "systemUUID": _read("/etc/machine-id"),
         "bootID": _read("/proc/sys/kernel/random/boot_id"),
         "kernelVersion": platform.release(),
-        "osImage": platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
-        if hasattr(platform, "freedesktop_os_release")
-        else "Linux",
+        "osImage": _os_image(),
         "containerRuntimeVersion": "devstack://local-processes",
         "kubeletVersion": KUBELET_VERSION,
         "kubeProxyVersion": "",
