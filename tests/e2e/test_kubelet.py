@@ -830,12 +830,13 @@ class SecondKubelet:
     def _write_identity(self, admin_kubeconfig: Path) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         pki_dir = stack.Paths(stack.state_root()).root / "pki"
         ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
         ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -855,7 +856,7 @@ class SecondKubelet:
             .not_valid_after(now + datetime.timedelta(hours=2))
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
             .sign(ca_key, hashes.SHA256())
-        )  # type: ignore[arg-type]
+        )
         config = yaml.safe_load(admin_kubeconfig.read_text())
         config["users"][0]["user"] = {
             "client-certificate-data": base64.b64encode(

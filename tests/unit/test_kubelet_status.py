@@ -76,7 +76,7 @@ def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_running_pod_status() -> None:
-    pod = {"spec": {}, "status": {}}
+    pod: dict[str, Any] = {"spec": {}, "status": {}}
     facts = PodFacts(pod_ip="127.10.0.9", host_ip="127.0.0.1", start_time=T0, phase="Running")
     status = build_status(pod, [running(ready=True)], facts, when=T0)
     assert status["podIP"] == "127.10.0.9" and status["podIPs"] == [{"ip": "127.10.0.9"}]
