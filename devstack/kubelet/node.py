@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import platform
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,16 +83,24 @@ def node_info() -> dict[str, str]:
 
 
 def node_status(
-    settings: Settings, cap: dict[str, str], started: datetime, heartbeat: datetime
+    settings: Settings,
+    cap: dict[str, str],
+    started: datetime,
+    heartbeat: datetime,
+    previous: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The Node's status; ``previous`` conditions (by type) keep their transition times."""
+
     def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, str]:
+        before = (previous or {}).get(ctype) or {}
+        transition = before.get("lastTransitionTime") if before.get("status") == status else None
         return {
             "type": ctype,
             "status": status,
             "reason": reason,
             "message": message,
             "lastHeartbeatTime": rfc3339(heartbeat),
-            "lastTransitionTime": rfc3339(started),
+            "lastTransitionTime": transition or rfc3339(started),
         }
 
     return {
@@ -134,6 +143,7 @@ class NodeAgent:
         self.started = now()
         self.uid = ""
         self._lease: dict[str, Any] | None = None
+        self._previous: dict[str, Any] = {}
 
     @property
     def path(self) -> str:
@@ -167,10 +177,11 @@ class NodeAgent:
             node = await self.api.get(self.path)
             log.info("node %s already registered", s.node_name)
         self.uid = node["metadata"]["uid"]
+        self._previous = {c["type"]: c for c in node.get("status", {}).get("conditions") or []}
         await self.post_status()
 
     async def post_status(self) -> None:
-        status = node_status(self.settings, self.capacity, self.started, now())
+        status = node_status(self.settings, self.capacity, self.started, now(), self._previous)
         await self.api.patch(f"{self.path}/status", {"status": status})
 
     async def renew_lease(self) -> None:

@@ -76,3 +76,15 @@ def test_backoff_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ]
     )
     assert settings.backoff_base == 2 and settings.taints == ("a=b:NoSchedule",)
+
+
+def test_transition_times_survive_a_restart(tmp_path: Path) -> None:
+    settings = Settings(node_name="n", state_dir=tmp_path, kubeconfig=tmp_path / "k")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    t1 = datetime(2026, 1, 2, tzinfo=UTC)
+    first = {c["type"]: c for c in node_status(settings, {}, t0, t0)["conditions"]}
+    first["MemoryPressure"] = {**first["MemoryPressure"], "status": "True"}
+    again = {c["type"]: c for c in node_status(settings, {}, t1, t1, first)["conditions"]}
+    assert again["Ready"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert again["Ready"]["lastHeartbeatTime"] == "2026-01-02T00:00:00Z"
+    assert again["MemoryPressure"]["lastTransitionTime"] == "2026-01-02T00:00:00Z"
