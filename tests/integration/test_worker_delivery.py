@@ -120,3 +120,22 @@ def test_kill_two_of_four_workers_mid_delivery(
         assert sink.stats()["users_with_several_keys"] == 0
         repeats = sum(c - 1 for c in seen.values())
         print(f"AtLeastOnce: {repeats} repeats, each with the same Idempotency-Key")
+
+
+def test_rate_is_shared_by_four_workers(uri: str, sink: SinkThread, tmp_path: Path) -> None:
+    rate, window = 200.0, 20.0
+    audience = int(rate * (window + 12))
+    spec = spec_for(users(audience), url=sink.url, shards=16, rate=rate)
+    run_id, _ = create_run(uri, spec)
+    with WorkerProcs(uri, run_id, tmp_path) as workers:
+        workers.start_many(4)
+        codes = workers.wait(300)
+        assert set(codes.values()) == {0}, workers.logs()
+    times = sorted(r.t for r in sink.requests)
+    assert len(times) == audience
+    # Skip the first seconds (workers joining, each learning the others from heartbeats).
+    start = times[0] + 3.0
+    in_window = sum(1 for t in times if start <= t < start + window)
+    measured = in_window / window
+    print(f"rate {rate:g}/s across 4 workers: measured {measured:.1f}/s over {window:g}s")
+    assert abs(measured - rate) <= 0.1 * rate, measured

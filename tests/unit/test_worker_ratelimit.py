@@ -32,7 +32,7 @@ def test_reservations_are_spaced_by_the_rate() -> None:
 
 def test_burst_after_idle_is_capped() -> None:
     clock = Clock()
-    bucket = TokenBucket(10, burst=3, clock=clock)
+    bucket = TokenBucket(10, burst=3, catch_up=0, clock=clock)
     bucket.reserve()
     clock.t += 100  # idle a long time: only `burst` tokens accrue
     waits = [bucket.reserve() for _ in range(5)]
@@ -70,3 +70,15 @@ def test_real_rate_with_many_concurrent_senders() -> None:
 
     rate = asyncio.run(go())
     assert 180 <= rate <= 220, rate
+
+
+def test_catch_up_makes_short_pauses_good() -> None:
+    clock = Clock()
+    bucket = TokenBucket(100, catch_up=0.25, clock=clock)
+    bucket.reserve()
+    clock.t += 0.2  # a 200 ms pause of the sender: the 20 tokens it owes are made up
+    waits = [bucket.reserve() for _ in range(21)]
+    assert waits[:20] == [0.0] * 20 and waits[20] > 0
+    clock.t += 10  # a long idle: only 25 tokens
+    waits = [bucket.reserve() for _ in range(26)]
+    assert waits[:25] == [0.0] * 25 and waits[25] > 0

@@ -2,7 +2,9 @@
 
 Implemented as a virtual schedule (GCRA): each acquire reserves the next free slot, so
 waiters are served in order, a sleeping sender holds no lock, and the long-run rate is
-exact however many senders there are. ``burst`` tokens may be spent at once after idling.
+exact however many senders there are. After idling, up to ``burst`` tokens, and at least
+``catch_up`` seconds' worth, may be spent at once: short pauses of the sender (a result
+write, a claim) are made up instead of lost, so the measured rate stays on target.
 The rate changes live (the worker re-reads it at each heartbeat).
 """
 
@@ -19,10 +21,13 @@ class TokenBucket:
         rate: float | None,
         *,
         burst: float = 1.0,
+        catch_up: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
-        self._burst = max(1.0, burst)
+        self._burst_min = max(1.0, burst)
+        self._catch_up = max(0.0, catch_up)
+        self._burst = self._burst_min
         self._rate: float | None = None
         self._next = clock()  # the earliest time the next token is free
         self.set_rate(rate)
@@ -36,6 +41,7 @@ class TokenBucket:
         rate = rate if rate is not None and rate > 0 else None
         if rate == self._rate:
             return
+        self._burst = max(self._burst_min, (rate or 0.0) * self._catch_up)
         now = self._clock()
         if rate is not None and self._rate is not None:
             # Keep the backlog already promised, rescaled to the new rate.
