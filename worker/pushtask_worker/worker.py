@@ -248,8 +248,10 @@ class Worker:
         try:
             await self.work
         except asyncio.CancelledError:
-            if self.stopping.is_set() and self.work.cancelled() is False:
-                raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this worker itself is being cancelled, not just the split's work
+            # The heartbeat cancelled the work: lease lost, or in-flight sends cancelled.
             log.info("split work cancelled", extra={"split": doc["_id"]})
         except LeaseLost:
             metrics.LEASE_LOSSES.labels(self.label).inc()
