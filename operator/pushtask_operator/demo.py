@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         sh(*kubectl, "apply", "-f", "-", env=env, input=yaml.safe_dump(body))
         console.print(f"applied PushTask {args.name}: {args.users} users, {args.workers} workers")
         status = watch(kubectl, args.name, args.users, env)
-        delivered = [json.loads(line) for line in record.read_text().splitlines() if line]
+        delivered = drained(record)
         users = [r["user"] for r in delivered if 200 <= r["status"] < 300]
         console.print(
             f"[bold]{status.get('phase')}[/bold]: status says sent={status['counts']['sent']}; "
@@ -166,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sink.terminate()
         sink.wait(10)
+
+
+def drained(record: Path, quiet: float = 1.5) -> list[dict[str, Any]]:
+    """The sink's records once it has written nothing new for `quiet` seconds."""
+    rows: list[dict[str, Any]] = []
+    since = time.monotonic()
+    while time.monotonic() - since < quiet:
+        time.sleep(0.3)
+        now = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+        if len(now) != len(rows):
+            rows, since = now, time.monotonic()
+    return rows
 
 
 def watch(kubectl: list[str], name: str, total: int, env: dict[str, str]) -> dict[str, Any]:

@@ -206,8 +206,12 @@ def _settled(spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[s
     query MongoDB and the API server every few seconds. A spec change (new generation),
     a raised run or a cron schedule (the next firing) wakes them up.
     """
+    workers = status.get("workers") or {}
     return (
         status.get("phase") in TERMINAL
+        # ...and its workers are gone, so the status shows them gone too.
+        and not workers.get("ready")
+        and not workers.get("live")
         and status.get("observedGeneration") == meta.get("generation")
         and int(spec.get("run") or 1) <= int(status.get("run") or 0)
         and not (spec.get("schedule") or {}).get("cron")

@@ -175,8 +175,8 @@ async def deliver(store: Store, run_id: str, worker: str, limit: int | None = No
         while (
             batch := await store.take_batch(lease, run_id, doc["index"], limit or 50)
         ).recipients:
-            sent = [Outcome(r["_id"], "sent") for r in batch.recipients]
-            counted = await store.record_outcomes(lease, batch, sent)
+            outcomes = [Outcome(r["_id"], "sent") for r in batch.recipients]
+            counted = await store.record_outcomes(lease, batch, outcomes)
             sent += counted.get("sent", 0)
             if limit is not None:
                 return sent  # dies holding the lease
