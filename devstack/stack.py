@@ -341,6 +341,10 @@ def _argv_kubelet(p: Paths) -> list[str]:
         f"--kubeconfig={p.kubelet_kubeconfig}",
         f"--node-name={versions.NODE_NAME}",
         f"--state-dir={p.kubelet_state}",
+        # A local cluster restarts crashed containers after 1 s doubling to 10 s, not the
+        # real kubelet's 10 s to 5 min: nobody waits minutes for a fixed worker to come back.
+        "--backoff-base=1",
+        "--backoff-max=10",
     ]
 
 
@@ -503,7 +507,15 @@ class Stack:
     def _start(self, name: str) -> bool:
         comp = COMPONENTS[name]
         if self.record(name) is not None:
-            return False
+            # Live but unhealthy may mean shutting down (a kubelet stopping its pods takes up
+            # to ~20 s): wait for it to exit and start a new one, rather than wait on a corpse.
+            deadline = time.monotonic() + 30
+            while self.record(name) is not None and self.health(name) is not None:
+                if time.monotonic() > deadline:
+                    return False  # stuck: _wait_healthy reports why
+                time.sleep(0.5)
+            if self.record(name) is not None:
+                return False
         if comp.port is not None and _port_in_use(comp.port):
             raise StackError(
                 f"{name}: port 127.0.0.1:{comp.port} is taken by a process devstack did not "
