@@ -1,7 +1,7 @@
 """SMTP channel: one aiosmtplib connection reused for many messages.
 
 Settings (``message.smtp`` in the spec): ``host``, ``port`` (587), ``starttls`` (true),
-``tls`` (implicit TLS, port 465), ``from``, ``toAttribute`` (the row attribute holding the
+``tls`` (implicit TLS, port 465), ``from``, ``toField`` (the row attribute holding the
 address, default ``email``; a user id that looks like an address is used otherwise),
 ``timeoutSeconds``. Credentials come from the environment: ``PUSHTASK_SMTP_USERNAME`` and
 ``PUSHTASK_SMTP_PASSWORD`` (the operator maps the credentials Secret there).
@@ -42,7 +42,7 @@ class SmtpChannel(Channel):
         self.port = int(s.get("port") or (465 if self.tls else 587))
         self.starttls = _truthy(s.get("starttls", s.get("startTLS")), not self.tls)
         self.sender = str(s.get("from") or "pushtask@localhost")
-        self.to_attribute = str(s.get("toAttribute") or "email")
+        self.to_attribute = str(s.get("toField") or s.get("toAttribute") or "email")
         self.timeout = float(s.get("timeoutSeconds") or 30.0)
         self.validate_certs = _truthy(s.get("validateCerts"), True)
         self.username = ctx.secret("SMTP_USERNAME") or s.get("username")
