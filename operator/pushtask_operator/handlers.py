@@ -169,7 +169,7 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
     leased = [
         doc
         async for doc in store.splits.find(
-            {"run": run_id, "status": "leased"}, {"owner": 1, "leaseUntil": 1}
+            {"run": run_id, "status": "leased"}, {"owner": 1, "leaseUntil": 1, "claimedAt": 1}
         )
     ]
     return RunFacts(run_doc, totals, heartbeats, leased)

@@ -124,8 +124,9 @@ def worker_health(
     """Which workers of a run are live or lost, and how many leases nobody renews.
 
     A worker that exits cleanly deletes its heartbeat, so a stale heartbeat always means
-    a lost worker. A lease counts as orphaned when its leaseUntil has passed or its owner
-    has no live heartbeat (the lease will expire and be reclaimed).
+    a lost worker. A lease counts as orphaned when its leaseUntil has passed, or its owner
+    is lost, or its owner has no heartbeat at all (forgotten after it was lost) and did
+    not claim it just now: such a lease will expire and be reclaimed.
     """
     horizon = now - timedelta(seconds=lease_seconds)
     live: list[str] = []
@@ -136,11 +137,21 @@ def worker_health(
             live.append(str(hb["_id"]))
         else:
             lost.append(str(hb["_id"]))
-    live_set = set(live)
+    live_set, lost_set = set(live), set(lost)
+    # A worker claims its first split as its first heartbeat is being written: a lease
+    # younger than this with no heartbeat at all is a newcomer, not an orphan.
+    newcomer = now - timedelta(seconds=lease_seconds / 2)
     orphaned = 0
     for split in leased_splits:
         until = split.get("leaseUntil")
-        if until is None or until < now or str(split.get("owner")) not in live_set:
+        owner = str(split.get("owner"))
+        claimed = split.get("claimedAt")
+        if (
+            until is None
+            or until < now
+            or owner in lost_set
+            or (owner not in live_set and (claimed is None or claimed < newcomer))
+        ):
             orphaned += 1
     return WorkerHealth(live=sorted(live), lost=sorted(lost), orphaned_leases=orphaned)
 

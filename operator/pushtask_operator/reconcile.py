@@ -151,7 +151,9 @@ def _facts(obs: Observed, status_run: int | None) -> Facts:
         recurring=obs.recurring,
         finished=bool(p and p.finished),
         failure=p.failure if p else None,
-        worker_lost=bool(p and p.health.lost),
+        # A stale heartbeat, or a lease nobody renews (its holder may have come back under
+        # the same name after a crash, with a fresh heartbeat but none of its leases).
+        worker_lost=bool(p and (p.health.lost or p.health.orphaned_leases)),
         deployment_whole=obs.deployment.whole,
         stale_leases=bool(p and p.health.orphaned_leases),
         degraded=obs.degrade is not None,

@@ -1,4 +1,5 @@
 import kopf
+
 from pushtask_operator.main import _args, configure_kopf, register
 from pushtask_operator.settings import OperatorSettings
 

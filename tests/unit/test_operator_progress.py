@@ -81,6 +81,13 @@ def test_worker_health_lost_and_orphaned() -> None:
     assert h.orphaned_leases == 3
 
 
+def test_a_fresh_claim_before_the_first_heartbeat_is_not_an_orphan() -> None:
+    fresh = {**lease("new", 30), "claimedAt": NOW - timedelta(seconds=1)}
+    old = {**lease("forgotten", 30), "claimedAt": NOW - timedelta(seconds=60)}
+    h = worker_health([], [fresh, old], now=NOW, lease_seconds=30)
+    assert h.orphaned_leases == 1
+
+
 def test_deployment_view() -> None:
     assert not DeploymentView.from_status(None).whole
     d = {"spec": {"replicas": 3}, "status": {"readyReplicas": 3, "updatedReplicas": 3}}

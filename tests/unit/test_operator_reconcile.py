@@ -2,6 +2,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
+from pushtask.states import DesiredState, Phase
 from pushtask_operator.progress import Counts, DeploymentView, Progress, WorkerHealth
 from pushtask_operator.reconcile import (
     INVALID_SPEC,
@@ -14,8 +16,6 @@ from pushtask_operator.reconcile import (
     make_condition,
     next_run_number,
 )
-
-from pushtask.states import DesiredState, Phase
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 WHOLE = DeploymentView(desired=3, ready=3, updated=3, exists=True)
@@ -106,6 +106,12 @@ def test_lost_worker_enters_reboot_and_is_forgotten_then_recovers() -> None:
     assert waiting.phase is Phase.REBOOT
     back = decide(obs({"phase": "Reboot", "run": 1}, progress=progress()))
     assert back.phase is Phase.STARTED and back.transition.reason == "Recovered"
+
+
+def test_an_orphaned_lease_alone_means_a_lost_worker() -> None:
+    # A crashed worker restarted under the same name: fresh heartbeat, stale lease.
+    plan = decide(obs({"phase": "Started", "run": 1}, progress=progress(orphaned=1)))
+    assert plan.phase is Phase.REBOOT and plan.forget_workers == []
 
 
 def test_raised_run_starts_a_new_run() -> None:

@@ -1,4 +1,5 @@
 import pytest
+
 from pushtask_operator.settings import OperatorSettings, SettingsError, from_env
 
 

@@ -2,6 +2,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from pushtask_operator.settings import OperatorSettings
 from pushtask_operator.validation import configmap_contents, validate
 
