@@ -26,5 +26,6 @@ helm test pushtask -n "$NS"
 # reach the test's webhook sink through the host's address on the kind network.
 PUSHTASK_E2E_KUBECONFIG=$KUBECONFIG_FILE \
 PUSHTASK_E2E_RELEASE=pushtask PUSHTASK_E2E_RELEASE_NAMESPACE=$NS \
+PUSHTASK_E2E_WORKER_MONGO_URI=mongodb://pushtask-mongodb.$NS.svc:27017/ \
 PUSHTASK_E2E_SINK_HOST=${PUSHTASK_E2E_SINK_HOST:-$(docker network inspect kind -f '{{(index .IPAM.Config 0).Gateway}}')} \
   .venv/bin/python -m pytest -m e2e tests/e2e -v

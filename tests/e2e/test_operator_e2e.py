@@ -133,13 +133,20 @@ class Env:
 
 
 @pytest.fixture
-def env(kubectl: Any, helm: Any, namespace: str, mongo_uri: str) -> Iterator[Env]:
-    """A release of the chart serving only this test's namespace, and a webhook sink."""
+def env(kubectl: Any, helm: Any, namespace: str, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A release of the chart serving only this test's namespace, and a webhook sink.
+
+    kind (scripts/e2e-kind.sh): one cluster-wide release is installed by the script
+    (PUSHTASK_E2E_RELEASE, ..._RELEASE_NAMESPACE) with its bundled MongoDB, whose
+    in-cluster URI is PUSHTASK_E2E_WORKER_MONGO_URI; each test adds the Secret and the
+    worker ServiceAccount to its namespace, as a user of a cluster-wide install does.
+    """
     k = kubectl.in_namespace(namespace)
     release = f"pt-{namespace[-6:]}"
-    db_uri = database_uri(mongo_uri, f"e2e_{namespace.replace('-', '_')}"[:60])
     existing = os.environ.get("PUSHTASK_E2E_RELEASE")
-    if existing:  # kind: one release installed by the script, cluster-wide
+    base = os.environ.get("PUSHTASK_E2E_WORKER_MONGO_URI") or request.getfixturevalue("mongo_uri")
+    db_uri = database_uri(base, f"e2e_{namespace.replace('-', '_')}"[:60])
+    if existing:
         k("create", "secret", "generic", "pushtask-mongodb", f"--from-literal=uri={db_uri}")
         k("create", "serviceaccount", "pushtask-worker")
     else:
@@ -171,14 +178,15 @@ def env(kubectl: Any, helm: Any, namespace: str, mongo_uri: str) -> Iterator[Env
     with SinkThread(host=SINK_HOST) as sink:
         yield Env(k, namespace, db_uri, sink, existing or release)
     # Shown by pytest only when the test failed: what the operator and workers said.
-    for selector in (
+    for selector in (  # (on kind the operator's logs are in its own namespace)
         "app.kubernetes.io/name=pushtask-operator",
         "app.kubernetes.io/name=pushtask-worker",
     ):
         logs = k("logs", "-l", selector, "--tail=80", "--prefix", check=False)
         print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")
-    if not existing:
-        helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
+    if existing:
+        return  # the cluster's MongoDB is not reachable from here; the data goes with it
+    helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
     client: MongoClient[dict[str, Any]]
     # Best effort: the test's data is in its own database; a server already gone is fine.
     with (
@@ -378,9 +386,12 @@ def test_operator_killed_mid_run_status_catches_up(env: Env) -> None:
     audience = users(5000)
     env.apply(push_task("survivor", env.sink.url, audience, workers=3, rate=300))
     wait_for("sending under way", lambda: len(env.delivered()) > 300, 180)
-    pods = env.kubectl.json("get", "pods", "-l", "app.kubernetes.io/name=pushtask-operator")
+    where = env.kubectl.in_namespace(
+        os.environ.get("PUSHTASK_E2E_RELEASE_NAMESPACE", env.namespace)
+    )
+    pods = where.json("get", "pods", "-l", "app.kubernetes.io/name=pushtask-operator")
     (operator,) = [p["metadata"]["name"] for p in pods["items"]]
-    env.kubectl("delete", "pod", operator, "--wait=false")
+    where("delete", "pod", operator, "--wait=false")
     status = env.wait_phase("survivor", "Finished", 300)
     assert status["counts"]["sent"] == 5000
     assert_each_once(env, audience)
