@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -154,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         sh(*kubectl, "apply", "-f", "-", env=env, input=yaml.safe_dump(body))
         console.print(f"applied PushTask {args.name}: {args.users} users, {args.workers} workers")
         status = watch(kubectl, args.name, args.users, env)
-        delivered = drained(record)
+        # The sink writes its record file through a buffer: stop it cleanly (SIGINT lets
+        # it close the file) to read it whole.
+        time.sleep(1.5)
+        sink.send_signal(signal.SIGINT)
+        sink.wait(10)
+        delivered = [json.loads(line) for line in record.read_text().splitlines() if line]
         users = [r["user"] for r in delivered if 200 <= r["status"] < 300]
         console.print(
             f"[bold]{status.get('phase')}[/bold]: status says sent={status['counts']['sent']}; "
@@ -164,20 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(sh(*kubectl, "get", "pushtasks", "-n", NAMESPACE, env=env))
         return 0 if status.get("phase") == "Finished" else 1
     finally:
-        sink.terminate()
-        sink.wait(10)
-
-
-def drained(record: Path, quiet: float = 1.5) -> list[dict[str, Any]]:
-    """The sink's records once it has written nothing new for `quiet` seconds."""
-    rows: list[dict[str, Any]] = []
-    since = time.monotonic()
-    while time.monotonic() - since < quiet:
-        time.sleep(0.3)
-        now = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
-        if len(now) != len(rows):
-            rows, since = now, time.monotonic()
-    return rows
+        if sink.poll() is None:
+            sink.terminate()
+            sink.wait(10)
 
 
 def watch(kubectl: list[str], name: str, total: int, env: dict[str, str]) -> dict[str, Any]:
