@@ -8,9 +8,6 @@ counted against recipients.
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,54 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.sink import SinkThread, free_port
-from tests.support.workers import WorkerProcs, create_run, spec_for, totals
+from tests.support.sink import SinkThread
+from tests.support.workers import PrivateMongo, WorkerProcs, create_run, spec_for, totals
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def mongo_java_binary() -> str:
-    from devstack import build
-
-    path = build.tool_path("mongo-java-server")
-    if not Path(path).exists():
-        pytest.skip("mongo-java-server is not built (python -m devstack up --only mongo)")
-    return str(path)
-
-
-class PrivateMongo:
-    def __init__(self, data: Path) -> None:
-        self.port = free_port()
-        self.data = data
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.uri = f"mongodb://127.0.0.1:{self.port}/outage"
-
-    def start(self) -> None:
-        log = open(self.data.with_suffix(".log"), "ab")
-        self.proc = subprocess.Popen(
-            [mongo_java_binary(), "127.0.0.1", str(self.port), str(self.data)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.2)
-        raise AssertionError("private mongo-java-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # flushes its data file
-            self.proc.wait(30)
-        self.proc = None
 
 
 @pytest.fixture
 def private_mongo(tmp_path: Path) -> Iterator[PrivateMongo]:
     server = PrivateMongo(tmp_path / "data.mv")
+    if not server.available():
+        pytest.skip("mongo-java-server is not built (python -m devstack up --only mongo)")
     server.start()
     yield server
     server.stop()

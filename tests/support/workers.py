@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 from pushtask.models import PushTaskSpec
 from pushtask.planning import TaskRef, plan_run
 from pushtask.store import RunTotals, Store
+from tests.support.sink import free_port
 
 WORKER_BIN = str(Path(sys.executable).with_name("pushtask-worker"))
 
@@ -207,6 +209,56 @@ class WorkerProcs:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def mongo_java_binary() -> Path:
+    from devstack import build
+
+    return Path(build.tool_path("mongo-java-server"))
+
+
+class PrivateMongo:
+    """A MongoDB-wire server of our own (devstack's mongo-java-server binary, H2 data file
+    `data`, a free port): a test may stop it or load it heavily without touching the
+    shared one."""
+
+    def __init__(self, data: Path, db: str = "pushtask") -> None:
+        self.port = free_port()
+        self.data = data
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.uri = f"mongodb://127.0.0.1:{self.port}/{db}"
+
+    def available(self) -> bool:
+        return mongo_java_binary().exists()
+
+    def start(self) -> None:
+        log = open(self.data.with_suffix(".log"), "ab")
+        self.proc = subprocess.Popen(
+            [str(mongo_java_binary()), "127.0.0.1", str(self.port), str(self.data)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise AssertionError("private mongo-java-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # flushes its data file
+            self.proc.wait(30)
+        self.proc = None
+
+    def __enter__(self) -> PrivateMongo:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def peak_rss_kib(pid: int) -> int:

@@ -20,6 +20,7 @@ from pushtask.store import Batch, Guarantee, Store
 from pushtask_worker import metrics
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
+from pushtask_worker.storeops import requeue_orphans
 
 log = logging.getLogger("pushtask.worker.delivery")
 T = TypeVar("T")
@@ -83,6 +84,16 @@ class ShardDelivery:
                 await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
                 await self._call(lambda: release(self.store.splits, lease, done=True), "release")
                 return True
+            # Nothing of ours is in flight now: any inflight recipient with our token was
+            # moved by a take_batch whose reply was lost in a store outage, never sent.
+            orphans = await self._call(
+                lambda: requeue_orphans(self.store, lease, run_id, shard), "requeue orphans"
+            )
+            if orphans:
+                log.warning(
+                    "requeued recipients moved but never sent", extra={"shard": shard, "n": orphans}
+                )
+                continue
             if first_due is not None and first_due > now_utc():
                 # Only recipients with a later sendAt are left: let the shard rest until then.
                 rest = partial(release, self.store.splits, lease, done=False, not_before=first_due)
