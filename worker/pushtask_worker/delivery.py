@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from pushtask.leases import Lease, now_utc, release
 from pushtask.store import Batch, Guarantee, Store
+from pushtask.store import Outcome as Result
 from pushtask_worker import metrics
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
@@ -120,6 +121,9 @@ class ShardDelivery:
                 await queue.put(None)
 
         producer = asyncio.create_task(produce())
+        # One result write in flight at a time, overlapping the next batch's sends: the
+        # store's latency is hidden behind sending instead of added to it.
+        recording: asyncio.Task[None] | None = None
         try:
             while (batch := await queue.get()) is not None:
                 try:
@@ -127,22 +131,30 @@ class ShardDelivery:
                         # Moved but never sent: safe to hand back untouched.
                         await self._call(partial(self.store.requeue, self.lease, batch), "requeue")
                         continue
-                    await self._send_batch(batch)
+                    results = await self._send_batch(batch)
                 finally:
                     gauge.dec(len(batch.recipients))
+                if recording is not None:
+                    await recording
+                recording = asyncio.create_task(self._record(batch, results))
+            if recording is not None:
+                await recording
             await producer  # re-raise what stopped the producer (a lost lease, say)
         finally:
-            if not producer.done():
-                producer.cancel()
+            for task in (producer, recording):
+                if task is not None and not task.done():
+                    task.cancel()
 
-    async def _send_batch(self, batch: Batch) -> None:
+    async def _send_batch(self, batch: Batch) -> list[Result]:
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def one(recipient: dict[str, Any]) -> Any:
+        async def one(recipient: dict[str, Any]) -> Result:
             async with limit:
                 return await self.sender.send(recipient)
 
-        results = await asyncio.gather(*(one(r) for r in batch.recipients))
+        return list(await asyncio.gather(*(one(r) for r in batch.recipients)))
+
+    async def _record(self, batch: Batch, results: list[Result]) -> None:
         record = partial(self.store.record_outcomes, self.lease, batch, results)
         counted = await self._call(record, "record results")
         for result, n in counted.items():

@@ -1,0 +1,288 @@
+"""Delivery benchmark: PushTask workers beside two baselines, measured in the same run.
+
+    python bench/worker.py [--size 100000] [--workers 1,2,4] [--naive-seconds 120]
+
+- ceiling: a plain aiohttp client sending the same number of requests to the same sink
+  with no bookkeeping at all (what the sink and the machine allow);
+- naive: the original system's way: per user, one find-and-modify to claim it, the send,
+  then one update to mark it, in as many sequential loops as the largest worker count;
+- pushtask: real `pushtask-worker` processes on a run planned like the operator does, from
+  worker start until every worker has exited with the run done (audience phase included).
+
+The sink runs in its own process (python -m tests.support.sink); the store is a private
+mongo-java-server started for the benchmark (devstack's binary), or PUSHTASK_MONGO_URI.
+Prints a table with ratios; with
+--markdown FILE it also writes it there. Targets: 4 workers >= 60% of the ceiling and
+>= 5x naive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+from pymongo import AsyncMongoClient, ReturnDocument  # noqa: E402
+
+from pushtask.planning import idempotency_key  # noqa: E402
+from tests.support.sink import free_port  # noqa: E402
+from tests.support.workers import (  # noqa: E402
+    PrivateMongo,
+    WorkerProcs,
+    create_run,
+    db_uri,
+    drop_db,
+    spec_for,
+    totals,
+)
+
+CONCURRENCY = 64  # the ceiling's in-flight requests = a worker's default send concurrency
+
+
+@dataclass
+class Result:
+    name: str
+    workers: int
+    recipients: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.recipients / self.seconds if self.seconds else 0.0
+
+
+class SinkProcess:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SinkProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.sink", "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.stats()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("sink did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def _call(self, path: str, data: bytes | None = None) -> Any:
+        base = f"http://127.0.0.1:{self.port}"
+        req = urllib.request.Request(base + path, data=data, method="POST" if data else "GET")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("/_sink/stats"))
+
+    def reset(self) -> None:
+        self._call("/_sink/reset", b"{}")
+
+
+def body_for(user: str) -> bytes:
+    return json.dumps(
+        {
+            "task": {"namespace": "bench", "name": "bench"},
+            "run": 1,
+            "user": user,
+            "message": {"title": f"Hi {user}", "body": "Run 1"},
+        }
+    ).encode()
+
+
+async def ceiling(url: str, users: list[str]) -> float:
+    """Plain aiohttp: the same requests, CONCURRENCY at a time, nothing else."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for u in users:
+        queue.put_nowait(u)
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def loop() -> None:
+            while not queue.empty():
+                u = queue.get_nowait()
+                headers = {"Idempotency-Key": idempotency_key("bench", 1, u)}
+                async with session.post(url, data=body_for(u), headers=headers) as resp:
+                    await resp.read()
+
+        started = time.monotonic()
+        await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
+        return time.monotonic() - started
+
+
+async def naive(uri: str, url: str, users: list[str], loops: int, budget: float) -> Result:
+    """The seed's way: claim one user with find-and-modify, send, mark; sequential loops."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    coll = client.get_default_database()["naive"]
+    for i in range(0, len(users), 1000):
+        await coll.insert_many(
+            [{"user": u, "status": "pending"} for u in users[i : i + 1000]], ordered=False
+        )
+    done = 0
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        deadline = started + budget
+
+        async def loop() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                doc = await coll.find_one_and_update(
+                    {"status": "pending"},
+                    {"$set": {"status": "claimed"}},
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is None:
+                    return
+                headers = {"Idempotency-Key": idempotency_key("bench", 1, doc["user"])}
+                async with session.post(url, data=body_for(doc["user"]), headers=headers) as r:
+                    await r.read()
+                await coll.update_one({"_id": doc["_id"]}, {"$set": {"status": "sent"}})
+                done += 1
+
+        await asyncio.gather(*(loop() for _ in range(loops)))
+        elapsed = time.monotonic() - started
+    await client.close()
+    return Result("naive", loops, done, elapsed)
+
+
+def pushtask(mongo_uri: str, url: str, users: list[str], workers: int, logs: Path) -> Result:
+    uri = db_uri(mongo_uri, f"bench_{secrets.token_hex(4)}")
+    try:
+        spec = spec_for(users, url=url, shards=max(16, workers * 4), rate=1_000_000, secret=False)
+        run_id, _ = create_run(uri, spec)
+        started = time.monotonic()
+        with WorkerProcs(
+            uri, run_id, logs / f"w{workers}", env={"PUSHTASK_LOG_LEVEL": "warning"}
+        ) as procs:
+            procs.start_many(workers)
+            codes = procs.wait(3600)
+            if set(codes.values()) != {0}:
+                raise RuntimeError(f"a worker failed: {codes}\n{procs.logs()}")
+        elapsed = time.monotonic() - started
+        t = totals(uri, run_id)
+        if t.sent != len(users):
+            raise RuntimeError(f"only {t.sent} of {len(users)} sent: {t}")
+        return Result("pushtask", workers, len(users), elapsed)
+    finally:
+        drop_db(uri)
+
+
+def table(results: list[Result], ceiling_rate: float, naive_rate: float) -> str:
+    lines = [
+        "| mode | workers | recipients | seconds | per second | vs ceiling | vs naive |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.workers} | {r.recipients:,} | {r.seconds:.1f} | {r.rate:,.0f} | "
+            f"{r.rate / ceiling_rate:.0%} | {r.rate / naive_rate:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", type=int, default=100_000, help="recipients per measurement")
+    p.add_argument("--workers", default="1,2,4", help="worker counts to measure")
+    p.add_argument("--naive-seconds", type=float, default=120.0, help="time cap of naive")
+    p.add_argument("--markdown", default=None, help="also write the table to this file")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    counts = [int(w) for w in args.workers.split(",")]
+    users = [f"u{i:08d}" for i in range(args.size)]
+    logs = Path(tempfile.mkdtemp(prefix="pushtask-bench-"))
+    results: list[Result] = []
+    private: PrivateMongo | None = None
+    mongo = os.environ.get("PUSHTASK_MONGO_URI", "")
+    if not mongo:
+        private = PrivateMongo(logs / "store.mv")
+        private.start()
+        mongo = private.uri
+    try:
+        return run(args, counts, users, logs, mongo, results)
+    finally:
+        if private is not None:
+            private.stop()
+
+
+def run(
+    args: argparse.Namespace,
+    counts: list[int],
+    users: list[str],
+    logs: Path,
+    mongo: str,
+    results: list[Result],
+) -> int:
+    with SinkProcess() as sink:
+        print(f"sink {sink.url}; store {mongo}; {args.size:,} recipients; logs {logs}")
+        secs = asyncio.run(ceiling(sink.url, users))
+        ceil = Result("ceiling (plain aiohttp)", 1, args.size, secs)
+        got = sink.stats()["delivered"]
+        if got != args.size:
+            raise RuntimeError(f"ceiling: the sink saw {got} of {args.size} requests")
+        print(f"ceiling: {secs:.1f}s, {ceil.rate:,.0f}/s", flush=True)
+        sink.reset()
+        naive_uri = db_uri(mongo, f"bench_naive_{secrets.token_hex(4)}")
+        try:
+            nv = asyncio.run(naive(naive_uri, sink.url, users, max(counts), args.naive_seconds))
+        finally:
+            drop_db(naive_uri)
+        nv.name = "naive (find-and-modify per user)"
+        print(f"naive: {nv.recipients:,} in {nv.seconds:.1f}s, {nv.rate:,.0f}/s", flush=True)
+        results += [ceil, nv]
+        for w in counts:
+            sink.reset()
+            r = pushtask(mongo, sink.url, users, w, logs)
+            stats = sink.stats()
+            if stats["delivered_users"] != args.size or stats["duplicates"]:
+                raise RuntimeError(f"sink saw {stats}")
+            print(f"pushtask x{w}: {r.seconds:.1f}s, {r.rate:,.0f}/s", flush=True)
+            results.append(r)
+    out = table(results, ceil.rate, nv.rate)
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    print()
+    print(out)
+    best = max((r for r in results if r.name == "pushtask"), key=lambda r: r.workers)
+    ok_ceiling = best.rate >= 0.6 * ceil.rate
+    ok_naive = best.rate >= 5 * nv.rate
+    verdict = (
+        f"{best.workers} workers: {best.rate / ceil.rate:.0%} of the ceiling "
+        f"(target 60%: {'met' if ok_ceiling else 'MISSED'}), "
+        f"{best.rate / nv.rate:.1f}x naive (target 5x: {'met' if ok_naive else 'MISSED'})"
+    )
+    print(verdict)
+    if args.markdown:
+        Path(args.markdown).write_text(
+            f"{args.size:,} recipients, store {mongo}, {cpu}\n\n{out}\n\n{verdict}\n"
+        )
+    return 1 if args.check and not (ok_ceiling and ok_naive) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
