@@ -127,10 +127,20 @@ def test_rate_is_shared_by_four_workers(uri: str, sink: SinkThread, tmp_path: Pa
     audience = int(rate * (window + 12))
     spec = spec_for(users(audience), url=sink.url, shards=16, rate=rate)
     run_id, _ = create_run(uri, spec)
-    with WorkerProcs(uri, run_id, tmp_path) as workers:
+    with WorkerProcs(uri, run_id, tmp_path, env={"PUSHTASK_METRICS_PORT": "auto"}) as workers:
         workers.start_many(4)
+        wait_for(lambda: len(sink.requests) >= audience // 2, 120, "half delivered")
+        scraped = workers.metrics("w0")
         codes = workers.wait(300)
         assert set(codes.values()) == {0}, workers.logs()
+    for name in (
+        'pushtask_worker_recipients_total{result="sent"',
+        "pushtask_worker_send_seconds_bucket",
+        "pushtask_worker_queue_depth",
+        "pushtask_worker_lease_claims_total",
+        "pushtask_worker_rate_limit",
+    ):
+        assert name in scraped, name
     times = sorted(r.t for r in sink.requests)
     assert len(times) == audience
     # Skip the first seconds (workers joining, each learning the others from heartbeats).

@@ -149,6 +149,7 @@ class WorkerProcs:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     generation: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
         gen = self.generation.get(name, 0) + 1
@@ -164,12 +165,24 @@ class WorkerProcs:
             "PUSHTASK_WEBHOOK_SECRET": "s3cret",
             **self.env,
         }
+        if env["PUSHTASK_METRICS_PORT"] == "auto":  # a free port each, to scrape
+            env["PUSHTASK_METRICS_PORT"] = str(free_port())
+            env["PUSHTASK_METRICS_HOST"] = "127.0.0.1"
+        self.metrics_ports[name] = int(env["PUSHTASK_METRICS_PORT"])
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}-{gen}.log", "wb")
         proc = subprocess.Popen([WORKER_BIN], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[name] = proc
         return proc
+
+    def metrics(self, name: str) -> str:
+        """The Prometheus text a running worker serves (PUSHTASK_METRICS_PORT=auto)."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
 
     def start_many(self, n: int, prefix: str = "w") -> None:
         for i in range(n):

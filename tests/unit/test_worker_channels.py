@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+
 from pushtask_worker.channels import ChannelContext, Delivery, Outcome, load_channel
 from pushtask_worker.channels.smtp import SmtpChannel
 from pushtask_worker.channels.webhook import WebhookChannel, classify, parse_retry_after
-
 from tests.support.sink import SinkThread, free_port
 
 

@@ -6,8 +6,9 @@ import asyncio
 import random
 
 import pytest
-from pushtask_worker.resilience import Backoff, CircuitBreaker, StoreGuard, is_transient
 from pymongo import errors
+
+from pushtask_worker.resilience import Backoff, CircuitBreaker, StoreGuard, is_transient
 
 
 def test_backoff_grows_caps_and_jitters() -> None:

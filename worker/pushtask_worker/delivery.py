@@ -73,6 +73,8 @@ class ShardDelivery:
             )
             if settled:
                 log.info("recipients in doubt settled", extra={"shard": shard, "n": settled})
+                if self.guarantee == "AtMostOnce":
+                    metrics.RESULTS.labels(self.sender.label, "unknown").inc(settled)
             await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
             await self._pipeline()
             if self.halt():

@@ -21,6 +21,7 @@ from pymongo.uri_parser import parse_uri
 from pushtask.leases import EPOCH, Lease, release
 from pushtask.planning import shard_of
 from pushtask.store import Store
+from pushtask_worker import metrics
 from pushtask_worker.audience import mongosource, urlsource
 from pushtask_worker.audience.rows import (
     Columns,
@@ -161,7 +162,12 @@ class SplitBuilder:
                     extra={"n": len(skips), "sample": skips[0][1]},
                 )
             else:
-                await self.guard.call(lambda: store.add_skips(lease, self.run_id, skips), "skips")
+                n = await self.guard.call(
+                    lambda: store.add_skips(lease, self.run_id, skips), "skips"
+                )
+                task = self.run.get("task") or {}
+                label = f"{task.get('namespace')}/{task.get('name')}"
+                metrics.RESULTS.labels(label, "skipped").inc(n)
         if cursor is not None:
             await self.guard.call(lambda: store.checkpoint(lease, cursor), "checkpoint")
 
