@@ -171,14 +171,25 @@ async def naive(uri: str, url: str, users: list[str], loops: int, budget: float)
     return Result("naive", loops, done, elapsed)
 
 
-def pushtask(mongo_uri: str, url: str, users: list[str], workers: int, logs: Path) -> Result:
+def pushtask(
+    mongo_uri: str,
+    url: str,
+    users: list[str],
+    workers: int,
+    logs: Path,
+    shards: int,
+    max_batch: int,
+) -> Result:
     uri = db_uri(mongo_uri, f"bench_{secrets.token_hex(4)}")
     try:
-        spec = spec_for(users, url=url, shards=max(16, workers * 4), rate=1_000_000, secret=False)
+        spec = spec_for(users, url=url, shards=shards, rate=1_000_000, secret=False)
         run_id, _ = create_run(uri, spec)
         started = time.monotonic()
         with WorkerProcs(
-            uri, run_id, logs / f"w{workers}", env={"PUSHTASK_LOG_LEVEL": "warning"}
+            uri,
+            run_id,
+            logs / f"w{workers}",
+            env={"PUSHTASK_LOG_LEVEL": "warning", "PUSHTASK_MAX_BATCH": str(max_batch)},
         ) as procs:
             procs.start_many(workers)
             codes = procs.wait(3600)
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=100_000, help="recipients per measurement")
     p.add_argument("--workers", default="1,2,4", help="worker counts to measure")
     p.add_argument("--naive-seconds", type=float, default=120.0, help="time cap of naive")
+    p.add_argument("--shards", type=int, default=16, help="audience.shards of the run")
+    p.add_argument("--max-batch", type=int, default=500, help="PUSHTASK_MAX_BATCH of workers")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
@@ -258,7 +271,7 @@ def run(
         results += [ceil, nv]
         for w in counts:
             sink.reset()
-            r = pushtask(mongo, sink.url, users, w, logs)
+            r = pushtask(mongo, sink.url, users, w, logs, args.shards, args.max_batch)
             stats = sink.stats()
             if stats["delivered_users"] != args.size or stats["duplicates"]:
                 raise RuntimeError(f"sink saw {stats}")

@@ -178,7 +178,8 @@ class SplitBuilder:
         kind = self.source["kind"]
         rng = self.ref.get("range") or {}
         if kind == "inline":
-            columns = Columns(user="id")
+            # An entry is a user id or {id, ...attributes}; sendAtField names one of them.
+            columns = Columns(user="id", send_at=self.source.get("sendAtField") or None)
             users = self.source.get("users") or []
             start = int(cursor if cursor is not None else rng.get("start", 0))
             for i in range(start, int(rng.get("end", len(users)))):
