@@ -89,7 +89,7 @@ def _csv(value: str) -> tuple[str, ...]:
 def _mapping(name: str, value: str) -> dict[str, Any]:
     """JSON object, or `k=v,k=v` for the simple cases a human types in a values file."""
     value = value.strip()
-    if not value:
+    if value in ("", "null", "{}"):  # Helm renders an unset map as null
         return {}
     if value.startswith("{"):
         try:
@@ -146,11 +146,11 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     d = OperatorSettings()
     tiers = _tiers(env.get("PUSHTASK_TIERS", ""))
     degraded = _mapping("PUSHTASK_DEGRADED_TIERS", env.get("PUSHTASK_DEGRADED_TIERS", ""))
-    for tier, mode in degraded.items():
-        if mode not in ("graceful", "immediate"):
+    for tier, mode in list(degraded.items()):
+        if mode not in ("graceful", "immediate", "off"):
             raise SettingsError(
-                f"PUSHTASK_DEGRADED_TIERS: tier {tier!r}: mode must be graceful or immediate,"
-                f" got {mode!r}"
+                f"PUSHTASK_DEGRADED_TIERS: tier {tier!r}: mode must be graceful, immediate or"
+                f" off, got {mode!r}"
             )
         if tier not in tiers:
             raise SettingsError(
@@ -185,7 +185,8 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         ),
         send_budget=_number(env, "PUSHTASK_SEND_BUDGET", 0.0),
         tiers=tiers,
-        degraded_tiers=degraded,
+        # "off" lifts a degradation explicitly (Helm cannot remove a map key on upgrade).
+        degraded_tiers={t: m for t, m in degraded.items() if m != "off"},
         progress_interval=_number(env, "PUSHTASK_PROGRESS_INTERVAL", d.progress_interval, 0.5),
         url_probe_timeout=_number(env, "PUSHTASK_URL_PROBE_TIMEOUT", d.url_probe_timeout, 0.1),
     )

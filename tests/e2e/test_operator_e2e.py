@@ -437,3 +437,44 @@ def test_rbac_and_helm_test(env: Env, helm: Any) -> None:
         assert not can(worker, verb, resource), f"worker may {verb} {resource}"
     proc = helm("test", env.release, "--namespace", ns, timeout=180)
     assert "Succeeded" in proc.stdout
+
+
+def test_send_budget_and_degraded_tier(env: Env, helm: Any) -> None:
+    """Operator-wide settings from Helm values: the fair share, and a degraded tier."""
+    if os.environ.get("PUSHTASK_E2E_RELEASE"):
+        pytest.skip("release installed outside the test")
+    helm(
+        "upgrade", env.release, str(CHART), "--namespace", env.namespace, "--reuse-values",
+        "--set", "sendBudget=150", "--set", "degradedTiers.low=immediate", "--wait",
+        timeout=240,
+    )  # fmt: skip
+    env.apply(push_task("small", env.sink.url, users(3000, "s"), workers=1, rate=20))
+    env.apply(push_task("big", env.sink.url, users(3000, "b"), workers=1, rate=1000))
+    env.apply(push_task("cheap", env.sink.url, users(50, "c"), workers=1, priority=100))
+
+    def shares() -> dict[str, float] | None:
+        ids = {n: env.status(n).get("runId") for n in ("small", "big")}
+        if not all(ids.values()):
+            return None
+        client: MongoClient[dict[str, Any]]
+        with MongoClient(env.mongo_uri, serverSelectionTimeoutMS=3000) as client:
+            runs: Any = client.get_default_database()["runs"]
+            got = {n: (runs.find_one({"_id": i}) or {}).get("control", {}) for n, i in ids.items()}
+        rates = {n: float(c.get("ratePerSecond") or 0) for n, c in got.items()}
+        return rates if rates == {"small": 20.0, "big": 130.0} else None
+
+    # Max-min fair: the small task gets all it asks for, the big one the rest.
+    wait_for("fair shares 20 / 130", shares, 60)
+    # A task in a degraded tier (priority 100 is "low") waits instead of sending.
+    status = wait_for(
+        "the low tier held",
+        lambda: (s := env.status("cheap")).get("reason") == "TierDegraded" and s,
+        60,
+    )
+    assert status["phase"] in ("Ready", "Paused") and not env.delivered().get("c-00000")
+    helm(
+        "upgrade", env.release, str(CHART), "--namespace", env.namespace, "--reuse-values",
+        "--set", "degradedTiers.low=off", "--wait", timeout=240,
+    )  # fmt: skip
+    env.wait_phase("cheap", "Finished", 180)
+    assert len([u for u in env.delivered() if u and u.startswith("c-")]) == 50

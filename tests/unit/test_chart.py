@@ -220,6 +220,11 @@ def test_operator_settings_reach_the_environment(helm: Path) -> None:
     assert env["PUSHTASK_LEASE_SECONDS"] == "20"
     assert env["PUSHTASK_TIERS"] == '{"critical":[700,1000],"low":[0,299],"normal":[300,699]}'
     assert "--standalone" in c["args"]
+    lifted = render(
+        helm, *URI, "--set", "degradedTiers.low=immediate", "--set", "degradedTiers=null"
+    )
+    (c,) = operator_deployment(lifted)["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["PUSHTASK_DEGRADED_TIERS"] == "{}"
     assert not find(docs, "ClusterKopfPeering")
 
 

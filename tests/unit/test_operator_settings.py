@@ -32,6 +32,16 @@ def test_values_from_environment() -> None:
     assert s.degrade_for(900) is None
 
 
+def test_null_maps_from_helm_are_empty() -> None:
+    s = from_env({"PUSHTASK_DEGRADED_TIERS": "null", "PUSHTASK_WORKER_POD_LABELS": "{}"})
+    assert s.degraded_tiers == {} and s.worker_pod_labels == {}
+
+
+def test_off_lifts_a_degradation() -> None:
+    s = from_env({"PUSHTASK_DEGRADED_TIERS": '{"low": "off", "normal": "graceful"}'})
+    assert s.degraded_tiers == {"normal": "graceful"} and s.degrade_for(100) is None
+
+
 def test_default_tiers() -> None:
     s = from_env({"PUSHTASK_DEGRADED_TIERS": "low=immediate"})
     assert s.tier_of(500) == "normal" and s.tier_of(100) == "low"
@@ -41,7 +51,7 @@ def test_default_tiers() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("PUSHTASK_DEGRADED_TIERS", "low=later", "graceful or immediate"),
+        ("PUSHTASK_DEGRADED_TIERS", "low=later", "graceful, immediate or"),
         ("PUSHTASK_DEGRADED_TIERS", "low", "key=value"),
         ("PUSHTASK_DEGRADED_TIERS", "nosuch=graceful", "unknown tier"),
         ("PUSHTASK_TIERS", "low=high", "expected a range"),
