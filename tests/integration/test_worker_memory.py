@@ -100,7 +100,8 @@ def peak_rss_for(count: int, tmp_path: Path) -> tuple[int, float]:
         return max(peaks.values()), elapsed
 
 
-def test_worker_memory_does_not_grow_with_the_audience(tmp_path: Path) -> None:
+def test_worker_memory_does_not_grow_with_the_audience(mongo_uri: str, tmp_path: Path) -> None:
+    # mongo_uri: devstack builds mongo-java-server; each size runs on a private one.
     small_n, large_n = int(20_000 * SCALE), int(200_000 * SCALE)
     small, t_small = peak_rss_for(small_n, tmp_path)
     large, t_large = peak_rss_for(large_n, tmp_path)

@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def private_mongo(tmp_path: Path) -> Iterator[PrivateMongo]:
+def private_mongo(mongo_uri: str, tmp_path: Path) -> Iterator[PrivateMongo]:
+    # mongo_uri: devstack builds (and runs) mongo-java-server; we start a second one.
     server = PrivateMongo(tmp_path / "data.mv")
     if not server.available():
         pytest.skip("mongo-java-server is not built (python -m devstack up --only mongo)")
