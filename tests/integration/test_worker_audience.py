@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -94,13 +95,13 @@ def test_sources_overlaps_exclusions_bad_rows_attributes_and_send_at(
     )
     client.close()
     with FileServer(tmp_path) as files:
-        sources = [
+        sources: list[dict[str, Any]] = [
             {"kind": "inline", "users": inline, "sendAtField": "at"},
             {"kind": "url", "url": files.url("users.csv"), "format": "csv", "sendAtField": "at"},
             {"kind": "configMap", "name": "cm", "key": "ids", "format": "lines"},
             {"kind": "mongo", "collection": "users", "filter": {"vip": True}},
         ]
-        exclude = [
+        exclude: list[dict[str, Any]] = [
             {"kind": "inline", "users": ["u0", "u1", "m0"]},
             {"kind": "configMap", "name": "cm", "key": "no", "format": "lines"},
         ]
