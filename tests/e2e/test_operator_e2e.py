@@ -184,6 +184,9 @@ def env(kubectl: Any, helm: Any, namespace: str, request: pytest.FixtureRequest)
     ):
         logs = k("logs", "-l", selector, "--tail=80", "--prefix", check=False)
         print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")
+    # Tasks go first, while their operator runs: kopf keeps a finalizer on each task for
+    # its progress timer, and only a running operator takes it off.
+    k("delete", "pushtasks", "--all", "--wait=true", "--timeout=60s", check=False)
     if existing:
         return  # the cluster's MongoDB is not reachable from here; the data goes with it
     helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
