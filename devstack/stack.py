@@ -261,19 +261,31 @@ def _argv_apiserver(p: Paths) -> list[str]:
     ]
 
 
-def _argv_controller_manager(p: Paths) -> list[str]:
+def _secure_client_args(p: Paths, identity: str, port: int) -> list[str]:
+    """Flags the controller-manager and the scheduler share: their own kubeconfig for
+    everything, and a TLS health port on loopback."""
     k = p.pki
-    kc = str(p.kubeconfig_for("controller-manager"))
+    kc = str(p.kubeconfig_for(identity))
     return [
-        str(build.tool_path("kube-controller-manager")),
         f"--kubeconfig={kc}",
         f"--authentication-kubeconfig={kc}",
         f"--authorization-kubeconfig={kc}",
         "--bind-address=127.0.0.1",
-        f"--secure-port={versions.CONTROLLER_MANAGER_PORT}",
+        f"--secure-port={port}",
         f"--tls-cert-file={k.serving_cert}",
         f"--tls-private-key-file={k.serving_key}",
         f"--client-ca-file={k.ca_cert}",
+        # One instance: leader election would only delay the start by a lease period.
+        "--leader-elect=false",
+        "--v=1",
+    ]
+
+
+def _argv_controller_manager(p: Paths) -> list[str]:
+    k = p.pki
+    return [
+        str(build.tool_path("kube-controller-manager")),
+        *_secure_client_args(p, "controller-manager", versions.CONTROLLER_MANAGER_PORT),
         f"--root-ca-file={k.ca_cert}",
         f"--service-account-private-key-file={k.sa_key}",
         f"--cluster-signing-cert-file={k.ca_cert}",
@@ -282,27 +294,13 @@ def _argv_controller_manager(p: Paths) -> list[str]:
         "--use-service-account-credentials=true",
         f"--controllers={CONTROLLERS}",
         f"--service-cluster-ip-range={versions.SERVICE_CLUSTER_IP_RANGE}",
-        # One instance: leader election would only delay the start by a lease period.
-        "--leader-elect=false",
-        "--v=1",
     ]
 
 
 def _argv_scheduler(p: Paths) -> list[str]:
-    k = p.pki
-    kc = str(p.kubeconfig_for("scheduler"))
     return [
         str(build.tool_path("kube-scheduler")),
-        f"--kubeconfig={kc}",
-        f"--authentication-kubeconfig={kc}",
-        f"--authorization-kubeconfig={kc}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={versions.SCHEDULER_PORT}",
-        f"--tls-cert-file={k.serving_cert}",
-        f"--tls-private-key-file={k.serving_key}",
-        f"--client-ca-file={k.ca_cert}",
-        "--leader-elect=false",
-        "--v=1",
+        *_secure_client_args(p, "scheduler", versions.SCHEDULER_PORT),
     ]
 
 

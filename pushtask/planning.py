@@ -58,7 +58,8 @@ def delivery_split_id(run_id: str, shard: int) -> str:
     return f"{run_id}/d/{shard}"
 
 
-def _new_split(run_id: str, split_id: str, kind: str, index: int, **extra: Any) -> dict[str, Any]:
+def new_split(run_id: str, split_id: str, kind: str, index: int, **extra: Any) -> dict[str, Any]:
+    """A split nobody has claimed yet (also used by workers that cut a source into ranges)."""
     return {
         "_id": split_id,
         "run": run_id,
@@ -95,7 +96,7 @@ def audience_splits(run_id: str, spec: Mapping[str, Any]) -> list[dict[str, Any]
         for rng in ranges:
             n_split = len(out)
             out.append(
-                _new_split(
+                new_split(
                     run_id,
                     audience_split_id(run_id, n_split),
                     "audience",
@@ -117,7 +118,7 @@ def delivery_splits(run_id: str, shards: int) -> list[dict[str, Any]]:
     # Blocked until the audience is whole: delivery never starts on a partial audience.
     return [
         {
-            **_new_split(run_id, delivery_split_id(run_id, s), "delivery", s),
+            **new_split(run_id, delivery_split_id(run_id, s), "delivery", s),
             "status": "blocked",
             "total": 0,
         }

@@ -19,7 +19,7 @@ from pymongo import AsyncMongoClient
 from pymongo.uri_parser import parse_uri
 
 from pushtask.leases import EPOCH, Lease, release
-from pushtask.planning import shard_of
+from pushtask.planning import new_split, shard_of
 from pushtask.store import Store
 from pushtask_worker import metrics
 from pushtask_worker.audience import mongosource, urlsource
@@ -237,21 +237,16 @@ class SplitBuilder:
             fmt = detect_format(url, self.source.get("format"))
             info = await urlsource.probe(self.readers.http(), url, fmt)
             ranges = urlsource.plan_ranges(info, URL_BLOCK_BYTES)
-        base = dict(self.doc)
+        base = self.doc
         children = [
-            {
-                **base,
-                "_id": f"{base['_id']}.{k}",
-                "index": int(base["index"]) * 1000 + k + 1,
-                "status": "pending",
-                "owner": None,
-                "token": 0,
-                "leaseUntil": None,
-                "notBefore": EPOCH,
-                "counters": {},
-                "cursor": None,
-                "source": {**base["source"], "range": rng, "expand": False},
-            }
+            new_split(
+                self.run_id,
+                f"{base['_id']}.{k}",
+                "audience",
+                int(base["index"]) * 1000 + k + 1,
+                source={**base["source"], "range": rng, "expand": False},
+                cursor=None,
+            )
             for k, rng in enumerate(ranges)
         ]
         await self.guard.call(lambda: self.store.add_splits(children), "add range splits")
