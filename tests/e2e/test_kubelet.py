@@ -146,6 +146,20 @@ def web_deployment(marker_dir: Path, replicas: int = 2) -> str:
     )
 
 
+def sleeper_pod(name: str, **container: Any) -> str:
+    """A pod whose one container sleeps; `container` adds fields (probes, say) to it."""
+    sleep = ["python", "-c", "import time; time.sleep(3600)"]
+    c = {"name": "c", "image": "ignored", "command": sleep, **container}
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [c]},
+        }
+    )
+
+
 def ready_web_pods(k: Kubectl, count: int) -> list[dict[str, Any]] | None:
     items = [
         p
@@ -371,27 +385,13 @@ def test_env_from_secrets_configmaps_and_fields(k: Kubectl, namespace: str, tmp_
 def test_readiness_probe_gates_ready(k: Kubectl, tmp_path: Path) -> None:
     flag = tmp_path / "ready"
     k.apply(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "gated"},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "c",
-                            "image": "ignored",
-                            "command": ["python", "-c", "import time; time.sleep(3600)"],
-                            "readinessProbe": {
-                                "exec": {"command": ["test", "-f", str(flag)]},
-                                "periodSeconds": 1,
-                                "failureThreshold": 1,
-                            },
-                        }
-                    ],
-                },
-            }
+        sleeper_pod(
+            "gated",
+            readinessProbe={
+                "exec": {"command": ["test", "-f", str(flag)]},
+                "periodSeconds": 1,
+                "failureThreshold": 1,
+            },
         )
     )
     wait_for("Running", lambda: pod(k, "gated")["status"].get("phase") == "Running")
@@ -406,27 +406,13 @@ def test_readiness_probe_gates_ready(k: Kubectl, tmp_path: Path) -> None:
 def test_startup_probe_holds_readiness_until_it_passes(k: Kubectl, tmp_path: Path) -> None:
     flag = tmp_path / "started"
     k.apply(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "slowstart"},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "c",
-                            "image": "ignored",
-                            "command": ["python", "-c", "import time; time.sleep(3600)"],
-                            "startupProbe": {
-                                "exec": {"command": ["test", "-f", str(flag)]},
-                                "periodSeconds": 1,
-                                "failureThreshold": 60,
-                            },
-                        }
-                    ],
-                },
-            }
+        sleeper_pod(
+            "slowstart",
+            startupProbe={
+                "exec": {"command": ["test", "-f", str(flag)]},
+                "periodSeconds": 1,
+                "failureThreshold": 60,
+            },
         )
     )
     wait_for("Running", lambda: pod(k, "slowstart")["status"].get("phase") == "Running")
@@ -528,27 +514,9 @@ def test_restart_policy_never_fails_the_pod(k: Kubectl) -> None:
 
 def test_liveness_probe_restarts_the_container(k: Kubectl) -> None:
     k.apply(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "live"},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "c",
-                            "image": "ignored",
-                            "command": ["python", "-c", "import time; time.sleep(3600)"],
-                            "livenessProbe": {
-                                "tcpSocket": {"port": 9},
-                                "periodSeconds": 1,
-                                "failureThreshold": 2,
-                            },
-                        }
-                    ],
-                },
-            }
+        sleeper_pod(
+            "live",
+            livenessProbe={"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2},
         )
     )
     restarted = wait_for(
