@@ -30,7 +30,7 @@ from tests.support.workers import (
     totals,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
 SCALE = float(os.environ.get("PUSHTASK_TEST_SCALE", "0.1"))
 
 
