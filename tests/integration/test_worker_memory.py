@@ -30,7 +30,7 @@ from tests.support.workers import (
     totals,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(7200)]
 SCALE = float(os.environ.get("PUSHTASK_TEST_SCALE", "0.1"))
 
 
@@ -88,7 +88,7 @@ def peak_rss_for(count: int, tmp_path: Path) -> tuple[int, float]:
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
                 try:
-                    codes = workers.wait(1800)
+                    codes = workers.wait(3500)
                 finally:
                     stop.set()
                     sampler.join()
