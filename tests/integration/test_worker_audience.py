@@ -4,7 +4,6 @@ row attributes in templates and per-recipient send times; and SIGTERM mid-delive
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 import threading
 import time
@@ -22,21 +21,12 @@ from tests.support.sink import SinkThread, free_port
 from tests.support.workers import (
     WorkerProcs,
     create_run,
-    db_uri,
-    drop_db,
     recipient_statuses,
     spec_for,
     totals,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def uri(mongo_uri: str) -> Iterator[str]:
-    u = db_uri(mongo_uri, f"w_{secrets.token_hex(5)}")
-    yield u
-    drop_db(u)
 
 
 @pytest.fixture

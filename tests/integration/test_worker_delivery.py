@@ -7,7 +7,6 @@ fixture), and the local webhook sink recording every request.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,8 +18,6 @@ from tests.support.sink import SinkThread
 from tests.support.workers import (
     WorkerProcs,
     create_run,
-    db_uri,
-    drop_db,
     recipient_statuses,
     spec_for,
     totals,
@@ -33,13 +30,6 @@ SCALE = float(os.environ.get("PUSHTASK_TEST_SCALE", "1"))
 
 def n(count: int) -> int:
     return max(100, int(count * SCALE))
-
-
-@pytest.fixture
-def uri(mongo_uri: str) -> Iterator[str]:
-    u = db_uri(mongo_uri, f"w_{secrets.token_hex(5)}")
-    yield u
-    drop_db(u)
 
 
 @pytest.fixture

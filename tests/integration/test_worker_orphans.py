@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -24,16 +23,9 @@ from pushtask_worker.ratelimit import TokenBucket
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
 from tests.support.sink import SinkThread
-from tests.support.workers import db_uri, drop_db, spec_for
+from tests.support.workers import spec_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def uri(mongo_uri: str) -> Iterator[str]:
-    u = db_uri(mongo_uri, f"w_{secrets.token_hex(5)}")
-    yield u
-    drop_db(u)
 
 
 async def scenario(uri: str, url: str, guarantee: str) -> tuple[bool, int]:

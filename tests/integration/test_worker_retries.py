@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from tests.support.sink import SinkThread
 from tests.support.workers import (
     WorkerProcs,
     create_run,
-    db_uri,
-    drop_db,
     recipient_statuses,
     run_doc,
     spec_for,
@@ -21,13 +18,6 @@ from tests.support.workers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def uri(mongo_uri: str) -> Iterator[str]:
-    u = db_uri(mongo_uri, f"w_{secrets.token_hex(5)}")
-    yield u
-    drop_db(u)
 
 
 @pytest.fixture
