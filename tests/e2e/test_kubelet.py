@@ -926,14 +926,24 @@ def test_kubelet_restart_cleans_up_and_restarts_its_pods(
         )
     )
 
-    def running_with_new_pids(previous: str) -> tuple[dict[str, Any], list[int]] | None:
+    def running_with_new_pids(
+        previous: str, previous_id: str = ""
+    ) -> tuple[dict[str, Any], list[int]] | None:
+        # The process writes its pids before the kubelet's status patch lands: wait for
+        # both, the new pids and a status that names the new container.
         p = pod(k, "survivor")
         text = pids.read_text() if pids.exists() else ""
         if p["status"].get("phase") != "Running" or not text or text == previous:
             return None
+        statuses = p["status"].get("containerStatuses") or [{}]
+        if "running" not in statuses[0].get("state", {}):
+            return None
+        if statuses[0].get("containerID", "") in ("", previous_id):
+            return None
         return p, [int(x) for x in text.split()]
 
     first, first_pids = wait_for("Running", lambda: running_with_new_pids(""))
+    first_id = container_status(first)["containerID"]
     ip = first["status"]["podIP"]
     assert ip.startswith("127.11.")
 
@@ -943,7 +953,7 @@ def test_kubelet_restart_cleans_up_and_restarts_its_pods(
     assert all(alive(pid) for pid in first_pids)
     second_kubelet.start()
     again, second_pids = wait_for(
-        "a restart", lambda: running_with_new_pids(" ".join(map(str, first_pids)))
+        "a restart", lambda: running_with_new_pids(" ".join(map(str, first_pids)), first_id)
     )
     assert not any(alive(pid) for pid in first_pids)
     assert again["status"]["podIP"] == ip
