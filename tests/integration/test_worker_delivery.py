@@ -80,7 +80,8 @@ def test_kill_two_of_four_workers_mid_delivery(
     audience = n(20_000)
     spec = spec_for(users(audience), url=sink.url, shards=16, guarantee=guarantee)
     run_id, _ = create_run(uri, spec)
-    with WorkerProcs(uri, run_id, tmp_path) as workers:
+    # A known largest batch, so the in-doubt bound below is exact.
+    with WorkerProcs(uri, run_id, tmp_path, env={"PUSHTASK_MAX_BATCH": "500"}) as workers:
         workers.start_many(4)
         wait_for(lambda: len(sink.requests) >= audience // 4, 300, "a quarter delivered")
         workers.kill("w0")

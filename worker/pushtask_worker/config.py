@@ -22,9 +22,9 @@ class WorkerConfig:
     metrics_host: str = "0.0.0.0"
     exit_when_done: bool = False
     # How many sends a worker keeps in flight at once, and the largest batch it moves to
-    # inflight in one step (a smaller one at low rates: see delivery.batch_size).
+    # inflight in one step (batches are about two seconds of sending: delivery.batch_size).
     concurrency: int = 64
-    max_batch: int = 500
+    max_batch: int = 5000
     idle_seconds: float = 1.0
 
     @property
@@ -53,7 +53,7 @@ class WorkerConfig:
                 metrics_host=env.get("POD_IP") or env.get("PUSHTASK_METRICS_HOST", "0.0.0.0"),
                 exit_when_done=env.get("PUSHTASK_EXIT_WHEN_DONE", "") in {"1", "true", "yes"},
                 concurrency=int(env.get("PUSHTASK_CONCURRENCY", "64")),
-                max_batch=int(env.get("PUSHTASK_MAX_BATCH", "500")),
+                max_batch=int(env.get("PUSHTASK_MAX_BATCH", "5000")),
             )
         except ValueError as error:
             raise ConfigError(f"bad worker setting: {error}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -27,12 +28,38 @@ log = logging.getLogger("pushtask.worker.delivery")
 T = TypeVar("T")
 
 
-def batch_size(rate_share: float | None, max_batch: int) -> int:
-    """About two seconds of sending at this worker's rate: a killed worker leaves at most
-    that many recipients in doubt. Unlimited rate: the largest batch."""
-    if rate_share is None:
-        return max_batch
-    return max(10, min(max_batch, int(rate_share * 2)))
+BATCH_SECONDS = 2.0
+MIN_BATCH = 10
+FIRST_BATCH = 200
+
+
+def batch_size(rate_share: float | None, max_batch: int, throughput: float | None = None) -> int:
+    """About two seconds of sending: at this worker's rate share, or at the speed it has
+    measured if that is lower (a slow receiver, or no rate limit at all). A killed worker
+    then leaves about two seconds' worth of recipients in doubt, while a fast one moves
+    large batches and pays the store's per-batch cost rarely. With neither known yet, a
+    first small batch takes the measurement."""
+    speeds = [s for s in (rate_share, throughput) if s is not None]
+    if not speeds:
+        return max(MIN_BATCH, min(max_batch, FIRST_BATCH))
+    return max(MIN_BATCH, min(max_batch, int(min(speeds) * BATCH_SECONDS)))
+
+
+class Pace:
+    """This worker's measured sending speed (recipients per second), smoothed over batches.
+
+    Kept by the worker across shards, so each new shard starts at the known speed."""
+
+    def __init__(self, weight: float = 0.5) -> None:
+        self.weight = weight
+        self.per_second: float | None = None
+
+    def observe(self, recipients: int, seconds: float) -> None:
+        if recipients <= 0 or seconds <= 0:
+            return
+        speed = recipients / seconds
+        old = self.per_second
+        self.per_second = speed if old is None else old + self.weight * (speed - old)
 
 
 class ShardDelivery:
@@ -48,6 +75,7 @@ class ShardDelivery:
         concurrency: int,
         max_batch: int,
         halt: Callable[[], bool],
+        pace: Pace | None = None,
     ) -> None:
         self.store = store
         self.guard = guard
@@ -58,6 +86,7 @@ class ShardDelivery:
         self.concurrency = concurrency
         self.max_batch = max_batch
         self.halt = halt
+        self.pace = pace or Pace()
         self.run_id = sender.run_id
 
     async def _call(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
@@ -66,16 +95,13 @@ class ShardDelivery:
     async def run(self) -> bool:
         """Deliver what is due; True when the shard is finished (released as done)."""
         lease, run_id, shard = self.lease, self.run_id, self.shard
+        # The first holder of a shard (token 1) finds nothing in doubt and nothing counted:
+        # both steps would only scan the shard.
+        first_claim = lease.token == 1
         while True:
-            settled = await self._call(
-                lambda: self.store.settle_in_doubt(lease, run_id, shard, self.guarantee),
-                "settle in-doubt recipients",
-            )
-            if settled:
-                log.info("recipients in doubt settled", extra={"shard": shard, "n": settled})
-                if self.guarantee == "AtMostOnce":
-                    metrics.RESULTS.labels(self.sender.label, "unknown").inc(settled)
-            await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
+            if not first_claim:
+                await self._settle()
+            first_claim = False
             await self._pipeline()
             if self.halt():
                 await self._call(lambda: release(self.store.splits, lease, done=False), "release")
@@ -105,6 +131,19 @@ class ShardDelivery:
             # Due recipients appeared (re-queued in doubt), or a stale holder left some in
             # flight: go round again (the settle step takes care of the latter).
 
+    async def _settle(self) -> None:
+        """Deal with what an earlier holder left in flight, then recount from the data."""
+        lease, run_id, shard = self.lease, self.run_id, self.shard
+        settled = await self._call(
+            lambda: self.store.settle_in_doubt(lease, run_id, shard, self.guarantee),
+            "settle in-doubt recipients",
+        )
+        if settled:
+            log.info("recipients in doubt settled", extra={"shard": shard, "n": settled})
+            if self.guarantee == "AtMostOnce":
+                metrics.RESULTS.labels(self.sender.label, "unknown").inc(settled)
+        await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
+
     async def _pipeline(self) -> None:
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
         gauge = metrics.QUEUE_DEPTH.labels(self.sender.label)
@@ -112,7 +151,7 @@ class ShardDelivery:
         async def produce() -> None:
             try:
                 while not self.halt():
-                    size = batch_size(self.sender.bucket.rate, self.max_batch)
+                    size = batch_size(self.sender.bucket.rate, self.max_batch, self.pace.per_second)
                     take = partial(self.store.take_batch, self.lease, self.run_id, self.shard, size)
                     batch = await self._call(take, "take batch")
                     if not batch.recipients:
@@ -154,7 +193,10 @@ class ShardDelivery:
             async with limit:
                 return await self.sender.send(recipient)
 
-        return list(await asyncio.gather(*(one(r) for r in batch.recipients)))
+        started = time.monotonic()
+        results = list(await asyncio.gather(*(one(r) for r in batch.recipients)))
+        self.pace.observe(len(results), time.monotonic() - started)
+        return results
 
     async def _record(self, batch: Batch, results: list[Result]) -> None:
         record = partial(self.store.record_outcomes, self.lease, batch, results)

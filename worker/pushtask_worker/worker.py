@@ -30,7 +30,7 @@ from pushtask_worker.audience.build import SourceReaders, SplitBuilder
 from pushtask_worker.audience.urlsource import SourceError
 from pushtask_worker.channels import ChannelContext, UnknownChannel, load_channel
 from pushtask_worker.config import WorkerConfig
-from pushtask_worker.delivery import ShardDelivery
+from pushtask_worker.delivery import Pace, ShardDelivery
 from pushtask_worker.ratelimit import TokenBucket
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
@@ -60,6 +60,7 @@ class Worker:
     lease: Lease | None = None
     work: asyncio.Task[bool] | None = None
     source_failures: dict[str, int] = field(default_factory=dict)
+    pace: Pace = field(default_factory=Pace)  # measured sending speed, sizes batches
 
     def __post_init__(self) -> None:
         self.guard = StoreGuard(stopping=self.stopping.is_set)
@@ -279,6 +280,7 @@ class Worker:
             concurrency=self.config.concurrency,
             max_batch=self.config.max_batch,
             halt=self.halted,
+            pace=self.pace,
         )
         finished = await delivery.run()
         if finished:
