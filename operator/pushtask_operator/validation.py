@@ -19,6 +19,10 @@ from pushtask_operator.deployment import secret_key_refs
 from pushtask_operator.reconcile import Validation
 from pushtask_operator.settings import OperatorSettings
 
+# ConfigMap content is copied into the run document, which MongoDB caps at 16 MiB: keep
+# the copies well below it, leaving room for the spec and the rest of the run.
+CONFIGMAP_COPY_LIMIT = 8 * 1024 * 1024
+
 
 class Lookups(Protocol):
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
@@ -88,6 +92,7 @@ async def validate(
                 f'Secret "{ref.secret}" ({ref.field}) has no key "{ref.key}"',
                 permanent=False,
             )
+    copied = 0
     for part in ("sources", "exclude"):
         for i, source in enumerate(spec.get("audience", {}).get(part) or []):
             field = f"spec.audience.{part}[{i}]"
@@ -104,6 +109,16 @@ async def validate(
                     return Validation.failed(
                         "ConfigMapKeyMissing",
                         f'ConfigMap "{source["name"]}" ({field}) has no key "{source["key"]}"',
+                        permanent=False,
+                    )
+                copied += len(data[source["key"]].encode())
+                if copied > CONFIGMAP_COPY_LIMIT:
+                    return Validation.failed(
+                        "ConfigMapTooLarge",
+                        f"{field}: the configMap sources hold {copied:,} bytes together; the "
+                        f"run document copies them and takes at most "
+                        f"{CONFIGMAP_COPY_LIMIT:,} (use a url or mongo source for a larger "
+                        "audience)",
                         permanent=False,
                     )
             elif source.get("kind") == "url" and probe_urls:

@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 
 from pushtask_operator.settings import OperatorSettings
-from pushtask_operator.validation import configmap_contents, validate
+from pushtask_operator.validation import CONFIGMAP_COPY_LIMIT, configmap_contents, validate
 
 SETTINGS = OperatorSettings(mongo_secret_name="mongo", worker_service_account="pt-worker")
 
@@ -106,3 +106,17 @@ def test_configmap_content_is_copied_by_source_index() -> None:
     s["audience"]["exclude"] = [{"kind": "configMap", "name": "users", "key": "list"}]
     got = asyncio.run(configmap_contents(s, "ns", Fake()))
     assert got == {"1": "a\nb\n", "exclude.0": "a\nb\n"}
+
+
+def test_configmap_copies_are_capped_with_a_clear_error() -> None:
+    fake = Fake()
+    half = "u\n" * (CONFIGMAP_COPY_LIMIT // 4)  # half the limit, in bytes
+    fake.configmaps = {"a": {"list": half}, "b": {"list": half + "x\n"}}
+    s = spec()
+    s["audience"]["sources"][1] = {"kind": "configMap", "name": "a", "key": "list"}
+    s["audience"]["exclude"] = [{"kind": "configMap", "name": "b", "key": "list"}]
+    v = run(s, fake)
+    assert not v.ok and not v.permanent and v.reason == "ConfigMapTooLarge"
+    assert "spec.audience.exclude[0]" in v.message and "url or mongo" in v.message
+    fake.configmaps["b"]["list"] = half  # exactly at the limit: accepted
+    assert run(s, fake).ok
