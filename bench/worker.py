@@ -10,7 +10,8 @@
   worker start until every worker has exited with the run done (audience phase included).
 
 The sink runs in its own process (python -m tests.support.sink); the store is a private
-mongo-java-server started for the benchmark (devstack's binary), or PUSHTASK_MONGO_URI.
+mongo-java-server started for the benchmark (devstack's binary; its memory backend unless
+--backend h2: the benchmark measures throughput, not durability), or PUSHTASK_MONGO_URI.
 Prints a table with ratios; with
 --markdown FILE it also writes it there. Targets: 4 workers >= 60% of the ceiling and
 >= 5x naive.
@@ -189,7 +190,8 @@ def pushtask(
             uri,
             run_id,
             logs / f"w{workers}",
-            env={"PUSHTASK_LOG_LEVEL": "warning", "PUSHTASK_MAX_BATCH": str(max_batch)},
+            env={"PUSHTASK_LOG_LEVEL": "warning"}
+            | ({"PUSHTASK_MAX_BATCH": str(max_batch)} if max_batch else {}),
         ) as procs:
             procs.start_many(workers)
             codes = procs.wait(3600)
@@ -223,7 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1,2,4", help="worker counts to measure")
     p.add_argument("--naive-seconds", type=float, default=120.0, help="time cap of naive")
     p.add_argument("--shards", type=int, default=16, help="audience.shards of the run")
-    p.add_argument("--max-batch", type=int, default=500, help="PUSHTASK_MAX_BATCH of workers")
+    p.add_argument(
+        "--max-batch", type=int, default=0, help="PUSHTASK_MAX_BATCH of workers (0: default)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=("memory", "h2"),
+        default="memory",
+        help="mongo-java-server backend of the private store (ignored with PUSHTASK_MONGO_URI)",
+    )
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
@@ -233,12 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     private: PrivateMongo | None = None
     mongo = os.environ.get("PUSHTASK_MONGO_URI", "")
+    store = mongo
     if not mongo:
-        private = PrivateMongo(logs / "store.mv")
+        private = PrivateMongo(logs / "store.mv", memory=args.backend == "memory")
         private.start()
         mongo = private.uri
+        store = f"a private mongo-java-server ({args.backend} backend)"
     try:
-        return run(args, counts, users, logs, mongo, results)
+        return run(args, counts, users, logs, mongo, store, results)
     finally:
         if private is not None:
             private.stop()
@@ -250,10 +262,11 @@ def run(
     users: list[str],
     logs: Path,
     mongo: str,
+    store: str,
     results: list[Result],
 ) -> int:
     with SinkProcess() as sink:
-        print(f"sink {sink.url}; store {mongo}; {args.size:,} recipients; logs {logs}")
+        print(f"sink {sink.url}; store {store}; {args.size:,} recipients; logs {logs}")
         secs = asyncio.run(ceiling(sink.url, users))
         ceil = Result("ceiling (plain aiohttp)", 1, args.size, secs)
         got = sink.stats()["delivered"]
@@ -292,7 +305,7 @@ def run(
     print(verdict)
     if args.markdown:
         Path(args.markdown).write_text(
-            f"{args.size:,} recipients, store {mongo}, {cpu}\n\n{out}\n\n{verdict}\n"
+            f"{args.size:,} recipients, store: {store}, {cpu}\n\n{out}\n\n{verdict}\n"
         )
     return 1 if args.check and not (ok_ceiling and ok_naive) else 0
 

@@ -233,11 +233,13 @@ def mongo_java_binary() -> Path:
 class PrivateMongo:
     """A MongoDB-wire server of our own (devstack's mongo-java-server binary, H2 data file
     `data`, a free port): a test may stop it or load it heavily without touching the
-    shared one."""
+    shared one. With `memory`, its in-memory backend (nothing survives a restart; the
+    data path only names the log)."""
 
-    def __init__(self, data: Path, db: str = "pushtask") -> None:
+    def __init__(self, data: Path, db: str = "pushtask", *, memory: bool = False) -> None:
         self.port = free_port()
         self.data = data
+        self.memory = memory
         self.proc: subprocess.Popen[bytes] | None = None
         self.uri = f"mongodb://127.0.0.1:{self.port}/{db}"
 
@@ -247,7 +249,8 @@ class PrivateMongo:
     def start(self) -> None:
         log = open(self.data.with_suffix(".log"), "ab")
         self.proc = subprocess.Popen(
-            [str(mongo_java_binary()), "127.0.0.1", str(self.port), str(self.data)],
+            [str(mongo_java_binary()), "127.0.0.1", str(self.port)]
+            + ([] if self.memory else [str(self.data)]),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
