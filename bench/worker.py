@@ -41,6 +41,7 @@ import aiohttp  # noqa: E402
 from pymongo import AsyncMongoClient, ReturnDocument  # noqa: E402
 
 from pushtask.planning import idempotency_key  # noqa: E402
+from pushtask_worker.config import WorkerConfig  # noqa: E402
 from tests.support.sink import free_port  # noqa: E402
 from tests.support.workers import (  # noqa: E402
     PrivateMongo,
@@ -190,7 +191,11 @@ def pushtask(
             uri,
             run_id,
             logs / f"w{workers}",
-            env={"PUSHTASK_LOG_LEVEL": "warning"}
+            # The production lease, not the tests' short one (which sizes store steps).
+            env={
+                "PUSHTASK_LOG_LEVEL": "warning",
+                "PUSHTASK_LEASE_SECONDS": str(WorkerConfig.lease_seconds),
+            }
             | ({"PUSHTASK_MAX_BATCH": str(max_batch)} if max_batch else {}),
         ) as procs:
             procs.start_many(workers)

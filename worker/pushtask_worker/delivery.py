@@ -33,16 +33,22 @@ MIN_BATCH = 10
 FIRST_BATCH = 200
 
 
-def batch_size(rate_share: float | None, max_batch: int, throughput: float | None = None) -> int:
-    """About two seconds of sending: at this worker's rate share, or at the speed it has
-    measured if that is lower (a slow receiver, or no rate limit at all). A killed worker
-    then leaves about two seconds' worth of recipients in doubt, while a fast one moves
-    large batches and pays the store's per-batch cost rarely. With neither known yet, a
-    first small batch takes the measurement."""
-    speeds = [s for s in (rate_share, throughput) if s is not None]
-    if not speeds:
-        return max(MIN_BATCH, min(max_batch, FIRST_BATCH))
-    return max(MIN_BATCH, min(max_batch, int(min(speeds) * BATCH_SECONDS)))
+def batch_size(
+    max_batch: int, *, rate_share: float | None = None, send_speed: float | None = None
+) -> int:
+    """How many recipients to move to inflight in one step.
+
+    About two seconds of sending, at this worker's rate share or at its measured sending
+    speed if that is lower (a slow receiver, or no rate limit at all): a killed worker then
+    leaves about two seconds' worth in doubt, while a fast one pays the store's per-batch
+    cost rarely. Until the sending speed is known (no rate share either), a first small
+    batch measures it.
+
+    Not sized by the store's speed: on a slow store most of a batch's cost is fixed (its
+    queries), so smaller batches would only make it slower still."""
+    speeds = [s for s in (rate_share, send_speed) if s is not None]
+    size = min(speeds) * BATCH_SECONDS if speeds else FIRST_BATCH
+    return max(MIN_BATCH, min(max_batch, int(size)))
 
 
 class Pace:
@@ -60,6 +66,9 @@ class Pace:
         speed = recipients / seconds
         old = self.per_second
         self.per_second = speed if old is None else old + self.weight * (speed - old)
+
+    def batch_size(self, max_batch: int, rate_share: float | None) -> int:
+        return batch_size(max_batch, rate_share=rate_share, send_speed=self.per_second)
 
 
 class ShardDelivery:
@@ -151,7 +160,7 @@ class ShardDelivery:
         async def produce() -> None:
             try:
                 while not self.halt():
-                    size = batch_size(self.sender.bucket.rate, self.max_batch, self.pace.per_second)
+                    size = self.pace.batch_size(self.max_batch, self.sender.bucket.rate)
                     take = partial(self.store.take_batch, self.lease, self.run_id, self.shard, size)
                     batch = await self._call(take, "take batch")
                     if not batch.recipients:
@@ -183,8 +192,12 @@ class ShardDelivery:
             await producer  # re-raise what stopped the producer (a lost lease, say)
         finally:
             for task in (producer, recording):
-                if task is not None and not task.done():
+                if task is None:
+                    continue
+                if not task.done():
                     task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # seen here (a lost lease, say): not "never retrieved"
 
     async def _send_batch(self, batch: Batch) -> list[Result]:
         limit = asyncio.Semaphore(self.concurrency)

@@ -89,16 +89,11 @@ class Worker:
         return c.stage == "done" or c.failure is not None or c.state == "Stopped"
 
     async def refresh(self) -> None:
-        """Heartbeat: be seen, renew the lease in hand, re-read the run's control."""
+        """Heartbeat: renew the lease in hand, be seen, re-read the run's control."""
         store, cfg = self.store, self.config
-        await self.guard.call(
-            lambda: store.heartbeat(
-                cfg.worker_id, cfg.run_id, {"lease": getattr(self.lease, "split_id", None)}
-            ),
-            "heartbeat",
-        )
         held = self.lease
         if held is not None:
+            # First: on a busy store every call waits its turn, and the lease is what expires.
             try:
                 self.lease = await self.guard.call(partial(renew, store.splits, held), "renew")
             except LeaseLost:
@@ -107,6 +102,12 @@ class Worker:
                 self.lease = None
                 if self.work is not None:
                     self.work.cancel()
+        await self.guard.call(
+            lambda: store.heartbeat(
+                cfg.worker_id, cfg.run_id, {"lease": getattr(self.lease, "split_id", None)}
+            ),
+            "heartbeat",
+        )
         run = await self.guard.call(lambda: store.get_run(cfg.run_id), "read run")
         if run is None:
             return
@@ -145,15 +146,19 @@ class Worker:
             self.control.failure = reason
 
     async def heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
+            started = loop.time()
             try:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("heartbeat failed")
+            # A fixed beat, not a fixed pause: time a slow store took comes off the wait.
+            pause = max(0.0, self.config.heartbeat_seconds - (loop.time() - started))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_seconds)
+                await asyncio.wait_for(self.stopping.wait(), pause)
 
     # -- the work -------------------------------------------------------------------------
 
