@@ -410,7 +410,12 @@ class Store:
 
         When `outcomes` cover the whole batch, the largest group (usually "sent") is written
         last with the batch's own filter: what is still in flight of it is exactly that group.
+
+        The lease is renewed first (LeaseLost if it is gone): a holder whose shard was
+        claimed by another worker writes no result, not even before the new holder has
+        settled what it left in doubt.
         """
+        await renew(self.splits, lease)
         groups: dict[tuple[str, str | None], list[Any]] = defaultdict(list)
         for o in outcomes:
             groups[(o.status, o.error)].append(o.recipient_id)
@@ -434,9 +439,11 @@ class Store:
         return dict(counted)
 
     async def requeue(self, lease: Lease, batch: Batch) -> int:
-        """Put a batch that was moved but never sent back to pending, as it was."""
+        """Put a batch that was moved but never sent back to pending, as it was (fenced
+        like record_outcomes)."""
         if not batch.recipients:
             return 0
+        await renew(self.splits, lease)
         result = await self.recipients.update_many(
             batch.filter(), {"$set": {"status": "pending"}, "$inc": {"attempts": -1}}
         )

@@ -143,6 +143,18 @@ def test_expired_lease_is_reclaimed_and_old_holder_changes_nothing(uri: str, db_
         assert got is not None
         _, new = got
         assert new.split_id == old.split_id and new.token == old.token + 1
+        # A late result of the old holder, before the new one settled what it left in doubt:
+        # refused, and the recipients stay inflight under the old token.
+        with pytest.raises(LeaseLost):
+            await store.record_outcomes(
+                old, moved, [Outcome(d["_id"], "sent") for d in moved.recipients]
+            )
+        with pytest.raises(LeaseLost):
+            await store.requeue(old, moved)
+        inflight = await store.recipients.count_documents(
+            {"run": run_id, "status": "inflight", "token": old.token}
+        )
+        assert inflight == 4
         assert await store.settle_in_doubt(new, run_id, 0, "AtMostOnce") == 4
         before = {d["_id"]: d for d in await store.recipients.find({"run": run_id}).to_list()}
         split_before = await store.splits.find_one({"_id": new.split_id})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pushtask.leases import Lease
+from pushtask.leases import Lease, renew
 from pushtask.store import Store
 
 
@@ -17,6 +17,7 @@ async def requeue_orphans(store: Store, lease: Lease, run_id: str, shard: int) -
     under either guarantee. Without it the shard would never finish (they are not "in
     doubt": settle_in_doubt only takes older tokens).
     """
+    await renew(store.splits, lease)  # fenced: a holder that lost the shard moves nothing
     result = await store.recipients.update_many(
         {"run": run_id, "shard": shard, "status": "inflight", "token": lease.token},
         {"$set": {"status": "pending"}, "$inc": {"attempts": -1}},
