@@ -63,7 +63,7 @@ bench: setup
 	$(PY) -m devstack up --only mongo
 	$(PY) bench/worker.py
 
-e2e-kind:
+e2e-kind: setup
 	bash scripts/e2e-kind.sh
 
 clean:

@@ -22,10 +22,11 @@ helm install pushtask charts/pushtask -n "$NS" --create-namespace --wait --timeo
   --set image.pullPolicy=Never --set mongodb.bundled.enabled=true
 helm test pushtask -n "$NS"
 
+# The same URI as the chart's own Secret (the operator's database): see pushtask.mongoUri.
 # The suite installs nothing itself when told that the chart is already there; workers
 # reach the test's webhook sink through the host's address on the kind network.
 PUSHTASK_E2E_KUBECONFIG=$KUBECONFIG_FILE \
 PUSHTASK_E2E_RELEASE=pushtask PUSHTASK_E2E_RELEASE_NAMESPACE=$NS \
-PUSHTASK_E2E_WORKER_MONGO_URI=mongodb://pushtask-mongodb.$NS.svc:27017/ \
+PUSHTASK_E2E_WORKER_MONGO_URI=mongodb://pushtask-mongodb.$NS.svc:27017/pushtask \
 PUSHTASK_E2E_SINK_HOST=${PUSHTASK_E2E_SINK_HOST:-$(docker network inspect kind -f '{{(index .IPAM.Config 0).Gateway}}')} \
   .venv/bin/python -m pytest -m e2e tests/e2e -v
