@@ -3,7 +3,8 @@
 1. devstack up (a local control plane, kubelet and FerretDB; no Docker);
 2. helm upgrade --install the chart into namespace `pushtask-demo`;
 3. a local webhook sink that records every request;
-4. kubectl apply a PushTask with a generated audience, pointed at the sink;
+4. kubectl apply examples/webhook-campaign.yaml, pointed at the sink, its audience
+   replaced by generated users (`--users`);
 5. live progress from `status` until Finished, then what the sink saw.
 
 Run it from the repository root (it uses charts/ and tests/support/sink.py).
@@ -50,51 +51,53 @@ def devstack_env() -> dict[str, str]:
     return env
 
 
-def manifest(name: str, url: str, users: int, workers: int, rate: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "pushtask.dev/v1alpha1",
-        "kind": "PushTask",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "workers": workers,
-            "rate": {"perSecond": rate},
-            "audience": {
-                "sources": [{"kind": "inline", "users": [f"u-{i:06d}" for i in range(users)]}]
-            },
-            "message": {
-                "channel": "webhook",
-                "webhook": {"url": url},
-                "template": {
-                    "title": "Spring sale",
-                    "body": "Hi {{ user }}, 20% off everything this week.",
-                    "link": "https://shop.example.com/sale?u={{ user }}",
-                },
-            },
-        },
-    }
+EXAMPLE = ROOT / "examples" / "webhook-campaign.yaml"
+
+
+def manifest(namespace: str, url: str, users: int, workers: int, rate: float) -> dict[str, Any]:
+    """The example campaign, sent to the local sink, to `users` generated users."""
+    body: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    body["metadata"]["namespace"] = namespace
+    spec = body["spec"]
+    spec["message"]["webhook"]["url"] = url
+    spec["workers"] = workers
+    spec["rate"] = {"perSecond": rate}
+    if users:
+        spec["audience"]["sources"] = [
+            {"kind": "inline", "users": [f"u-{i:06d}" for i in range(users)]}
+        ]
+    return body
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--users", type=int, default=5000, help="0: the example's own users")
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--rate", type=float, default=500.0, help="sends per second")
-    p.add_argument("--name", default="spring-sale")
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the end")
+    p.add_argument("--namespace", default=NAMESPACE)
+    p.add_argument(
+        "--no-up",
+        action="store_true",
+        help="use the cluster and MongoDB of KUBECONFIG and PUSHTASK_MONGO_URI as they are",
+    )
     args = p.parse_args(argv)
+    ns = args.namespace
 
-    with console.status("devstack: starting the local cluster and MongoDB (first run builds)"):
-        env = devstack_env()
+    if args.no_up:
+        env = dict(os.environ)
+    else:
+        with console.status("devstack: starting the local cluster and MongoDB (first run builds)"):
+            env = devstack_env()
     kubectl = ["kubectl"]
-    uri = env["PUSHTASK_MONGO_URI"].rstrip("/") + "/pushtask_demo"
+    uri = env["PUSHTASK_MONGO_URI"].rstrip("/") + "/" + ns.replace("-", "_")[:60]
     sh(
         *kubectl,
         "apply",
         "-f",
         "-",
         env=env,
-        input=sh(
-            *kubectl, "create", "namespace", NAMESPACE, "--dry-run=client", "-o", "yaml", env=env
-        ),
+        input=sh(*kubectl, "create", "namespace", ns, "--dry-run=client", "-o", "yaml", env=env),
     )
     with console.status("helm: installing the chart"):
         sh(
@@ -104,17 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             "pushtask",
             str(ROOT / "charts" / "pushtask"),
             "-n",
-            NAMESPACE,
+            ns,
             "--wait",
             "--timeout",
             "3m",
             "--set",
             f"mongodb.uri={uri}",
             "--set",
-            f"watchNamespaces={{{NAMESPACE}}}",
+            f"watchNamespaces={{{ns}}}",
             env=env,
         )
-    console.print(f"[green]chart installed[/green] in namespace {NAMESPACE}")
+    console.print(f"[green]chart installed[/green] in namespace {ns}")
 
     ready = Path(tempfile.mkdtemp()) / "sink-url"
     record = ready.with_name("requests.jsonl")
@@ -139,22 +142,27 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         url = ready.read_text().strip()
         console.print(f"[green]webhook sink[/green] listening at {url}")
+        body = manifest(ns, url, args.users, args.workers, args.rate)
+        name = body["metadata"]["name"]
         # A fresh run each time the demo is started.
         sh(
             *kubectl,
             "delete",
             "pushtask",
-            args.name,
+            name,
             "-n",
-            NAMESPACE,
+            ns,
             "--ignore-not-found",
             "--wait=true",
             env=env,
         )
-        body = manifest(args.name, url, args.users, args.workers, args.rate)
         sh(*kubectl, "apply", "-f", "-", env=env, input=yaml.safe_dump(body))
-        console.print(f"applied PushTask {args.name}: {args.users} users, {args.workers} workers")
-        status = watch(kubectl, args.name, args.users, env)
+        total = len(body["spec"]["audience"]["sources"][0]["users"])
+        console.print(
+            f"applied {EXAMPLE.relative_to(ROOT)} as PushTask {name}: "
+            f"{total} users, {args.workers} workers"
+        )
+        status = watch(kubectl, ns, name, total, env, args.timeout)
         # The sink writes its record file through a buffer: stop it cleanly (SIGINT lets
         # it close the file) to read it whole.
         time.sleep(1.5)
@@ -162,20 +170,25 @@ def main(argv: list[str] | None = None) -> int:
         sink.wait(10)
         delivered = [json.loads(line) for line in record.read_text().splitlines() if line]
         users = [r["user"] for r in delivered if 200 <= r["status"] < 300]
+        sent = (status.get("counts") or {}).get("sent")
+        duplicates = len(users) - len(set(users))
         console.print(
-            f"[bold]{status.get('phase')}[/bold]: status says sent={status['counts']['sent']}; "
+            f"[bold]{status.get('phase')}[/bold]: status says sent={sent}; "
             f"the sink saw {len(users)} deliveries to {len(set(users))} distinct users "
-            f"({len(users) - len(set(users))} duplicates)."
+            f"({duplicates} duplicates)."
         )
-        console.print(sh(*kubectl, "get", "pushtasks", "-n", NAMESPACE, env=env))
-        return 0 if status.get("phase") == "Finished" else 1
+        console.print(sh(*kubectl, "get", "pushtasks", "-n", ns, env=env))
+        finished = status.get("phase") == "Finished" and sent == len(users) == total
+        return 0 if finished and not duplicates else 1
     finally:
         if sink.poll() is None:
             sink.terminate()
             sink.wait(10)
 
 
-def watch(kubectl: list[str], name: str, total: int, env: dict[str, str]) -> dict[str, Any]:
+def watch(
+    kubectl: list[str], ns: str, name: str, total: int, env: dict[str, str], timeout: float
+) -> dict[str, Any]:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -185,8 +198,9 @@ def watch(kubectl: list[str], name: str, total: int, env: dict[str, str]) -> dic
     )
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("Ready", total=total, info="")
+        deadline = time.monotonic() + timeout
         while True:
-            out = sh(*kubectl, "get", "pushtask", name, "-n", NAMESPACE, "-o", "json", env=env)
+            out = sh(*kubectl, "get", "pushtask", name, "-n", ns, "-o", "json", env=env)
             status = json.loads(out).get("status") or {}
             counts = status.get("counts") or {}
             workers = status.get("workers") or {}
@@ -199,6 +213,9 @@ def watch(kubectl: list[str], name: str, total: int, env: dict[str, str]) -> dic
                 f"workers {workers.get('live', 0)}/{workers.get('desired', 0)}",
             )
             if status.get("phase") in ("Finished", "Failed", "Stopped"):
+                return status
+            if time.monotonic() > deadline:
+                console.print(f"[red]not finished after {timeout:.0f}s[/red]: {status}")
                 return status
             time.sleep(0.5)
 
