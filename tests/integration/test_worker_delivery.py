@@ -140,3 +140,28 @@ def test_rate_is_shared_by_four_workers(uri: str, sink: SinkThread, tmp_path: Pa
     measured = in_window / window
     print(f"rate {rate:g}/s across 4 workers: measured {measured:.1f}/s over {window:g}s")
     assert abs(measured - rate) <= 0.1 * rate, measured
+
+
+def test_a_batch_longer_than_the_lease_keeps_it(uri: str, sink: SinkThread, tmp_path: Path) -> None:
+    """The seed's bug: its heartbeat ran in the work loop, so a slow batch looked like a
+    dead worker and a second one sent beside it. Here one batch takes about 20 s at a 6 s
+    lease while a second worker waits for the only shard: the lease must hold throughout
+    (renewed on its own task), so nothing is reclaimed, in doubt or sent twice."""
+    audience = 200
+    sink.program(delay=1.0)  # each request answered after a second
+    spec = spec_for(users(audience), url=sink.url, shards=1)
+    run_id, _ = create_run(uri, spec)
+    # 10 sends at a time: the first batch of 200 takes ~20 s, over three lease periods.
+    env = {"PUSHTASK_CONCURRENCY": "10", "PUSHTASK_MAX_BATCH": "200"}
+    started = time.monotonic()
+    with WorkerProcs(uri, run_id, tmp_path, env=env) as workers:
+        workers.start_many(2)
+        codes = workers.wait(300)
+        assert set(codes.values()) == {0}, workers.logs()
+    elapsed = time.monotonic() - started
+    assert elapsed > 3 * 6, f"the batch was not slower than the lease ({elapsed:.1f}s)"
+    seen = sink.delivered_counts()
+    assert len(seen) == audience and max(seen.values()) == 1, "a user was delivered twice"
+    t = totals(uri, run_id)
+    assert (t.sent, t.unknown, t.failed) == (audience, 0, 0), t
+    assert "lease lost" not in workers.logs()
