@@ -91,17 +91,24 @@ class Worker:
     async def refresh(self) -> None:
         """Heartbeat: renew the lease in hand, be seen, re-read the run's control."""
         store, cfg = self.store, self.config
-        held = self.lease
+        held, work = self.lease, self.work
         if held is not None:
             # First: on a busy store every call waits its turn, and the lease is what expires.
             try:
-                self.lease = await self.guard.call(partial(renew, store.splits, held), "renew")
+                renewed = await self.guard.call(partial(renew, store.splits, held), "renew")
             except LeaseLost:
-                metrics.LEASE_LOSSES.labels(self.label).inc()
-                log.warning("lease lost: dropping the split", extra={"split": held.split_id})
-                self.lease = None
-                if self.work is not None:
-                    self.work.cancel()
+                renewed = None
+            # The work may have moved on while the renewal was on its way: released this
+            # split (done, or given back) and claimed another. Only the lease still in
+            # hand is updated or dropped; a new split's lease and work are left alone.
+            if self.lease is held:
+                if renewed is not None:
+                    self.lease = renewed
+                elif work is not None and not work.done():
+                    metrics.LEASE_LOSSES.labels(self.label).inc()
+                    log.warning("lease lost: dropping the split", extra={"split": held.split_id})
+                    self.lease = None
+                    work.cancel()
         await self.guard.call(
             lambda: store.heartbeat(
                 cfg.worker_id, cfg.run_id, {"lease": getattr(self.lease, "split_id", None)}
