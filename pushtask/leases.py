@@ -115,6 +115,7 @@ async def release(
         update.update(fields)
     change: dict[str, Any] = {"$set": update}
     if done:
+        update["doneBy"] = lease.owner  # who completed it, for people reading the data
         change["$inc"] = {"completions": 1}
     result = await splits.update_one(lease.fence(), change)
     return result.matched_count == 1

@@ -125,6 +125,11 @@ def test_sources_overlaps_exclusions_bad_rows_attributes_and_send_at(
     assert u7.t >= later.timestamp() - 0.05
     statuses = recipient_statuses(uri, run_id)
     assert set(statuses) == expected
+    # The reasons of bad rows are kept as samples (what the operator shows in status).
+    reader: MongoClient[dict[str, Any]] = MongoClient(uri)
+    reasons = [d["reason"] for d in reader.get_default_database()["skips"].find({"run": run_id})]
+    reader.close()
+    assert len(reasons) == 2 and all(reasons), reasons
 
 
 def test_sigterm_finishes_the_batch_releases_and_exits_zero(
@@ -150,3 +155,47 @@ def test_sigterm_finishes_the_batch_releases_and_exits_zero(
     # Finished its batch and handed the rest back: nothing in doubt, nobody twice.
     assert (t.sent, t.unknown, t.failed) == (audience, 0, 0), t
     assert len(seen) == audience and max(seen.values()) == 1
+
+
+def test_large_sources_are_cut_into_ranges_read_by_several_workers(
+    uri: str, sink: SinkThread, tmp_path: Path
+) -> None:
+    """A MongoDB query and a URL file are each cut into range splits (small ranges here,
+    set through the environment) that the workers claim independently; every row is read
+    once and every user delivered once."""
+    n_mongo, n_url = 3000, 3000
+    client: MongoClient[dict[str, object]] = MongoClient(uri)
+    client.get_default_database()["people"].insert_many(
+        [{"_id": f"m{i:05d}", "name": f"Mongo {i}"} for i in range(n_mongo)]
+    )
+    client.close()
+    lines = [f'{{"id": "f{i:05d}", "name": "File {i}"}}' for i in range(n_url)]
+    (tmp_path / "users.jsonl").write_text("\n".join(lines) + "\n")
+    block = 4096  # about 100 rows a block: ~30 blocks
+    with FileServer(tmp_path) as files:
+        sources: list[dict[str, Any]] = [
+            {"kind": "mongo", "collection": "people"},
+            {"kind": "url", "url": files.url("users.jsonl"), "format": "jsonl"},
+        ]
+        spec = spec_for(url=sink.url, sources=sources, shards=4)
+        run_id, _ = create_run(uri, spec)
+        env = {"PUSHTASK_MONGO_RANGE_SIZE": "250", "PUSHTASK_URL_BLOCK_BYTES": str(block)}
+        with WorkerProcs(uri, run_id, tmp_path / "logs", env=env) as workers:
+            workers.start_many(3)
+            assert set(workers.wait(180).values()) == {0}, workers.logs()
+    seen = Counter(r.user for r in sink.requests)
+    assert len(seen) == n_mongo + n_url and max(seen.values()) == 1
+    t = totals(uri, run_id)
+    assert (t.sent, t.skipped, t.failed, t.unknown) == (n_mongo + n_url, 0, 0, 0)
+    reader: MongoClient[dict[str, Any]] = MongoClient(uri)
+    splits = list(reader.get_default_database()["splits"].find({"run": run_id, "kind": "audience"}))
+    reader.close()
+    # The planning splits (one per source, range None) were cut into these.
+    ranges = [s for s in splits if (s.get("source") or {}).get("range")]
+    by_kind = Counter(s["source"]["kind"] for s in ranges)
+    assert by_kind["mongo"] >= n_mongo // 250 and by_kind["url"] >= 20, by_kind
+    # Each range read to its end exactly once, and the rows it inserted add up.
+    assert all(s["status"] == "done" and s.get("completions") == 1 for s in ranges)
+    assert sum(s["counters"]["inserted"] for s in ranges) == n_mongo + n_url
+    # The ranges were shared: more than one worker completed some of them.
+    assert len({s["doneBy"] for s in ranges}) >= 2, Counter(s["doneBy"] for s in ranges)

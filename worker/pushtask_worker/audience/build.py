@@ -36,6 +36,8 @@ from pushtask_worker.resilience import StoreGuard
 log = logging.getLogger("pushtask.worker.audience")
 
 CHUNK = 1000
+# How a planning split is cut: documents per MongoDB range, bytes per URL block. The
+# environment may set smaller ones (PUSHTASK_MONGO_RANGE_SIZE, PUSHTASK_URL_BLOCK_BYTES).
 MONGO_RANGE_SIZE = 50_000
 URL_BLOCK_BYTES = 8 << 20
 # (row position, parsed row or skip, cursor after it)
@@ -50,6 +52,9 @@ class SourceReaders:
         self.env = os.environ if env is None else env
         self._clients: dict[str, AsyncMongoClient[dict[str, Any]]] = {}
         self._http: aiohttp.ClientSession | None = None
+
+    def setting(self, name: str, default: int) -> int:
+        return int(self.env.get(name) or default)
 
     def mongo_uri(self, part: str, index: int) -> str:
         # The operator maps a source's Secret to this variable; no Secret: the system store.
@@ -230,13 +235,14 @@ class SplitBuilder:
                 self._collection(),
                 self.source.get("filter") or {},
                 self.source.get("idField", "_id"),
-                MONGO_RANGE_SIZE,
+                self.readers.setting("PUSHTASK_MONGO_RANGE_SIZE", MONGO_RANGE_SIZE),
             )
         else:
             url = self.source["url"]
             fmt = detect_format(url, self.source.get("format"))
             info = await urlsource.probe(self.readers.http(), url, fmt)
-            ranges = urlsource.plan_ranges(info, URL_BLOCK_BYTES)
+            block = self.readers.setting("PUSHTASK_URL_BLOCK_BYTES", URL_BLOCK_BYTES)
+            ranges = urlsource.plan_ranges(info, block)
         base = self.doc
         children = [
             new_split(
