@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
@@ -432,6 +434,27 @@ def test_printer_columns_and_events(env: Env) -> None:
     assert row[:3] == ["shown", "Finished", "1"] and "300" in row
     described = env.kubectl("describe", "pushtask", "shown").stdout
     assert "StartTimeReached" in described and "RunFinished" in described
+    if os.environ.get("PUSHTASK_E2E_KUBECONFIG"):
+        return  # pod IPs are reachable from the test only on devstack
+    # The operator's liveness endpoint and its metrics, at its pod IP as a kubelet and
+    # Prometheus reach them.
+    (pod,) = env.kubectl.json("get", "pods", "-l", "app.kubernetes.io/name=pushtask-operator")[
+        "items"
+    ]
+    ip = pod["status"]["podIP"]
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    with urllib.request.urlopen(f"http://{ip}:{ports['health']}/healthz", timeout=10) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(f"http://{ip}:{ports['metrics']}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    task = (("namespace", env.namespace), ("task", "shown"))
+    assert samples[("pushtask_task_phase", tuple(sorted((*task, ("phase", "Finished")))))] == 1
+    assert samples[("pushtask_task_recipients", tuple(sorted((*task, ("result", "sent")))))] == 300
 
 
 def test_rbac_and_helm_test(env: Env, helm: Any) -> None:
@@ -503,3 +526,71 @@ def test_send_budget_and_degraded_tier(env: Env, helm: Any) -> None:
     )  # fmt: skip
     env.wait_phase("cheap", "Finished", 180)
     assert len([u for u in env.delivered() if u and u.startswith("c-")]) == 50
+
+
+def test_cluster_wide_install_serves_another_namespace(
+    kubectl: Any, helm: Any, namespace: str, mongo_uri: str
+) -> None:
+    """The chart's default: `watchNamespaces` empty, one ClusterRole and a cluster peering.
+    A user's task in a namespace the chart never heard of runs once that namespace has the
+    MongoDB Secret and the worker ServiceAccount (charts/pushtask/README.md)."""
+    if os.environ.get("PUSHTASK_E2E_RELEASE"):
+        pytest.skip("release installed outside the test")
+    release = f"cw-{namespace[-6:]}"
+    other = f"{namespace}-b"[:63]
+    db_uri = database_uri(mongo_uri, f"e2e_{release.replace('-', '_')}")
+    kubectl("create", "namespace", other)
+    theirs = kubectl.in_namespace(other)
+    try:
+        helm(
+            "install",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--wait",
+            "--timeout",
+            "3m",
+            "--set",
+            f"mongodb.uri={db_uri}",
+            "--set",
+            f"operator.peering.name={release}",
+            "--set",
+            "userRoles.enabled=false",
+            "--set",
+            "operator.progressInterval=1",
+            timeout=240,
+        )
+        operator = f"system:serviceaccount:{namespace}:{release}-pushtask-operator"
+
+        def can(*what: str) -> bool:
+            proc = theirs("auth", "can-i", *what, f"--as={operator}", check=False)
+            return proc.stdout.strip() == "yes"
+
+        assert can("patch", "pushtasks/status") and can("get", "secrets")
+        assert not can("list", "secrets") and not can("delete", "deployments")
+        theirs(
+            "create",
+            "secret",
+            "generic",
+            f"{release}-pushtask-mongodb",
+            f"--from-literal=uri={db_uri}",
+        )
+        theirs("create", "serviceaccount", "pushtask-worker")
+        audience = users(500)
+        with SinkThread(host=SINK_HOST) as sink:
+            theirs.apply(yaml.safe_dump(push_task("anywhere", sink.url, audience, workers=2)))
+            here = Env(theirs, other, db_uri, sink, release)
+            status = here.wait_phase("anywhere", "Finished", 240)
+            assert_each_once(here, audience)
+        assert status["counts"]["sent"] == 500
+    finally:
+        theirs("delete", "pushtasks", "--all", "--wait=true", "--timeout=60s", check=False)
+        helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
+        kubectl("delete", "namespace", other, "--wait=false", check=False)
+        client: MongoClient[dict[str, Any]]
+        with (
+            contextlib.suppress(PyMongoError),
+            MongoClient(db_uri, serverSelectionTimeoutMS=3000) as client,
+        ):
+            client.drop_database(urlsplit(db_uri).path.strip("/"))
