@@ -32,8 +32,9 @@ e2e: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check pushtask operator worker devstack
+	$(VENV)/bin/ruff format --check pushtask operator worker devstack tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests bench
 
 ## crds: regenerate crds/, the chart's copy and the field reference from the models
 crds: setup

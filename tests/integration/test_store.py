@@ -286,7 +286,7 @@ def test_eight_processes_racing_with_random_kills_complete_each_split_once(
     assert kills >= 8, "the race must have killed workers mid-run to mean anything"
     assert all(p.returncode == 0 for p in workers.values())
 
-    client = MongoClient(mongo_uri)
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
     db = client[db_name]
     splits = list(db.splits.find({"run": run_id}))
     assert len(splits) == shards
