@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pushtask.leases import Lease, now_utc, release
 from pushtask.store import Batch, Guarantee, Store
@@ -200,16 +200,20 @@ class ShardDelivery:
                     task.exception()  # seen here (a lost lease, say): not "never retrieved"
 
     async def _send_batch(self, batch: Batch) -> list[Result]:
-        limit = asyncio.Semaphore(self.concurrency)
+        # `concurrency` lanes draw from one iterator: as many sends in flight, without a
+        # task per recipient waiting on a semaphore (thousands per batch).
+        results: list[Result | None] = [None] * len(batch.recipients)
+        todo = iter(enumerate(batch.recipients))
 
-        async def one(recipient: dict[str, Any]) -> Result:
-            async with limit:
-                return await self.sender.send(recipient)
+        async def lane() -> None:
+            for i, recipient in todo:
+                results[i] = await self.sender.send(recipient)
 
         started = time.monotonic()
-        results = list(await asyncio.gather(*(one(r) for r in batch.recipients)))
+        lanes = min(self.concurrency, len(batch.recipients))
+        await asyncio.gather(*(lane() for _ in range(lanes)))
         self.pace.observe(len(results), time.monotonic() - started)
-        return results
+        return [r for r in results if r is not None]
 
     async def _record(self, batch: Batch, results: list[Result]) -> None:
         record = partial(self.store.record_outcomes, self.lease, batch, results)
