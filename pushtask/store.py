@@ -172,8 +172,12 @@ class Store:
         except BulkWriteError as error:
             return _inserted_count(error, len(splits))
 
-    async def get_run(self, run_id: str) -> dict[str, Any] | None:
-        return await self.runs.find_one({"_id": run_id})
+    async def get_run(
+        self, run_id: str, fields: Sequence[str] | None = None
+    ) -> dict[str, Any] | None:
+        """The run document, or only `fields` of it (the frozen spec can be megabytes)."""
+        projection = dict.fromkeys(fields, 1) if fields is not None else None
+        return await self.runs.find_one({"_id": run_id}, projection)
 
     async def set_control(self, run_id: str, **control: Any) -> None:
         """Operator → workers: desired state, live rate, cancellation of in-flight sends."""

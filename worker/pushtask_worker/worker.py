@@ -115,7 +115,9 @@ class Worker:
             ),
             "heartbeat",
         )
-        run = await self.guard.call(lambda: store.get_run(cfg.run_id), "read run")
+        # Only the control fields: a beat never re-reads the spec (an inline audience is big).
+        control_fields = ("control", "failure", "stage")
+        run = await self.guard.call(lambda: store.get_run(cfg.run_id, control_fields), "read run")
         if run is None:
             return
         control = run.get("control") or {}
