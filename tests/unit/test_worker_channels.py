@@ -6,11 +6,20 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
+from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from pushtask_worker.channels import ChannelContext, Delivery, Outcome, load_channel
 from pushtask_worker.channels.smtp import SmtpChannel
@@ -156,3 +165,77 @@ def test_smtp_reuses_one_connection_and_classifies_codes() -> None:
     assert mail["Subject"] == "Hi"
     assert mail["Message-ID"] == "<k-u0.x.test@pushtask>"
     assert "https://x/y" in mail.get_payload()
+
+
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server TLS context for 127.0.0.1 with a throwaway self-signed certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return ctx
+
+
+def test_smtp_starttls_and_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default settings: STARTTLS before anything else, then AUTH with the credentials
+    the operator maps from the Secret into the environment."""
+    rec = Recorder()
+    port = free_port()
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"s3cret")
+
+    ctl = Controller(
+        rec,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=self_signed(tmp_path),
+        require_starttls=True,  # MAIL before STARTTLS is refused
+        authenticator=authenticator,
+        auth_required=True,
+    )
+    ctl.start()
+    monkeypatch.setenv("PUSHTASK_SMTP_USERNAME", "mailer")
+    monkeypatch.setenv("PUSHTASK_SMTP_PASSWORD", "s3cret")
+    try:
+
+        async def go() -> list[Any]:
+            # Self-signed here, so no verification; production keeps validateCerts on.
+            settings = {"host": "127.0.0.1", "port": port, "from": "p@x.test"}
+            ch = SmtpChannel(ChannelContext({**settings, "validateCerts": False}))
+            assert ch.starttls  # the default
+            async with ch:
+                return [await ch.send(delivery(f"u{i}@x.test")) for i in range(3)]
+
+        results = asyncio.run(go())
+    finally:
+        ctl.stop()
+    assert [r.outcome for r in results] == [Outcome.OK] * 3, results
+    assert logins == [(b"mailer", b"s3cret")]  # one login, one connection
+    assert len(rec.messages) == 3
