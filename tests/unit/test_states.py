@@ -218,3 +218,24 @@ def test_invariants_over_every_combination_of_facts(phase: Phase, desired: Desir
 )
 def test_scales_to_zero(phase: Phase, zero: bool) -> None:
     assert scales_to_zero(phase) is zero
+
+
+# Every edge the machine can take, and so, by omission, every edge it never takes (for
+# example Ready -> Finished, Paused -> Reboot, Finished -> Failed, Stopped -> Paused).
+EDGES: dict[Phase, set[Phase]] = {
+    R: {R, S, X},  # a run starts, waits, or is stopped before it started
+    S: {S, P, X, F, E, B, R},  # R: a raised spec.run held (Paused, degraded, not due)
+    P: {P, S, X, F, E, R},  # never Reboot: no worker runs while Paused
+    X: {X, S, R},  # only a raised spec.run leaves Stopped
+    F: {F, S, R, X},  # a new run, a cron task's next firing, or a Stop of a cron task
+    E: {E, S, R, X},
+    B: {B, S, P, X, F, E, R},
+}
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_only_the_listed_edges_are_ever_taken(phase: Phase) -> None:
+    taken = {transition(phase, d, f).phase for d in DesiredState for f in ALL_FACTS}
+    assert taken == EDGES[phase], (
+        f"{phase}: unlisted {taken - EDGES[phase]}, never {EDGES[phase] - taken}"
+    )
