@@ -134,6 +134,25 @@ class Env:
         )
 
 
+def install(helm: Any, release: str, namespace: str, db_uri: str, *values: str) -> None:
+    """helm install the chart for a test: its MongoDB database, quick settings, `values`."""
+    settings = [
+        f"mongodb.uri={db_uri}",
+        # Quick loss detection and progress for tests; production keeps the defaults.
+        "worker.leaseSeconds=10",
+        "operator.progressInterval=1",
+        "operator.logLevel=info",
+        # Aggregated roles for people are cluster-wide: one per test adds nothing.
+        "userRoles.enabled=false",
+        *values,
+    ]
+    sets = [arg for value in settings for arg in ("--set", value)]
+    helm(
+        "install", release, str(CHART), "--namespace", namespace, "--wait", "--timeout", "3m",
+        *sets, timeout=240,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def env(kubectl: Any, helm: Any, namespace: str, request: pytest.FixtureRequest) -> Iterator[Env]:
     """A release of the chart serving only this test's namespace, and a webhook sink.
@@ -157,31 +176,7 @@ def env(kubectl: Any, helm: Any, namespace: str, request: pytest.FixtureRequest)
         k("create", "secret", "generic", "pushtask-mongodb", f"--from-literal=uri={db_uri}")
         k("create", "serviceaccount", "pushtask-worker")
     else:
-        helm(
-            "install",
-            release,
-            str(CHART),
-            "--namespace",
-            namespace,
-            "--wait",
-            "--timeout",
-            "3m",
-            "--set",
-            f"mongodb.uri={db_uri}",
-            "--set",
-            f"watchNamespaces={{{namespace}}}",
-            # Quick loss detection and progress for tests; production keeps the defaults.
-            "--set",
-            "worker.leaseSeconds=10",
-            "--set",
-            "operator.progressInterval=1",
-            "--set",
-            "operator.logLevel=info",
-            # Aggregated roles for people are cluster-wide: one per test adds nothing.
-            "--set",
-            "userRoles.enabled=false",
-            timeout=240,
-        )
+        install(helm, release, namespace, db_uri, f"watchNamespaces={{{namespace}}}")
     with SinkThread(host=SINK_HOST) as sink:
         yield Env(k, namespace, db_uri, sink, existing or release)
     # Shown by pytest only when the test failed: what the operator and workers said.
@@ -542,25 +537,7 @@ def test_cluster_wide_install_serves_another_namespace(
     kubectl("create", "namespace", other)
     theirs = kubectl.in_namespace(other)
     try:
-        helm(
-            "install",
-            release,
-            str(CHART),
-            "--namespace",
-            namespace,
-            "--wait",
-            "--timeout",
-            "3m",
-            "--set",
-            f"mongodb.uri={db_uri}",
-            "--set",
-            f"operator.peering.name={release}",
-            "--set",
-            "userRoles.enabled=false",
-            "--set",
-            "operator.progressInterval=1",
-            timeout=240,
-        )
+        install(helm, release, namespace, db_uri, f"operator.peering.name={release}")
         operator = f"system:serviceaccount:{namespace}:{release}-pushtask-operator"
 
         def can(*what: str) -> bool:

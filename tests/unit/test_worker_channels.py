@@ -7,20 +7,15 @@ import hashlib
 import hmac
 import json
 import ssl
-from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from devstack.kubelet.server import self_signed
 from pushtask_worker.channels import ChannelContext, Delivery, Outcome, load_channel
 from pushtask_worker.channels.smtp import SmtpChannel
 from pushtask_worker.channels.webhook import WebhookChannel, classify, parse_retry_after
@@ -167,34 +162,12 @@ def test_smtp_reuses_one_connection_and_classifies_codes() -> None:
     assert "https://x/y" in mail.get_payload()
 
 
-def self_signed(tmp_path: Path) -> ssl.SSLContext:
+def server_tls(tmp_path: Path) -> ssl.SSLContext:
     """A server TLS context for 127.0.0.1 with a throwaway self-signed certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    self_signed(cert, key, "127.0.0.1", "smtp")  # the devstack kubelet's own helper
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    ctx.load_cert_chain(cert, key)
     return ctx
 
 
@@ -215,7 +188,7 @@ def test_smtp_starttls_and_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         rec,
         hostname="127.0.0.1",
         port=port,
-        tls_context=self_signed(tmp_path),
+        tls_context=server_tls(tmp_path),
         require_starttls=True,  # MAIL before STARTTLS is refused
         authenticator=authenticator,
         auth_required=True,
