@@ -32,10 +32,11 @@ DUPLICATE_KEY = 11000
 
 @dataclass(frozen=True)
 class Outcome:
-    """The final result of one send."""
+    """The result of one recipient's sends: final (sent, failed), or pending again when
+    its retries were cut short by the worker shutting down (a later holder retries it)."""
 
     recipient_id: Any
-    status: Literal["sent", "failed"]
+    status: Literal["sent", "failed", "pending"]
     error: str | None = None
 
 
@@ -430,10 +431,12 @@ class Store:
         for i, ((status, error), ids) in enumerate(ordered):
             last = i == len(ordered) - 1
             query = batch.filter() if whole and last else {**batch.filter(), "_id": {"$in": ids}}
+            done = {"doneAt": now} if status != "pending" else {}
             result = await self.recipients.update_many(
-                query, {"$set": {"status": status, "error": error, "doneAt": now}}
+                query, {"$set": {"status": status, "error": error, **done}}
             )
-            counted[status] += result.modified_count
+            if status != "pending":  # handed back, not a result: nothing to count
+                counted[status] += result.modified_count
         inc = {f"counters.{k}": v for k, v in counted.items() if v}
         attempted = counted["sent"] + counted["failed"]
         if attempted:

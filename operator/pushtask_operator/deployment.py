@@ -72,8 +72,9 @@ def _get(spec: Mapping[str, Any], *path: str, default: Any = None) -> Any:
 def batch_seconds(spec: Mapping[str, Any]) -> float:
     """Worst-case time to finish the in-flight batch after SIGTERM.
 
-    A batch's sends run concurrently and, once SIGTERM arrives, are not retried: one
-    attempt (bounded by the channel timeout) finishes, then the results are written.
+    A batch's sends run concurrently and, once SIGTERM arrives, are not retried (a
+    recipient waiting for a retry is handed back pending): one attempt (bounded by the
+    channel timeout) finishes, then the results are written.
     Two timeouts leave room for that write.
     """
     message = _get(spec, "message", default={})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +113,44 @@ def test_failure_budget_fails_the_run_and_stops_the_workers(
     assert "failure budget" in failure.get("reason", ""), failure
     # Stopped early: far from every recipient was attempted.
     assert len(sink.requests) < audience / 2
+
+
+def test_sigterm_during_a_long_back_off_hands_the_recipient_back(
+    uri: str, sink: SinkThread, tmp_path: Path
+) -> None:
+    """A recipient waiting out a 60 s back-off must not hold a worker past its grace
+    period: on SIGTERM it goes back to pending (not failed, not in doubt), and the next
+    worker sends it with the same idempotency key."""
+    users = [f"ok-{i}" for i in range(50)] + ["slow-0", "slow-1"]
+    sink.program(prefixes={"slow-": [{"status": 503}, {"status": 200}]})
+    spec = spec_for(
+        users,
+        url=sink.url,
+        shards=1,
+        max_attempts=5,
+        backoff={"initialSeconds": 60, "maxSeconds": 60},
+    )
+    run_id, _ = create_run(uri, spec)
+    with WorkerProcs(uri, run_id, tmp_path) as workers:
+        workers.start("w0")
+        deadline = time.monotonic() + 60
+        while len(sink.requests) < len(users) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(sink.requests) == len(users), "every user tried once"
+        time.sleep(0.5)  # the two 503s are in their back-off now
+        term_at = time.monotonic()
+        workers.procs["w0"].send_signal(signal.SIGTERM)
+        assert workers.procs["w0"].wait(20) == 0, workers.logs()
+        took = time.monotonic() - term_at
+        assert took < 10, f"the back-off held the worker {took:.1f}s after SIGTERM"
+        statuses = recipient_statuses(uri, run_id)
+        assert statuses["slow-0"] == statuses["slow-1"] == "pending"
+        assert Counter(statuses.values()) == {"sent": 50, "pending": 2}
+        workers.start("w1")
+        assert workers.wait(120)["w1"] == 0, workers.logs()
+    by_user = sink.by_user()
+    for u in ("slow-0", "slow-1"):
+        first, second = by_user[u]
+        assert (first.status, second.status) == (503, 200) and first.key == second.key
+    t = totals(uri, run_id)
+    assert (t.sent, t.failed, t.unknown) == (len(users), 0, 0)

@@ -33,6 +33,9 @@ class Sender:
     compiled: CompiledMessage
     channel: Channel
     bucket: TokenBucket
+    # Set when the worker shuts down (SIGTERM): no further retries; the recipient is handed
+    # back pending, for whoever holds the shard next, with the same idempotency key.
+    stopping: asyncio.Event | None = None
 
     @property
     def label(self) -> str:
@@ -82,5 +85,19 @@ class Sender:
                     "failed",
                     f"gave up after {attempts} attempts: {result.detail}",
                 )
-            await asyncio.sleep(backoff.retry_delay(attempt, result.retry_after))
+            if await self._stopped_within(backoff.retry_delay(attempt, result.retry_after)):
+                detail = f"handed back at shutdown after attempt {attempt}: {result.detail}"
+                return Result(recipient["_id"], "pending", detail[:500])
         raise AssertionError("unreachable")
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Sleep out a back-off; True if the worker began shutting down meanwhile (a long
+        back-off must not outlast the pod's grace period)."""
+        if self.stopping is None:
+            await asyncio.sleep(seconds)
+            return False
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True

@@ -199,6 +199,7 @@ class Worker:
             compiled=self.compiled,
             channel=self.channel,
             bucket=self.bucket,
+            stopping=self.stopping,
         )
 
     async def run_forever(self) -> int:
