@@ -387,9 +387,33 @@ def test_missing_secret_waits_then_recovers(env: Env) -> None:
     assert status["phase"] == "Ready"
     valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
     assert valid["status"] == "False" and valid["reason"] == "SecretMissing"
+    held = [e for e in env.events("signed") if e["reason"] == "SecretMissing"]
+    assert held and held[0]["type"] == "Warning" and "hook-hmac" in held[0]["message"]
     env.kubectl("create", "secret", "generic", "hook-hmac", "--from-literal=hmac=s3cret")
     env.wait_phase("signed", "Finished", 180)
     assert len(env.delivered()) == 200
+
+
+def test_configmap_audience_and_exclusions(env: Env) -> None:
+    """ConfigMap sources: workers have no API access, so the operator copies the content
+    into the run document; an exclusion list from another ConfigMap removes users."""
+    audience = users(300)
+    unsubscribed = audience[:40]
+    env.kubectl(
+        "create", "configmap", "campaign",
+        "--from-literal=users.txt=" + "\n".join(audience) + "\n",
+        "--from-literal=unsubscribed.txt=" + "\n".join(unsubscribed) + "\n",
+    )  # fmt: skip
+    task = push_task("listed", env.sink.url, [], workers=2)
+    task["spec"]["audience"] = {
+        "sources": [{"kind": "configMap", "name": "campaign", "key": "users.txt"}],
+        "exclude": [{"kind": "configMap", "name": "campaign", "key": "unsubscribed.txt"}],
+    }
+    env.apply(task)
+    status = env.wait_phase("listed", "Finished", 180)
+    expected = audience[40:]
+    assert_each_once(env, expected)
+    assert status["counts"]["sent"] == status["counts"]["audience"] == len(expected)
 
 
 def test_operator_killed_mid_run_status_catches_up(env: Env) -> None:

@@ -120,3 +120,21 @@ def test_configmap_copies_are_capped_with_a_clear_error() -> None:
     assert "spec.audience.exclude[0]" in v.message and "url or mongo" in v.message
     fake.configmaps["b"]["list"] = half  # exactly at the limit: accepted
     assert run(s, fake).ok
+
+
+def test_probe_url_against_real_servers() -> None:
+    """The operator's URL check (Kube.probe_url) over real connections: a success, an
+    HTTP error and a port nobody listens on."""
+    from pushtask_operator.kube import Kube
+    from tests.support.sink import SinkThread, free_port
+
+    kube = Kube()
+    kube.probe_timeout = 5
+    with SinkThread() as sink:
+        base = sink.url.rsplit("/", 1)[0]
+        ok = asyncio.run(kube.probe_url(f"{base}/_sink/health"))
+        missing = asyncio.run(kube.probe_url(f"{base}/users.csv"))  # GET: no such route
+    refused = asyncio.run(kube.probe_url(f"http://127.0.0.1:{free_port()}/users.csv"))
+    assert ok is None
+    assert missing is not None and missing.startswith("HTTP 4"), missing
+    assert refused is not None and "Connect" in refused, refused
