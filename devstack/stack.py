@@ -484,7 +484,10 @@ class Stack:
         if "kubelet" in names and not kubelet_available():
             _log("devstack.kubelet is not there yet: starting the cluster without a node")
             names.remove("kubelet")
-        build.ensure_tools([t for n in names if (t := COMPONENTS[n].tool) is not None])
+        tools = [t for n in names if (t := COMPONENTS[n].tool) is not None]
+        if any(n not in GROUPS["mongo"] for n in names):
+            tools += ["kubectl", "helm"]  # what `env` puts on PATH to use the cluster
+        build.ensure_tools(tools)
         started: list[str] = []
         t0 = time.monotonic()
         with self.locked():
