@@ -78,6 +78,10 @@ class Facts:
     degraded: bool = False  # the task's priority tier is degraded at a peak
 
 
+# A terminal phase that stays put: nothing happened (the operator keeps the old cause).
+RUN_OVER = "RunOver"
+
+
 @dataclass(frozen=True)
 class Transition:
     """The next phase, a CamelCase reason (Event reason) and a human message."""
@@ -143,9 +147,9 @@ def transition(phase: Phase, desired: DesiredState, facts: Facts) -> Transition:
     if facts.run_raised and desired is not DesiredState.STOPPED:
         return _raised(desired, facts)
     if phase is Phase.STOPPED:
-        return Transition(Phase.STOPPED, "RunOver", "stopped; raise spec.run to start a new run")
+        return Transition(Phase.STOPPED, RUN_OVER, "stopped; raise spec.run to start a new run")
     if facts.recurring:
         if desired is DesiredState.STOPPED:
             return Transition(Phase.STOPPED, "StoppedByUser", "no further cron firings")
         return Transition(Phase.READY, "AwaitingNextFiring", f"last run {phase.value.lower()}")
-    return Transition(phase, "RunOver", f"run {phase.value.lower()}; raise spec.run to rerun")
+    return Transition(phase, RUN_OVER, f"run {phase.value.lower()}; raise spec.run to rerun")

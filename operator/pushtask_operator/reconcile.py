@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pushtask.states import (
     ACTIVE_PHASES,
+    RUN_OVER,
     DesiredState,
     Facts,
     Phase,
@@ -230,6 +231,10 @@ def decide(obs: Observed) -> Plan:
         start_phase = Phase.READY
 
     t = transition(start_phase, obs.desired, _facts(obs, status_run))
+    if t.phase is phase_now and t.reason == RUN_OVER and status.get("message"):
+        # Resting in a terminal phase: keep the cause it ended with, the one thing the
+        # user needs (a later reconcile must not replace it with a generic line).
+        t = Transition(t.phase, _condition_reason(status, "Ready") or t.reason, status["message"])
 
     # Validation gates what starts, never a run already under way (its spec is frozen).
     if not v.ok and t.new_run:

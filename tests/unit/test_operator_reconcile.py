@@ -140,6 +140,19 @@ def test_template_error_fails_before_start_and_recovers_when_fixed() -> None:
     # Still broken: stays Failed without a new Event.
     again = decide(obs(plan.status, validation=bad))
     assert again.phase is Phase.FAILED and again.events == []
+    assert "line 2" in again.status["message"]
+    ready = next(c for c in again.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == INVALID_SPEC
+
+
+def test_a_terminal_phase_keeps_the_cause_it_ended_with() -> None:
+    bad = decide(obs({"phase": "Started", "run": 1}, progress=progress(failure="budget spent")))
+    later = decide(obs(bad.status, progress=progress(failure="budget spent")))
+    assert later.phase is Phase.FAILED and later.events == []
+    assert later.status["message"] == "budget spent"
+    stopped = decide(obs({"phase": "Started", "run": 1}, desired=DesiredState.STOPPED))
+    again = decide(obs(stopped.status, desired=DesiredState.STOPPED))
+    assert again.status["message"] == stopped.status["message"] == "spec.state is Stopped; run over"
 
 
 def test_template_error_waiting_for_start_fails_at_once() -> None:
