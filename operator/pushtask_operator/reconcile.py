@@ -233,8 +233,11 @@ def decide(obs: Observed) -> Plan:
     t = transition(start_phase, obs.desired, _facts(obs, status_run))
     if t.phase is phase_now and t.reason == RUN_OVER and status.get("message"):
         # Resting in a terminal phase: keep the cause it ended with, the one thing the
-        # user needs (a later reconcile must not replace it with a generic line).
-        t = Transition(t.phase, _condition_reason(status, "Ready") or t.reason, status["message"])
+        # user needs (a later reconcile must not replace it with a generic line). A spec
+        # still invalid is described as it is now: it may have been edited since.
+        reason = _condition_reason(status, "Ready") or t.reason
+        still_invalid = reason == INVALID_SPEC and not v.ok
+        t = Transition(t.phase, reason, v.message if still_invalid else status["message"])
 
     # Validation gates what starts, never a run already under way (its spec is frozen).
     if not v.ok and t.new_run:

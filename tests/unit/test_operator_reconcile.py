@@ -143,6 +143,10 @@ def test_template_error_fails_before_start_and_recovers_when_fixed() -> None:
     assert "line 2" in again.status["message"]
     ready = next(c for c in again.status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == INVALID_SPEC
+    # Edited into another error: the message follows the spec as it is now.
+    other = Validation.failed("TemplateError", "field 'title', line 5: boom", permanent=True)
+    edited = decide(obs(again.status, generation=2, validation=other))
+    assert edited.phase is Phase.FAILED and "line 5" in edited.status["message"]
 
 
 def test_a_terminal_phase_keeps_the_cause_it_ended_with() -> None:
