@@ -119,6 +119,40 @@ def test_cluster_wide_defaults(helm: Path) -> None:
     assert test_pod["spec"]["containers"][0]["command"] == ["pushtask-operator", "selftest"]
 
 
+# Values whose settings checksum is 16 decimal digits ("5132136562475218"): unquoted, the
+# API server refused the Deployment (annotations must be strings). Found by an e2e install.
+DIGITS_ONLY_CHECKSUM = [
+    "--set",
+    "mongodb.uri=mongodb://127.0.0.1:27030/e2e_t_test_template_error_fails_with_the_line_f6d042",
+    "--set",
+    "worker.leaseSeconds=10",
+    "--set",
+    "operator.progressInterval=1",
+    "--set",
+    "operator.logLevel=info",
+    "--set",
+    "userRoles.enabled=false",
+    "--set",
+    "watchNamespaces={t-test-template-error-fails-with-the-line-f6d042}",
+]
+
+
+@pytest.mark.parametrize("values", [URI, DIGITS_ONLY_CHECKSUM], ids=["defaults", "digits"])
+def test_labels_and_annotations_are_strings(helm: Path, values: list[str]) -> None:
+    docs = render(helm, *values)
+    metas = [d["metadata"] for d in docs]
+    metas += [t["metadata"] for d in docs if (t := d.get("spec", {}).get("template"))]
+    checked = 0
+    for meta in metas:
+        for field in ("labels", "annotations"):
+            for key, value in (meta.get(field) or {}).items():
+                assert isinstance(value, str), f"{field} {key}: {value!r} is not a string"
+                checked += 1
+    assert checked > 10
+    checksum = operator_deployment(docs)["spec"]["template"]["metadata"]["annotations"]
+    assert len(checksum["checksum/settings"]) == 16
+
+
 def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     return {
         (g, r, v)
