@@ -28,6 +28,10 @@ Guarantee = Literal["AtMostOnce", "AtLeastOnce"]
 FINAL_STATUSES = ("sent", "failed", "unknown")
 COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted")
 DUPLICATE_KEY = 11000
+# Delivery takes recipients in this order; the index serves it after the equality fields
+# (run, shard, status), so a batch costs its own size, not its shard's.
+TAKE_ORDER = [("due", ASCENDING), ("_id", ASCENDING)]
+TAKE_INDEX = [("run", ASCENDING), ("shard", ASCENDING), ("status", ASCENDING), *TAKE_ORDER]
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Batch:
     recipients: list[dict[str, Any]]
 
     def filter(self) -> dict[str, Any]:
-        # run/shard/status lead, so MongoDB answers it from the (run, shard, status, due) index.
+        # run/shard/status lead, so MongoDB answers it from TAKE_INDEX.
         return {
             "run": self.run_id,
             "shard": self.shard,
@@ -130,10 +134,7 @@ class Store:
         await self.recipients.create_index(
             [("run", ASCENDING), ("user", ASCENDING)], unique=True, name="run_user_unique"
         )
-        await self.recipients.create_index(
-            [("run", ASCENDING), ("shard", ASCENDING), ("status", ASCENDING), ("due", ASCENDING)],
-            name="run_shard_status_due",
-        )
+        await self.recipients.create_index(TAKE_INDEX, name="run_shard_status_due_id")
         await self.splits.create_index(
             [
                 ("run", ASCENDING),
@@ -376,24 +377,28 @@ class Store:
         exactly the recipients this call moved (found again by its tag): only those may
         be sent.
 
-        The move selects an `_id` range rather than a list of ids: every query stays on the
-        (run, shard, status, due) index in MongoDB, and none costs the size of the
-        collection times the size of the batch in servers that test `$in` member by member.
+        Earliest due first, then by `_id`: the order of TAKE_INDEX after its equality fields,
+        so MongoDB walks the index and stops at `limit` instead of sorting the whole shard
+        for every batch. The move selects "up to the last one found" in that order rather
+        than a list of ids: it stays on the same index, and no server pays the size of the
+        collection times the size of the batch (some test `$in` member by member).
         """
         now = now or now_utc()
         await renew(self.splits, lease, now)
         due = {"run": run_id, "shard": shard, "status": "pending", "due": {"$lte": now}}
-        ids = [
-            doc["_id"]
-            async for doc in self.recipients.find(due, {"_id": 1})
-            .sort("_id", ASCENDING)
-            .limit(limit)
+        found = [
+            doc async for doc in self.recipients.find(due, {"due": 1}).sort(TAKE_ORDER).limit(limit)
         ]
         tag = Batch(run_id, shard, uuid.uuid4().hex, lease.token, [])
-        if not ids:
+        if not found:
             return tag
+        last = found[-1]
+        up_to_last = [
+            {"due": {"$lt": last["due"]}},
+            {"due": last["due"], "_id": {"$lte": last["_id"]}},
+        ]
         await self.recipients.update_many(
-            {**due, "_id": {"$gte": ids[0], "$lte": ids[-1]}},
+            {**due, "$or": up_to_last},
             {
                 "$set": {
                     "status": "inflight",

@@ -371,6 +371,33 @@ def test_not_yet_due_recipients_are_not_taken(uri: str, db_name: str) -> None:
     run(scenario())
 
 
+def test_batches_are_taken_earliest_due_first(uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        run_id = await delivery_run(store, shards=1, per_shard=6)
+        base = now_utc() - timedelta(hours=1)
+        # Due times against insertion order; u0-4 and u0-5 share one across a batch boundary,
+        # so the first batch must stop at u0-4 (the smaller _id) and leave u0-5.
+        minutes = {"u0-0": 50, "u0-1": 40, "u0-2": 10, "u0-3": 30, "u0-4": 20, "u0-5": 20}
+        for user, m in minutes.items():
+            await store.recipients.update_one(
+                {"run": run_id, "user": user}, {"$set": {"due": base + timedelta(minutes=m)}}
+            )
+        _, lease = await claim(store.splits, run_id=run_id, kind="delivery", owner="w", ttl=30) or (
+            None,
+            None,
+        )
+        assert lease is not None
+        taken = []
+        for _ in range(3):
+            batch = await store.take_batch(lease, run_id, 0, limit=2)
+            taken.append(sorted(r["user"] for r in batch.recipients))
+        assert taken == [["u0-2", "u0-4"], ["u0-3", "u0-5"], ["u0-0", "u0-1"]]
+        await store.close()
+
+    run(scenario())
+
+
 def test_outcomes_of_part_of_a_batch_and_requeue(uri: str, db_name: str) -> None:
     async def scenario() -> None:
         store = await new_store(uri, db_name)
