@@ -12,9 +12,10 @@
 The sink runs in its own process (python -m tests.support.sink); the store is a private
 mongo-java-server started for the benchmark (devstack's binary; its memory backend unless
 --backend h2: the benchmark measures throughput, not durability), or PUSHTASK_MONGO_URI.
-Prints a table with ratios; with
---markdown FILE it also writes it there. Targets: 4 workers >= 60% of the ceiling and
->= 5x naive.
+Prints a table with ratios, and where the CPU went: CPU microseconds per recipient of the
+client (or the workers), the sink and the store, read from /proc and getrusage over each
+measurement. With --markdown FILE it also writes both there. Targets: 4 workers >= 60% of
+the ceiling and >= 5x naive.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +64,63 @@ class Result:
     workers: int
     recipients: int
     seconds: float
+    # CPU seconds of each part over the measurement: "client" (the ceiling's or naive's own
+    # loop, or the workers), "sink", "store" (only when the store is our private server).
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.recipients / self.seconds if self.seconds else 0.0
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a live process has used so far; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def own_cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU used over one measurement by the client side, the sink and the store.
+
+    The client side is this process (the ceiling, naive) plus the children reaped meanwhile
+    (the workers, which have exited when a pushtask measurement ends)."""
+
+    def __init__(self, sink_pid: int | None, store_pid: int | None) -> None:
+        self.pids = {"sink": sink_pid, "store": store_pid}
+        self.start: dict[str, float | None] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _now(self) -> dict[str, float | None]:
+        now: dict[str, float | None] = {k: proc_cpu(pid) for k, pid in self.pids.items()}
+        now["client"] = own_cpu(resource.RUSAGE_SELF) + own_cpu(resource.RUSAGE_CHILDREN)
+        return now
+
+    def used(self) -> dict[str, float]:
+        end = self._now()
+        return {
+            k: e - b
+            for k in ("client", "sink", "store")
+            if (b := self.start.get(k)) is not None and (e := end.get(k)) is not None
+        }
 
 
 class SinkProcess:
@@ -224,6 +279,24 @@ def table(results: list[Result], ceiling_rate: float, naive_rate: float) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(results: list[Result]) -> str:
+    """Where the CPU went, per recipient; "bound" is what the machine's CPUs would allow if
+    they did nothing else: CPUs / total CPU per recipient."""
+    cpus = os.cpu_count() or 1
+    lines = [
+        "| mode | workers | client or workers µs | sink µs | store µs | total µs "
+        f"| bound on {cpus} CPUs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        per = {k: v / r.recipients * 1e6 for k, v in r.cpu.items()} if r.recipients else {}
+        total = sum(per.values())
+        cells = [f"{per[k]:,.0f}" if k in per else "-" for k in ("client", "sink", "store")]
+        bound = f"{cpus / total * 1e6:,.0f}/s" if total else "-"
+        lines.append(f"| {r.name} | {r.workers} | {' | '.join(cells)} | {total:,.0f} | {bound} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", type=int, default=100_000, help="recipients per measurement")
@@ -255,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         mongo = private.uri
         store = f"a private mongo-java-server ({args.backend} backend)"
     try:
-        return run(args, counts, users, logs, mongo, store, results)
+        store_pid = private.proc.pid if private is not None and private.proc else None
+        return run(args, counts, users, logs, mongo, store, store_pid, results)
     finally:
         if private is not None:
             private.stop()
@@ -268,12 +342,15 @@ def run(
     logs: Path,
     mongo: str,
     store: str,
+    store_pid: int | None,
     results: list[Result],
 ) -> int:
     with SinkProcess() as sink:
         print(f"sink {sink.url}; store {store}; {args.size:,} recipients; logs {logs}")
-        secs = asyncio.run(ceiling(sink.url, users))
-        ceil = Result("ceiling (plain aiohttp)", 1, args.size, secs)
+        sink_pid = sink.proc.pid if sink.proc else None
+        with CpuMeter(sink_pid, None) as meter:  # the ceiling does not touch the store
+            secs = asyncio.run(ceiling(sink.url, users))
+        ceil = Result("ceiling (plain aiohttp)", 1, args.size, secs, meter.used())
         got = sink.stats()["delivered"]
         if got != args.size:
             raise RuntimeError(f"ceiling: the sink saw {got} of {args.size} requests")
@@ -281,7 +358,9 @@ def run(
         sink.reset()
         naive_uri = db_uri(mongo, f"bench_naive_{secrets.token_hex(4)}")
         try:
-            nv = asyncio.run(naive(naive_uri, sink.url, users, max(counts), args.naive_seconds))
+            with CpuMeter(sink_pid, store_pid) as meter:
+                nv = asyncio.run(naive(naive_uri, sink.url, users, max(counts), args.naive_seconds))
+            nv.cpu = meter.used()
         finally:
             drop_db(naive_uri)
         nv.name = "naive (find-and-modify per user)"
@@ -289,13 +368,15 @@ def run(
         results += [ceil, nv]
         for w in counts:
             sink.reset()
-            r = pushtask(mongo, sink.url, users, w, logs, args.shards, args.max_batch)
+            with CpuMeter(sink_pid, store_pid) as meter:
+                r = pushtask(mongo, sink.url, users, w, logs, args.shards, args.max_batch)
+            r.cpu = meter.used()
             stats = sink.stats()
             if stats["delivered_users"] != args.size or stats["duplicates"]:
                 raise RuntimeError(f"sink saw {stats}")
             print(f"pushtask x{w}: {r.seconds:.1f}s, {r.rate:,.0f}/s", flush=True)
             results.append(r)
-    out = table(results, ceil.rate, nv.rate)
+    out = table(results, ceil.rate, nv.rate) + "\n\n" + cpu_table(results)
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print()
     print(out)

@@ -40,3 +40,10 @@ def test_bench_smoke(mongo_uri: str, tmp_path: Path) -> None:
     table = out.read_text()
     for row in ("ceiling (plain aiohttp)", "naive (find-and-modify per user)", "| pushtask | 2 |"):
         assert row in table, table
+    # The CPU table: every part of a pushtask measurement was metered (the private store too).
+    cpu_table = table[table.index("| bound on") :]
+    cpu_rows = [r for r in cpu_table.splitlines() if r.startswith("| pushtask |")]
+    assert len(cpu_rows) == 2, table
+    for row in cpu_rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(c.replace(",", "").isdigit() for c in cells[2:6]), row
