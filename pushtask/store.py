@@ -135,6 +135,10 @@ class Store:
             [("run", ASCENDING), ("user", ASCENDING)], unique=True, name="run_user_unique"
         )
         await self.recipients.create_index(TAKE_INDEX, name="run_shard_status_due_id")
+        # Superseded by run_shard_status_due_id (it could not serve the take's order): a store
+        # set up by an earlier version would otherwise keep paying for it on every write.
+        if "run_shard_status_due" in await self.recipients.index_information():
+            await self.recipients.drop_index("run_shard_status_due")
         await self.splits.create_index(
             [
                 ("run", ASCENDING),

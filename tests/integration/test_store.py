@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from pymongo import MongoClient
+from pymongo import ASCENDING, MongoClient
 
 from pushtask.leases import EPOCH, LeaseLost, claim, now_utc, release, renew
 from pushtask.planning import TaskRef, plan_run, shard_of
@@ -366,6 +366,20 @@ def test_not_yet_due_recipients_are_not_taken(uri: str, db_name: str) -> None:
         assert (
             open_left and first_due is not None and abs((first_due - later).total_seconds()) < 0.01
         )
+        await store.close()
+
+    run(scenario())
+
+
+def test_ensure_indexes_drops_the_superseded_take_index(uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(uri, db_name)
+        old = [("run", ASCENDING), ("shard", ASCENDING), ("status", ASCENDING), ("due", ASCENDING)]
+        await store.recipients.create_index(old, name="run_shard_status_due")
+        await store.ensure_indexes()
+        names = set(await store.recipients.index_information())
+        assert "run_shard_status_due" not in names
+        assert {"run_user_unique", "run_shard_status_due_id"} <= names
         await store.close()
 
     run(scenario())
