@@ -389,20 +389,25 @@ class Store:
         """
         now = now or now_utc()
         await renew(self.splits, lease, now)
-        due = {"run": run_id, "shard": shard, "status": "pending", "due": {"$lte": now}}
+        pending = {"run": run_id, "shard": shard, "status": "pending"}
+        due = {**pending, "due": {"$lte": now}}
         found = [
             doc async for doc in self.recipients.find(due, {"due": 1}).sort(TAKE_ORDER).limit(limit)
         ]
         tag = Batch(run_id, shard, uuid.uuid4().hex, lease.token, [])
         if not found:
             return tag
+        # Each branch is a range of TAKE_INDEX on its own (equality fields repeated), so
+        # MongoDB serves the $or from the index without pushing the enclosing AND down; the
+        # enclosing AND stays because servers that scan reject most documents on it cheaply
+        # (mongo-java-server: 65 ms instead of 90 for 1,000 of 100,000 documents).
         last = found[-1]
         up_to_last = [
-            {"due": {"$lt": last["due"]}},
-            {"due": last["due"], "_id": {"$lte": last["_id"]}},
+            {**pending, "due": {"$lt": last["due"]}},
+            {**pending, "due": last["due"], "_id": {"$lte": last["_id"]}},
         ]
         await self.recipients.update_many(
-            {**due, "$or": up_to_last},
+            {**pending, "$or": up_to_last},
             {
                 "$set": {
                     "status": "inflight",
