@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from pymongo import ASCENDING, MongoClient
 
-from pushtask.leases import EPOCH, LeaseLost, claim, now_utc, release, renew
+from pushtask.leases import EPOCH, Lease, LeaseLost, claim, now_utc, release, renew
 from pushtask.planning import TaskRef, plan_run, shard_of
 from pushtask.store import Outcome, Store
 
@@ -86,6 +86,13 @@ async def delivery_run(store: Store, shards: int, per_shard: int) -> str:
     ]
     await store.recipients.insert_many(docs)
     return run_id
+
+
+async def claim_shard(store: Store, run_id: str) -> Lease:
+    """The lease of the first free delivery shard of the run (there must be one)."""
+    got = await claim(store.splits, run_id=run_id, kind="delivery", owner="w", ttl=30)
+    assert got is not None
+    return got[1]
 
 
 def test_indexes_are_idempotent_and_users_unique_per_run(uri: str, db_name: str) -> None:
@@ -352,11 +359,7 @@ def test_not_yet_due_recipients_are_not_taken(uri: str, db_name: str) -> None:
         await store.recipients.update_many(
             {"run": run_id, "user": {"$in": ["u0-0", "u0-1"]}}, {"$set": {"due": later}}
         )
-        _, lease = await claim(store.splits, run_id=run_id, kind="delivery", owner="w", ttl=30) or (
-            None,
-            None,
-        )
-        assert lease is not None
+        lease = await claim_shard(store, run_id)
         batch = await store.take_batch(lease, run_id, 0, limit=10)
         assert sorted(r["user"] for r in batch.recipients) == ["u0-2", "u0-3"]
         await store.record_outcomes(
@@ -397,11 +400,7 @@ def test_batches_are_taken_earliest_due_first(uri: str, db_name: str) -> None:
             await store.recipients.update_one(
                 {"run": run_id, "user": user}, {"$set": {"due": base + timedelta(minutes=m)}}
             )
-        _, lease = await claim(store.splits, run_id=run_id, kind="delivery", owner="w", ttl=30) or (
-            None,
-            None,
-        )
-        assert lease is not None
+        lease = await claim_shard(store, run_id)
         taken = []
         for _ in range(3):
             batch = await store.take_batch(lease, run_id, 0, limit=2)
@@ -416,11 +415,7 @@ def test_outcomes_of_part_of_a_batch_and_requeue(uri: str, db_name: str) -> None
     async def scenario() -> None:
         store = await new_store(uri, db_name)
         run_id = await delivery_run(store, shards=1, per_shard=6)
-        _, lease = await claim(store.splits, run_id=run_id, kind="delivery", owner="w", ttl=30) or (
-            None,
-            None,
-        )
-        assert lease is not None
+        lease = await claim_shard(store, run_id)
         batch = await store.take_batch(lease, run_id, 0, limit=6)
         ids = [r["_id"] for r in batch.recipients]
         # Results for two recipients only: the other four must stay in flight.
