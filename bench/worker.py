@@ -93,21 +93,14 @@ def own_cpu(who: int) -> float:
 
 
 class CpuMeter:
-    """CPU used over one measurement by the client side, the sink and the store.
+    """CPU used since it was made by the client side, the sink and the store.
 
     The client side is this process (the ceiling, naive) plus the children reaped meanwhile
     (the workers, which have exited when a pushtask measurement ends)."""
 
     def __init__(self, sink_pid: int | None, store_pid: int | None) -> None:
         self.pids = {"sink": sink_pid, "store": store_pid}
-        self.start: dict[str, float | None] = {}
-
-    def __enter__(self) -> CpuMeter:
         self.start = self._now()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
     def _now(self) -> dict[str, float | None]:
         now: dict[str, float | None] = {k: proc_cpu(pid) for k, pid in self.pids.items()}
@@ -348,8 +341,8 @@ def run(
     with SinkProcess() as sink:
         print(f"sink {sink.url}; store {store}; {args.size:,} recipients; logs {logs}")
         sink_pid = sink.proc.pid if sink.proc else None
-        with CpuMeter(sink_pid, None) as meter:  # the ceiling does not touch the store
-            secs = asyncio.run(ceiling(sink.url, users))
+        meter = CpuMeter(sink_pid, None)  # the ceiling does not touch the store
+        secs = asyncio.run(ceiling(sink.url, users))
         ceil = Result("ceiling (plain aiohttp)", 1, args.size, secs, meter.used())
         got = sink.stats()["delivered"]
         if got != args.size:
@@ -358,8 +351,8 @@ def run(
         sink.reset()
         naive_uri = db_uri(mongo, f"bench_naive_{secrets.token_hex(4)}")
         try:
-            with CpuMeter(sink_pid, store_pid) as meter:
-                nv = asyncio.run(naive(naive_uri, sink.url, users, max(counts), args.naive_seconds))
+            meter = CpuMeter(sink_pid, store_pid)
+            nv = asyncio.run(naive(naive_uri, sink.url, users, max(counts), args.naive_seconds))
             nv.cpu = meter.used()
         finally:
             drop_db(naive_uri)
@@ -368,8 +361,8 @@ def run(
         results += [ceil, nv]
         for w in counts:
             sink.reset()
-            with CpuMeter(sink_pid, store_pid) as meter:
-                r = pushtask(mongo, sink.url, users, w, logs, args.shards, args.max_batch)
+            meter = CpuMeter(sink_pid, store_pid)
+            r = pushtask(mongo, sink.url, users, w, logs, args.shards, args.max_batch)
             r.cpu = meter.used()
             stats = sink.stats()
             if stats["delivered_users"] != args.size or stats["duplicates"]:
