@@ -5,6 +5,13 @@ verifies against ``secret``), attempt header, arrival time and the status answer
 Answers are programmed per user: a list of responses consumed in order (the last one
 repeats), e.g. 503 then 200, a final 400, or 429 with ``Retry-After``.
 
+With a ``secret`` the sink checks requests as a careful receiver does: the signature is
+the HMAC-SHA256 of ``<X-PushTask-Timestamp>.<raw body>`` (docs/channels.md); a bad
+signature is recorded (``signature_ok`` False, counted in ``stats()``) and answered as
+programmed, so tests can count them; a timestamp missing, unreadable or more than
+``max_age`` seconds away from the sink's clock (0: no check) is refused with 401 and a
+body saying why, before the program is consulted: that is what stops a replay.
+
 In-process (pytest)::
 
     with SinkThread(secret="s3cret") as sink:        # binds 127.0.0.1 on a free port
@@ -14,7 +21,7 @@ In-process (pytest)::
 As a process (the operator's e2e tests, the benchmark)::
 
     python -m tests.support.sink --host 127.0.0.2 --port 8099 --secret s3cret \
-        --record /tmp/sink.jsonl
+        --max-age 300 --record /tmp/sink.jsonl
     # control API: GET /_sink/stats, GET /_sink/requests, POST /_sink/program,
     #              POST /_sink/reset, GET /_sink/health
 
@@ -46,6 +53,11 @@ from typing import IO, Any
 
 from aiohttp import web
 
+# A receiver's usual replay window (Stripe's and Slack's is 5 minutes): wide enough for
+# clock skew between hosts, narrow enough that a captured request soon stops working.
+DEFAULT_MAX_AGE = 300.0
+STALE_STATUS = 401
+
 Response = dict[str, Any]  # {"status": int, "retryAfter": str|number, "body": str, "delay": s}
 
 
@@ -63,6 +75,7 @@ class Record:
     run: int | None = None
     task: str | None = None
     message: Any = None
+    rejected: str | None = None  # why the sink refused it before its program (stale, ...)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,10 +95,12 @@ class Sink:
         secret: str | None = None,
         record_file: str | None = None,
         keep_messages: bool = False,
+        max_age: float = DEFAULT_MAX_AGE,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.secret = secret.encode() if secret else None
+        self.max_age = max_age
         self.keep_messages = keep_messages
         self.requests: list[Record] = []
         self._program: dict[str, Any] = {"users": {}, "default": [{"status": 200}], "prefixes": {}}
@@ -133,6 +148,31 @@ class Sink:
         self._served[user or ""] += 1
         return seq[min(n, len(seq) - 1)]
 
+    # -- checks ----------------------------------------------------------------------
+    def expected_signature(self, timestamp: str, body: bytes) -> str | None:
+        if self.secret is None:
+            return None
+        payload = timestamp.encode() + b"." + body
+        return "sha256=" + hmac.new(self.secret, payload, hashlib.sha256).hexdigest()
+
+    def stale(self, timestamp: str | None, now: float) -> str | None:
+        """Why ``timestamp`` is refused (None: fresh enough, or the sink does not check)."""
+        if self.secret is None or self.max_age <= 0:
+            return None
+        if not timestamp:
+            return "missing X-PushTask-Timestamp"
+        try:
+            sent = int(timestamp)
+        except ValueError:
+            return f"unreadable X-PushTask-Timestamp {timestamp[:40]!r}"
+        age = now - sent
+        if abs(age) > self.max_age:
+            return (
+                f"stale X-PushTask-Timestamp {sent}: {age:+.0f}s from the receiver's clock,"
+                f" more than {self.max_age:g}s (a replay, or clocks apart)"
+            )
+        return None
+
     # -- handlers ------------------------------------------------------------------
     async def _hook(self, request: web.Request) -> web.Response:
         t = time.time()
@@ -146,11 +186,17 @@ class Sink:
             task = f"{doc['task']['namespace']}/{doc['task']['name']}"
             message = doc.get("message") if self.keep_messages else None
         sig = request.headers.get("X-PushTask-Signature")
+        timestamp = request.headers.get("X-PushTask-Timestamp")
         sig_ok: bool | None = None
-        if self.secret is not None:
-            expected = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        expected = self.expected_signature(timestamp or "", body)
+        if expected is not None:
             sig_ok = sig is not None and hmac.compare_digest(sig, expected)
-        answer = self._answer_for(user)
+        rejected = self.stale(timestamp, t)
+        if rejected is not None:
+            # Refused before the program: a replay must not consume a programmed answer.
+            answer: Response = {"status": STALE_STATUS, "body": rejected}
+        else:
+            answer = self._answer_for(user)
         delay = float(answer.get("delay", self._program.get("delay", 0.0)) or 0.0)
         status = int(answer.get("status", 200))
         attempt = request.headers.get("X-PushTask-Attempt")
@@ -162,11 +208,12 @@ class Sink:
             signature_ok=sig_ok,
             attempt=int(attempt) if attempt and attempt.isdigit() else None,
             status=status,
-            timestamp=request.headers.get("X-PushTask-Timestamp"),
+            timestamp=timestamp,
             path=request.path,
             run=run,
             task=task,
             message=message,
+            rejected=rejected,
         )
         self.requests.append(rec)
         if self._record_fh is not None:
@@ -212,6 +259,7 @@ class Sink:
             "duplicates": sum(c - 1 for c in ok_users.values() if c > 1),
             "users_with_several_keys": sum(1 for ks in keys.values() if len(ks) > 1),
             "bad_signatures": sum(1 for r in reqs if r.signature_ok is False),
+            "rejected": sum(1 for r in reqs if r.rejected is not None),
             "first": reqs[0].t if reqs else None,
             "last": reqs[-1].t if reqs else None,
         }
@@ -272,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="a loopback IP to bind")
     p.add_argument("--port", type=int, default=0, help="0 = a free port (printed)")
     p.add_argument("--secret", default=None, help="HMAC secret to verify signatures")
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=DEFAULT_MAX_AGE,
+        help="with --secret: refuse (401) a timestamp further than this from now; 0 = off",
+    )
     p.add_argument("--record", default=None, help="append every request as JSON Lines")
     p.add_argument("--program", default=None, help="a JSON program file (see module doc)")
     p.add_argument("--ready-file", default=None, help="write the URL here once listening")
@@ -280,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     program = json.loads(Path(args.program).read_text()) if args.program else None
 
     async def serve() -> None:
-        sink = Sink(args.host, args.port, secret=args.secret, record_file=args.record)
+        sink = Sink(
+            args.host,
+            args.port,
+            secret=args.secret,
+            record_file=args.record,
+            max_age=args.max_age,
+        )
         if program is not None:
             sink.program(**program)
         await sink.start()

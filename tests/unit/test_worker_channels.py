@@ -6,7 +6,12 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -80,13 +85,106 @@ def test_webhook_body_headers_and_signature() -> None:
         assert sink.stats()["bad_signatures"] == 0
 
 
-def test_webhook_signature_is_hmac_of_the_exact_body() -> None:
+def test_webhook_signature_covers_timestamp_and_exact_body() -> None:
     from pushtask_worker.channels.webhook import encode_body, sign
 
     body = encode_body(delivery("u9"))
     assert json.loads(body)["user"] == "u9"
-    expected = "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
-    assert sign(b"k", body) == expected
+    expected = "sha256=" + hmac.new(b"k", b"1767225600." + body, hashlib.sha256).hexdigest()
+    assert sign(b"k", "1767225600", body) == expected
+    # The timestamp is bound to the body: moving it (a replay made to look fresh) breaks it.
+    assert sign(b"k", "1767225601", body) != expected
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def signed_headers(secret: bytes, timestamp: int, body: bytes) -> dict[str, str]:
+    from pushtask_worker.channels.webhook import sign
+
+    return {
+        "Content-Type": "application/json",
+        "X-PushTask-Timestamp": str(timestamp),
+        "X-PushTask-Signature": sign(secret, str(timestamp), body),
+    }
+
+
+def test_sink_refuses_a_stale_timestamp_so_a_replay_fails() -> None:
+    from pushtask_worker.channels.webhook import encode_body
+
+    body = encode_body(delivery("u1"))
+    with SinkThread(secret="s3cret") as sink:
+        sink.program({"u1": [{"status": 503}, {"status": 200}]})
+        # Captured six minutes ago: correctly signed, but past the 5-minute window.
+        old = int(time.time()) - 360
+        status, text = post(sink.url, body, signed_headers(b"s3cret", old, body))
+        assert status == 401 and "stale X-PushTask-Timestamp" in text
+        # Moving the timestamp forward without the secret breaks the signature.
+        forged = {**signed_headers(b"s3cret", old, body), "X-PushTask-Timestamp": str(old + 360)}
+        assert post(sink.url, body, forged)[0] == 503  # answered, as programmed ...
+        assert sink.requests[-1].signature_ok is False  # ... and recorded as forged
+        status, _ = post(sink.url, body, {"Content-Type": "application/json"})
+        assert status == 401 and sink.requests[-1].rejected == "missing X-PushTask-Timestamp"
+        # Refusals did not consume the program: the next genuine request gets 200.
+        fresh = int(time.time())
+        assert post(sink.url, body, signed_headers(b"s3cret", fresh, body))[0] == 200
+        assert sink.requests[-1].signature_ok is True and sink.requests[-1].rejected is None
+        stats = sink.stats()
+        assert stats["rejected"] == 2 and stats["bad_signatures"] == 2
+        assert stats["delivered"] == 1
+    # Without a secret the sink checks nothing (plain recorder, e.g. the benchmark).
+    with SinkThread() as plain:
+        assert post(plain.url, body, {"Content-Type": "application/json"})[0] == 200
+
+
+def docs_verify() -> Callable[..., str]:
+    """The verification snippet of docs/channels.md, as a reader would paste it."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "channels.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def verify" in b]
+    scope: dict[str, Any] = {}
+    exec(compile(code, "docs/channels.md", "exec"), scope)
+    verify: Callable[..., str] = scope["verify"]
+    return verify
+
+
+def test_docs_verification_snippet_accepts_the_channel_and_refuses_replays() -> None:
+    from pushtask_worker.channels.webhook import encode_body
+
+    async def go(url: str) -> None:
+        ctx = ChannelContext({"url": url}, env={"PUSHTASK_WEBHOOK_SECRET": "s3cret"})
+        async with WebhookChannel(ctx) as ch:
+            assert (await ch.send(delivery("u7"))).outcome is Outcome.OK
+
+    with SinkThread(secret="s3cret") as sink:
+        asyncio.run(go(sink.url))
+        (rec,) = sink.requests
+    assert rec.timestamp is not None and rec.signature is not None
+    headers = {"X-PushTask-Timestamp": rec.timestamp, "X-PushTask-Signature": rec.signature}
+    body = encode_body(delivery("u7"))  # deterministic: the bytes the channel sent
+    verify = docs_verify()
+    assert verify(b"s3cret", headers, body) == ""
+    assert verify(b"s3cret", headers, body, now=int(rec.timestamp) + 301) == "stale timestamp"
+    assert verify(b"s3cret", headers, body.replace(b"u7", b"u8")) == "bad signature"
+    assert verify(b"other", headers, body) == "bad signature"
+    moved = {**headers, "X-PushTask-Timestamp": str(int(rec.timestamp) + 1)}
+    assert verify(b"s3cret", moved, body) == "bad signature"
+
+
+def test_sink_max_age_is_configurable() -> None:
+    from pushtask_worker.channels.webhook import encode_body
+
+    body = encode_body(delivery("u1"))
+    ten_ago = int(time.time()) - 10
+    with SinkThread(secret="k", max_age=5) as strict:
+        assert post(strict.url, body, signed_headers(b"k", ten_ago, body))[0] == 401
+    with SinkThread(secret="k", max_age=0) as lax:
+        assert post(lax.url, body, signed_headers(b"k", ten_ago, body))[0] == 200
 
 
 def test_webhook_timeout_and_refused_connection_are_transient() -> None:

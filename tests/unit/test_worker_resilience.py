@@ -8,6 +8,7 @@ import random
 import pytest
 from pymongo import errors
 
+from pushtask_worker.channels.webhook import classify
 from pushtask_worker.resilience import Backoff, CircuitBreaker, StoreGuard, is_transient
 
 
@@ -18,8 +19,20 @@ def test_backoff_grows_caps_and_jitters() -> None:
         for _ in range(20):
             d = b.delay(attempt, rng)
             assert base / 2 <= d <= base
-    assert b.retry_delay(1, 30.0) == 30.0  # Retry-After wins when longer
+    assert b.retry_delay(1, 5.0) == 5.0  # Retry-After wins when longer
     assert b.retry_delay(4, 0.0) >= 4
+
+
+def test_retry_after_is_capped_by_max_seconds() -> None:
+    # backoff.maxSeconds is the longest a recipient waits, whatever the receiver says.
+    b = Backoff(initial=2, maximum=120, multiplier=2)
+    assert b.retry_delay(1, 86400.0) == 120.0
+    assert b.retry_delay(1, 120.0) == 120.0
+    assert b.retry_delay(1, 90.0) == 90.0  # below the cap: as asked
+    assert 1 <= b.retry_delay(1, None) <= 2
+    # What the webhook channel passes up from a receiver's header meets the same cap.
+    far = classify(503, "604800").retry_after
+    assert far == 604800.0 and b.retry_delay(3, far) == 120.0
 
 
 def test_transient_classification() -> None:

@@ -37,9 +37,16 @@ class Backoff:
         return base / 2 + r * base / 2
 
     def retry_delay(self, attempt: int, retry_after: float | None) -> float:
-        """Honour the receiver's Retry-After: never retry earlier than it asked."""
+        """Honour the receiver's Retry-After up to ``maximum`` (the spec's maxSeconds).
+
+        Within that bound a retry never comes earlier than the receiver asked; beyond it
+        the spec wins, since a receiver's ``Retry-After: 86400`` would otherwise park the
+        recipient, and the worker's send slot holding it, for a day.
+        """
         d = self.delay(attempt)
-        return max(d, retry_after) if retry_after is not None else d
+        if retry_after is None:
+            return d
+        return max(d, min(retry_after, self.maximum))
 
 
 # Errors after which the same call may simply be tried again later. DuplicateKeyError and

@@ -2,11 +2,13 @@
 
 Body: ``{"task": {namespace, name}, "run": n, "user": id, "message": {...}}``.
 Headers: ``Idempotency-Key`` (the same on every attempt and every worker, so a receiver
-can drop repeats), ``X-PushTask-Signature: sha256=<hex HMAC-SHA256 of the body>`` when a
-secret is configured, ``X-PushTask-Timestamp`` (unix seconds of the attempt) and
-``X-PushTask-Attempt``.
+can drop repeats), ``X-PushTask-Timestamp`` (unix seconds of the attempt),
+``X-PushTask-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` when a secret
+is configured, and ``X-PushTask-Attempt``. The timestamp is inside the signature so a
+receiver that refuses old timestamps also refuses a captured request replayed later
+(docs/channels.md has the scheme and a verification snippet).
 2xx → delivered; 429, 5xx, timeouts and connection errors → retried (Retry-After is
-passed up to the worker's back-off); any other status → a final failure.
+passed up to the worker's back-off, which caps it); any other status → a final failure.
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ import aiohttp
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 
 SIGNATURE_HEADER = "X-PushTask-Signature"
+TIMESTAMP_HEADER = "X-PushTask-Timestamp"
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def signed_payload(timestamp: str, body: bytes) -> bytes:
+    """What the signature covers: the timestamp header's exact text, a dot, the raw body."""
+    return timestamp.encode("ascii") + b"." + body
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret, signed_payload(timestamp, body), hashlib.sha256).hexdigest()
+    return "sha256=" + digest
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -91,14 +100,16 @@ class WebhookChannel(Channel):
             await self.start()
         assert self._session is not None
         body = encode_body(delivery)
+        # A fresh timestamp per attempt: a retry after a long back-off is not stale.
+        timestamp = str(int(time.time()))
         headers = {
             **self.headers,
             "Idempotency-Key": delivery.idempotency_key,
-            "X-PushTask-Timestamp": str(int(time.time())),
+            TIMESTAMP_HEADER: timestamp,
             "X-PushTask-Attempt": str(delivery.attempt),
         }
         if self.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+            headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
         try:
             async with self._session.post(self.url, data=body, headers=headers) as resp:
                 await resp.read()  # drain so the connection goes back to the pool
