@@ -1,0 +1,1 @@
+"""Benchmarks (run by hand or `make bench`; a smoke size runs in CI)."""

@@ -1,0 +1,23 @@
+"""The one request every mode of the benchmark sends, so that the sink sees the same bytes
+and headers whoever sends them (the ceiling, naive, the Celery tasks)."""
+
+from __future__ import annotations
+
+import json
+
+from pushtask.planning import idempotency_key
+
+
+def body_for(user: str) -> bytes:
+    return json.dumps(
+        {
+            "task": {"namespace": "bench", "name": "bench"},
+            "run": 1,
+            "user": user,
+            "message": {"title": f"Hi {user}", "body": "Run 1"},
+        }
+    ).encode()
+
+
+def headers_for(user: str) -> dict[str, str]:
+    return {"Idempotency-Key": idempotency_key("bench", 1, user)}
