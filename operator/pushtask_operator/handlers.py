@@ -35,9 +35,17 @@ from pushtask_operator.deployment import (
     deployment_name,
     selector_string,
 )
-from pushtask_operator.kube import Kube
+from pushtask_operator.kube import DeploymentRejected, Kube, KubeApiError
 from pushtask_operator.progress import DeploymentView, Progress, RateTracker, compute_progress
-from pushtask_operator.reconcile import RUNNING_PHASES, Observed, Plan, Validation, decide
+from pushtask_operator.reconcile import (
+    RUNNING_PHASES,
+    ApiProblem,
+    Observed,
+    Plan,
+    Validation,
+    decide,
+    with_api_problem,
+)
 from pushtask_operator.settings import OperatorSettings
 from pushtask_operator.validation import configmap_contents, validate
 
@@ -81,6 +89,11 @@ class TaskState:
     # What this process last wrote: the API server may not have echoed it back yet.
     status: dict[str, Any] = field(default_factory=dict)
     control: dict[str, Any] | None = None
+    # The API problem shown on the task now: one Warning Event per distinct problem.
+    api_problem: ApiProblem | None = None
+    # The worker Deployment the API server refused, as (template hash, replicas): the same
+    # body would be refused again, so it is not sent again until it changes.
+    rejected: tuple[tuple[str, int], ApiProblem] | None = None
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:
@@ -230,7 +243,56 @@ async def reconcile(
     """Bring one task in line; None when it is settled (nothing was read or written)."""
     state = task_state(memo)
     async with state.lock:
-        return await _reconcile(rt, body, state, logger)
+        try:
+            return await _reconcile(rt, body, state, logger)
+        except KubeApiError as exc:
+            await _show_api_problem(rt, body, state, exc.problem, logger)
+            return None
+
+
+async def _show_api_problem(
+    rt: Runtime,
+    body: Mapping[str, Any],
+    state: TaskState,
+    problem: ApiProblem,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """A condition and one Warning Event for an API error that retrying will not fix; the
+    progress timer looks again at its own pace (no kopf back-off, no traceback)."""
+    logger.warning("%s", problem.message)
+    meta = body["metadata"]
+    status = {**dict(body.get("status") or {}), **state.status}
+    previous = list(status.get("conditions") or [])
+    generation = int(meta.get("generation") or 0)
+    conditions = with_api_problem(previous, problem, generation=generation, now=datetime.now(UTC))
+    if problem != state.api_problem:
+        rt.events(body, "Warning", problem.reason, problem.message)
+        state.api_problem = problem
+    if conditions == previous:
+        return
+    try:
+        await rt.kube.patch_status(meta["namespace"], meta["name"], {"conditions": conditions})
+    except (KubeApiError, kopf.TemporaryError) as exc:
+        # The status itself may be what is refused: the Event and the log still say it.
+        logger.warning("could not show it in the status either: %s", exc)
+    else:
+        state.status = {**state.status, "conditions": conditions}
+
+
+async def _apply_worker_deployment(
+    rt: Runtime, state: TaskState, desired: Mapping[str, Any], key: tuple[str, int]
+) -> ApiProblem | None:
+    """Apply the Deployment unless the API server already refused this very body (a 422
+    is the same on every resend: no retry storm); the refusal is the result."""
+    if state.rejected is not None and state.rejected[0] == key:
+        return state.rejected[1]
+    try:
+        await rt.kube.apply_deployment(desired)
+    except DeploymentRejected as exc:
+        state.rejected = (key, exc.problem)
+        return exc.problem
+    state.rejected = None
+    return None
 
 
 async def _reconcile(
@@ -345,6 +407,7 @@ async def _reconcile(
 
     # The worker Deployment: created with the first run, patched only when it changes.
     replicas = plan.replicas
+    refused: ApiProblem | None = None
     if run_id:
         desired = build_worker_deployment(
             meta, frozen or spec, run_id, settings, replicas=replicas, run=plan.run
@@ -358,7 +421,9 @@ async def _reconcile(
             or annotations.get(TEMPLATE_HASH_ANNOTATION) != thash
             or annotations.get(RUN_ID_ANNOTATION) != run_id
         ):
-            await rt.kube.apply_deployment(desired)
+            refused = await _apply_worker_deployment(rt, state, desired, (thash, replicas))
+        else:
+            state.rejected = None
 
     if progress is not None:
         new_status.update(progress.status_fields())
@@ -374,6 +439,11 @@ async def _reconcile(
         new_status["rate"] = 0.0
         new_status["eta"] = ""
 
+    if refused is not None:
+        new_status["conditions"] = with_api_problem(
+            new_status["conditions"], refused, generation=int(meta.get("generation") or 0), now=now
+        )
+
     # ONE status patch, and only when something changed.
     changed = {k: v for k, v in new_status.items() if status.get(k) != v}
     if changed:
@@ -383,6 +453,10 @@ async def _reconcile(
     for ev in plan.events:
         rt.events(body, ev.type, ev.reason, ev.message)
         logger.info("%s: %s", ev.reason, ev.message)
+    if refused is not None and refused != state.api_problem:
+        rt.events(body, "Warning", refused.reason, refused.message)
+        logger.warning("%s", refused.message)
+    state.api_problem = refused  # a reconcile that got this far ended any other problem
 
     metrics.observe(namespace, name, plan.phase.value, new_status)
     return plan

@@ -1,31 +1,160 @@
-"""The operator's few Kubernetes calls, off the event loop.
+"""The operator's few Kubernetes calls, off the event loop, and the one policy for their errors.
 
 The `kubernetes` client is synchronous; kopf runs on asyncio. Every call here runs in a
 worker thread (`asyncio.to_thread`) so a slow API server never stalls the other tasks'
 handlers and timers. Credentials are reloaded when the kubeconfig file changes: a pod's
 token is short-lived and rotated on disk (in-cluster and on devstack alike).
+
+Error policy (`api_error_policy`), applied to every call so no handler decides it again:
+- 409, 429, 5xx, timeouts and connection errors pass: `kopf.TemporaryError` with a delay
+  (the server's Retry-After when it gives one), so kopf retries the handler or the timer
+  after it, without a traceback.
+- 422 on the worker Deployment (the API server refuses what the operator built, e.g.
+  resource requests above their limits): `DeploymentRejected`; the task shows a Degraded
+  condition and one Warning Event, and the same body is not sent again until it changes.
+- anything else (403 from missing RBAC, 400, ...): `KubeApiError`; the task shows a
+  condition and one Warning Event with the API server's own message.
+A 404 on a read is an answer, not an error: the object does not exist (None).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+import kopf
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pushtask.models import GROUP, PLURAL, VERSION
+from pushtask_operator.reconcile import ApiProblem
 
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "pushtask-operator"
 _TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+T = TypeVar("T")
+
+# (connect, read) seconds: without a bound a hung API server holds a thread, and the task's
+# lock, forever; with one it is a timeout like any other and is retried.
+REQUEST_TIMEOUT = (10.0, 30.0)
+# Delays when the server gives none. A conflict is over once the object is read again; a
+# throttled or failing server needs longer; a restarting one is usually back in seconds.
+CONFLICT_DELAY = 1.0
+THROTTLED_DELAY = 5.0
+SERVER_ERROR_DELAY = 10.0
+UNREACHABLE_DELAY = 5.0
+# A Retry-After is honoured within these bounds: at least a second (0 would be a busy loop),
+# at most five minutes (a task's status must not freeze for hours on one header).
+MIN_DELAY = 1.0
+MAX_DELAY = 300.0
+
+
+class KubeApiError(Exception):
+    """An answer of the API server that trying again unchanged will not change."""
+
+    def __init__(self, problem: ApiProblem, status: int) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+        self.status = status
+
+
+class DeploymentRejected(KubeApiError):
+    """422 on the worker Deployment: the body the operator built is invalid as it is."""
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if str(key).lower() == name.lower():
+            return str(value)
+    return None
+
+
+def _status_body(exc: ApiException) -> dict[str, Any]:
+    """The metav1.Status the API server sends with an error ({} when there is none)."""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def retry_after(exc: ApiException, now: float | None = None) -> float | None:
+    """Seconds the server asked to wait: Retry-After (seconds or a date), else the Status'
+    details.retryAfterSeconds; None when it said nothing usable."""
+    value = _header(exc.headers, "Retry-After")
+    if value:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            return max(0.0, when - (time.time() if now is None else now))
+    seconds = (_status_body(exc).get("details") or {}).get("retryAfterSeconds")
+    return float(seconds) if isinstance(seconds, int | float) and seconds >= 0 else None
+
+
+def _camel(text: str) -> str:
+    """A condition reason from an HTTP reason phrase ("Too Many Requests" → TooManyRequests)."""
+    return "".join(w[:1].upper() + w[1:] for w in text.replace("-", " ").split() if w.isalnum())
+
+
+def describe(exc: ApiException) -> tuple[str, str]:
+    """(reason, message) of an API error, in the API server's words where it gave them."""
+    status = _status_body(exc)
+    reason = str(status.get("reason") or "") or _camel(str(exc.reason or "")) or "Unknown"
+    message = str(status.get("message") or exc.reason or "no message").strip()
+    return reason, f"HTTP {exc.status} {reason}: {message}"
+
+
+def api_error_policy(exc: BaseException, what: str, *, workload: bool = False) -> Exception | None:
+    """What a failed API call becomes (None: not an API error; the caller re-raises it).
+
+    `what` names the call for people ("apply Deployment shop/sale-worker"); `workload`
+    marks the worker Deployment, whose 422 degrades the task instead of failing the call.
+    """
+    if isinstance(exc, ApiException):
+        code = int(exc.status or 0)
+        reason, detail = describe(exc)
+        if code == 0:  # the client's own "no HTTP answer" (TLS failure, bad request body)
+            return _retry(f"{what}: {exc.reason or 'no answer'}", UNREACHABLE_DELAY)
+        if code in (409, 429) or code >= 500:
+            default = {409: CONFLICT_DELAY, 429: THROTTLED_DELAY}.get(code, SERVER_ERROR_DELAY)
+            asked = retry_after(exc)
+            return _retry(f"{what}: {detail}", default if asked is None else asked)
+        if workload and code == 422:
+            problem = ApiProblem("DeploymentRejected", f"{what}: {detail}", degraded=True)
+            return DeploymentRejected(problem, code)
+        return KubeApiError(ApiProblem(f"Api{reason}", f"{what}: {detail}"), code)
+    # urllib3: refused, reset, read/connect timeouts (after its own few retries); OSError:
+    # the same seen below urllib3 (DNS, TLS handshake, a socket closed mid-read).
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return _retry(
+            f"{what}: API server unreachable: {type(exc).__name__}: {exc}", UNREACHABLE_DELAY
+        )
+    return None
+
+
+def _retry(message: str, delay: float) -> kopf.TemporaryError:
+    delay = min(MAX_DELAY, max(MIN_DELAY, delay))
+    return kopf.TemporaryError(f"{message[:900]} (retrying in {delay:g}s)", delay=delay)
 
 
 class Kube:
@@ -63,7 +192,7 @@ class Kube:
 
     def _get(self, fn: Any, *args: Any) -> Any:
         try:
-            return fn(*args)
+            return fn(*args, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -111,6 +240,7 @@ class Kube:
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type=APPLY_PATCH,
+            _request_timeout=REQUEST_TIMEOUT,
         )
 
     def _patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -123,27 +253,44 @@ class Kube:
             name,
             {"status": dict(status)},
             _content_type=MERGE_PATCH,
+            _request_timeout=REQUEST_TIMEOUT,
         )
 
-    # -- async wrappers -----------------------------------------------------------------
+    # -- async wrappers: in a thread, errors through the policy -------------------------
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, workload: bool = False) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            mapped = api_error_policy(exc, what, workload=workload)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
-        return await asyncio.to_thread(self._secret_keys, namespace, name)
+        what = f"read Secret {namespace}/{name}"
+        return await self._call(what, self._secret_keys, namespace, name)
 
     async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        return await asyncio.to_thread(self._configmap_data, namespace, name)
+        what = f"read ConfigMap {namespace}/{name}"
+        return await self._call(what, self._configmap_data, namespace, name)
 
     async def service_account_exists(self, namespace: str, name: str) -> bool:
-        return await asyncio.to_thread(self._service_account_exists, namespace, name)
+        what = f"read ServiceAccount {namespace}/{name}"
+        return await self._call(what, self._service_account_exists, namespace, name)
 
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._read_deployment, namespace, name)
+        what = f"read Deployment {namespace}/{name}"
+        return await self._call(what, self._read_deployment, namespace, name)
 
     async def apply_deployment(self, body: Mapping[str, Any]) -> None:
-        await asyncio.to_thread(self._apply_deployment, body)
+        meta = body["metadata"]
+        what = f"apply Deployment {meta['namespace']}/{meta['name']}"
+        await self._call(what, self._apply_deployment, body, workload=True)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await asyncio.to_thread(self._patch_status, namespace, name, status)
+        what = f"patch status of PushTask {namespace}/{name}"
+        await self._call(what, self._patch_status, namespace, name, status)
 
     probe_timeout: float = 10.0
 

@@ -53,6 +53,19 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class ApiProblem:
+    """A Kubernetes API answer that retrying will not change (kube.py's error policy).
+
+    `degraded`: the API server refused the worker Deployment, so the workers cannot follow
+    the task; anything else (RBAC, a bad request) keeps the task from being reconciled.
+    """
+
+    reason: str
+    message: str
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
 class Observed:
     generation: int
     spec_run: int
@@ -217,6 +230,25 @@ def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, An
             **kw,
         ),
     ]
+
+
+def with_api_problem(
+    conditions: Sequence[Mapping[str, Any]],
+    problem: ApiProblem,
+    *,
+    generation: int,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """`conditions` showing an API problem: Ready False with its reason and the API's
+    message, and Degraded True as well when the worker Deployment was refused. The phase is
+    left alone: the run's facts did not change, only what the operator could do about them.
+    """
+    kw: dict[str, Any] = {"generation": generation, "now": now, "previous": conditions}
+    shown = {"Ready": make_condition("Ready", False, problem.reason, problem.message, **kw)}
+    if problem.degraded:
+        shown["Degraded"] = make_condition("Degraded", True, problem.reason, problem.message, **kw)
+    out = [shown.pop(t) if (t := str(c.get("type"))) in shown else dict(c) for c in conditions]
+    return out + list(shown.values())
 
 
 def decide(obs: Observed) -> Plan:
