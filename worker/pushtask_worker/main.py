@@ -7,10 +7,16 @@ back, exit 0 — well within the pod's grace period.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import json
 import logging
 import os
 import signal
 import sys
+from collections import Counter
+from typing import Any
+
+from pymongo import monitoring
 
 from pushtask.store import Store
 from pushtask_worker import logs, metrics
@@ -35,6 +41,51 @@ async def amain(config: WorkerConfig) -> int:
         log.info("worker stopped", extra={"run": config.run_id})
 
 
+class _StoreWrites(monitoring.CommandListener):
+    """Documents this process wrote, per write command (the benchmark's store-cost figure)."""
+
+    def __init__(self) -> None:
+        self.commands: Counter[str] = Counter()
+        self.documents: Counter[str] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        name, reply = event.command_name, event.reply
+        if name == "findAndModify":
+            n = int(reply.get("lastErrorObject", {}).get("n", 0))
+        elif name == "update":
+            # Matched but unchanged documents cost no write.
+            n = int(reply.get("nModified", reply.get("n", 0))) + len(reply.get("upserted", ()))
+        elif name == "insert":
+            # mongo-java-server counts an unordered insert's failed documents in n.
+            n = int(reply.get("n", 0)) - len(reply.get("writeErrors", ()))
+        elif name == "delete":
+            n = int(reply.get("n", 0))
+        else:
+            return
+        self.commands[name] += 1
+        self.documents[name] += n
+
+    def dump(self, path: str) -> None:
+        doc: dict[str, Any] = {"commands": self.commands, "documents": self.documents}
+        # One short line per process, appended: workers sharing the file do not clobber it.
+        with open(path, "a") as fh:
+            fh.write(json.dumps(doc) + "\n")
+
+
+def _count_store_writes(path: str) -> None:
+    """Off unless PUSHTASK_STORE_STATS_FILE is set: then every MongoDB client of this process
+    counts its writes, appended to that file as one JSON line at exit."""
+    writes = _StoreWrites()
+    monitoring.register(writes)
+    atexit.register(writes.dump, path)
+
+
 def main() -> None:
     try:
         config = WorkerConfig.from_env()
@@ -42,6 +93,8 @@ def main() -> None:
         print(f"pushtask-worker: {error}", file=sys.stderr)
         sys.exit(2)
     logs.setup(os.environ.get("PUSHTASK_LOG_LEVEL", "info"), worker=config.worker_id)
+    if stats_file := os.environ.get("PUSHTASK_STORE_STATS_FILE"):
+        _count_store_writes(stats_file)
     sys.exit(asyncio.run(amain(config)))
 
 
