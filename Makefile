@@ -60,7 +60,9 @@ demo: setup
 	$(PY) -m devstack up
 	$(PY) -m pushtask_operator.demo
 
+## bench: delivery benchmark against the ceiling, naive and Celery baselines (docs/benchmarks.md)
 bench: setup
+	bash scripts/bench-setup.sh $(VENV)
 	$(PY) -m devstack up --only mongo
 	$(PY) bench/worker.py
 

@@ -1,49 +1,108 @@
-"""bench/worker.py at a smoke size: it runs end to end and prints its table (CI).
+"""bench/worker.py at a smoke size: it runs end to end, prints its tables and writes its
+JSON, and every part of every mode is metered (CI). Nothing here looks at a time or a rate
+beyond "it is a number": the machine is shared, and the targets are for `make bench`.
 
 The full size (100,000 recipients) is run by hand: `make bench`; see docs/benchmarks.md.
+The Celery baseline needs scripts/bench-setup.sh (redis-server, the `bench` extra); without
+it the benchmark runs with --no-celery and the Celery test is skipped, saying why.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench import celery_baseline
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+CELERY_MISSING = celery_baseline.available()
+CELERY_ROWS = ("celery (task per recipient)", f"celery (task per {celery_baseline.BATCH})")
 
 
-def test_bench_smoke(mongo_uri: str, tmp_path: Path) -> None:
+@dataclass
+class BenchRun:
+    table: str
+    figures: dict[str, Any]
+
+    def rows(self, section: str, mode: str) -> list[list[str]]:
+        """The cells of `mode`'s rows in the rate table ("rates") or the CPU table ("cpu")."""
+        start = self.table.index("| bound on")
+        text = self.table[:start] if section == "rates" else self.table[start:]
+        return [
+            [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines()
+            if line.startswith(f"| {mode} |")
+        ]
+
+
+def number(cell: str) -> bool:
+    return cell.replace(",", "").replace(".", "", 1).isdigit()
+
+
+@pytest.fixture(scope="module")
+def bench(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
     # mongo_uri: devstack builds mongo-java-server; the bench starts a private one.
-    out = tmp_path / "bench.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "worker.py"),
-            "--size",
-            "1000",
-            "--workers",
-            "1,2",
-            "--naive-seconds",
-            "3",
-            "--markdown",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "worker.py"),
+        "--size",
+        "1000",
+        "--workers",
+        "1,2",
+        "--naive-seconds",
+        "3",
+        "--markdown",
+        str(out / "bench.md"),
+        "--json",
+        str(out / "bench.json"),
+    ] + (["--no-celery"] if CELERY_MISSING else [])
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    table = out.read_text()
-    for row in ("ceiling (plain aiohttp)", "naive (find-and-modify per user)", "| pushtask | 2 |"):
-        assert row in table, table
+    return BenchRun((out / "bench.md").read_text(), json.loads((out / "bench.json").read_text()))
+
+
+def test_bench_smoke(bench: BenchRun) -> None:
+    for mode in ("ceiling (plain aiohttp)", "naive (find-and-modify per user)", "pushtask"):
+        assert bench.rows("rates", mode), bench.table
+    assert [r[1] for r in bench.rows("rates", "pushtask")] == ["1", "2"], bench.table
+    # Every pushtask run counted the store documents its workers wrote.
+    for row in bench.rows("rates", "pushtask"):
+        assert number(row[-1]), row
     # The CPU table: every part of a pushtask measurement was metered (the private store too).
-    cpu_table = table[table.index("| bound on") :]
-    cpu_rows = [r for r in cpu_table.splitlines() if r.startswith("| pushtask |")]
-    assert len(cpu_rows) == 2, table
+    cpu_rows = bench.rows("cpu", "pushtask")
+    assert len(cpu_rows) == 2, bench.table
     for row in cpu_rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert all(c.replace(",", "").isdigit() for c in cells[2:6]), row
+        assert all(number(c) for c in row[2:6]), row
+
+    fig = bench.figures
+    assert fig["size"] == 1000
+    for key in ("ceiling_per_s", "naive_per_s"):
+        assert fig[key] > 0, fig
+    assert set(fig["pushtask"]) == {"1", "2"}, fig
+    for run in fig["pushtask"].values():
+        assert run["per_s"] > 0, fig
+        for key in ("store_writes_per_recipient", "store_cpu_us", "worker_cpu_us"):
+            assert isinstance(run[key], int | float), (key, fig)
+
+
+@pytest.mark.skipif(CELERY_MISSING is not None, reason=str(CELERY_MISSING))
+def test_bench_celery_smoke(bench: BenchRun) -> None:
+    for mode in CELERY_ROWS:
+        (row,) = bench.rows("rates", mode)
+        assert row[5].endswith("%") and row[7].endswith("x"), row  # vs ceiling, vs Celery
+        (cpu,) = bench.rows("cpu", mode)
+        # The worker and its pool, the sink, and redis-server (Celery's store) all metered.
+        assert all(number(c) for c in cpu[2:6]), cpu
+    # Ratios against Celery batched are in every pushtask row too.
+    for row in bench.rows("rates", "pushtask"):
+        assert row[7].endswith("x"), row
+    for key in ("celery_per_recipient_per_s", "celery_batched_per_s"):
+        assert bench.figures[key] > 0, bench.figures
