@@ -82,6 +82,9 @@ class _Translator:
                 out[key] = {name: self.node(prop) for name, prop in value.items()}
             elif key == "items":
                 out[key] = self.node(value)
+            elif key == "propertyNames":
+                rules = out.setdefault("x-kubernetes-validations", [])
+                rules.append(_property_names_rule(value))
             elif key == "additionalProperties":
                 if value is True:  # dict[str, Any]: free-form
                     out["x-kubernetes-preserve-unknown-fields"] = True
@@ -111,6 +114,32 @@ class _Translator:
         return _merge(merged, self.node(node))
 
 
+def _property_names_rule(names: JsonObj) -> JsonObj:
+    """Map keys constrained by the models (`dict[FieldName, ...]`) as a CEL rule."""
+    names = dict(names)
+    checks: list[str] = []
+    words: list[str] = []
+    low, high = names.pop("minLength", None), names.pop("maxLength", None)
+    if low is not None:
+        checks.append(f"size(k) >= {low}")
+    if high is not None:
+        checks.append(f"size(k) <= {high}")
+    if low is not None or high is not None:
+        words.append(f"{low or 0}-{high if high is not None else 'any'} characters")
+    if "pattern" in names:
+        pattern = names.pop("pattern")
+        if '"' in pattern:
+            raise CrdGenError(f"a key pattern with a double quote: {pattern!r}")
+        checks.append(f'k.matches(r"{pattern}")')
+        words.append(f"matching {pattern}")
+    if names or not checks:
+        raise CrdGenError(f"no CEL translation for propertyNames {names}")
+    return {
+        "rule": f"self.all(k, {' && '.join(checks)})",
+        "message": "every key must be " + ", ".join(words),
+    }
+
+
 def _cel_visible(schema: JsonObj) -> bool:
     """Can CEL see this property? Untyped (preserve-unknown) nodes have no CEL type."""
     if "type" not in schema:
@@ -132,6 +161,7 @@ def _merge_variants(tag: str, variants: list[JsonObj]) -> JsonObj:
         tag: {"type": "string", "enum": kinds, "description": "Source kind: " + ", ".join(kinds)}
     }
     rules: list[JsonObj] = []
+    junctors: list[JsonObj] = []
     for name in names:
         if name == tag:
             continue
@@ -143,6 +173,9 @@ def _merge_variants(tag: str, variants: list[JsonObj]) -> JsonObj:
         properties[name] = _merge_property(
             name, having, all_kinds=len(having) == len(kinds), rules=rules
         )
+    for name in names:
+        if name != tag and not _cel_visible(properties[name]):
+            junctors += _invisible_field_rules(tag, kinds, variants, name, properties[name])
     for kind, variant in zip(kinds, variants, strict=True):
         guard = f"self.{tag} != '{kind}'"
         for req in variant.get("required", []):
@@ -168,12 +201,41 @@ def _merge_variants(tag: str, variants: list[JsonObj]) -> JsonObj:
             )
         for rule in variant.get("x-kubernetes-validations", []):
             rules.append({**rule, "rule": f"{guard} || ({rule['rule']})"})
-    return {
+    merged: JsonObj = {
         "type": "object",
         "required": [tag],
         "properties": properties,
         "x-kubernetes-validations": rules,
     }
+    if junctors:
+        merged["allOf"] = junctors
+    return merged
+
+
+def _invisible_field_rules(
+    tag: str, kinds: list[str], variants: list[JsonObj], name: str, schema: JsonObj
+) -> list[JsonObj]:
+    """Per-kind "required" and "forbidden" for a property CEL cannot see (untyped items).
+
+    OpenAPI value validation does it instead: anyOf(the rule holds, the kind is another
+    one). The API server reports the failed branch that matched most, so the rule's
+    branch also matches `kind` (always true) and wins: its error names the field
+    ("users: Required value", "users: Too many ... at most 0 items").
+    """
+    always = {tag: {"minLength": 1}}  # true for every kind: it only adds to the match count
+    out: list[JsonObj] = []
+    having = [k for k, v in zip(kinds, variants, strict=True) if name in v["properties"]]
+    needing = [k for k, v in zip(kinds, variants, strict=True) if name in v.get("required", [])]
+    if needing:
+        others = [k for k in kinds if k not in needing]
+        rule: JsonObj = {"required": [tag, name], "properties": always}
+        out.append({"anyOf": [rule, {"properties": {tag: {"enum": others}}}]})
+    if len(having) < len(kinds):
+        if schema.get("type") != "array":
+            raise CrdGenError(f"cannot forbid the untyped non-list property {name!r} per kind")
+        rule = {"required": [tag], "properties": {**always, name: {"maxItems": 0}}}
+        out.append({"anyOf": [rule, {"properties": {tag: {"enum": having}}}]})
+    return out
 
 
 def _merge_property(
@@ -273,9 +335,11 @@ def structural_problems(schema: JsonObj, path: str = "") -> list[str]:
     )
     if "type" not in schema and not free:
         problems.append(f"{path or '.'}: no type")
-    for key in ("$ref", "oneOf", "anyOf", "allOf", "not", "title", "const"):
+    for key in ("$ref", "oneOf", "title", "const"):
         if key in schema:
             problems.append(f"{path or '.'}: {key}")
+    for junctor in [*schema.get("allOf", []), *filter(None, [schema.get("not")])]:
+        problems += _junctor_problems(junctor, schema, f"{path}(allOf)")
     if "properties" in schema and "additionalProperties" in schema:
         problems.append(f"{path}: properties with additionalProperties")
     for name, prop in schema.get("properties", {}).items():
@@ -284,6 +348,24 @@ def structural_problems(schema: JsonObj, path: str = "") -> list[str]:
         problems += structural_problems(schema["additionalProperties"], f"{path}.*")
     if "items" in schema:
         problems += structural_problems(schema["items"], f"{path}[]")
+    return problems
+
+
+def _junctor_problems(node: JsonObj, outer: JsonObj, path: str) -> list[str]:
+    """Inside allOf/anyOf/not: value validations only, on properties declared outside."""
+    problems = [
+        f"{path}: {key} inside a junctor"
+        for key in ("type", "description", "default", "additionalProperties", "nullable")
+        if key in node
+    ]
+    for name, prop in node.get("properties", {}).items():
+        if name not in outer.get("properties", {}):
+            problems.append(f"{path}.{name}: not declared outside the junctor")
+        else:
+            problems += _junctor_problems(prop, outer["properties"][name], f"{path}.{name}")
+    subs = [*node.get("anyOf", []), *node.get("allOf", []), *filter(None, [node.get("not")])]
+    for sub in subs:
+        problems += _junctor_problems(sub, outer, path)
     return problems
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -30,14 +32,22 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from pushtask.schedule import (
+from pushtask import mongoquery
+from pushtask.states import DesiredState, Phase
+from pushtask.validators import (
     CRON_PATTERN,
+    DATE_TIME_OFFSET_PATTERN,
+    HEADER_NAME_PATTERN,
+    HEADER_VALUE_PATTERN,
     HHMM_PATTERN,
+    NO_CONTROL_PATTERN,
+    TIME_ZONE_CEL,
     WEEKDAYS,
+    is_header_name,
     is_valid_cron,
     is_valid_time_zone,
+    offset_in_range,
 )
-from pushtask.states import DesiredState, Phase
 
 GROUP = "pushtask.dev"
 VERSION = "v1alpha1"
@@ -116,21 +126,36 @@ def _number_to_str(value: Any) -> Any:
     return value
 
 
-UserId = Annotated[str, BeforeValidator(_number_to_str), StringConstraints(min_length=1)]
+# --- bounds (docs/limits.md explains each; crdgen writes them into the CRD) -----------
+
+MAX_ID_LENGTH = 256
+MAX_INLINE_USERS = 10_000
+MAX_ATTRIBUTES = 64
+MAX_TEMPLATE_LENGTH = 64 * 1024
+MAX_TITLE_LENGTH = 4096
+MAX_LINK_LENGTH = 8192
+MAX_EXTRA_FIELDS = 32
+MAX_HEADERS = 64
+MAX_HEADER_VALUE_LENGTH = 8192
+MAX_COLUMNS = 256
+MAX_SETTINGS = 64
+QUERY_CEL_DEPTH = 2  # $and/$or/$nor levels the CRD types (deeper: operator and workers)
+
+UserId = Annotated[
+    str,
+    BeforeValidator(_number_to_str),
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_CONTROL_PATTERN),
+]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 FieldName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
 TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
-_TZ_CEL = "timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0 && !self.contains(':')"
-
 
 def _tz_rule(path: str, attr: str) -> Rule:
-    # CEL has no zone list: getHours(zone) raises "unknown time zone X" for a bad name,
-    # which the API server reports on this field. ':' excludes CEL's "+05:00" offsets.
     return Rule(
-        _TZ_CEL,
-        f"{path} must be an IANA time zone name such as UTC or Europe/Berlin",
+        TIME_ZONE_CEL,
+        f"{path} must be an IANA time zone name such as UTC or Europe/Berlin (not Local)",
         lambda m: getattr(m, attr) is None or is_valid_time_zone(getattr(m, attr)),
         on="timeZone",
     )
@@ -160,13 +185,41 @@ class InlineUser(ApiModel):
     id: UserId
     """The user id."""
 
+    @model_validator(mode="after")
+    def _bounded_attributes(self) -> Self:
+        if len(self.model_extra or {}) + 1 > MAX_ATTRIBUTES:
+            raise ValueError(f"a user has at most {MAX_ATTRIBUTES} attributes (id included)")
+        return self
 
+
+_ID_BOUNDS = {"minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": NO_CONTROL_PATTERN}
+
+# A structural schema cannot type "a string or an object", and the API server gives CEL
+# no view of an untyped node; but OpenAPI keywords apply only to values of their own type,
+# so one untyped node carries the string rules, the object rules and "not a list" at once
+# (minItems 1 with maxItems 0 holds for no list). Integers stay ids, as YAML writes them.
 InlineEntry = Annotated[
     UserId | InlineUser,
     WithJsonSchema(
         {
             "x-kubernetes-preserve-unknown-fields": True,
-            "description": "A user id (string) or an object {id, ...attributes}.",
+            "description": (
+                f"A user id (a string of 1-{MAX_ID_LENGTH} characters, no control "
+                "characters) or an object {id, ...attributes}; never a list."
+            ),
+            **_ID_BOUNDS,
+            "required": ["id"],
+            "properties": {
+                "id": {
+                    "x-kubernetes-int-or-string": True,
+                    "description": "The user id.",
+                    **_ID_BOUNDS,
+                }
+            },
+            "maxProperties": MAX_ATTRIBUTES,
+            "minItems": 1,
+            "maxItems": 0,
+            "multipleOf": 1,
         }
     ),
 ]
@@ -182,6 +235,75 @@ class InlineSource(ApiModel):
     """Attribute holding the recipient's own send time (RFC 3339); unset: send at once."""
 
 
+def _query_level(depth: int) -> dict[str, Any]:
+    """The CRD's view of one query level: JavaScript operators refused by CEL.
+
+    A filter is free-form, so CEL cannot walk it; but the operators that run code sit at
+    query level, and query levels nest only through $and/$or/$nor, which the CRD can
+    type for a few levels. Deeper levels and field-level operators are left to the
+    models' allow-list (operator and workers), which sees everything.
+    """
+    props: dict[str, Any] = {
+        op: {
+            **({"x-kubernetes-int-or-string": True} if op == "$where" else {"type": "object"}),
+            **({} if op == "$where" else {"x-kubernetes-preserve-unknown-fields": True}),
+            "description": f"Refused: {op} runs code in the database.",
+            "x-kubernetes-validations": [
+                {
+                    "rule": "false",
+                    "message": f"{op} is not allowed: no JavaScript or aggregation "
+                    "expressions in a query (docs/limits.md)",
+                }
+            ],
+        }
+        for op in mongoquery.JAVASCRIPT
+    }
+    if depth < QUERY_CEL_DEPTH:
+        for op in sorted(mongoquery.LOGICAL):
+            props[op] = {
+                "type": "array",
+                "description": f"{op}: a list of queries.",
+                "maxItems": mongoquery.MAX_LOGICAL_ITEMS,
+                "items": _query_level(depth + 1),
+            }
+    return {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "maxProperties": mongoquery.MAX_KEYS,
+        "properties": props,
+    }
+
+
+def _checked(kind: mongoquery.Kind) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def check(doc: dict[str, Any]) -> dict[str, Any]:
+        found = mongoquery.refusal(doc, kind, path="")
+        if found is not None:
+            where = f" (at {found.path})" if found.path else ""
+            raise ValueError(f"{found.reason}{where}")
+        return doc
+
+    return check
+
+
+QueryFilter = Annotated[
+    dict[str, Any],
+    AfterValidator(_checked("filter")),
+    WithJsonSchema({**_query_level(0), "description": "A MongoDB query filter."}),
+]
+QueryProjection = Annotated[
+    dict[str, Any],
+    AfterValidator(_checked("projection")),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": True,
+            "maxProperties": mongoquery.MAX_KEYS,
+            "description": "A MongoDB projection.",
+        }
+    ),
+]
+
+
 class MongoSource(ApiModel):
     """A query over a MongoDB collection of users."""
 
@@ -192,10 +314,10 @@ class MongoSource(ApiModel):
     """Database; unset: the URI's database, else the system database."""
     collection: Name
     """Collection to query."""
-    filter: dict[str, Any] = {}
-    """Query filter (MongoDB query language)."""
-    projection: dict[str, Any] | None = None
-    """Projection: the attributes the templates need."""
+    filter: QueryFilter = {}
+    """Query filter (MongoDB query language; allowed operators: docs/limits.md)."""
+    projection: QueryProjection | None = None
+    """Projection: the attributes the templates need (0/1, $slice, $elemMatch)."""
     id_field: FieldName = "_id"
     """Field holding the user id."""
     send_at_field: FieldName | None = None
@@ -237,7 +359,7 @@ class UrlSource(ApiModel):
     """csv: a header row names the columns; jsonl: one JSON object per line."""
     id_field: FieldName = "id"
     """Column or attribute holding the user id."""
-    columns: dict[str, str] | None = None
+    columns: Annotated[dict[FieldName, FieldName], Field(max_length=MAX_COLUMNS)] | None = None
     """Template attribute name -> column name; unset: every column under its own name."""
     send_at_field: FieldName | None = None
     """Column holding the recipient's own send time; unset: send at once."""
@@ -252,8 +374,16 @@ Source = Annotated[
 class Audience(ApiModel):
     """Who receives the message: the union of `sources` minus the users of `exclude`."""
 
-    shards: int = Field(16, ge=1, le=4096)
-    """Delivery shards: recipients are hashed into this many independently claimed buckets."""
+    shards: int = Field(
+        256,
+        ge=1,
+        le=4096,
+        description=(
+            "Hash buckets: recipients are hashed into this many buckets; once the audience "
+            "is known, buckets are grouped into delivery shards of at most 200,000 "
+            "recipients each. 256 buckets hold about 51 million recipients; raise it for more."
+        ),
+    )
     sources: list[Source] = Field(min_length=1, max_length=64)
     """Where users come from; overlapping sources are deduplicated."""
     exclude: list[Source] = Field([], max_length=64)
@@ -279,8 +409,23 @@ class Webhook(ApiModel):
     """Secret with the HMAC-SHA256 key; unset: requests are not signed."""
     timeout_seconds: float = Field(10, gt=0, le=300)
     """Per-request timeout."""
-    headers: dict[str, str] = {}
-    """Extra HTTP headers."""
+    headers: dict[
+        str,
+        Annotated[
+            str, StringConstraints(max_length=MAX_HEADER_VALUE_LENGTH, pattern=HEADER_VALUE_PATTERN)
+        ],
+    ] = Field({}, max_length=MAX_HEADERS)
+    """Extra HTTP headers (names are tokens; values have no CR, LF or other controls)."""
+
+    __cel__ = (
+        Rule(
+            f'self.all(k, size(k) <= 256 && k.matches(r"{HEADER_NAME_PATTERN}"))',
+            "spec.message.webhook.headers: a header name is 1-256 letters, digits or "
+            "!#$%&'*+-.^_`|~ (no spaces, colons, CR or LF)",
+            lambda m: all(len(k) <= 256 and is_header_name(k) for k in m.headers),
+            on="headers",
+        ),
+    )
 
 
 class Smtp(ApiModel):
@@ -303,13 +448,15 @@ class Smtp(ApiModel):
 class Template(ApiModel):
     """Jinja2 templates (sandboxed, strict undefined) rendered per recipient."""
 
-    title: str | None = None
+    title: Annotated[str, StringConstraints(max_length=MAX_TITLE_LENGTH)] | None = None
     """Title or e-mail subject."""
-    body: Annotated[str, StringConstraints(min_length=1)]
-    """Body."""
-    link: str | None = None
+    body: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEMPLATE_LENGTH)]
+    """Body (at most 64 KiB)."""
+    link: Annotated[str, StringConstraints(max_length=MAX_LINK_LENGTH)] | None = None
     """Link (a promotional URL, may use the recipient's attributes)."""
-    extra: dict[str, str] = {}
+    extra: dict[FieldName, Annotated[str, StringConstraints(max_length=MAX_TEMPLATE_LENGTH)]] = (
+        Field({}, max_length=MAX_EXTRA_FIELDS)
+    )
     """More templated fields, sent as they are named."""
 
 
@@ -324,7 +471,7 @@ class Message(ApiModel):
     """Settings of the webhook channel."""
     smtp: Smtp | None = None
     """Settings of the smtp channel."""
-    settings: dict[str, Any] | None = None
+    settings: Annotated[dict[str, Any], Field(max_length=MAX_SETTINGS)] | None = None
     """Settings of a plugin channel (free-form)."""
     template: Template
     """The message templates."""
@@ -382,7 +529,7 @@ class FailureThreshold(ApiModel):
 
     ratio: float = Field(0.5, gt=0, le=1)
     """Failed share of attempted sends that fails the run."""
-    min_sample: int = Field(100, ge=1)
+    min_sample: int = Field(100, ge=1, le=1_000_000_000)
     """Sends attempted before the ratio is judged."""
 
 
@@ -460,14 +607,28 @@ class Window(ApiModel):
 class Schedule(ApiModel):
     """When to send: a start time, send windows, or a cron schedule of runs."""
 
-    start_at: AwareDatetime | None = None
-    """Do not start before this time (RFC 3339)."""
+    start_at: (
+        Annotated[
+            AwareDatetime,
+            Field(json_schema_extra={"maxLength": 64, "pattern": DATE_TIME_OFFSET_PATTERN}),
+        ]
+        | None
+    ) = None
+    """Do not start before this time (RFC 3339, offset within ±14:00)."""
     windows: list[Window] = Field([], max_length=32)
     """Send only inside these windows; outside them workers hold. Empty: any time."""
     cron: Annotated[str, StringConstraints(max_length=128)] | None = None
     """Recurring runs (5-field cron, or @daily etc.): each firing is a new run; no overlap."""
     time_zone: TimeZone = "UTC"
     """IANA time zone of the cron schedule and of windows without their own."""
+
+    @field_validator("start_at")
+    @classmethod
+    def _offset_in_range(cls, value: datetime | None) -> datetime | None:
+        # The CRD's twin is DATE_TIME_OFFSET_PATTERN on the string.
+        if value is not None and not offset_in_range(value):
+            raise ValueError("spec.schedule.startAt must have a UTC offset within ±14:00")
+        return value
 
     __cel__ = (
         Rule(
@@ -493,7 +654,7 @@ RUN_RULE = Rule(
 class PushTaskSpec(ApiModel):
     """Desired state of a PushTask."""
 
-    run: int = Field(1, ge=1)
+    run: int = Field(1, ge=1, le=1_000_000_000)
     """Names the run; raising it starts a fresh run (counters reset). Never decreases."""
     state: DesiredState = DesiredState.STARTED
     """Started, Paused (resume later: same run) or Stopped (the run is over)."""

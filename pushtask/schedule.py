@@ -1,67 +1,41 @@
 """Schedules as pure functions of (schedule, now): start time, send windows, cron firings.
 
-Every `now` must be timezone-aware; results are timezone-aware UTC datetimes. The model
-types are imported for type checking only: `models` imports the validators from here.
+Every `now` must be timezone-aware; results are timezone-aware UTC datetimes. The
+syntax checks live in `pushtask.validators` (re-exported here), which `models` imports
+too: so `models` does not import this module and there is no import circle.
 """
 
 from __future__ import annotations
 
-import re
 import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING
 
 from croniter import croniter
 
-if TYPE_CHECKING:
-    from pushtask.models import Schedule, Window
-
-WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # index == date.weekday()
-
-# One cron list item per field: value, range or `*`, with an optional step. The same
-# regex is the CRD's CEL rule (RE2 accepts it), so the API server and Python agree.
-_NAMES_MONTH = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
-_NAMES_DOW = "SUN|MON|TUE|WED|THU|FRI|SAT"
-
-
-def _field(value: str) -> str:
-    item = rf"(\*|({value})(-({value}))?)(/[0-9]{{1,2}})?"
-    return rf"{item}(,{item})*"
-
-
-CRON_PATTERN = (
-    r"(?i)^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
-    + r"\s+".join(
-        _field(v)
-        for v in (
-            "[0-5]?[0-9]",  # minute
-            "[01]?[0-9]|2[0-3]",  # hour
-            "0?[1-9]|[12][0-9]|3[01]",  # day of month
-            f"0?[1-9]|1[0-2]|{_NAMES_MONTH}",  # month
-            f"[0-7]|{_NAMES_DOW}",  # day of week (0 and 7 are Sunday)
-        )
-    )
-    + r")$"
+from pushtask.models import Schedule, Window
+from pushtask.validators import (
+    CRON_PATTERN,
+    HHMM_PATTERN,
+    WEEKDAYS,
+    is_valid_cron,
+    is_valid_time_zone,
 )
-_CRON_RE = re.compile(CRON_PATTERN)
 
-HHMM_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
-
-
-def is_valid_cron(expr: str) -> bool:
-    """Five fields (or an @macro) that croniter accepts."""
-    return bool(_CRON_RE.match(expr.strip())) and croniter.is_valid(expr)
-
-
-def is_valid_time_zone(name: str) -> bool:
-    """An IANA zone name that zoneinfo knows ("UTC", "Europe/Berlin")."""
-    if not name or name != name.strip() or name.startswith("/") or ".." in name:
-        return False
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        return False
-    return True
+__all__ = [
+    "CRON_PATTERN",
+    "HHMM_PATTERN",
+    "WEEKDAYS",
+    "due_firing",
+    "in_window",
+    "is_valid_cron",
+    "is_valid_time_zone",
+    "next_firing",
+    "next_wakeup",
+    "next_window_open",
+    "start_due",
+    "start_reached",
+    "window_zone",
+]
 
 
 def _hhmm(value: str) -> time:

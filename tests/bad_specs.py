@@ -51,6 +51,40 @@ class BadCase:
         return m
 
 
+@dataclass(frozen=True)
+class GoodCase:
+    """A manifest near a bound that both the API server and the models accept."""
+
+    name: str
+    mutate: Callable[[Manifest], None]
+    why: str
+
+    def manifest(self) -> Manifest:
+        m = valid_manifest(f"ok-{self.name}")
+        self.mutate(m)
+        return m
+
+
+@dataclass(frozen=True)
+class DeepCase:
+    """Refused by the models (so by the operator and the workers), not by the API server.
+
+    The CRD cannot see into free-form documents below the levels it types: `why` says
+    what lets it through, `py` is the field the models' error names.
+    """
+
+    name: str
+    mutate: Callable[[Manifest], None]
+    py: str
+    refused: str
+    why: str
+
+    def manifest(self) -> Manifest:
+        m = valid_manifest(f"deep-{self.name}")
+        self.mutate(m)
+        return m
+
+
 def _set(dotted: str, value: Any) -> Callable[[Manifest], None]:
     def mutate(m: Manifest) -> None:
         node: Any = m
@@ -83,6 +117,34 @@ def _both(*mutations: Callable[[Manifest], None]) -> Callable[[Manifest], None]:
 
 SOURCE0 = "spec.audience.sources.0"
 WINDOW0 = "spec.schedule.windows.0"
+USERS = f"{SOURCE0}.users"
+HEADERS = "spec.message.webhook.headers"
+TEMPLATE = "spec.message.template"
+S0 = "spec.audience.sources[0]"
+
+
+def _users(*users: Any) -> Callable[[Manifest], None]:
+    return _set(USERS, list(users))
+
+
+def _mongo(**fields: Any) -> dict[str, Any]:
+    return {"kind": "mongo", "collection": "users", **fields}
+
+
+def _filter(query: dict[str, Any]) -> Callable[[Manifest], None]:
+    return _set(SOURCE0, _mongo(filter=query))
+
+
+def _smtp(**fields: Any) -> Callable[[Manifest], None]:
+    smtp = {"host": "mail.example.com", "from": "news@example.com", **fields}
+    return _both(_set("spec.message.channel", "smtp"), _set("spec.message.smtp", smtp))
+
+
+def _many(n: int, value: Callable[[int], Any] = lambda i: f"v{i}") -> dict[str, Any]:
+    return {f"k{i}": value(i) for i in range(n)}
+
+
+_JS = "function() { return true; }"
 
 BAD_CASES: list[BadCase] = [
     BadCase("workers-0", _set("spec.workers", 0), "spec.workers"),
@@ -154,6 +216,247 @@ BAD_CASES: list[BadCase] = [
     BadCase("guarantee-unknown", _set("spec.delivery", {"guarantee": "ExactlyOnce"}),
             "spec.delivery.guarantee"),
     BadCase("unknown-spec-field", _set("spec.wrokers", 3), "spec.wrokers"),
+    # --- inline users: typed items, and users only on the inline kind ------------------
+    BadCase("inline-without-users", _delete(USERS), f"{S0}.users"),
+    BadCase("inline-empty-users", _users(), f"{S0}.users"),
+    BadCase("user-empty-id", _users(""), f"{S0}.users[0]"),
+    BadCase("user-id-newline", _users("u1\nu2"), f"{S0}.users[0]"),
+    BadCase("user-id-carriage-return", _users("u1\r"), f"{S0}.users[0]"),
+    BadCase("user-id-nul", _users("u\x001"), f"{S0}.users[0]"),
+    BadCase("user-id-escape-code", _users("\x1b[31mred"), f"{S0}.users[0]"),
+    BadCase("user-id-del", _users("u\x7f"), f"{S0}.users[0]"),
+    BadCase("user-id-c1-control", _users("u\x85"), f"{S0}.users[0]"),
+    BadCase("user-id-257-chars", _users("u" * 257), f"{S0}.users[0]"),
+    BadCase("user-second-item-bad", _users("ok", "bad\tid"), f"{S0}.users[1]"),
+    BadCase("user-object-without-id", _users({"name": "Ada"}), f"{S0}.users[0].id"),
+    BadCase("user-object-empty-id", _users({"id": ""}), f"{S0}.users[0].id"),
+    BadCase("user-object-id-newline", _users({"id": "a\nb"}), f"{S0}.users[0].id"),
+    BadCase("user-object-id-257-chars", _users({"id": "u" * 257}), f"{S0}.users[0].id"),
+    BadCase("user-object-65-attributes", _users({"id": "u", **_many(64)}), f"{S0}.users[0]"),
+    BadCase("user-nested-list", _users(["u1"]), f"{S0}.users[0]"),
+    BadCase("user-empty-nested-list", _users([]), f"{S0}.users[0]"),
+    BadCase("user-fraction", _users(1.5), f"{S0}.users[0]"),
+    BadCase("users-on-mongo-source", _set(SOURCE0, _mongo(users=["u1"])), f"{S0}.users"),
+    BadCase("users-on-url-source",
+            _set(SOURCE0, {"kind": "url", "url": "https://x/u.csv", "format": "csv",
+                           "users": ["u1"]}), f"{S0}.users"),
+    BadCase("users-on-exclude-configmap",
+            _set("spec.audience.exclude",
+                 [{"kind": "configMap", "name": "cm", "key": "k", "users": ["u1"]}]),
+            "spec.audience.exclude[0].users"),
+    BadCase("exclude-inline-without-users", _set("spec.audience.exclude", [{"kind": "inline"}]),
+            "spec.audience.exclude[0].users"),
+    BadCase("inline-with-url", _set(f"{SOURCE0}.url", "https://x/u.csv"), S0),
+    BadCase("inline-with-format", _set(f"{SOURCE0}.format", "csv"), S0),
+    BadCase("mongo-with-format", _set(SOURCE0, _mongo(format="csv")), S0),
+    BadCase("url-with-filter",
+            _set(SOURCE0, {"kind": "url", "url": "https://x/u.csv", "format": "csv",
+                           "filter": {"a": 1}}), S0),
+    BadCase("configmap-format-xml",
+            _set(SOURCE0, {"kind": "configMap", "name": "cm", "key": "k", "format": "xml"}),
+            f"{S0}.format"),
+    BadCase("mongo-secret-ref-without-name", _set(SOURCE0, _mongo(secretRef={})),
+            f"{S0}.secretRef.name"),
+    BadCase("url-columns-empty-key",
+            _set(SOURCE0, {"kind": "url", "url": "https://x/u.csv", "format": "csv",
+                           "columns": {"": "c"}}), f"{S0}.columns"),
+    BadCase("too-many-sources", _set("spec.audience.sources", [{"kind": "inline",
+            "users": ["u"]}] * 65), "spec.audience.sources"),
+    BadCase("shards-4097", _set("spec.audience.shards", 4097), "spec.audience.shards"),
+    BadCase("sources-not-a-list", _set("spec.audience.sources", {"kind": "inline"}),
+            "spec.audience.sources"),
+    BadCase("audience-a-string", _set("spec.audience", "everyone"), "spec.audience"),
+    # --- time zones: IANA names, not the server's own zone -----------------------------
+    BadCase("time-zone-local", _set("spec.schedule.timeZone", "Local"),
+            "spec.schedule.timeZone"),
+    BadCase("time-zone-localtime", _set("spec.schedule.timeZone", "localtime"),
+            "spec.schedule.timeZone"),
+    BadCase("time-zone-empty", _set("spec.schedule.timeZone", ""), "spec.schedule.timeZone"),
+    BadCase("time-zone-leading-space", _set("spec.schedule.timeZone", " UTC"),
+            "spec.schedule.timeZone"),
+    BadCase("time-zone-65-chars", _set("spec.schedule.timeZone", "A" * 65),
+            "spec.schedule.timeZone"),
+    BadCase("window-time-zone-local", _set(f"{WINDOW0}.timeZone", "Local"),
+            "spec.schedule.windows[0].timeZone"),
+    # --- cron: every field range-checked, steps included ------------------------------
+    BadCase("cron-step-0", _set("spec.schedule.cron", "*/0 * * * *"), "spec.schedule.cron"),
+    BadCase("cron-range-step-0", _set("spec.schedule.cron", "1-5/0 * * * *"),
+            "spec.schedule.cron"),
+    BadCase("cron-minute-step-60", _set("spec.schedule.cron", "*/60 * * * *"),
+            "spec.schedule.cron"),
+    BadCase("cron-hour-step-24", _set("spec.schedule.cron", "0 */24 * * *"),
+            "spec.schedule.cron"),
+    BadCase("cron-month-step-13", _set("spec.schedule.cron", "0 0 1 */13 *"),
+            "spec.schedule.cron"),
+    BadCase("cron-weekday-step-8", _set("spec.schedule.cron", "0 0 * * */8"),
+            "spec.schedule.cron"),
+    BadCase("cron-hour-24", _set("spec.schedule.cron", "0 24 * * *"), "spec.schedule.cron"),
+    BadCase("cron-day-0", _set("spec.schedule.cron", "0 0 0 * *"), "spec.schedule.cron"),
+    BadCase("cron-day-32", _set("spec.schedule.cron", "0 0 32 * *"), "spec.schedule.cron"),
+    BadCase("cron-month-13", _set("spec.schedule.cron", "0 0 1 13 *"), "spec.schedule.cron"),
+    BadCase("cron-weekday-8", _set("spec.schedule.cron", "0 0 * * 8"), "spec.schedule.cron"),
+    BadCase("cron-unknown-macro", _set("spec.schedule.cron", "@fortnightly"),
+            "spec.schedule.cron"),
+    BadCase("cron-129-chars", _set("spec.schedule.cron", "0 " * 64 + "0"),
+            "spec.schedule.cron"),
+    # --- date-times: offsets within ±14:00 -------------------------------------------
+    BadCase("start-at-offset-25h", _set("spec.schedule.startAt", "2026-01-01T09:00:00+25:00"),
+            "spec.schedule.startAt"),
+    BadCase("start-at-offset-15h", _set("spec.schedule.startAt", "2026-01-01T09:00:00+15:00"),
+            "spec.schedule.startAt"),
+    BadCase("start-at-offset-minus-14-30",
+            _set("spec.schedule.startAt", "2026-01-01T09:00:00-14:30"), "spec.schedule.startAt"),
+    BadCase("start-at-offset-99-99", _set("spec.schedule.startAt", "2026-01-01T09:00:00-99:99"),
+            "spec.schedule.startAt"),
+    BadCase("start-at-without-offset", _set("spec.schedule.startAt", "2026-01-01T09:00:00"),
+            "spec.schedule.startAt"),
+    BadCase("too-many-windows", _set("spec.schedule.windows",
+            [{"from": "09:00", "to": "10:00"}] * 33), "spec.schedule.windows"),
+    BadCase("window-no-days", _set(f"{WINDOW0}.days", []), "spec.schedule.windows[0].days"),
+    BadCase("window-without-from", _delete(f"{WINDOW0}.from"), "spec.schedule.windows[0].from"),
+    # --- headers: no CR/LF, names are tokens -----------------------------------------
+    BadCase("header-value-crlf", _set(HEADERS, {"X-Tag": "a\r\nX-Injected: 1"}),
+            "spec.message.webhook.headers"),
+    BadCase("header-value-lf", _set(HEADERS, {"X-Tag": "a\nb"}),
+            "spec.message.webhook.headers"),
+    BadCase("header-value-nul", _set(HEADERS, {"X-Tag": "a\x00"}),
+            "spec.message.webhook.headers"),
+    BadCase("header-value-8193-chars", _set(HEADERS, {"X-Tag": "v" * 8193}),
+            "spec.message.webhook.headers"),
+    BadCase("header-name-space", _set(HEADERS, {"X Tag": "v"}), "spec.message.webhook.headers"),
+    BadCase("header-name-colon", _set(HEADERS, {"X-Tag:": "v"}),
+            "spec.message.webhook.headers"),
+    BadCase("header-name-crlf", _set(HEADERS, {"X-Tag\r\nX-B": "v"}),
+            "spec.message.webhook.headers"),
+    BadCase("header-name-empty", _set(HEADERS, {"": "v"}), "spec.message.webhook.headers"),
+    BadCase("too-many-headers", _set(HEADERS, {f"X-H{i}": "v" for i in range(65)}),
+            "spec.message.webhook.headers"),
+    BadCase("webhook-timeout-0", _set("spec.message.webhook.timeoutSeconds", 0),
+            "spec.message.webhook.timeoutSeconds"),
+    BadCase("webhook-url-2049-chars",
+            _set("spec.message.webhook.url", "https://x/" + "a" * 2039),
+            "spec.message.webhook.url"),
+    # --- sizes of templates and settings ---------------------------------------------
+    BadCase("template-body-over-64-kib", _set(f"{TEMPLATE}.body", "b" * (64 * 1024 + 1)),
+            "spec.message.template.body"),
+    BadCase("template-empty-body", _set(f"{TEMPLATE}.body", ""), "spec.message.template.body"),
+    BadCase("template-title-too-long", _set(f"{TEMPLATE}.title", "t" * 4097),
+            "spec.message.template.title"),
+    BadCase("template-link-too-long", _set(f"{TEMPLATE}.link", "l" * 8193),
+            "spec.message.template.link"),
+    BadCase("template-extra-over-64-kib", _set(f"{TEMPLATE}.extra", {"x": "e" * (64 * 1024 + 1)}),
+            "spec.message.template.extra"),
+    BadCase("template-extra-33-fields", _set(f"{TEMPLATE}.extra", _many(33)),
+            "spec.message.template.extra"),
+    BadCase("template-extra-empty-name", _set(f"{TEMPLATE}.extra", {"": "x"}),
+            "spec.message.template.extra"),
+    BadCase("template-a-string", _set(TEMPLATE, "hello"), "spec.message.template"),
+    BadCase("plugin-settings-65-keys",
+            _both(_set("spec.message.channel", "fcm"), _set("spec.message.settings", _many(65))),
+            "spec.message.settings"),
+    BadCase("smtp-port-70000", _smtp(port=70000), "spec.message.smtp.port"),
+    BadCase("smtp-from-too-short", _smtp(**{"from": "a@"}), "spec.message.smtp.from"),
+    BadCase("smtp-starttls-not-bool", _smtp(starttls="maybe"), "spec.message.smtp.starttls"),
+    # --- types, ranges and enums elsewhere -------------------------------------------
+    BadCase("workers-a-word", _set("spec.workers", "three"), "spec.workers"),
+    BadCase("rate-a-word", _set("spec.rate", {"perSecond": "fast"}), "spec.rate.perSecond"),
+    BadCase("rate-above-1m", _set("spec.rate", {"perSecond": 1_000_001}), "spec.rate.perSecond"),
+    BadCase("state-lowercase", _set("spec.state", "started"), "spec.state"),
+    BadCase("priority-negative", _set("spec.priority", -1), "spec.priority"),
+    BadCase("run-above-1e9", _set("spec.run", 1_000_000_001), "spec.run"),
+    BadCase("guarantee-lowercase", _set("spec.delivery", {"guarantee": "atMostOnce"}),
+            "spec.delivery.guarantee"),
+    BadCase("min-sample-0", _set("spec.delivery", {"failureThreshold": {"minSample": 0}}),
+            "spec.delivery.failureThreshold.minSample"),
+    BadCase("failure-ratio-0", _set("spec.delivery", {"failureThreshold": {"ratio": 0}}),
+            "spec.delivery.failureThreshold.ratio"),
+    BadCase("backoff-multiplier-11", _set("spec.delivery", {"backoff": {"multiplier": 11}}),
+            "spec.delivery.backoff.multiplier"),
+    BadCase("backoff-initial-0", _set("spec.delivery", {"backoff": {"initialSeconds": 0}}),
+            "spec.delivery.backoff.initialSeconds"),
+    # --- MongoDB queries: no JavaScript, at the levels the CRD types -----------------
+    BadCase("filter-where", _filter({"$where": "sleep(10000) || true"}),
+            f"{S0}.filter.$where", py=f"{S0}.filter"),
+    BadCase("filter-where-code-object", _filter({"$where": {"$code": _JS}}),
+            f"{S0}.filter.$where", py=f"{S0}.filter"),
+    BadCase("filter-expr-function",
+            _filter({"$expr": {"$function": {"body": _JS, "args": [], "lang": "js"}}}),
+            f"{S0}.filter.$expr", py=f"{S0}.filter"),
+    BadCase("filter-function", _filter({"$function": {"body": _JS, "args": [], "lang": "js"}}),
+            f"{S0}.filter.$function", py=f"{S0}.filter"),
+    BadCase("filter-accumulator", _filter({"$accumulator": {"init": _JS}}),
+            f"{S0}.filter.$accumulator", py=f"{S0}.filter"),
+    BadCase("filter-or-where", _filter({"$or": [{"plan": "pro"}, {"$where": _JS}]}),
+            f"{S0}.filter.$or[1].$where", py=f"{S0}.filter"),
+    BadCase("filter-and-or-expr",
+            _filter({"$and": [{"$or": [{"$expr": {"$eq": ["$a", "$b"]}}]}]}),
+            f"{S0}.filter.$and[0].$or[0].$expr", py=f"{S0}.filter"),
+    BadCase("filter-nor-accumulator", _filter({"$nor": [{"$accumulator": {}}]}),
+            f"{S0}.filter.$nor[0].$accumulator", py=f"{S0}.filter"),
+    BadCase("exclude-filter-where",
+            _set("spec.audience.exclude", [_mongo(filter={"$where": _JS})]),
+            "spec.audience.exclude[0].filter.$where", py="spec.audience.exclude[0].filter"),
+    BadCase("filter-or-65-queries", _filter({"$or": [{"a": i} for i in range(65)]}),
+            f"{S0}.filter.$or", py=f"{S0}.filter"),
+    BadCase("filter-65-keys", _filter(_many(65, lambda i: i)), f"{S0}.filter"),
+    BadCase("filter-a-list", _filter([{"a": 1}]), f"{S0}.filter"),  # type: ignore[arg-type]
+    BadCase("projection-65-keys", _set(SOURCE0, _mongo(projection=_many(65, lambda i: 1))),
+            f"{S0}.projection"),
+]  # fmt: skip
+
+GOOD_CASES: list[GoodCase] = [
+    GoodCase("user-id-number", _users(1001, {"id": 7}),
+             "YAML writes numeric ids as numbers; they are ids (the models make them strings)"),
+    GoodCase("user-id-256-chars", _users("u" * 256), "the bound itself"),
+    GoodCase("user-id-unicode", _users("用户-42", "Zoë"), "letters of any script are not controls"),
+    GoodCase("user-object-64-attributes", _users({"id": "u", **_many(63)}),
+             "64 attributes, id included, is the bound itself"),
+    GoodCase("header-value-tab", _set(HEADERS, {"X-Tag": "a\tb"}),
+             "RFC 9110 allows a tab inside a field value"),
+    GoodCase("header-64", _set(HEADERS, {f"X-H{i}": "v" for i in range(64)}), "the bound"),
+    GoodCase("start-at-plus-14", _set("spec.schedule.startAt", "2026-01-01T09:00:00+14:00"),
+             "Pacific/Kiritimati is UTC+14:00"),
+    GoodCase("start-at-minus-12", _set("spec.schedule.startAt", "2026-01-01T09:00:00-12:00"),
+             "the westernmost offset in use"),
+    GoodCase("cron-steps-in-range", _set("spec.schedule.cron", "*/59 */23 */31 */12 */7"),
+             "each step is within its field's span"),
+    GoodCase("cron-sunday-7", _set("spec.schedule.cron", "0 9 * * 7"), "7 is Sunday, as 0 is"),
+    GoodCase("time-zone-three-parts",
+             _set("spec.schedule.timeZone", "America/Argentina/Buenos_Aires"), "an IANA name"),
+    GoodCase("template-body-64-kib", _set(f"{TEMPLATE}.body", "b" * (64 * 1024)), "the bound"),
+    GoodCase("filter-allowed-operators",
+             _filter({"$or": [{"plan": {"$in": ["pro", "team"]}},
+                              {"age": {"$gte": 18, "$lt": 65}, "email": {"$exists": True}}],
+                      "name": {"$regex": "^A", "$options": "i"},
+                      "tags": {"$elemMatch": {"$eq": "news"}, "$size": 2},
+                      "score": {"$not": {"$lt": 5}}, "kind": {"$type": "string"}}),
+             "comparison, logical, element, array and $regex operators are allowed"),
+    GoodCase("projection-fields", _set(SOURCE0, _mongo(projection={"name": 1, "email": True})),
+             "plain inclusion"),
+]  # fmt: skip
+
+DEEP_CASES: list[DeepCase] = [
+    DeepCase("filter-where-three-levels-deep",
+             _filter({"$or": [{"$and": [{"$nor": [{"$where": _JS}]}]}]}),
+             f"{S0}.filter", "$or[0].$and[0].$nor[0].$where",
+             "the CRD types $and/$or/$nor two levels deep; the models walk every level"),
+    DeepCase("filter-elem-match-where", _filter({"tags": {"$elemMatch": {"$where": _JS}}}),
+             f"{S0}.filter", "tags.$elemMatch.$where",
+             "field names are free, so the CRD cannot type what is under a field"),
+    DeepCase("filter-not-expr", _filter({"age": {"$not": {"$expr": {"$eq": [1, 1]}}}}),
+             f"{S0}.filter", "age.$not.$expr", "under a field, as above"),
+    DeepCase("filter-field-function", _filter({"a": {"$function": {"body": _JS}}}),
+             f"{S0}.filter", "a.$function", "under a field, as above"),
+    DeepCase("filter-mod-not-allowed", _filter({"a": {"$mod": [2, 0]}}),
+             f"{S0}.filter", "a.$mod", "an allow-list: operators not listed are refused"),
+    DeepCase("filter-regex-too-long", _filter({"name": {"$regex": "a" * 1025}}),
+             f"{S0}.filter", "name.$regex", "a regex is at most 1,024 characters"),
+    DeepCase("projection-function",
+             _set(SOURCE0, _mongo(projection={"x": {"$function": {"body": _JS}}})),
+             f"{S0}.projection", "x.$function",
+             "a computed projection can run an aggregation expression"),
+    DeepCase("projection-field-path", _set(SOURCE0, _mongo(projection={"x": "$password"})),
+             f"{S0}.projection", "x", "a string projection is an aggregation expression"),
 ]  # fmt: skip
 
 

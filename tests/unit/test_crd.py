@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from pushtask import crdgen, models, schedule
+from pushtask import crdgen, models, mongoquery, schedule, validators
 from pushtask.models import PushTaskSpec, PushTaskStatus
 
 ROOT = Path(__file__).parents[2]
@@ -141,12 +142,19 @@ def test_sources_are_one_object_with_a_kind_enum_and_rules_per_kind() -> None:
         # A default in the merged object would land on every kind: none for per-kind fields.
         assert "default" not in item["properties"]["idField"]
         assert "default" not in item["properties"]["filter"]
-        # Free-form parts are the only untyped or preserve-unknown nodes.
-        assert item["properties"]["users"]["items"] == {
-            "description": "A user id (string) or an object {id, ...attributes}.",
-            "x-kubernetes-preserve-unknown-fields": True,
-        }
+        # An entry is a string or an object: untyped, with the rules of each JSON type.
+        entry = item["properties"]["users"]["items"]
+        assert "type" not in entry and entry["x-kubernetes-preserve-unknown-fields"] is True
+        assert (entry["minLength"], entry["maxLength"]) == (1, models.MAX_ID_LENGTH)
+        assert entry["pattern"] == validators.NO_CONTROL_PATTERN
+        assert entry["required"] == ["id"] and entry["maxProperties"] == models.MAX_ATTRIBUTES
+        assert (entry["minItems"], entry["maxItems"]) == (1, 0)  # no list is an entry
+        assert entry["properties"]["id"]["x-kubernetes-int-or-string"] is True
         assert item["properties"]["filter"]["x-kubernetes-preserve-unknown-fields"] is True
+        # CEL cannot see `users`: per-kind presence is OpenAPI anyOf, named in the error.
+        junctors = [branch for j in item["allOf"] for branch in j["anyOf"]]
+        assert {"required": ["kind", "users"], "properties": {"kind": {"minLength": 1}}} in junctors
+        assert {"properties": {"kind": {"enum": ["inline"]}}} in junctors
 
 
 def test_preserve_unknown_fields_only_where_free_form() -> None:
@@ -161,14 +169,70 @@ def test_preserve_unknown_fields_only_where_free_form() -> None:
             walk(node["items"], f"{path}[]")
 
     walk(_schema(), "")
-    assert sorted(found) == sorted(
-        [
-            f".spec.audience.{key}[].{field}"
-            for key in ("sources", "exclude")
-            for field in ("users[]", "filter", "projection")
-        ]
-        + [".spec.message.settings"]
-    )
+    free = [
+        f".spec.audience.{key}[].{field}"
+        for key in ("sources", "exclude")
+        for field in ("users[]", "filter", "projection")
+    ] + [".spec.message.settings"]
+    assert set(free) <= set(found)
+    # Below a filter: the query levels the CRD types (their user fields are free).
+    assert [p for p in found if not any(p == f or p.startswith(f + ".") for f in free)] == []
+
+
+def _nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, prop in node.get("properties", {}).items():
+        yield from _nodes(prop, f"{path}.{name}")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _nodes(node["additionalProperties"], f"{path}.*")
+    if "items" in node:
+        yield from _nodes(node["items"], f"{path}[]")
+
+
+def test_every_free_string_list_and_map_of_the_spec_is_bounded() -> None:
+    # Unbounded input hits only generic limits (etcd, the request size), by luck; and
+    # the API server refuses a CEL rule whose cost it cannot bound.
+    unbounded = []
+    for path, node in _nodes(_schema()["properties"]["spec"], "spec"):
+        kind = node.get("type")
+        if any(r["rule"] == "false" for r in node.get("x-kubernetes-validations", [])):
+            continue  # refused whatever it holds
+        if kind == "string" and "enum" not in node and "maxLength" not in node:
+            unbounded.append(path)
+        elif kind == "array" and "maxItems" not in node:
+            unbounded.append(path)
+        elif kind == "object" and "properties" not in node and "maxProperties" not in node:
+            unbounded.append(path)
+    assert unbounded == [f"spec.audience.{k}[].users" for k in ("sources", "exclude")]
+
+
+def test_bounds_chosen_in_the_issue() -> None:
+    spec = _schema()["properties"]["spec"]["properties"]
+    template = spec["message"]["properties"]["template"]["properties"]
+    assert template["body"]["maxLength"] == 64 * 1024
+    assert spec["audience"]["properties"]["shards"]["default"] == 256
+
+
+def test_query_levels_refuse_javascript_by_cel() -> None:
+    source = _schema()["properties"]["spec"]["properties"]["audience"]["properties"]["sources"]
+    level = source["items"]["properties"]["filter"]
+    for depth in range(models.QUERY_CEL_DEPTH + 1):
+        for op in mongoquery.JAVASCRIPT:
+            (rule,) = level["properties"][op]["x-kubernetes-validations"]
+            assert rule["rule"] == "false" and op in rule["message"]
+        if depth < models.QUERY_CEL_DEPTH:
+            assert {"$and", "$or", "$nor"} <= set(level["properties"])
+            level = level["properties"]["$or"]["items"]
+    assert "$or" not in level["properties"]  # deeper: the models' allow-list only
+
+
+def test_map_keys_become_cel_rules() -> None:
+    extra = _schema()["properties"]["spec"]["properties"]["message"]["properties"]["template"]
+    (rule,) = extra["properties"]["extra"]["x-kubernetes-validations"]
+    assert rule == {
+        "rule": "self.all(k, size(k) >= 1 && size(k) <= 256)",
+        "message": "every key must be 1-256 characters",
+    }
 
 
 def test_rules_match_the_models() -> None:
