@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from pushtask import mongoquery
 from pushtask.models import PushTaskSpec
 from pushtask.templates import TemplateCompileError, compile_message
 from pushtask_operator.deployment import secret_key_refs
@@ -37,6 +38,28 @@ class Lookups(Protocol):
         """None when the URL answers with a success; else why not."""
 
 
+def refused_query(spec: Mapping[str, Any]) -> str | None:
+    """The first filter or projection part outside the allow-list, with its full path.
+
+    Checked on the raw spec before the models: a task stored before the CRD refused
+    such queries still reaches here, and the message names the operator exactly
+    ("spec.audience.sources[0].filter.$or[1].$where: operator $where is not allowed").
+    """
+    audience = spec.get("audience")
+    if not isinstance(audience, Mapping):
+        return None
+    for part in ("sources", "exclude"):
+        sources = audience.get(part)
+        for i, source in enumerate(sources if isinstance(sources, list) else []):
+            if not isinstance(source, Mapping):
+                continue
+            try:
+                mongoquery.check_source(source, f"spec.audience.{part}[{i}]")
+            except mongoquery.QueryRefused as exc:
+                return str(exc)
+    return None
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ()))
@@ -52,6 +75,9 @@ async def validate(
     probe_urls: bool = True,
 ) -> Validation:
     # Permanent: the spec as written cannot work.
+    refused = refused_query(spec)
+    if refused is not None:
+        return Validation.failed("QueryRefused", refused, permanent=True)
     try:
         model = PushTaskSpec.model_validate(dict(spec))
     except ValidationError as exc:

@@ -202,7 +202,8 @@ def test_query_refused_at_any_depth_names_the_operator(case: DeepCase) -> None:
 
 
 def test_case_names_are_unique_across_the_lists() -> None:
-    names = [c.name for c in (*BAD_CASES, *GOOD_CASES, *DEEP_CASES)]
+    names = [c.name for c in BAD_CASES] + [c.name for c in GOOD_CASES]
+    names += [c.name for c in DEEP_CASES]
     assert len(set(names)) == len(names)
 
 

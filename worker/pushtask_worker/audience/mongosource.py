@@ -5,6 +5,10 @@ The first worker to claim the source counts the matches and finds range boundari
 worker reads with ``{filter, id: {$gte: lo, $lt: hi}}`` sorted by id. The checkpoint is
 the last id read, so a reclaimer resumes with ``$gt``. Only find, sort, skip, limit and
 count: served by MongoDB and FerretDB alike.
+
+Defence in depth: the filter and projection are checked against the allow-list of
+`pushtask.mongoquery` here too, before anything is sent to the database, so a run
+document written by anything other than a current operator cannot run code there.
 """
 
 from __future__ import annotations
@@ -14,9 +18,25 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+from pushtask import mongoquery
 from pushtask_worker.audience.rows import Columns, Row, Skip, to_recipient
+from pushtask_worker.audience.urlsource import SourceError
 
 MAX_RANGES = 256
+
+
+class QueryNotAllowed(SourceError):
+    """The source's filter or projection uses an operator outside the allow-list."""
+
+
+def check_query(query: Mapping[str, Any], projection: Mapping[str, Any] | None) -> None:
+    """Raise `QueryNotAllowed` naming the first refused part; nothing reaches MongoDB."""
+    try:
+        mongoquery.check(query, "filter")
+        if projection is not None:
+            mongoquery.check(projection, "projection")
+    except mongoquery.QueryRefused as exc:
+        raise QueryNotAllowed(f"mongo source query refused: {exc}") from None
 
 
 def range_filter(
@@ -44,6 +64,7 @@ async def plan_ranges(
     range_size: int,
 ) -> list[dict[str, Any]]:
     """Boundaries every ``range_size`` matching ids: [{gte, lt}, ...] covering all ids."""
+    check_query(query, None)
     count = await coll.count_documents(dict(query))
     n = min(MAX_RANGES, max(1, -(-count // max(1, range_size))))
     if n == 1:
@@ -72,6 +93,7 @@ async def read_range(
     batch_size: int = 1000,
 ) -> AsyncIterator[tuple[str, Row | Skip, Any]]:
     """(row key, row, checkpoint) for every match in the range, in id order."""
+    check_query(query, projection)
     proj = dict(projection) if projection else None
     if proj is not None and any(bool(v) for v in proj.values()):
         proj.setdefault(id_field, 1)
