@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from pushtask import models
+from pushtask import models, mongoquery
 
 JsonObj = dict[str, Any]
 
@@ -571,6 +571,102 @@ def reference_markdown() -> str:
                 for p, r in rules
             ]
             out.append("")
+    out.append(limits_markdown())
+    return "\n".join(out)
+
+
+def _limit_rows() -> list[tuple[str, str, str]]:
+    m, q = models, mongoquery
+    kib = m.MAX_TEMPLATE_LENGTH // 1024
+    return [
+        ("`audience.sources`, `audience.exclude`", "64 each",
+         "each source is planned and read on its own; more is a sign of a generated spec"),
+        ("user id (inline, or `id` of an object)",
+         f"1-{m.MAX_ID_LENGTH} characters, no control characters (C0, DEL, C1)",
+         "ids go into keys, logs and terminals; NUL, CR/LF and ESC corrupt them"),
+        ("attributes of an inline user object", f"{m.MAX_ATTRIBUTES}, `id` included",
+         "templates need a few; the spec is stored in etcd and copied into the run"),
+        ("`message.template.body`, each of `extra`", f"{kib} KiB",
+         "a message, not a payload: etcd holds the whole object (1.5 MiB by default)"),
+        ("`message.template.title`", f"{m.MAX_TITLE_LENGTH} characters", "a subject line"),
+        ("`message.template.link`", f"{m.MAX_LINK_LENGTH} characters",
+         "URLs longer than 8 KiB are refused by common servers"),
+        ("`message.template.extra`", f"{m.MAX_EXTRA_FIELDS} fields", "as above"),
+        ("`message.webhook.headers`",
+         f"{m.MAX_HEADERS} headers; names are RFC 9110 tokens of at most 256 characters; "
+         f"values at most {m.MAX_HEADER_VALUE_LENGTH} characters without CR, LF or other "
+         "control characters (a tab is allowed)",
+         "CR/LF would end the header line (a run that can never send, or a smuggled "
+         "header); servers commonly cap a header line at 8 KiB"),
+        ("`message.settings` (plugin channels)", f"{m.MAX_SETTINGS} keys", "free-form"),
+        ("`url` source `columns`", f"{m.MAX_COLUMNS} entries, names 1-256 characters",
+         "one per column of a CSV file"),
+        ("`schedule.windows`", "32", "a week of windows several times over"),
+        ("`schedule.cron`", "128 characters; every field and step range-checked "
+         "(`*/0`, `*/60` refused)", "a step of 0 never fires; beyond the span, once"),
+        ("time zones", "IANA names, not `Local`/`localtime`/empty",
+         "those mean the API server's or operator's own zone, which differ"),
+        ("`schedule.startAt`", "RFC 3339 with an offset within ±14:00",
+         "the widest offset in use (UTC+14:00, Kiribati)"),
+        ("`spec.run`, `failureThreshold.minSample`", "at most 1,000,000,000", "integers"),
+        ("query document (`filter`, `projection`, each nested query)",
+         f"{q.MAX_KEYS} keys; `$and`/`$or`/`$nor` at most {q.MAX_LOGICAL_ITEMS} queries; "
+         f"nesting at most {q.MAX_DEPTH} deep, {q.MAX_NODES:,} values in all",
+         "keeps the check, the run document and the logs small"),
+        ("`$regex`", f"{q.MAX_REGEX_LENGTH} characters; `$options` of "
+         f"{''.join(sorted(q.REGEX_OPTIONS))}", "the server compiles and runs it per document"),
+    ]  # fmt: skip
+
+
+def limits_markdown() -> str:
+    """The bounds of the API and why they are where they are (docs/reference.md)."""
+    q = mongoquery
+    out = [
+        "## Limits",
+        "",
+        "Every free string, list and map of the spec is bounded, so a careless or hostile",
+        "manifest is refused by the API server naming the field, instead of hitting a",
+        "generic limit by luck (kubectl's 256 KiB annotation, the 3 MiB request, etcd's",
+        "object size). The models check the same bounds (`kubectl push`, operator, workers).",
+        "",
+        "| What | Bound | Why |",
+        "| --- | --- | --- |",
+        *[f"| {a} | {_cell(b)} | {_cell(c)} |" for a, b, c in _limit_rows()],
+        "",
+        "### MongoDB queries",
+        "",
+        "A `mongo` source's (or exclusion's) `filter` uses only these operators, at any",
+        "depth: " + ", ".join(f"`{o}`" for o in sorted(q.ALLOWED)) + ".",
+        "Anything else is refused, in particular "
+        + ", ".join(f"`{o}`" for o in q.JAVASCRIPT)
+        + " (they run JavaScript or",
+        "aggregation expressions in the database), and `$`-keys inside plain values.",
+        "A `projection` maps fields to 0/1/true/false, `{$slice: n}`, `{$slice: [skip, n]}`",
+        "or `{$elemMatch: query}`: a string or an expression would be computed by the",
+        "server (MongoDB 4.4+), which can reach `$function`.",
+        "",
+        "Who refuses what:",
+        "",
+        f"- the API server (CEL): the JavaScript operators at the root of a filter and in"
+        f" `$and`/`$or`/`$nor` up to {models.QUERY_CEL_DEPTH} levels deep (a filter is"
+        " free-form, and CEL gets no view of untyped documents);",
+        "- the models (`kubectl push`), the operator before every run (the task goes"
+        " `Failed`, reason `QueryRefused`, with the path of the refused operator, such as"
+        " `spec.audience.sources[1].filter.$or[0].$where`) and the workers before any"
+        " query is sent: the whole allow-list at every depth.",
+        "",
+        "### What the API server cannot check",
+        "",
+        "- An inline user entry is a string or an object, which a structural schema cannot",
+        "  type: the CRD carries the rules of each JSON type on one untyped node (string",
+        "  length and characters, a required `id`, no lists, no fractions); `true` or",
+        "  `null` as an entry pass the API server and are refused by the models (the",
+        "  operator fails the task as `InvalidSpec`).",
+        "- For the same reason CEL cannot see `users`; that it is required on the inline",
+        "  kind and forbidden on the others is OpenAPI `anyOf`, reported as",
+        "  `users: Required value` or `users: Too many ... at most 0 items`.",
+        "",
+    ]
     return "\n".join(out)
 
 

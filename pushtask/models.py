@@ -126,7 +126,7 @@ def _number_to_str(value: Any) -> Any:
     return value
 
 
-# --- bounds (docs/limits.md explains each; crdgen writes them into the CRD) -----------
+# --- bounds (crdgen writes them into the CRD and docs/reference.md, Limits) -----------
 
 MAX_ID_LENGTH = 256
 MAX_INLINE_USERS = 10_000
@@ -252,7 +252,7 @@ def _query_level(depth: int) -> dict[str, Any]:
                 {
                     "rule": "false",
                     "message": f"{op} is not allowed: no JavaScript or aggregation "
-                    "expressions in a query (docs/limits.md)",
+                    "expressions in a query (docs/reference.md, Limits)",
                 }
             ],
         }
@@ -315,7 +315,7 @@ class MongoSource(ApiModel):
     collection: Name
     """Collection to query."""
     filter: QueryFilter = {}
-    """Query filter (MongoDB query language; allowed operators: docs/limits.md)."""
+    """Query filter (MongoDB query language; allowed operators: docs/reference.md, Limits)."""
     projection: QueryProjection | None = None
     """Projection: the attributes the templates need (0/1, $slice, $elemMatch)."""
     id_field: FieldName = "_id"

@@ -323,3 +323,11 @@ def test_generator_cli_prints_the_crd_and_the_reference(capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "| `spec.workers` | integer |" in out
     assert "spec.message.webhook is required when spec.message.channel is webhook" in out
+
+
+def test_reference_documents_the_limits_and_the_query_allow_list() -> None:
+    text = crdgen.reference_markdown()
+    limits = text[text.index("## Limits") :]
+    assert "| `message.template.body`, each of `extra` | 64 KiB |" in limits
+    assert all(f"`{op}`" in limits for op in (*mongoquery.ALLOWED, *mongoquery.JAVASCRIPT))
+    assert "QueryRefused" in limits and "Local" in limits
