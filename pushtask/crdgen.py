@@ -581,6 +581,10 @@ def _limit_rows() -> list[tuple[str, str, str]]:
     return [
         ("`audience.sources`, `audience.exclude`", "64 each",
          "each source is planned and read on its own; more is a sign of a generated spec"),
+        ("`users` of an inline source", f"{m.MAX_INLINE_USERS:,}",
+         "the spec is stored in etcd and copied into every run; a larger audience goes "
+         "into a configMap, url or mongo source, which workers read in ranges (the API "
+         "server's message is its generic 'must have at most 10000 items')"),
         ("user id (inline, or `id` of an object)",
          f"1-{m.MAX_ID_LENGTH} characters, no control characters (C0, DEL, C1)",
          "ids go into keys, logs and terminals; NUL, CR/LF and ESC corrupt them"),

@@ -229,10 +229,28 @@ class InlineSource(ApiModel):
     """An inline list of users (the seed's only kind)."""
 
     kind: Literal["inline"]
-    users: list[InlineEntry] = Field(min_length=1)
-    """User ids, or objects {id, ...attributes} whose attributes the templates can use."""
+    users: list[InlineEntry] = Field(
+        min_length=1,
+        max_length=MAX_INLINE_USERS,
+        description=(
+            "User ids, or objects {id, ...attributes} whose attributes the templates can "
+            "use; at most 10,000 (for more, use a configMap, url or mongo source)."
+        ),
+    )
     send_at_field: FieldName | None = None
     """Attribute holding the recipient's own send time (RFC 3339); unset: send at once."""
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _at_most_the_inline_cap(cls, users: Any) -> Any:
+        # The whole spec lives in etcd and in every run document: a list this long
+        # belongs in a source that is read in ranges.
+        if isinstance(users, list) and len(users) > MAX_INLINE_USERS:
+            raise ValueError(
+                f"an inline source holds at most {MAX_INLINE_USERS:,} users (this one has "
+                f"{len(users):,}): put more in a configMap, url or mongo source"
+            )
+        return users
 
 
 def _query_level(depth: int) -> dict[str, Any]:

@@ -207,6 +207,13 @@ def test_case_names_are_unique_across_the_lists() -> None:
     assert len(set(names)) == len(names)
 
 
+def test_the_inline_cap_points_to_the_other_sources() -> None:
+    with pytest.raises(ValidationError) as info:
+        InlineSource.model_validate({"kind": "inline", "users": [str(i) for i in range(10_001)]})
+    (error,) = info.value.errors()
+    assert "at most 10,000 users" in error["msg"] and "configMap, url or mongo" in error["msg"]
+
+
 def test_yaml_numbers_are_ids_and_attributes_are_bounded() -> None:
     src = InlineSource.model_validate({"kind": "inline", "users": [1001, {"id": 7}]})
     assert src.users == ["1001", InlineUser(id="7")]
