@@ -82,6 +82,8 @@ class _Translator:
                 out[key] = {name: self.node(prop) for name, prop in value.items()}
             elif key == "items":
                 out[key] = self.node(value)
+            elif key == "not":
+                out[key] = self.node(value)  # a value validation (structural inside)
             elif key == "propertyNames":
                 rules = out.setdefault("x-kubernetes-validations", [])
                 rules.append(_property_names_rule(value))
@@ -663,8 +665,8 @@ def limits_markdown() -> str:
         "",
         "- An inline user entry is a string or an object, which a structural schema cannot",
         "  type: the CRD carries the rules of each JSON type on one untyped node (string",
-        "  length and characters, a required `id`, no lists, no fractions); `true` or",
-        "  `null` as an entry pass the API server and are refused by the models (the",
+        "  length and characters, a required `id`, no lists, fractions or booleans);",
+        "  `null` as an entry passes the API server and is refused by the models (the",
         "  operator fails the task as `InvalidSpec`).",
         "- For the same reason CEL cannot see `users`; that it is required on the inline",
         "  kind and forbidden on the others is OpenAPI `anyOf`, reported as",

@@ -197,7 +197,8 @@ _ID_BOUNDS = {"minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": NO_CONTROL_
 # A structural schema cannot type "a string or an object", and the API server gives CEL
 # no view of an untyped node; but OpenAPI keywords apply only to values of their own type,
 # so one untyped node carries the string rules, the object rules and "not a list" at once
-# (minItems 1 with maxItems 0 holds for no list). Integers stay ids, as YAML writes them.
+# (minItems 1 with maxItems 0 holds for no list), refuses fractions (multipleOf 1) and
+# booleans (not an enum of them). Integers stay ids, as YAML writes them.
 InlineEntry = Annotated[
     UserId | InlineUser,
     WithJsonSchema(
@@ -220,6 +221,7 @@ InlineEntry = Annotated[
             "minItems": 1,
             "maxItems": 0,
             "multipleOf": 1,
+            "not": {"enum": [True, False]},
         }
     ),
 ]

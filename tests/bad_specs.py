@@ -242,6 +242,7 @@ BAD_CASES: list[BadCase] = [
     BadCase("user-nested-list", _users(["u1"]), f"{S0}.users[0]"),
     BadCase("user-empty-nested-list", _users([]), f"{S0}.users[0]"),
     BadCase("user-fraction", _users(1.5), f"{S0}.users[0]"),
+    BadCase("user-boolean", _users("u1", True), f"{S0}.users[1]"),
     BadCase("users-on-mongo-source", _set(SOURCE0, _mongo(users=["u1"])), f"{S0}.users"),
     BadCase("users-on-url-source",
             _set(SOURCE0, {"kind": "url", "url": "https://x/u.csv", "format": "csv",
