@@ -306,10 +306,14 @@ def seed_users(uri: str, users: list[str]) -> None:
         client.close()
 
 
-def store_writes(stats_file: Path) -> int:
-    """Documents written, summed over the lines the workers appended at exit."""
-    lines = stats_file.read_text().splitlines() if stats_file.exists() else []
-    return sum(sum(json.loads(line)["documents"].values()) for line in lines if line.strip())
+def store_writes(stats_file: Path, workers: int) -> int | None:
+    """Documents written, summed over the lines the workers appended at exit; None unless
+    every worker wrote its line (a worker without the hook would read as writing nothing)."""
+    text = stats_file.read_text() if stats_file.exists() else ""
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if len(lines) < workers:
+        return None
+    return sum(sum(line["documents"].values()) for line in lines)
 
 
 def pushtask(
@@ -322,8 +326,9 @@ def pushtask(
     shards: int,
     max_batch: int,
 ) -> Result:
-    uri = db_uri(mongo_uri, f"bench_{secrets.token_hex(4)}")
-    stats_file = logs / f"w{workers}-store-writes.jsonl"
+    db = f"bench_{secrets.token_hex(4)}"
+    uri = db_uri(mongo_uri, db)
+    stats_file = logs / f"w{workers}-{db}-store-writes.jsonl"
     try:
         seed_users(uri, users)
         source = {"kind": "mongo", "collection": "users"}
@@ -352,7 +357,8 @@ def pushtask(
         t = totals(uri, run_id)
         if t.sent != len(users):
             raise RuntimeError(f"only {t.sent} of {len(users)} sent: {t}")
-        return Result(PUSHTASK, workers, len(users), elapsed, cpu, store_writes(stats_file))
+        writes = store_writes(stats_file, workers)
+        return Result(PUSHTASK, workers, len(users), elapsed, cpu, writes)
     finally:
         drop_db(uri)
 
