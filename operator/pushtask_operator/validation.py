@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from pushtask import mongoquery
-from pushtask.models import PushTaskSpec
+from pushtask.models import PushTaskSpec, describe_errors
 from pushtask.templates import TemplateCompileError, compile_message
 from pushtask_operator.deployment import secret_key_refs
 from pushtask_operator.reconcile import Validation
@@ -61,9 +61,10 @@ def refused_query(spec: Mapping[str, Any]) -> str | None:
 
 
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ()))
-    return f"spec.{where}: {err.get('msg')}" if where else str(err.get("msg"))
+    # Kubernetes field paths ("spec.audience.sources[0].users[2]"), as the API server and
+    # `kubectl push` write them, not pydantic's locations (which hold union tags).
+    lines = describe_errors(exc, prefix="spec")
+    return lines[0] if lines else str(exc)
 
 
 async def validate(

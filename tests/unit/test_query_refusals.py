@@ -81,6 +81,25 @@ def test_allowed_queries_pass_the_operator() -> None:
     assert asyncio.run(validate(s, "ns", Lookups(), SETTINGS, probe_urls=False)).ok
 
 
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ({"kind": "mongo"}, "spec.audience.sources[1].collection: Field required"),
+        ({"kind": "inline", "users": ["ok", None]}, "spec.audience.sources[1].users[1]: "),
+    ],
+)
+def test_an_invalid_spec_names_the_field_as_the_api_server_does(
+    source: dict[str, Any], words: str
+) -> None:
+    # A task stored before the CRD refused such a spec (or a null entry, which the CRD
+    # lets through) fails with the field in Kubernetes' own notation.
+    s = spec()
+    s["audience"]["sources"][1] = source
+    v = asyncio.run(validate(s, "ns", Lookups(), SETTINGS, probe_urls=False))
+    assert not v.ok and v.permanent and v.reason == "InvalidSpec"
+    assert v.message.startswith(words), v.message
+
+
 def test_a_malformed_audience_is_left_to_the_models() -> None:
     assert refused_query({"audience": "everyone"}) is None
     assert refused_query({"audience": {"sources": ["x", {"kind": "mongo"}]}}) is None
