@@ -1,25 +1,25 @@
-"""Split leases with fencing tokens.
+"""Leases with fencing tokens, on any collection of work units (splits, chunks).
 
-A worker owns a split only while its lease is fresh. Every claim increments the split's
+A worker owns a unit only while its lease is fresh. Every claim increments the unit's
 token, so any write a previous holder makes afterwards (filtered by its old token)
-matches nothing: that is what keeps two workers from acting on one split.
+matches nothing: that is what keeps two workers from acting on one unit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-Kind = Literal["audience", "delivery"]
 
 
 class LeaseLost(Exception):
-    """The split was reclaimed by another worker (or finished): drop its work at once."""
+    """The unit was reclaimed by another worker (or finished): drop its work at once."""
 
     def __init__(self, lease: Lease) -> None:
         super().__init__(f"lease lost on {lease.split_id} (token {lease.token})")
@@ -33,6 +33,8 @@ class Lease:
     token: int
     until: datetime
     ttl: float
+    # Which collection holds the unit ("splits" or "chunks"): the store routes by it.
+    collection: str = "splits"
 
     def fence(self) -> dict[str, Any]:
         """The filter every write of this holder goes through."""
@@ -46,85 +48,97 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def claimable(now: datetime, due_field: str = "notBefore") -> list[dict[str, Any]]:
+    """Pending and due, or leased by a holder that stopped renewing."""
+    return [
+        {"status": "pending", due_field: {"$lte": now}},
+        {"status": "leased", "leaseUntil": {"$lt": now}},
+    ]
+
+
 async def claim(
-    splits: AsyncCollection[dict[str, Any]],
+    coll: AsyncCollection[dict[str, Any]],
     *,
-    run_id: str,
-    kind: Kind,
+    match: Mapping[str, Any],
     owner: str,
     ttl: float,
     now: datetime | None = None,
+    due_field: str = "notBefore",
+    sort: Sequence[tuple[str, int]] = (("index", 1),),
+    projection: Mapping[str, Any] | None = None,
+    collection: str = "splits",
 ) -> tuple[dict[str, Any], Lease] | None:
-    """Take one claimable split of `kind`: pending and due, or leased with an expired lease."""
+    """Take one claimable unit matching `match` in one find-and-modify; the reply is the
+    unit itself after the claim (its token is the new holder's)."""
     now = now or now_utc()
     until = now + timedelta(seconds=ttl)
-    doc = await splits.find_one_and_update(
-        {
-            "run": run_id,
-            "kind": kind,
-            "$or": [
-                {"status": "pending", "notBefore": {"$lte": now}},
-                {"status": "leased", "leaseUntil": {"$lt": now}},
-            ],
-        },
+    doc = await coll.find_one_and_update(
+        {**match, "$or": claimable(now, due_field)},
         {
             "$set": {"status": "leased", "owner": owner, "leaseUntil": until, "claimedAt": now},
             "$inc": {"token": 1},
         },
-        sort=[("index", 1)],
+        sort=list(sort),
+        projection=dict(projection) if projection is not None else None,
         return_document=ReturnDocument.AFTER,
     )
     if doc is None:
         return None
-    return doc, Lease(doc["_id"], owner, int(doc["token"]), until, ttl)
+    return doc, Lease(doc["_id"], owner, int(doc["token"]), until, ttl, collection)
 
 
 async def renew(
-    splits: AsyncCollection[dict[str, Any]], lease: Lease, now: datetime | None = None
+    coll: AsyncCollection[dict[str, Any]], lease: Lease, now: datetime | None = None
 ) -> Lease:
-    """Extend the lease by its ttl; raise LeaseLost when the split is no longer ours."""
+    """Extend the lease by its ttl; raise LeaseLost when the unit is no longer ours."""
     now = now or now_utc()
     until = now + timedelta(seconds=lease.ttl)
-    result = await splits.update_one(lease.fence(), {"$set": {"leaseUntil": until}})
+    result = await coll.update_one(lease.fence(), {"$set": {"leaseUntil": until}})
     if result.matched_count == 0:
         raise LeaseLost(lease)
     return replace(lease, until=until)
 
 
 async def release(
-    splits: AsyncCollection[dict[str, Any]],
+    coll: AsyncCollection[dict[str, Any]],
     lease: Lease,
     *,
     done: bool,
     not_before: datetime | None = None,
-    fields: dict[str, Any] | None = None,
+    fields: Mapping[str, Any] | None = None,
+    inc: Mapping[str, Any] | None = None,
+    due_field: str = "notBefore",
 ) -> bool:
-    """Give the split back (pending again, due at `not_before`) or mark it done.
+    """Give the unit back (pending again, due at `not_before`) or mark it done.
 
     Returns False when the lease had already been lost: the caller's work on it is void.
-    A done release also counts itself in `completions`, so a split completed twice would
+    A done release also counts itself in `completions`, so a unit completed twice would
     show in the data.
     """
     update: dict[str, Any] = {
         "status": "done" if done else "pending",
         "owner": None,
         "leaseUntil": None,
-        "notBefore": not_before or EPOCH,
     }
+    if not done or due_field == "notBefore":
+        update[due_field] = not_before or EPOCH
     if fields:
         update.update(fields)
     change: dict[str, Any] = {"$set": update}
+    increments = dict(inc or {})
     if done:
         update["doneBy"] = lease.owner  # who completed it, for people reading the data
-        change["$inc"] = {"completions": 1}
-    result = await splits.update_one(lease.fence(), change)
+        increments["completions"] = 1
+    if increments:
+        change["$inc"] = increments
+    result = await coll.update_one(lease.fence(), change)
     return result.matched_count == 1
 
 
 async def fenced_update(
-    splits: AsyncCollection[dict[str, Any]], lease: Lease, update: dict[str, Any]
+    coll: AsyncCollection[dict[str, Any]], lease: Lease, update: Mapping[str, Any]
 ) -> None:
-    """Apply `update` to the split only if `lease` still holds it (checkpoints, counters)."""
-    result = await splits.update_one(lease.fence(), update)
+    """Apply `update` to the unit only if `lease` still holds it (checkpoints, results)."""
+    result = await coll.update_one(lease.fence(), dict(update))
     if result.matched_count == 0:
         raise LeaseLost(lease)

@@ -1,4 +1,4 @@
-"""From a spec to a run: the run document, its audience splits and delivery shards.
+"""From a spec to a run: the run document and its audience splits.
 
 Pure functions: the operator calls them when a run starts and hands the result to the
 store. The spec arrives in its frozen JSON form (camelCase keys), exactly as it is kept
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pushtask import ledger
 from pushtask.leases import EPOCH
 
 # An inline list is cut into blocks of this many users so several workers share it.
@@ -40,22 +41,12 @@ def run_id_for(task: TaskRef, run: int) -> str:
     return f"{task.namespace}.{task.name}.{run}.{task.uid[:8]}"
 
 
-def shard_of(user: str, shards: int) -> int:
-    """Stable bucket of a user: the same user lands in the same shard in every process."""
-    digest = hashlib.blake2b(user.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
-
-
 def idempotency_key(task_uid: str, run: int, user: str) -> str:
     return hashlib.sha256(f"{task_uid}:{run}:{user}".encode()).hexdigest()
 
 
 def audience_split_id(run_id: str, n: int | str) -> str:
     return f"{run_id}/a/{n}"
-
-
-def delivery_split_id(run_id: str, shard: int) -> str:
-    return f"{run_id}/d/{shard}"
 
 
 def new_split(run_id: str, split_id: str, kind: str, index: int, **extra: Any) -> dict[str, Any]:
@@ -114,18 +105,6 @@ def audience_splits(run_id: str, spec: Mapping[str, Any]) -> list[dict[str, Any]
     return out
 
 
-def delivery_splits(run_id: str, shards: int) -> list[dict[str, Any]]:
-    # Blocked until the audience is whole: delivery never starts on a partial audience.
-    return [
-        {
-            **new_split(run_id, delivery_split_id(run_id, s), "delivery", s),
-            "status": "blocked",
-            "total": 0,
-        }
-        for s in range(shards)
-    ]
-
-
 def plan_run(
     task: TaskRef,
     run: int,
@@ -133,18 +112,24 @@ def plan_run(
     *,
     inline: Mapping[str, str] | None = None,
     rate_per_second: float | None = None,
+    chunk_size: int = ledger.CHUNK_SIZE,
     now: datetime,
 ) -> RunPlan:
-    """Freeze `spec` into a run document and cut its work into splits."""
+    """Freeze `spec` into a run document and cut its audience into splits.
+
+    Shards and their chunks come later, once the audience is whole (see ledger.py); the
+    bucket count and the chunk size are fixed here, for the whole run, so that every
+    worker that stages or seals cuts the same way."""
     run_id = run_id_for(task, run)
-    shards = int(spec["audience"].get("shards", 16))
+    buckets = int(spec["audience"].get("shards", 256))
     doc = {
         "_id": run_id,
         "task": {"namespace": task.namespace, "name": task.name, "uid": task.uid},
         "run": run,
         "spec": dict(spec),
         "inline": dict(inline or {}),
-        "shards": shards,
+        "buckets": buckets,
+        "chunkSize": int(chunk_size),
         "stage": "audience",
         "control": {
             "state": "Started",
@@ -158,4 +143,4 @@ def plan_run(
         "audienceDoneAt": None,
         "doneAt": None,
     }
-    return RunPlan(run=doc, splits=audience_splits(run_id, spec) + delivery_splits(run_id, shards))
+    return RunPlan(run=doc, splits=audience_splits(run_id, spec))

@@ -1,92 +1,97 @@
-"""The MongoDB store shared by the operator and the workers.
+"""The MongoDB store shared by the operator and the workers: the chunked ledger.
 
-Only what a plain replica set and FerretDB both serve: find-and-modify, bulk writes,
-unique indexes, `$inc` and simple aggregation. Every write a worker makes on behalf of
-a split is filtered by that split's fencing token (see leases.py), so a worker that lost
-its lease changes nothing.
+Only what a plain replica set and the local MongoDB-wire servers serve: find-and-modify,
+bulk writes, unique indexes, `$inc` and simple aggregation. Every write a worker makes on
+behalf of a split or a chunk is filtered by its fencing token (see leases.py), so a worker
+that lost its lease changes nothing. This module owns the collections: nobody else names
+them. The data model and why each guarantee holds: docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pymongo import ASCENDING, AsyncMongoClient, InsertOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.uri_parser import parse_uri
 
-from pushtask.leases import EPOCH, Lease, LeaseLost, fenced_update, now_utc, renew
+from pushtask import ledger
+from pushtask.leases import (
+    Lease,
+    LeaseLost,
+    claim,
+    fenced_update,
+    now_utc,
+    release,
+    renew,
+)
+from pushtask.planning import new_split
 
 DEFAULT_DB = "pushtask"
 Guarantee = Literal["AtMostOnce", "AtLeastOnce"]
+Stage = Literal["audience", "seal", "delivery", "done"]
 FINAL_STATUSES = ("sent", "failed", "unknown")
 COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted")
 DUPLICATE_KEY = 11000
-# Delivery takes recipients in this order; the index serves it after the equality fields
-# (run, shard, status), so a batch costs its own size, not its shard's.
-TAKE_ORDER = [("due", ASCENDING), ("_id", ASCENDING)]
-TAKE_INDEX = [("run", ASCENDING), ("shard", ASCENDING), ("status", ASCENDING), *TAKE_ORDER]
+IN_DOUBT = "in doubt: its worker was lost mid-send"
+COLLECTIONS = ("runs", "splits", "staging", "chunks", "skips", "workers")
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """The result of one recipient's sends: final (sent, failed), or pending again when
+class Result:
+    """A recipient's result after its sends: final (sent, failed), or pending again when
     its retries were cut short by the worker shutting down (a later holder retries it)."""
 
-    recipient_id: Any
+    position: int
     status: Literal["sent", "failed", "pending"]
     error: str | None = None
-
-
-@dataclass
-class Batch:
-    """Recipients one take_batch moved to inflight, under one token and one tag."""
-
-    run_id: str
-    shard: int
-    id: str
-    token: int
-    recipients: list[dict[str, Any]]
-
-    def filter(self) -> dict[str, Any]:
-        # run/shard/status lead, so MongoDB answers it from TAKE_INDEX.
-        return {
-            "run": self.run_id,
-            "shard": self.shard,
-            "status": "inflight",
-            "batch": self.id,
-            "token": self.token,
-        }
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
 class RunTotals:
-    """Counters of a run summed over its splits (what status.counts is made of)."""
+    """Counters of a run summed over its splits and chunks (what status.counts is made of)."""
 
     stage: str
-    inserted: int
+    inserted: int  # rows staged by the audience splits (before deduplication)
     skipped: int
     sent: int
     failed: int
     unknown: int
     attempted: int
-    total: int  # recipients after exclusions, known once the audience is finalized
+    total: int  # distinct recipients after exclusions, known shard by shard as they seal
     splits_open: int
 
     @property
     def audience(self) -> int:
-        recipients = self.total if self.stage != "audience" else self.inserted
+        recipients = self.inserted if self.stage in ("audience", "seal") else self.total
         return recipients + self.skipped
 
     @property
     def pending(self) -> int:
         return max(0, self.audience - self.skipped - self.sent - self.failed - self.unknown)
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    """What happened to one user in one run (`kubectl push recipient`)."""
+
+    run: str
+    user: str
+    status: str  # pending | in flight | in doubt | sent | failed | unknown | handed back
+    attempts: int
+    error: str | None
+    at: datetime | None
+    worker: str | None
+    chunk: str
+    position: int
+    due: datetime | None
 
 
 def _inserted_count(error: BulkWriteError, attempted: int) -> int:
@@ -102,16 +107,33 @@ def _inserted_count(error: BulkWriteError, attempted: int) -> int:
     return attempted - len(errors)
 
 
+async def _insert_new(coll: AsyncCollection[dict[str, Any]], docs: Sequence[dict[str, Any]]) -> int:
+    """Insert documents with deterministic ids; those already there are left as they are."""
+    if not docs:
+        return 0
+    try:
+        return len((await coll.insert_many(list(docs), ordered=False)).inserted_ids)
+    except BulkWriteError as error:
+        return _inserted_count(error, len(docs))
+
+
+def result_entry(status: str, attempts: int, at: datetime, worker: str, error: str | None) -> dict:
+    entry: dict[str, Any] = {"s": status, "n": attempts, "t": at, "w": worker}
+    if error:
+        entry["e"] = error[:500]
+    return entry
+
+
 class Store:
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str = DEFAULT_DB) -> None:
         self.client = client
         self.db: AsyncDatabase[dict[str, Any]] = client[db_name]
-        self.runs: AsyncCollection[dict[str, Any]] = self.db["runs"]
-        self.splits: AsyncCollection[dict[str, Any]] = self.db["splits"]
-        self.recipients: AsyncCollection[dict[str, Any]] = self.db["recipients"]
-        self.skips: AsyncCollection[dict[str, Any]] = self.db["skips"]
-        self.excluded: AsyncCollection[dict[str, Any]] = self.db["excluded"]
-        self.workers: AsyncCollection[dict[str, Any]] = self.db["workers"]
+        self._runs = self.db["runs"]
+        self._splits = self.db["splits"]
+        self._staging = self.db["staging"]
+        self._chunks = self.db["chunks"]
+        self._skips = self.db["skips"]
+        self._workers = self.db["workers"]
 
     @classmethod
     def connect(cls, uri: str, db_name: str | None = None, **client_options: Any) -> Store:
@@ -121,6 +143,9 @@ class Store:
         options.update(client_options)
         return cls(AsyncMongoClient(uri, **options), name)
 
+    def _coll(self, lease: Lease) -> AsyncCollection[dict[str, Any]]:
+        return self._chunks if lease.collection == "chunks" else self._splits
+
     @staticmethod
     async def _exists(coll: AsyncCollection[dict[str, Any]], query: dict[str, Any]) -> bool:
         # find_one stops at the first match; count_documents(limit=1) scans on some servers.
@@ -129,32 +154,33 @@ class Store:
     async def close(self) -> None:
         await self.client.close()
 
+    async def ping(self) -> None:
+        await self.db.command("ping")
+
     async def ensure_indexes(self) -> None:
         """Create every index the core path relies on; safe to call on every start."""
-        await self.recipients.create_index(
-            [("run", ASCENDING), ("user", ASCENDING)], unique=True, name="run_user_unique"
+        await self._splits.create_index(
+            [("run", ASCENDING), ("kind", ASCENDING), ("status", ASCENDING)], name="split_claim"
         )
-        await self.recipients.create_index(TAKE_INDEX, name="run_shard_status_due_id")
-        # Superseded by run_shard_status_due_id (it could not serve the take's order): a store
-        # set up by an earlier version would otherwise keep paying for it on every write.
-        if "run_shard_status_due" in await self.recipients.index_information():
-            await self.recipients.drop_index("run_shard_status_due")
-        await self.splits.create_index(
-            [
-                ("run", ASCENDING),
-                ("kind", ASCENDING),
-                ("status", ASCENDING),
-                ("leaseUntil", ASCENDING),
-            ],
-            name="split_claim",
+        await self._chunks.create_index(
+            [("run", ASCENDING), ("status", ASCENDING), ("due", ASCENDING)], name="chunk_claim"
         )
-        await self.excluded.create_index(
-            [("run", ASCENDING), ("user", ASCENDING)], unique=True, name="run_user_unique"
+        # "What happened to user X in run R": one multikey index lookup.
+        await self._chunks.create_index([("run", ASCENDING), ("users", ASCENDING)], name="run_user")
+        await self._staging.create_index(
+            [("run", ASCENDING), ("bucket", ASCENDING)], name="run_bucket"
         )
-        await self.skips.create_index([("run", ASCENDING)], name="run")
-        await self.workers.create_index(
+        await self._skips.create_index([("run", ASCENDING)], name="run")
+        await self._workers.create_index(
             [("run", ASCENDING), ("lastSeen", ASCENDING)], name="run_seen"
         )
+        await self._runs.create_index(
+            [("task.uid", ASCENDING), ("created", DESCENDING)], name="task_created"
+        )
+        # Collections of the per-recipient ledger this one replaced: nothing reads them.
+        for old in ("recipients", "excluded"):
+            if old in await self.db.list_collection_names():
+                await self.db.drop_collection(old)
 
     # -- runs -------------------------------------------------------------------------
 
@@ -162,66 +188,105 @@ class Store:
         """Insert a planned run; True if it is new. Safe to repeat after a crash midway."""
         created = True
         try:
-            await self.runs.insert_one(run)
+            await self._runs.insert_one(run)
         except DuplicateKeyError:
             created = False
         await self.add_splits(splits)
         return created
 
     async def add_splits(self, splits: Sequence[dict[str, Any]]) -> int:
-        """Insert splits that do not exist yet (also used to expand a planning split)."""
-        if not splits:
-            return 0
-        try:
-            result = await self.splits.insert_many(list(splits), ordered=False)
-            return len(result.inserted_ids)
-        except BulkWriteError as error:
-            return _inserted_count(error, len(splits))
+        """Insert splits that are not there yet (ids are deterministic)."""
+        return await _insert_new(self._splits, splits)
 
     async def get_run(
-        self, run_id: str, fields: Sequence[str] | None = None
+        self, run_id: str, fields: Iterable[str] | None = None
     ) -> dict[str, Any] | None:
-        """The run document, or only `fields` of it (the frozen spec can be megabytes)."""
-        projection = dict.fromkeys(fields, 1) if fields is not None else None
-        return await self.runs.find_one({"_id": run_id}, projection)
+        projection = {f: 1 for f in fields} if fields is not None else None
+        return await self._runs.find_one({"_id": run_id}, projection)
 
     async def set_control(self, run_id: str, **control: Any) -> None:
-        """Operator → workers: desired state, live rate, cancellation of in-flight sends."""
-        await self.runs.update_one(
+        await self._runs.update_one(
             {"_id": run_id}, {"$set": {f"control.{k}": v for k, v in control.items()}}
         )
 
-    async def fail_run(self, run_id: str, reason: str, now: datetime | None = None) -> bool:
-        """Record the first failure reason of a run; later ones are ignored."""
-        result = await self.runs.update_one(
+    async def fail_run(self, run_id: str, reason: str) -> bool:
+        """Record the run's failure once; True if this call recorded it."""
+        result = await self._runs.update_one(
             {"_id": run_id, "failure": None},
-            {"$set": {"failure": {"reason": reason, "at": now or now_utc()}}},
+            {"$set": {"failure": {"reason": reason, "at": now_utc()}}},
         )
         return result.modified_count == 1
 
-    async def delete_run(self, run_id: str) -> None:
-        """Drop every document of a run (cleanup on request, never in the core path)."""
-        for coll in (self.recipients, self.skips, self.excluded, self.splits, self.workers):
-            await coll.delete_many({"run": run_id})
-        await self.runs.delete_one({"_id": run_id})
+    async def advance(self, run_id: str, now: datetime | None = None) -> str:
+        """Take the run's next stage when its current one is complete; the stage after.
+
+        audience → seal once every audience split is done (the shards are planned from
+        the staged bucket sizes); seal → delivery once every shard is sealed; delivery →
+        done once every chunk is done. Idempotent and deterministic, so any worker (or the
+        operator) may run it, even several at once.
+        """
+        now = now or now_utc()
+        run = await self._runs.find_one({"_id": run_id}, {"stage": 1, "buckets": 1, "shards": 1})
+        if run is None:
+            return "audience"
+        stage = str(run.get("stage") or "audience")
+        if stage == "audience":
+            if await self._exists(
+                self._splits, {"run": run_id, "kind": "audience", "status": {"$ne": "done"}}
+            ):
+                return stage
+            await self.add_splits(await self._plan_shards(run_id, run))
+            await self._runs.update_one(
+                {"_id": run_id, "stage": "audience"},
+                {"$set": {"stage": "seal", "audienceDoneAt": now}},
+            )
+            stage = "seal"
+        if stage == "seal":
+            if await self._exists(
+                self._splits, {"run": run_id, "kind": "seal", "status": {"$ne": "done"}}
+            ):
+                return stage
+            await self._runs.update_one(
+                {"_id": run_id, "stage": "seal"}, {"$set": {"stage": "delivery", "sealedAt": now}}
+            )
+            stage = "delivery"
+        if stage == "delivery":
+            if await self._exists(self._chunks, {"run": run_id, "status": {"$ne": "done"}}):
+                return stage
+            await self._runs.update_one(
+                {"_id": run_id, "stage": "delivery"}, {"$set": {"stage": "done", "doneAt": now}}
+            )
+            stage = "done"
+        return stage
+
+    async def _plan_shards(self, run_id: str, run: Mapping[str, Any]) -> list[dict[str, Any]]:
+        buckets = int(run.get("buckets") or run.get("shards") or 1)
+        sizes: dict[int, int] = defaultdict(int)
+        # Summed here rather than by a $group: every server answers a plain projection alike.
+        async for doc in self._staging.find(
+            {"run": run_id, "exclude": False}, {"bucket": 1, "n": 1}
+        ):
+            sizes[int(doc["bucket"])] += int(doc.get("n") or 0)
+        return [
+            new_split(
+                run_id, ledger.shard_split_id(run_id, k), "seal", k, buckets=[lo, hi], total=0
+            )
+            for k, (lo, hi) in enumerate(ledger.group_buckets(sizes, buckets))
+        ]
 
     async def totals(self, run_id: str) -> RunTotals:
-        """Sum the split counters of a run.
+        """Sum the counters of a run's splits and chunks.
 
         Summed here rather than with one `$group` of several accumulators: FerretDB 1.24
-        returns 0 for every accumulator after the first. A run has at most a few thousand
-        splits, so this stays cheap.
+        returns 0 for every accumulator after the first.
         """
-        run = await self.runs.find_one({"_id": run_id}, {"stage": 1})
+        run = await self._runs.find_one({"_id": run_id}, {"stage": 1})
         sums: dict[str, int] = defaultdict(int)
-        async for split in self.splits.find(
-            {"run": run_id}, {"status": 1, "total": 1, "counters": 1}
-        ):
-            counters = split.get("counters") or {}
-            for f in COUNTER_FIELDS:
-                sums[f] += int(counters.get(f) or 0)
-            sums["total"] += int(split.get("total") or 0)
-            sums["open"] += split["status"] != "done"
+        projection = {"status": 1, "total": 1, "counters": 1}
+        async for doc in self._splits.find({"run": run_id}, projection):
+            self._add(sums, doc)
+        async for doc in self._chunks.find({"run": run_id}, projection):
+            self._add(sums, doc)
         return RunTotals(
             stage=(run or {}).get("stage", "audience"),
             total=sums["total"],
@@ -229,275 +294,238 @@ class Store:
             **{f: sums[f] for f in COUNTER_FIELDS},
         )
 
+    @staticmethod
+    def _add(sums: dict[str, int], doc: Mapping[str, Any]) -> None:
+        counters = doc.get("counters") or {}
+        for f in COUNTER_FIELDS:
+            sums[f] += int(counters.get(f) or 0)
+        sums["total"] += int(doc.get("total") or 0)
+        sums["open"] += doc.get("status") != "done"
+
     async def skip_samples(self, run_id: str, limit: int = 5) -> list[str]:
-        cursor = self.skips.find({"run": run_id}, {"reason": 1}).limit(limit)
+        cursor = self._skips.find({"run": run_id}, {"reason": 1}).limit(limit)
         return [doc["reason"] async for doc in cursor]
+
+    # -- retention --------------------------------------------------------------------
+
+    async def delete_run(self, run_id: str) -> None:
+        """Remove a run and its whole ledger (workers of it simply stop finding it)."""
+        for name in ("splits", "staging", "chunks", "skips", "workers"):
+            await self.db[name].delete_many({"run": run_id})
+        await self._runs.delete_one({"_id": run_id})
+
+    async def prune_runs(self, task_uid: str, keep: int) -> list[str]:
+        """Keep a task's `keep` newest runs, delete the ledgers of the older ones."""
+        old = [
+            doc["_id"]
+            async for doc in self._runs.find({"task.uid": task_uid}, {"_id": 1})
+            .sort("created", DESCENDING)
+            .skip(max(0, keep))
+        ]
+        for run_id in old:
+            await self.delete_run(run_id)
+        return old
+
+    async def delete_task_runs(self, task_uid: str) -> list[str]:
+        """Every run of a deleted PushTask, gone with it."""
+        return await self.prune_runs(task_uid, keep=0)
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def claim_split(
+        self, run_id: str, kind: str, owner: str, ttl: float, now: datetime | None = None
+    ) -> tuple[dict[str, Any], Lease] | None:
+        return await claim(
+            self._splits, match={"run": run_id, "kind": kind}, owner=owner, ttl=ttl, now=now
+        )
+
+    async def claim_chunk(
+        self, run_id: str, owner: str, ttl: float, now: datetime | None = None
+    ) -> tuple[dict[str, Any], Lease] | None:
+        """A chunk that is due (or whose holder stopped renewing), earliest due first; the
+        reply carries its recipients and what earlier holders recorded."""
+        return await claim(
+            self._chunks,
+            match={"run": run_id},
+            owner=owner,
+            ttl=ttl,
+            now=now,
+            due_field="due",
+            sort=(("due", ASCENDING), ("_id", ASCENDING)),
+            # No projection: FerretDB refuses one on findAndModify, and a chunk is almost
+            # all recipients anyway.
+            collection="chunks",
+        )
+
+    async def renew(self, lease: Lease, now: datetime | None = None) -> Lease:
+        return await renew(self._coll(lease), lease, now)
+
+    async def release(
+        self,
+        lease: Lease,
+        *,
+        done: bool,
+        not_before: datetime | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> bool:
+        return await release(
+            self._coll(lease), lease, done=done, not_before=not_before, fields=fields
+        )
 
     # -- audience ---------------------------------------------------------------------
 
-    async def add_recipients(self, lease: Lease, recipients: Sequence[dict[str, Any]]) -> int:
-        """Insert recipients (run, user, shard, attrs, due); duplicates are skipped.
+    async def flush_staging(
+        self,
+        lease: Lease,
+        run_id: str,
+        staging: Sequence[dict[str, Any]],
+        skips: Sequence[tuple[Any, str, str]],
+        *,
+        cursor: Any,
+        counters: Mapping[str, int],
+    ) -> None:
+        """Write one flush of an audience split, then checkpoint it.
 
-        The lease is renewed first, so a holder that lost it adds nobody (a late insert
-        could land after the audience was finalized). Returns how many were new and
-        counts them on the audience split (fenced).
+        The lease is renewed first, so a holder that lost it adds nothing (its flush ids are
+        the ones the new holder writes anyway). Staging and skips are insert-only with
+        deterministic ids; the split's counters (absolute: the holder's count since its
+        claim added to what the claim found) move with the checkpoint in one fenced write,
+        so each flush is counted exactly once however often it is read or retried.
         """
-        inserted = 0
-        if recipients:
-            await renew(self.splits, lease)
-            docs = [
-                {"status": "pending", "token": 0, "attempts": 0, "due": EPOCH, **r}
-                for r in recipients
-            ]
-            try:
-                result = await self.recipients.insert_many(docs, ordered=False)
-                inserted = len(result.inserted_ids)
-            except BulkWriteError as error:
-                inserted = _inserted_count(error, len(docs))
-        await fenced_update(self.splits, lease, {"$inc": {"counters.inserted": inserted}})
-        return inserted
-
-    async def add_excluded(self, lease: Lease, run_id: str, users: Iterable[str]) -> int:
-        """Remember users of an exclusion source (renewing first, as add_recipients does)."""
-        docs = [InsertOne({"run": run_id, "user": u}) for u in users]
-        if not docs:
-            return 0
-        await renew(self.splits, lease)
-        try:
-            return (await self.excluded.bulk_write(docs, ordered=False)).inserted_count
-        except BulkWriteError as error:
-            return _inserted_count(error, len(docs))
-
-    async def add_skips(
-        self, lease: Lease, run_id: str, skips: Sequence[tuple[int, str, str]]
-    ) -> int:
-        """Record bad rows as (row position, reason, row text); re-reads do not recount."""
-        docs = [
-            InsertOne(
+        await self.renew(lease)
+        await _insert_new(self._staging, staging)
+        await _insert_new(
+            self._skips,
+            [
                 {
                     "_id": f"{lease.split_id}/{pos}",
                     "run": run_id,
                     "reason": reason,
                     "row": row[:500],
                 }
-            )
-            for pos, reason, row in skips
-        ]
-        inserted = 0
-        if docs:
-            try:
-                inserted = (await self.skips.bulk_write(docs, ordered=False)).inserted_count
-            except BulkWriteError as error:
-                inserted = _inserted_count(error, len(docs))
-        await fenced_update(self.splits, lease, {"$inc": {"counters.skipped": inserted}})
-        return inserted
-
-    async def checkpoint(self, lease: Lease, cursor: Any) -> None:
-        """Remember how far an audience split was read, so a reclaimer resumes there."""
-        await fenced_update(self.splits, lease, {"$set": {"cursor": cursor}})
-
-    async def finalize_audience(self, run_id: str, now: datetime | None = None) -> bool:
-        """Once every audience split is done: apply exclusions, size the shards, unblock them.
-
-        Idempotent, so any worker (or the operator) may run it, even several at once.
-        Returns True when the run is past its audience stage.
-        """
-        run = await self.runs.find_one({"_id": run_id}, {"stage": 1})
-        if run is None:
-            return False
-        if run.get("stage") != "audience":
-            return True
-        if await self._exists(
-            self.splits, {"run": run_id, "kind": "audience", "status": {"$ne": "done"}}
-        ):
-            return False
-        batch: list[str] = []
-        async for doc in self.excluded.find({"run": run_id}, {"user": 1}):
-            batch.append(doc["user"])
-            if len(batch) >= 1000:
-                await self.recipients.delete_many({"run": run_id, "user": {"$in": batch}})
-                batch = []
-        if batch:
-            await self.recipients.delete_many({"run": run_id, "user": {"$in": batch}})
-        sizes = await self.recipients.aggregate(
-            [{"$match": {"run": run_id}}, {"$group": {"_id": "$shard", "n": {"$sum": 1}}}]
+                for pos, reason, row in skips
+            ],
         )
-        ops = [
-            UpdateOne(
-                {"run": run_id, "kind": "delivery", "index": row["_id"]},
-                {"$set": {"total": row["n"]}},
-            )
-            async for row in sizes
-        ]
-        if ops:
-            await self.splits.bulk_write(ops, ordered=False)
-        await self.splits.update_many(
-            {"run": run_id, "kind": "delivery", "status": "blocked"},
-            {"$set": {"status": "pending"}},
+        await fenced_update(
+            self._splits,
+            lease,
+            {"$set": {"cursor": cursor, **{f"counters.{k}": int(v) for k, v in counters.items()}}},
         )
-        await self.runs.update_one(
-            {"_id": run_id, "stage": "audience"},
-            {"$set": {"stage": "delivery", "audienceDoneAt": now or now_utc()}},
-        )
-        return True
+
+    async def seal_shard(
+        self, lease: Lease, run_id: str, split: Mapping[str, Any], chunk_size: int
+    ) -> ledger.Sealed:
+        """Read a shard's staging back, deduplicate, exclude, order, write its chunks.
+
+        Staging is complete and immutable once the audience is whole, so a sealer killed
+        midway and run again writes the same chunks under the same ids: those already there
+        are kept (they may be under delivery already)."""
+        lo, hi = split["buckets"]
+        docs = self._staging.find(
+            {"run": run_id, "bucket": {"$gte": lo, "$lt": hi}}, {"exclude": 1, "rows": 1}
+        ).sort("_id", ASCENDING)
+        sealed = ledger.seal([doc async for doc in docs])
+        chunks = ledger.cut_chunks(run_id, int(split["index"]), sealed.recipients, size=chunk_size)
+        await self.renew(lease)
+        for i in range(0, len(chunks), 16):  # bounded requests whatever the chunk size
+            await _insert_new(self._chunks, chunks[i : i + 16])
+        fields = {
+            "total": len(sealed.recipients),
+            "chunks": len(chunks),
+            "duplicates": sealed.duplicates,
+            "excluded": sealed.excluded,
+        }
+        if not await self.release(lease, done=True, fields=fields):
+            raise LeaseLost(lease)
+        return sealed
 
     # -- delivery ---------------------------------------------------------------------
 
-    async def settle_in_doubt(
-        self, lease: Lease, run_id: str, shard: int, guarantee: Guarantee
-    ) -> int:
-        """Recipients left inflight by an earlier holder: never resent (AtMostOnce) or
-        queued again with the same idempotency key (AtLeastOnce)."""
-        status = "unknown" if guarantee == "AtMostOnce" else "pending"
-        result = await self.recipients.update_many(
-            {"run": run_id, "shard": shard, "status": "inflight", "token": {"$lt": lease.token}},
-            {"$set": {"status": status, "error": "in doubt: its worker was lost mid-send"}},
-        )
-        return result.modified_count
-
-    async def recount_shard(self, lease: Lease, run_id: str, shard: int) -> dict[str, int]:
-        """Rebuild the shard's counters from its recipients (exact after any crash)."""
-        counts: dict[str, int] = defaultdict(int)
-        pipeline: list[dict[str, Any]] = [
-            {"$match": {"run": run_id, "shard": shard}},
-            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
-        ]
-        async for row in await self.recipients.aggregate(pipeline):
-            counts[row["_id"]] = int(row["n"])
-        counters = {f: counts[f] for f in FINAL_STATUSES}
-        counters["attempted"] = counts["sent"] + counts["failed"]
-        await fenced_update(
-            self.splits, lease, {"$set": {f"counters.{k}": v for k, v in counters.items()}}
-        )
-        return counters
-
-    async def take_batch(
-        self, lease: Lease, run_id: str, shard: int, limit: int, now: datetime | None = None
-    ) -> Batch:
-        """Move up to `limit` due recipients pending → inflight under this lease.
-
-        The lease is renewed first (LeaseLost if it is gone): the move then happens with a
-        whole lease period ahead, before anyone else may claim the shard. The batch holds
-        exactly the recipients this call moved (found again by its tag): only those may
-        be sent.
-
-        Earliest due first, then by `_id`: the order of TAKE_INDEX after its equality fields,
-        so MongoDB walks the index and stops at `limit` instead of sorting the whole shard
-        for every batch. The move selects "up to the last one found" in that order rather
-        than a list of ids: it stays on the same index, and no server pays the size of the
-        collection times the size of the batch (some test `$in` member by member).
-        """
+    async def write_chunk(
+        self,
+        lease: Lease,
+        *,
+        counters: Mapping[str, int],
+        results: Sequence[Result] = (),
+        unknown: Sequence[int] = (),
+        reopen: Sequence[int] = (),
+        hi: int,
+        end: Literal["done", "pending"] | None = None,
+        due: datetime | None = None,
+        now: datetime | None = None,
+    ) -> Lease:
+        """One fenced write of a chunk's holder: results, positions settled as unknown or
+        reopened (handed back, to be sent again), the new `hi`, the chunk's counters (as
+        absolute values: see ledger.tally), and the lease renewed, or the chunk given back
+        (`end`). LeaseLost when the chunk is no longer ours."""
         now = now or now_utc()
-        await renew(self.splits, lease, now)
-        pending = {"run": run_id, "shard": shard, "status": "pending"}
-        due = {**pending, "due": {"$lte": now}}
-        found = [
-            doc async for doc in self.recipients.find(due, {"due": 1}).sort(TAKE_ORDER).limit(limit)
-        ]
-        tag = Batch(run_id, shard, uuid.uuid4().hex, lease.token, [])
-        if not found:
-            return tag
-        # Each branch is a range of TAKE_INDEX on its own (equality fields repeated), so
-        # MongoDB serves the $or from the index without pushing the enclosing AND down; the
-        # enclosing AND stays because servers that scan reject most documents on it cheaply
-        # (mongo-java-server: 65 ms instead of 90 for 1,000 of 100,000 documents).
-        last = found[-1]
-        up_to_last = [
-            {**pending, "due": {"$lt": last["due"]}},
-            {**pending, "due": last["due"], "_id": {"$lte": last["_id"]}},
-        ]
-        await self.recipients.update_many(
-            {**pending, "$or": up_to_last},
-            {
-                "$set": {
-                    "status": "inflight",
-                    "token": lease.token,
-                    "batch": tag.id,
-                    "worker": lease.owner,
-                },
-                "$inc": {"attempts": 1},
-            },
-        )
-        cursor = self.recipients.find(tag.filter(), {"user": 1, "attrs": 1, "attempts": 1})
-        tag.recipients.extend([doc async for doc in cursor])
-        return tag
-
-    async def record_outcomes(
-        self, lease: Lease, batch: Batch, outcomes: Sequence[Outcome]
-    ) -> dict[str, int]:
-        """Write final results (filtered by the token) and count them on the shard.
-
-        When `outcomes` cover the whole batch, the largest group (usually "sent") is written
-        last with the batch's own filter: what is still in flight of it is exactly that group.
-
-        The lease is renewed first (LeaseLost if it is gone): a holder whose shard was
-        claimed by another worker writes no result, not even before the new holder has
-        settled what it left in doubt.
-        """
-        await renew(self.splits, lease)
-        groups: dict[tuple[str, str | None], list[Any]] = defaultdict(list)
-        for o in outcomes:
-            groups[(o.status, o.error)].append(o.recipient_id)
-        ordered = sorted(groups.items(), key=lambda g: len(g[1]))
-        whole = {o.recipient_id for o in outcomes} == {r["_id"] for r in batch.recipients}
-        counted: dict[str, int] = defaultdict(int)
-        now = now_utc()
-        for i, ((status, error), ids) in enumerate(ordered):
-            last = i == len(ordered) - 1
-            query = batch.filter() if whole and last else {**batch.filter(), "_id": {"$in": ids}}
-            done = {"doneAt": now} if status != "pending" else {}
-            result = await self.recipients.update_many(
-                query, {"$set": {"status": status, "error": error, **done}}
+        sets: dict[str, Any] = {"hi": hi}
+        for r in results:
+            sets[f"res.{r.position}"] = result_entry(
+                r.status, r.attempts, now, lease.owner, r.error
             )
-            if status != "pending":  # handed back, not a result: nothing to count
-                counted[status] += result.modified_count
-        inc = {f"counters.{k}": v for k, v in counted.items() if v}
-        attempted = counted["sent"] + counted["failed"]
-        if attempted:
-            inc["counters.attempted"] = attempted
-        # Always fenced, even with nothing counted, so a holder that lost the shard learns it.
-        await fenced_update(self.splits, lease, {"$inc": inc or {"counters.attempted": 0}})
-        return dict(counted)
+        for p in unknown:
+            sets[f"res.{p}"] = result_entry("unknown", 0, now, lease.owner, IN_DOUBT)
+        sets.update({f"counters.{k}": int(v) for k, v in counters.items()})
+        change: dict[str, Any] = {"$set": sets}
+        if reopen:
+            change["$unset"] = {f"res.{p}": "" for p in reopen}
+        until = now + timedelta(seconds=lease.ttl)
+        if end is None:
+            sets["leaseUntil"] = until
+        else:
+            sets.update(status=end, owner=None, leaseUntil=None)
+            if end == "done":
+                sets["doneBy"] = lease.owner
+                change["$inc"] = {"completions": 1}
+            if due is not None:
+                sets["due"] = due
+        result = await self._chunks.update_one(lease.fence(), change)
+        if result.matched_count == 0:
+            raise LeaseLost(lease)
+        return Lease(lease.split_id, lease.owner, lease.token, until, lease.ttl, lease.collection)
 
-    async def requeue(self, lease: Lease, batch: Batch) -> int:
-        """Put a batch that was moved but never sent back to pending, as it was (fenced
-        like record_outcomes)."""
-        if not batch.recipients:
-            return 0
-        await renew(self.splits, lease)
-        result = await self.recipients.update_many(
-            batch.filter(), {"$set": {"status": "pending"}, "$inc": {"attempts": -1}}
+    async def recipient(self, run_id: str, user: str) -> RecipientState | None:
+        """What happened to `user` in `run_id`; None when the user is not in its audience
+        (not staged yet, excluded, or never a recipient)."""
+        doc = await self._chunks.find_one({"run": run_id, "users": user})
+        if doc is None:
+            return None
+        position = list(doc["users"]).index(user)
+        entry = (doc.get("res") or {}).get(str(position))
+        dues = doc.get("dues")
+        due = dues[position] if dues else None
+        if entry is not None:
+            status = {"pending": "handed back"}.get(entry["s"], entry["s"])
+            return RecipientState(
+                run_id,
+                user,
+                status,
+                int(entry.get("n") or 0),
+                entry.get("e"),
+                entry.get("t"),
+                entry.get("w"),
+                doc["_id"],
+                position,
+                due,
+            )
+        started = position < int(doc.get("hi") or 0)
+        holder_alive = (
+            doc.get("status") == "leased" and (doc.get("leaseUntil") or now_utc()) > now_utc()
         )
-        return result.modified_count
+        status = ("in flight" if holder_alive else "in doubt") if started else "pending"
+        return RecipientState(
+            run_id, user, status, 0, None, None, doc.get("owner"), doc["_id"], position, due
+        )
 
-    async def shard_state(self, run_id: str, shard: int) -> tuple[bool, datetime | None]:
-        """(anything inflight or pending left?, the earliest due time of what is pending)."""
-        if not await self._exists(
-            self.recipients,
-            {"run": run_id, "shard": shard, "status": {"$in": ["pending", "inflight"]}},
-        ):
-            return False, None
-        first = await self.recipients.find_one(
-            {"run": run_id, "shard": shard, "status": "pending"},
-            {"due": 1},
-            sort=[("due", ASCENDING)],
-        )
-        return True, (first or {}).get("due")
-
-    async def finish_if_done(self, run_id: str, now: datetime | None = None) -> bool:
-        """Mark the run done once every delivery shard is done; True if it is done."""
-        if await self._exists(
-            self.splits, {"run": run_id, "kind": "delivery", "status": {"$ne": "done"}}
-        ):
-            return False
-        result = await self.runs.update_one(
-            {"_id": run_id, "stage": "delivery"},
-            {"$set": {"stage": "done", "doneAt": now or now_utc()}},
-        )
-        if result.matched_count:
-            return True
-        run = await self.runs.find_one({"_id": run_id}, {"stage": 1})
-        return (run or {}).get("stage") == "done"
+    async def statuses(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
+        """(user, status) of every recipient of a run, chunk by chunk (exports, tests)."""
+        async for doc in self._chunks.find({"run": run_id}, {"users": 1, "res": 1, "hi": 1}):
+            res = doc.get("res") or {}
+            hi = int(doc.get("hi") or 0)
+            for p, user in enumerate(doc["users"]):
+                entry = res.get(str(p))
+                yield user, entry["s"] if entry else ("inflight" if p < hi else "pending")
 
     # -- workers ----------------------------------------------------------------------
 
@@ -505,7 +533,7 @@ class Store:
         self, worker_id: str, run_id: str, info: dict[str, Any] | None = None
     ) -> None:
         now = now_utc()
-        await self.workers.update_one(
+        await self._workers.update_one(
             {"_id": worker_id},
             {
                 "$set": {"run": run_id, "lastSeen": now, **(info or {})},
@@ -515,17 +543,36 @@ class Store:
         )
 
     async def forget_worker(self, worker_id: str) -> None:
-        await self.workers.delete_one({"_id": worker_id})
+        await self._workers.delete_one({"_id": worker_id})
+
+    async def heartbeats(self, run_id: str) -> list[dict[str, Any]]:
+        return [doc async for doc in self._workers.find({"run": run_id})]
 
     async def live_workers(self, run_id: str, within: float, now: datetime | None = None) -> int:
         since = (now or now_utc()) - timedelta(seconds=within)
-        return await self.workers.count_documents({"run": run_id, "lastSeen": {"$gte": since}})
+        return await self._workers.count_documents({"run": run_id, "lastSeen": {"$gte": since}})
+
+    async def leases(self, run_id: str) -> list[dict[str, Any]]:
+        """Units held under a lease right now (splits and chunks): owner, until, since."""
+        query = {"run": run_id, "status": "leased"}
+        fields = {"owner": 1, "leaseUntil": 1, "claimedAt": 1}
+        held = [doc async for doc in self._splits.find(query, fields)]
+        held += [doc async for doc in self._chunks.find(query, fields)]
+        return held
 
     async def stale_leases(self, run_id: str, now: datetime | None = None) -> int:
         """Leases whose holder stopped renewing: work waiting to be reclaimed."""
-        return await self.splits.count_documents(
-            {"run": run_id, "status": "leased", "leaseUntil": {"$lt": now or now_utc()}}
-        )
+        query = {"run": run_id, "status": "leased", "leaseUntil": {"$lt": now or now_utc()}}
+        return await self._splits.count_documents(query) + await self._chunks.count_documents(query)
 
 
-__all__ = ["Batch", "Lease", "LeaseLost", "Outcome", "RunTotals", "Store"]
+__all__ = [
+    "Guarantee",
+    "Lease",
+    "LeaseLost",
+    "RecipientState",
+    "Result",
+    "RunTotals",
+    "Stage",
+    "Store",
+]

@@ -167,25 +167,13 @@ class RunFacts:
 
 
 async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
-    run_doc = await store.runs.find_one(
-        {"_id": run_id}, {"spec": 1, "stage": 1, "failure": 1, "control": 1}
-    )
+    run_doc = await store.get_run(run_id, ("spec", "stage", "failure", "control"))
     if run_doc is not None and running:
         # Idempotent steps any party may take: the operator takes them too, so a run
         # whose last worker died right after finishing a split still moves on.
-        if run_doc.get("stage") == "audience" and await store.finalize_audience(run_id):
-            run_doc["stage"] = "delivery"
-        if run_doc.get("stage") == "delivery" and await store.finish_if_done(run_id):
-            run_doc["stage"] = "done"
+        run_doc["stage"] = await store.advance(run_id)
     totals = await store.totals(run_id)
-    heartbeats = [doc async for doc in store.workers.find({"run": run_id})]
-    leased = [
-        doc
-        async for doc in store.splits.find(
-            {"run": run_id, "status": "leased"}, {"owner": 1, "leaseUntil": 1, "claimedAt": 1}
-        )
-    ]
-    return RunFacts(run_doc, totals, heartbeats, leased)
+    return RunFacts(run_doc, totals, await store.heartbeats(run_id), await store.leases(run_id))
 
 
 def _schedule_facts(
@@ -381,6 +369,9 @@ async def _reconcile(
         planned = plan_run(task, plan.run, spec, inline=inline, rate_per_second=rate_now, now=now)
         created = await rt.store.create_run(planned.run, planned.splits)
         logger.info("run %s %s", new_id, "created" if created else "already existed")
+        pruned = await rt.store.prune_runs(task.uid, keep=settings.run_retention)
+        if pruned:
+            logger.info("ledgers of older runs deleted: %s", ", ".join(pruned))
         run_id, frozen = new_id, spec
         state.tracker = RateTracker()
         state.control = None
@@ -484,8 +475,10 @@ async def on_tick(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None
 
 
 async def on_delete(body: Mapping[str, Any], memo: kopf.Memo) -> None:
-    """Forget the task (the garbage collector removes its Deployment)."""
+    """Forget the task and delete its runs' ledgers (the garbage collector removes its
+    Deployment)."""
     rt = memo.get("runtime")
     if isinstance(rt, Runtime):
         rt.demands.pop(task_key(body["metadata"]), None)
+        await rt.store.delete_task_runs(str(body["metadata"]["uid"]))
     metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])

@@ -65,6 +65,9 @@ class OperatorSettings:
     progress_interval: float = 3.0
     # The timeout of a URL source probe at validation time.
     url_probe_timeout: float = 10.0
+    # Runs of a task whose ledger is kept in MongoDB (older ones are deleted when a new run
+    # starts; all of them when the task is deleted), so a long-lived stack stays bounded.
+    run_retention: int = 3
 
     @property
     def cluster_wide(self) -> bool:
@@ -189,4 +192,5 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         degraded_tiers={t: m for t, m in degraded.items() if m != "off"},
         progress_interval=_number(env, "PUSHTASK_PROGRESS_INTERVAL", d.progress_interval, 0.5),
         url_probe_timeout=_number(env, "PUSHTASK_URL_PROBE_TIMEOUT", d.url_probe_timeout, 0.1),
+        run_retention=int(_number(env, "PUSHTASK_RUN_RETENTION", d.run_retention, 1)),
     )

@@ -1,9 +1,9 @@
-"""A minimal lease holder for the race test: claims delivery shards and "sends" by
-recording each recipient once in an audit collection whose _id is the recipient id.
+"""A minimal chunk deliverer for the race test: the real ChunkDelivery, whose "send" records
+each (chunk, position) once in an audit collection keyed by it.
 
-Run as `python -m tests.integration.racer URI DB RUN_ID OWNER`. It is killed with
-SIGKILL at random moments by the test; a duplicate key in the audit collection would
-mean two tokens moved the same recipient to inflight.
+Run as `python -m tests.integration.racer URI DB RUN_ID OWNER`. It is killed with SIGKILL
+at random moments by the test; a duplicate key in the audit collection would mean one
+recipient was sent twice.
 """
 
 from __future__ import annotations
@@ -11,58 +11,64 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from pushtask.leases import LeaseLost, claim, release, renew
-from pushtask.store import Outcome, Store
+from pushtask.leases import LeaseLost
+from pushtask.store import Result, Store
+from pushtask_worker.delivery import ChunkDelivery
+from pushtask_worker.resilience import StoreGuard
 
 LEASE_TTL = 1.5
+WINDOW = 4
 
 
-async def work_shard(store: Store, run_id: str, doc: dict, lease) -> None:  # type: ignore[no-untyped-def]
-    shard = int(doc["index"])
-    await store.settle_in_doubt(lease, run_id, shard, "AtMostOnce")
-    await store.recount_shard(lease, run_id, shard)
-    while True:
-        batch = await store.take_batch(lease, run_id, shard, limit=5)
-        if not batch.recipients:
-            break
-        for r in batch.recipients:
-            try:
-                await store.db["audit"].insert_one({"_id": r["_id"], "token": lease.token})
-            except DuplicateKeyError:
-                await store.db["violations"].insert_one(
-                    {"recipient": r["_id"], "token": lease.token}
-                )
-        await asyncio.sleep(random.uniform(0, 0.02))  # the "send"
-        await store.record_outcomes(
-            lease, batch, [Outcome(r["_id"], "sent") for r in batch.recipients]
-        )
-        lease = await renew(store.splits, lease)
-    await store.recount_shard(lease, run_id, shard)
-    await release(store.splits, lease, done=True)
+class AuditSender:
+    label = "race/race"
+
+    def __init__(self, store: Store, chunk: str) -> None:
+        self.store, self.chunk = store, chunk
+
+    async def send(self, position: int, user: str, attrs: Mapping[str, Any]) -> Result:
+        try:
+            await self.store.db["audit"].insert_one(
+                {"_id": f"{self.chunk}/{position}", "user": user}
+            )
+        except DuplicateKeyError:
+            await self.store.db["violations"].insert_one({"chunk": self.chunk, "pos": position})
+        await asyncio.sleep(random.uniform(0, 0.02))
+        return Result(position, "sent")
 
 
 async def main(uri: str, db: str, run_id: str, owner: str) -> None:
     store = Store.connect(uri, db)
+    guard = StoreGuard(stopping=lambda: False)
     try:
         while True:
-            got = await claim(
-                store.splits, run_id=run_id, kind="delivery", owner=owner, ttl=LEASE_TTL
-            )
+            got = await store.claim_chunk(run_id, owner, LEASE_TTL)
             if got is None:
-                left = await store.splits.count_documents(
-                    {"run": run_id, "status": {"$ne": "done"}}
-                )
-                if not left:
+                if await store.advance(run_id) == "done":
                     return
                 await asyncio.sleep(0.2)  # leased by others; wait for them or their expiry
                 continue
+            doc, lease = got
+            delivery = ChunkDelivery(
+                store,
+                guard,
+                AuditSender(store, doc["_id"]),  # type: ignore[arg-type]
+                lease,
+                doc,
+                guarantee="AtMostOnce",
+                concurrency=WINDOW,
+                window=WINDOW,
+                halt=lambda: False,
+            )
             try:
-                await work_shard(store, run_id, *got)
+                await delivery.run()
             except LeaseLost:
-                await store.db["lost"].insert_one({"owner": owner, "split": got[1].split_id})
+                await store.db["lost"].insert_one({"owner": owner, "chunk": doc["_id"]})
     finally:
         await store.close()
 

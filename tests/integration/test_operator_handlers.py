@@ -1,6 +1,6 @@
 """The operator's reconcile against a real MongoDB-wire server, with an in-memory cluster.
 
-Workers are simulated with the store's own operations (claim, add recipients, take a
+Workers are simulated with the store's own operations (claim, stage, seal, record a
 batch, record outcomes), so these tests check what the operator makes of real run data:
 run creation, progress, Finished, a lost worker (Reboot and back), pause, fair share.
 """
@@ -18,12 +18,12 @@ import kopf
 import pytest
 from pymongo import MongoClient
 
-from pushtask.leases import claim, now_utc, release
+from pushtask.leases import now_utc
 from pushtask.models import PushTaskSpec
-from pushtask.planning import shard_of
-from pushtask.store import Outcome, Store
+from pushtask.store import Store
 from pushtask_operator.handlers import Runtime, reconcile
 from pushtask_operator.settings import OperatorSettings
+from tests.support.ledger_steps import deliver, seal_all, stage_audience
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -150,39 +150,11 @@ def task_spec(users: list[str], **extra: Any) -> dict[str, Any]:
     }
 
 
-async def read_audience(store: Store, run_id: str, worker: str, *, done: bool = True) -> None:
-    run_doc = await store.get_run(run_id)
-    assert run_doc is not None
-    shards = run_doc["shards"]
-    users = run_doc["spec"]["audience"]["sources"][0]["users"]
-    while got := await claim(store.splits, run_id=run_id, kind="audience", owner=worker, ttl=30):
-        doc, lease = got
-        rng = doc["source"]["range"]
-        rows = [
-            {"run": run_id, "user": u, "shard": shard_of(u, shards), "attrs": {}}
-            for u in users[rng["start"] : rng["end"]]
-        ]
-        await store.add_recipients(lease, rows)
-        await release(store.splits, lease, done=done)
-    await store.finalize_audience(run_id)
-
-
-async def deliver(store: Store, run_id: str, worker: str, limit: int | None = None) -> int:
-    """Deliver as `worker`; with `limit`, stop after one batch and keep the lease (a crash)."""
-    sent = 0
-    while got := await claim(store.splits, run_id=run_id, kind="delivery", owner=worker, ttl=30):
-        doc, lease = got
-        while (
-            batch := await store.take_batch(lease, run_id, doc["index"], limit or 50)
-        ).recipients:
-            outcomes = [Outcome(r["_id"], "sent") for r in batch.recipients]
-            counted = await store.record_outcomes(lease, batch, outcomes)
-            sent += counted.get("sent", 0)
-            if limit is not None:
-                return sent  # dies holding the lease
-        await release(store.splits, lease, done=True)
-    await store.finish_if_done(run_id)
-    return sent
+async def read_audience(store: Store, run_id: str, worker: str) -> None:
+    await stage_audience(store, run_id, worker)
+    await store.advance(run_id)
+    await seal_all(store, run_id, worker)
+    await store.advance(run_id)
 
 
 def test_run_lifecycle_to_finished(mongo_uri: str, db_name: str) -> None:
@@ -240,15 +212,16 @@ def test_lost_worker_reboot_and_recovery(mongo_uri: str, db_name: str) -> None:
         # "dead" sends one batch and dies holding its lease; its heartbeat goes stale.
         await deliver(store, run_id, "dead", limit=10)
         old = now_utc() - timedelta(seconds=30)
-        await store.workers.update_one({"_id": "dead"}, {"$set": {"lastSeen": old}})
-        await store.splits.update_many(
+        # Time passes: its heartbeat and its lease go stale.
+        await store.db["workers"].update_one({"_id": "dead"}, {"$set": {"lastSeen": old}})
+        await store.db["chunks"].update_many(
             {"run": run_id, "owner": "dead"}, {"$set": {"leaseUntil": old}}
         )
         c.kube.ready_cap = 2  # its pod is gone; the replacement is not ready yet
 
         status = await c.tick("lossy")
         assert status["phase"] == "Reboot" and c.reasons("lossy")[-1] == "WorkerLost"
-        assert await store.workers.find_one({"_id": "dead"}) is None  # handled
+        assert all(w["_id"] != "dead" for w in await store.heartbeats(run_id))  # handled
         assert c.replicas("lossy") == 3  # Reboot keeps the workers running
 
         c.kube.ready_cap = None  # the Deployment is whole again, but a lease is stale

@@ -1,4 +1,5 @@
-"""A worker's memory does not grow with the audience (bounded queue, streamed sources).
+"""A worker's memory does not grow with the audience (bounded flushes, shards and chunks;
+streamed sources).
 
 The audience is a MongoDB query (a users collection), so nothing proportional to it sits
 in the run document; the worker's peak RSS (VmHWM from /proc) with 10x the recipients must
@@ -74,9 +75,7 @@ def peak_rss_for(count: int, tmp_path: Path) -> tuple[int, float]:
             run_id, _ = create_run(uri, spec)
             peaks: dict[str, int] = {}
             started = time.monotonic()
-            # Larger batches: fewer collection scans on the test server; the same in both runs.
-            env = {"PUSHTASK_MAX_BATCH": "2000"}
-            with WorkerProcs(uri, run_id, tmp_path / str(count), env=env) as workers:
+            with WorkerProcs(uri, run_id, tmp_path / str(count)) as workers:
                 workers.start_many(2)
                 stop = threading.Event()
 

@@ -50,7 +50,8 @@ def test_503_retried_400_final_retry_after_honoured(
         url=sink.url,
         shards=4,
         max_attempts=3,
-        backoff={"initialSeconds": 0.1, "maxSeconds": 0.5},
+        # maxSeconds bounds Retry-After too: 3 s lets the receiver's 2 s stand.
+        backoff={"initialSeconds": 0.1, "maxSeconds": 3},
     )
     run_id, _ = create_run(uri, spec)
     with WorkerProcs(uri, run_id, tmp_path) as workers:

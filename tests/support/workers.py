@@ -26,6 +26,9 @@ from pushtask.store import RunTotals, Store
 from tests.support.sink import free_port
 
 WORKER_BIN = str(Path(sys.executable).with_name("pushtask-worker"))
+INLINE_MAX = 10_000  # the largest inline list the models accept
+# Audiences spec_for put into collections, written by create_run: collection → users.
+SEEDS: dict[str, list[Any]] = {}
 
 
 def db_uri(uri: str, db: str) -> str:
@@ -66,8 +69,20 @@ def spec_for(
     failure: Mapping[str, Any] | None = None,
     secret: bool = True,
 ) -> dict[str, Any]:
-    """A validated spec in its frozen JSON form (what the run document keeps)."""
-    srcs = sources if sources is not None else [{"kind": "inline", "users": list(users or [])}]
+    """A validated spec in its frozen JSON form (what the run document keeps).
+
+    An audience larger than an inline list may hold goes into a MongoDB collection source
+    instead (create_run seeds it into the run's database), as a user would do it."""
+    if sources is not None:
+        srcs = sources
+    else:
+        listed = list(users or [])
+        if len(listed) > INLINE_MAX:
+            collection = f"audience_{secrets.token_hex(4)}"
+            SEEDS[collection] = listed
+            srcs = [{"kind": "mongo", "collection": collection, "idField": "_id"}]
+        else:
+            srcs = [{"kind": "inline", "users": listed}]
     webhook: dict[str, Any] = {"url": url, "timeoutSeconds": 5}
     if secret:
         webhook["secretRef"] = {"name": "hook"}
@@ -93,11 +108,39 @@ def spec_for(
     )
 
 
-async def _create(uri: str, task: TaskRef, spec: dict[str, Any], inline: dict[str, str]) -> str:
+def _seed(uri: str, spec: Mapping[str, Any]) -> None:
+    """Write the audiences spec_for routed to a collection into the run's database."""
+    from pymongo import MongoClient
+    from pymongo.uri_parser import parse_uri
+
+    names = [s["collection"] for s in spec["audience"]["sources"] if s["kind"] == "mongo"]
+    todo = [n for n in names if n in SEEDS]
+    if not todo:
+        return
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    try:
+        db = client[parse_uri(uri).get("database") or "pushtask"]
+        for name in todo:
+            docs = [
+                {**{k: v for k, v in u.items() if k != "id"}, "_id": u["id"]}
+                if isinstance(u, Mapping)
+                else {"_id": u}
+                for u in SEEDS.pop(name)
+            ]
+            for i in range(0, len(docs), 10_000):
+                db[name].insert_many(docs[i : i + 10_000], ordered=False)
+    finally:
+        client.close()
+
+
+async def _create(
+    uri: str, task: TaskRef, spec: dict[str, Any], inline: dict[str, str], chunk_size: int | None
+) -> str:
     store = Store.connect(uri)
     try:
         await store.ensure_indexes()
-        plan = plan_run(task, 1, spec, inline=inline, now=datetime.now(UTC))
+        extra = {"chunk_size": chunk_size} if chunk_size else {}
+        plan = plan_run(task, 1, spec, inline=inline, now=datetime.now(UTC), **extra)
         await store.create_run(plan.run, plan.splits)
         return str(plan.run["_id"])
     finally:
@@ -105,10 +148,16 @@ async def _create(uri: str, task: TaskRef, spec: dict[str, Any], inline: dict[st
 
 
 def create_run(
-    uri: str, spec: dict[str, Any], name: str = "t", inline: dict[str, str] | None = None
+    uri: str,
+    spec: dict[str, Any],
+    name: str = "t",
+    inline: dict[str, str] | None = None,
+    *,
+    chunk_size: int | None = None,
 ) -> tuple[str, TaskRef]:
+    _seed(uri, spec)
     task = TaskRef("ns", f"{name}-{secrets.token_hex(3)}", secrets.token_hex(8))
-    return asyncio.run(_create(uri, task, spec, inline or {})), task
+    return asyncio.run(_create(uri, task, spec, inline or {}, chunk_size)), task
 
 
 async def _with_store(uri: str, fn: Any) -> Any:
@@ -129,8 +178,7 @@ def run_doc(uri: str, run_id: str) -> dict[str, Any]:
 
 def recipient_statuses(uri: str, run_id: str) -> dict[str, str]:
     async def go(store: Store) -> dict[str, str]:
-        cur = store.recipients.find({"run": run_id}, {"user": 1, "status": 1})
-        return {d["user"]: d["status"] async for d in cur}
+        return {user: status async for user, status in store.statuses(run_id)}
 
     return dict(asyncio.run(_with_store(uri, go)))
 

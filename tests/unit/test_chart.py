@@ -259,6 +259,8 @@ def test_operator_settings_reach_the_environment(helm: Path) -> None:
         "--set",
         "worker.leaseSeconds=20",
         "--set",
+        "runRetention=7",
+        "--set",
         "operator.peering.enabled=false",
     )
     (c,) = operator_deployment(docs)["spec"]["template"]["spec"]["containers"]
@@ -266,6 +268,7 @@ def test_operator_settings_reach_the_environment(helm: Path) -> None:
     assert env["PUSHTASK_SEND_BUDGET"] == "500"
     assert env["PUSHTASK_DEGRADED_TIERS"] == '{"low":"graceful"}'
     assert env["PUSHTASK_LEASE_SECONDS"] == "20"
+    assert env["PUSHTASK_RUN_RETENTION"] == "7"
     assert env["PUSHTASK_TIERS"] == '{"critical":[700,1000],"low":[0,299],"normal":[300,699]}'
     assert "--standalone" in c["args"]
     lifted = render(

@@ -19,8 +19,11 @@ def test_values_from_environment() -> None:
             "PUSHTASK_DEGRADED_TIERS": "low=graceful,batch=immediate",
             "PUSHTASK_WORKER_RESOURCES": '{"limits": {"memory": "1Gi"}}',
             "PUSHTASK_LEASE_SECONDS": "12",
+            "PUSHTASK_RUN_RETENTION": "5",
         }
     )
+    assert s.run_retention == 5
+    assert from_env({}).run_retention == 3
     assert s.namespaces == ("a", "b", "c") and not s.cluster_wide
     assert s.mongo_secret_name == "m"
     assert s.send_budget == 500
@@ -58,6 +61,7 @@ def test_default_tiers() -> None:
         ("PUSHTASK_TIERS", "low=9-1", "range is empty"),
         ("PUSHTASK_SEND_BUDGET", "lots", "not a number"),
         ("PUSHTASK_SEND_BUDGET", "-1", ">= 0"),
+        ("PUSHTASK_RUN_RETENTION", "0", ">= 1"),
         ("PUSHTASK_WORKER_RESOURCES", "{bad", "not valid JSON"),
     ],
 )

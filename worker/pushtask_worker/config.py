@@ -21,11 +21,16 @@ class WorkerConfig:
     metrics_port: int = 9090
     metrics_host: str = "0.0.0.0"
     exit_when_done: bool = False
-    # How many sends a worker keeps in flight at once, and the largest batch it moves to
-    # inflight in one step (batches are about two seconds of sending: delivery.batch_size).
+    # How many sends a worker keeps in flight at once, and the send window: how many
+    # positions of a chunk may be started before their results are recorded (what a crash
+    # can leave in doubt). 0 = the concurrency.
     concurrency: int = 64
-    max_batch: int = 5000
+    window: int = 0
     idle_seconds: float = 1.0
+
+    @property
+    def send_window(self) -> int:
+        return self.window or self.concurrency
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -53,7 +58,7 @@ class WorkerConfig:
                 metrics_host=env.get("POD_IP") or env.get("PUSHTASK_METRICS_HOST", "0.0.0.0"),
                 exit_when_done=env.get("PUSHTASK_EXIT_WHEN_DONE", "") in {"1", "true", "yes"},
                 concurrency=int(env.get("PUSHTASK_CONCURRENCY", "64")),
-                max_batch=int(env.get("PUSHTASK_MAX_BATCH", "5000")),
+                window=int(env.get("PUSHTASK_WINDOW", "0") or 0),
             )
         except ValueError as error:
             raise ConfigError(f"bad worker setting: {error}") from None

@@ -1,222 +1,260 @@
-"""Deliver one shard: a bounded pipeline from the store to the channel and back.
+"""Deliver one chunk under its lease: lanes send, one writer records, the window bounds doubt.
 
-    take_batch (pending → inflight, this lease's token) ─▶ queue (1 batch) ─▶ send ─▶ record
+    claim (reply = the chunk) ─▶ settle what earlier holders left ─▶ lanes ⇄ writer ─▶ end
 
-The queue holds one batch, so reading the store never runs ahead of sending by more than
-that, and a worker's memory does not grow with the audience. Only the recipients a
-take_batch actually moved are sent; results are written filtered by the token.
+`concurrency` lanes draw positions from the chunk in order. A lane may start a position
+only below `hi`, the bound the writer last recorded with this lease's token; the writer
+moves `hi` on in the same write that records results (every `record_every` results, every
+second, or at once when lanes wait for room). It keeps the positions below `hi` without a
+recorded result to at most `window`: those are all a crash can leave in doubt.
+
+An earlier holder's doubt is settled on claim: `AtMostOnce` records it as `unknown` (never
+sent again); `AtLeastOnce` sends it again, with the same idempotency keys.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, Literal, TypeVar
 
-from pushtask.leases import Lease, now_utc, release
-from pushtask.store import Batch, Guarantee, Store
-from pushtask.store import Outcome as Result
+from pushtask import ledger
+from pushtask.leases import Lease, now_utc
+from pushtask.store import Guarantee, Result, Store
 from pushtask_worker import metrics
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
-from pushtask_worker.storeops import requeue_orphans
 
 log = logging.getLogger("pushtask.worker.delivery")
 T = TypeVar("T")
 
-
-BATCH_SECONDS = 2.0
-MIN_BATCH = 10
-FIRST_BATCH = 200
-
-
-def batch_size(
-    max_batch: int, *, rate_share: float | None = None, send_speed: float | None = None
-) -> int:
-    """How many recipients to move to inflight in one step.
-
-    About two seconds of sending, at this worker's rate share or at its measured sending
-    speed if that is lower (a slow receiver, or no rate limit at all): a killed worker then
-    leaves about two seconds' worth in doubt, while a fast one pays the store's per-batch
-    cost rarely. Until the sending speed is known (no rate share either), a first small
-    batch measures it.
-
-    Not sized by the store's speed: on a slow store most of a batch's cost is fixed (its
-    queries), so smaller batches would only make it slower still."""
-    speeds = [s for s in (rate_share, send_speed) if s is not None]
-    size = min(speeds) * BATCH_SECONDS if speeds else FIRST_BATCH
-    return max(MIN_BATCH, min(max_batch, int(size)))
+# A position due within this long is waited for in the lane; later ones send the chunk
+# back to rest until then (a claim costs three writes; a short wait costs nothing).
+HOLD_SECONDS = 2.0
+RECORD_SECONDS = 1.0
 
 
-class Pace:
-    """This worker's measured sending speed (recipients per second), smoothed over batches.
-
-    Kept by the worker across shards, so each new shard starts at the known speed."""
-
-    def __init__(self, weight: float = 0.5) -> None:
-        self.weight = weight
-        self.per_second: float | None = None
-
-    def observe(self, recipients: int, seconds: float) -> None:
-        if recipients <= 0 or seconds <= 0:
-            return
-        speed = recipients / seconds
-        old = self.per_second
-        self.per_second = speed if old is None else old + self.weight * (speed - old)
-
-    def batch_size(self, max_batch: int, rate_share: float | None) -> int:
-        return batch_size(max_batch, rate_share=rate_share, send_speed=self.per_second)
-
-
-class ShardDelivery:
+class ChunkDelivery:
     def __init__(
         self,
         store: Store,
         guard: StoreGuard,
         sender: Sender,
         lease: Lease,
-        shard: int,
+        chunk: Mapping[str, Any],
         *,
         guarantee: Guarantee,
         concurrency: int,
-        max_batch: int,
+        window: int,
         halt: Callable[[], bool],
-        pace: Pace | None = None,
+        record_every: int | None = None,
     ) -> None:
-        self.store = store
-        self.guard = guard
-        self.sender = sender
-        self.lease = lease
-        self.shard = shard
+        self.store, self.guard, self.sender, self.lease = store, guard, sender, lease
         self.guarantee = guarantee
-        self.concurrency = concurrency
-        self.max_batch = max_batch
+        self.concurrency = max(1, concurrency)
+        self.window = max(1, window)
+        self.record_every = max(1, record_every or self.window // 2)
         self.halt = halt
-        self.pace = pace or Pace()
-        self.run_id = sender.run_id
+        self.id: str = chunk["_id"]
+        self.chunk = chunk
+        self.size = int(chunk["size"])
+        self.users: list[str] = list(chunk["users"])
+        self.attrs: list[dict[str, Any]] | None = chunk.get("attrs")
+        self.dues: list[datetime] | None = chunk.get("dues")
+        self.hi = int(chunk.get("hi") or 0)  # as recorded: lanes start positions below it
+        self.next = self.hi  # the next position never started by anyone
+        self.retry: list[int] = []  # positions below `hi` this holder sends (again)
+        self.handed: set[int] = set()  # of those, the ones handed back at a shutdown
+        self.doubt = 0  # positions below the recorded `hi` without a recorded result
+        self.unrecorded: list[Result] = []
+        self.sending: set[int] = set()  # positions a lane is sending right now
+        self.counters: dict[str, int] = dict(chunk.get("counters") or {})
+        self.starved = False  # lanes wait for the writer to move `hi`
+        self.rest_until: datetime | None = None
+        self.wake = asyncio.Event()
+        self.moved = asyncio.Event()
+        self.last_write = time.monotonic()
 
     async def _call(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
         return await self.guard.call(fn, what)
 
+    # -- the chunk ------------------------------------------------------------------------
+
     async def run(self) -> bool:
-        """Deliver what is due; True when the shard is finished (released as done)."""
-        lease, run_id, shard = self.lease, self.run_id, self.shard
-        # The first holder of a shard (token 1) finds nothing in doubt and nothing counted:
-        # both steps would only scan the shard.
-        first_claim = lease.token == 1
-        while True:
-            if not first_claim:
-                await self._settle()
-            first_claim = False
-            await self._pipeline()
-            if self.halt():
-                await self._call(lambda: release(self.store.splits, lease, done=False), "release")
-                return False
-            open_left, first_due = await self._call(
-                lambda: self.store.shard_state(run_id, shard), "shard state"
-            )
-            if not open_left:
-                await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
-                await self._call(lambda: release(self.store.splits, lease, done=True), "release")
-                return True
-            # Nothing of ours is in flight now: any inflight recipient with our token was
-            # moved by a take_batch whose reply was lost in a store outage, never sent.
-            orphans = await self._call(
-                lambda: requeue_orphans(self.store, lease, run_id, shard), "requeue orphans"
-            )
-            if orphans:
-                log.warning(
-                    "requeued recipients moved but never sent", extra={"shard": shard, "n": orphans}
-                )
-                continue
-            if first_due is not None and first_due > now_utc():
-                # Only recipients with a later sendAt are left: let the shard rest until then.
-                rest = partial(release, self.store.splits, lease, done=False, not_before=first_due)
-                await self._call(rest, "release until due")
-                return False
-            # Due recipients appeared (re-queued in doubt), or a stale holder left some in
-            # flight: go round again (the settle step takes care of the latter).
+        """Deliver what is due; True when the chunk is done."""
+        await self._settle()
+        writer = asyncio.create_task(self._writer())
+        n_lanes = min(self.concurrency, max(1, self.size - self.next + len(self.retry)))
+        lanes = asyncio.gather(*(self._lane() for _ in range(n_lanes)))
+        try:
+            either: set[asyncio.Future[Any]] = {writer, lanes}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done():  # the writer only stops by failing (a lost lease, say)
+                lanes.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lanes
+                writer.result()
+            await lanes
+        except asyncio.CancelledError:
+            # In-flight sends cancelled (an immediate degrade) or the lease lost: what
+            # completed is recorded, the cancelled sends stay in doubt, the chunk goes back.
+            lanes.cancel()
+            writer.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(self._end())
+            raise
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        return await self._end()
 
     async def _settle(self) -> None:
-        """Deal with what an earlier holder left in flight, then recount from the data."""
-        lease, run_id, shard = self.lease, self.run_id, self.shard
-        settled = await self._call(
-            lambda: self.store.settle_in_doubt(lease, run_id, shard, self.guarantee),
-            "settle in-doubt recipients",
+        """What earlier holders left: doubt (by the guarantee), hand-backs (sent again)."""
+        doubt = ledger.in_doubt(self.chunk)
+        self.handed = set(ledger.handed_back(self.chunk))
+        unknown = doubt if self.guarantee == "AtMostOnce" else []
+        self.retry = sorted(self.handed | set(doubt) - set(unknown))
+        if unknown:
+            log.info("chunk in doubt settled", extra={"chunk": self.id, "n": len(unknown)})
+            metrics.RESULTS.labels(self.sender.label, "unknown").inc(len(unknown))
+        self.doubt = len(self.retry)
+        await self._write(unknown=unknown, reopen=sorted(self.handed))
+
+    async def _end(self) -> bool:
+        """The last write: results, then the chunk done, resting until due, or given back."""
+        started = self.next  # positions from here on were never started: `hi` comes back
+        left = [p for p in self.retry if p in self.handed]
+        # Hand-backs not resent yet stay hand-backs; doubt not resent stays in doubt, and so
+        # do sends cancelled mid-way (still in `sending`).
+        results = self.unrecorded + [Result(p, "pending", "handed back", 0) for p in left]
+        self.unrecorded = []
+        open_left = any(r.status == "pending" for r in results) or self.retry or self.sending
+        done = started >= self.size and not open_left
+        due: datetime | None = None
+        if not done:
+            if self.rest_until is not None:
+                due = self.rest_until
+            elif self.dues and started < self.size and not open_left:
+                due = self.dues[started]
+            else:
+                due = now_utc()
+        end: Literal["done", "pending"] = "done" if done else "pending"
+        counters = ledger.tally(self.counters, (r.status for r in results))
+        self.lease = await self._call(
+            lambda: self.store.write_chunk(
+                self.lease, results=results, counters=counters, hi=started, end=end, due=due
+            ),
+            "end chunk",
         )
-        if settled:
-            log.info("recipients in doubt settled", extra={"shard": shard, "n": settled})
-            if self.guarantee == "AtMostOnce":
-                metrics.RESULTS.labels(self.sender.label, "unknown").inc(settled)
-        await self._call(lambda: self.store.recount_shard(lease, run_id, shard), "recount")
+        self.counters = counters
+        self._count(results)
+        return done
 
-    async def _pipeline(self) -> None:
-        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
-        gauge = metrics.QUEUE_DEPTH.labels(self.sender.label)
+    # -- lanes ----------------------------------------------------------------------------
 
-        async def produce() -> None:
-            try:
-                while not self.halt():
-                    size = self.pace.batch_size(self.max_batch, self.sender.bucket.rate)
-                    take = partial(self.store.take_batch, self.lease, self.run_id, self.shard, size)
-                    batch = await self._call(take, "take batch")
-                    if not batch.recipients:
-                        break
-                    gauge.inc(len(batch.recipients))
-                    await queue.put(batch)
-            finally:
-                await queue.put(None)
+    async def _take(self) -> int | None:
+        """The next position this lane may send, or None when the chunk's work ends here."""
+        while True:
+            if self.halt():
+                return None
+            if self.retry:
+                p = self.retry.pop(0)
+                self.handed.discard(p)
+                return p
+            if self.next >= self.size:
+                return None
+            # Due first, then room: `hi` only ever covers positions that are due.
+            wait = self._until_due(self.next)
+            if wait > HOLD_SECONDS:
+                self.rest_until = self.dues[self.next] if self.dues else None
+                return None
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            if self.next < self.hi:
+                p, self.next = self.next, self.next + 1
+                return p
+            self.starved = True
+            self.moved.clear()
+            self.wake.set()
+            await self.moved.wait()
 
-        producer = asyncio.create_task(produce())
-        # One result write in flight at a time, overlapping the next batch's sends: the
-        # store's latency is hidden behind sending instead of added to it.
-        recording: asyncio.Task[None] | None = None
+    def _until_due(self, p: int) -> float:
+        if not self.dues:
+            return 0.0
+        return (self.dues[p] - now_utc()).total_seconds()
+
+    async def _lane(self) -> None:
+        while (p := await self._take()) is not None:
+            attrs = self.attrs[p] if self.attrs else {}
+            self.sending.add(p)
+            result = await self.sender.send(p, self.users[p], attrs)
+            self.sending.discard(p)
+            self.unrecorded.append(result)
+            n = len(self.unrecorded)
+            if n == 1 or n >= self.record_every or self.starved:
+                self.wake.set()
+
+    # -- the writer -----------------------------------------------------------------------
+
+    def _write_due(self) -> bool:
+        return bool(
+            len(self.unrecorded) >= self.record_every
+            or (self.unrecorded and time.monotonic() - self.last_write >= RECORD_SECONDS)
+            or (self.starved and (self.unrecorded or self.doubt < self.window))
+        )
+
+    async def _writer(self) -> None:
+        while True:
+            timeout = None  # nothing to record: sleep until a lane has something
+            if self.unrecorded:
+                timeout = max(0.0, self.last_write + RECORD_SECONDS - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+            if self._write_due():
+                await self._write()
+
+    async def _write(
+        self, unknown: list[int] | None = None, reopen: list[int] | None = None
+    ) -> None:
+        results, self.unrecorded = self.unrecorded, []
+        doubt = self.doubt - len(results)
+        limit = ledger.first_not_due(self.dues, self.hi, self.size, now_utc())
+        hi = ledger.extend_to(self.hi, doubt, self.window, limit)
+        counters = ledger.tally(self.counters, (r.status for r in results), len(unknown or ()))
         try:
-            while (batch := await queue.get()) is not None:
-                try:
-                    if self.halt():
-                        # Moved but never sent: safe to hand back untouched.
-                        await self._call(partial(self.store.requeue, self.lease, batch), "requeue")
-                        continue
-                    results = await self._send_batch(batch)
-                finally:
-                    gauge.dec(len(batch.recipients))
-                if recording is not None:
-                    await recording
-                recording = asyncio.create_task(self._record(batch, results))
-            if recording is not None:
-                await recording
-            await producer  # re-raise what stopped the producer (a lost lease, say)
-        finally:
-            for task in (producer, recording):
-                if task is None:
-                    continue
-                if not task.done():
-                    task.cancel()
-                elif not task.cancelled():
-                    task.exception()  # seen here (a lost lease, say): not "never retrieved"
+            self.lease = await self._call(
+                lambda: self.store.write_chunk(
+                    self.lease,
+                    results=results,
+                    counters=counters,
+                    unknown=unknown or (),
+                    reopen=reopen or (),
+                    hi=hi,
+                ),
+                "record results",
+            )
+        except BaseException:
+            self.unrecorded = results + self.unrecorded  # for the last write to try again
+            raise
+        self._count(results)
+        self.counters = counters
+        self.doubt = doubt + (hi - self.hi)
+        self.hi = hi
+        self.last_write = time.monotonic()
+        self.starved = False
+        self.moved.set()
 
-    async def _send_batch(self, batch: Batch) -> list[Result]:
-        # `concurrency` lanes draw from one iterator: as many sends in flight, without a
-        # task per recipient waiting on a semaphore (thousands per batch).
-        results: list[Result | None] = [None] * len(batch.recipients)
-        todo = iter(enumerate(batch.recipients))
-
-        async def lane() -> None:
-            for i, recipient in todo:
-                results[i] = await self.sender.send(recipient)
-
-        started = time.monotonic()
-        lanes = min(self.concurrency, len(batch.recipients))
-        await asyncio.gather(*(lane() for _ in range(lanes)))
-        self.pace.observe(len(results), time.monotonic() - started)
-        return [r for r in results if r is not None]
-
-    async def _record(self, batch: Batch, results: list[Result]) -> None:
-        record = partial(self.store.record_outcomes, self.lease, batch, results)
-        counted = await self._call(record, "record results")
-        for result, n in counted.items():
-            metrics.RESULTS.labels(self.sender.label, result).inc(n)
+    def _count(self, results: list[Result]) -> None:
+        counted: dict[str, int] = {}
+        for r in results:
+            if r.status != "pending":
+                counted[r.status] = counted.get(r.status, 0) + 1
+        for status, n in counted.items():
+            metrics.RESULTS.labels(self.sender.label, status).inc(n)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pushtask.models import PushTaskSpec
 from pushtask.planning import idempotency_key
-from pushtask.store import Outcome as Result
+from pushtask.store import Result
 from pushtask.templates import CompiledMessage, TemplateRenderError, build_context, render
 from pushtask_worker import metrics
 from pushtask_worker.channels import Attempt, Channel, Delivery, Outcome
@@ -45,16 +45,14 @@ class Sender:
         b = self.spec.delivery.backoff
         return Backoff(initial=b.initial_seconds, maximum=b.max_seconds, multiplier=b.multiplier)
 
-    async def send(self, recipient: Mapping[str, Any]) -> Result:
+    async def send(self, position: int, user: str, attrs: Mapping[str, Any]) -> Result:
         """The final result of one recipient (never raises for a recipient's own fault)."""
-        user = str(recipient["user"])
-        attrs = recipient.get("attrs") or {}
         try:
             message = render(
                 self.compiled, build_context(user, attrs, task=self.task, run=self.run)
             )
         except TemplateRenderError as error:
-            return Result(recipient["_id"], "failed", str(error)[:500])
+            return Result(position, "failed", str(error)[:500], 0)
         delivery = Delivery(
             task=self.task,
             run=self.run,
@@ -76,18 +74,15 @@ class Sender:
                 result = Attempt(Outcome.RETRY, f"{type(error).__name__}: {error}"[:300])
             metrics.SEND_LATENCY.labels(self.label, channel).observe(time.monotonic() - started)
             if result.outcome is Outcome.OK:
-                return Result(recipient["_id"], "sent")
+                return Result(position, "sent", None, attempt)
             if result.outcome is Outcome.FINAL:
-                return Result(recipient["_id"], "failed", result.detail or "rejected")
+                return Result(position, "failed", result.detail or "rejected", attempt)
             if attempt == attempts:
-                return Result(
-                    recipient["_id"],
-                    "failed",
-                    f"gave up after {attempts} attempts: {result.detail}",
-                )
+                detail = f"gave up after {attempts} attempts: {result.detail}"
+                return Result(position, "failed", detail, attempt)
             if await self._stopped_within(backoff.retry_delay(attempt, result.retry_after)):
                 detail = f"handed back at shutdown after attempt {attempt}: {result.detail}"
-                return Result(recipient["_id"], "pending", detail[:500])
+                return Result(position, "pending", detail[:500], attempt)
         raise AssertionError("unreachable")
 
     async def _stopped_within(self, seconds: float) -> bool:

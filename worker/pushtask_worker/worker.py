@@ -1,4 +1,4 @@
-"""A worker process: heartbeat beside the work, audience splits first, then delivery shards.
+"""A worker process: heartbeat beside the work; audience splits, then shard seals, then chunks.
 
 The heartbeat runs on its own task and is never blocked by the work (the seed's heartbeat
 shared the work loop, so a long batch looked like a dead worker that then kept sending
@@ -15,22 +15,22 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
-from pushtask import schedule
-from pushtask.leases import Lease, LeaseLost, claim, now_utc, renew
+from pushtask import ledger, schedule
+from pushtask.leases import Lease, LeaseLost, now_utc
 from pushtask.models import PushTaskSpec
-from pushtask.store import Store
+from pushtask.store import RunTotals, Store
 from pushtask.templates import TemplateError, compile_message
 from pushtask_worker import metrics
 from pushtask_worker.audience.build import SourceReaders, SplitBuilder
+from pushtask_worker.audience.mongosource import QueryNotAllowed
 from pushtask_worker.audience.urlsource import SourceError
 from pushtask_worker.channels import ChannelContext, UnknownChannel, load_channel
 from pushtask_worker.config import WorkerConfig
-from pushtask_worker.delivery import Pace, ShardDelivery
+from pushtask_worker.delivery import ChunkDelivery
 from pushtask_worker.ratelimit import TokenBucket
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
@@ -60,7 +60,6 @@ class Worker:
     lease: Lease | None = None
     work: asyncio.Task[bool] | None = None
     source_failures: dict[str, int] = field(default_factory=dict)
-    pace: Pace = field(default_factory=Pace)  # measured sending speed, sizes batches
 
     def __post_init__(self) -> None:
         self.guard = StoreGuard(stopping=self.stopping.is_set)
@@ -89,41 +88,47 @@ class Worker:
         return c.stage == "done" or c.failure is not None or c.state == "Stopped"
 
     async def refresh(self) -> None:
-        """Heartbeat: renew the lease in hand, be seen, re-read the run's control."""
+        """Heartbeat: renew the lease in hand, be seen, re-read the run's control.
+
+        The calls go out together: on a slow store a beat costs one call's latency, not
+        the sum of five (a worker whose calls take 5 s each still renews and is seen)."""
         store, cfg = self.store, self.config
         held, work = self.lease, self.work
-        if held is not None:
-            # First: on a busy store every call waits its turn, and the lease is what expires.
+
+        async def renewal() -> Lease | None:
+            if held is None:
+                return None
             try:
-                renewed = await self.guard.call(partial(renew, store.splits, held), "renew")
+                return await self.guard.call(lambda: store.renew(held), "renew")
             except LeaseLost:
-                renewed = None
-            # The work may have moved on while the renewal was on its way: released this
-            # split (done, or given back) and claimed another. Only the lease still in
-            # hand is updated or dropped; a new split's lease and work are left alone.
-            if self.lease is held:
-                if renewed is not None:
-                    self.lease = renewed
-                elif work is not None and not work.done():
-                    metrics.LEASE_LOSSES.labels(self.label).inc()
-                    log.warning("lease lost: dropping the split", extra={"split": held.split_id})
-                    self.lease = None
-                    work.cancel()
-        await self.guard.call(
-            lambda: store.heartbeat(
-                cfg.worker_id, cfg.run_id, {"lease": getattr(self.lease, "split_id", None)}
-            ),
-            "heartbeat",
-        )
+                return None
+
+        lease_field = {"lease": getattr(held, "split_id", None)}
         # Only the control fields: a beat never re-reads the spec (an inline audience is big).
         control_fields = ("control", "failure", "stage")
-        run = await self.guard.call(lambda: store.get_run(cfg.run_id, control_fields), "read run")
+        renewed, _, run, live, totals = await asyncio.gather(
+            renewal(),
+            self.guard.call(
+                lambda: store.heartbeat(cfg.worker_id, cfg.run_id, lease_field), "heartbeat"
+            ),
+            self.guard.call(lambda: store.get_run(cfg.run_id, control_fields), "read run"),
+            self.guard.call(lambda: store.live_workers(cfg.run_id, cfg.lease_seconds), "live"),
+            self.guard.call(lambda: store.totals(cfg.run_id), "totals"),
+        )
+        # The work may have moved on while the renewal was on its way: released this unit
+        # (done, or given back) and claimed another. Only the lease still in hand is
+        # updated or dropped; a new unit's lease and work are left alone.
+        if held is not None and self.lease is held:
+            if renewed is not None:
+                self.lease = renewed
+            elif work is not None and not work.done():
+                metrics.LEASE_LOSSES.labels(self.label).inc()
+                log.warning("lease lost: dropping the work", extra={"split": held.split_id})
+                self.lease = None
+                work.cancel()
         if run is None:
             return
         control = run.get("control") or {}
-        live = await self.guard.call(
-            lambda: store.live_workers(cfg.run_id, cfg.lease_seconds), "live"
-        )
         self.control = Control(
             state=control.get("state", "Started"),
             rate=control.get("ratePerSecond"),
@@ -137,11 +142,10 @@ class Worker:
         metrics.RATE.labels(self.label).set(share or 0)
         if self.work is not None and self.control.cancel_inflight:
             self.work.cancel()  # an immediate degrade: in-flight sends follow the guarantee
-        await self.check_failure_budget()
+        await self.check_failure_budget(totals)
 
-    async def check_failure_budget(self) -> None:
+    async def check_failure_budget(self, totals: RunTotals) -> None:
         budget = self.spec.delivery.failure_threshold
-        totals = await self.guard.call(lambda: self.store.totals(self.config.run_id), "totals")
         if (
             totals.attempted >= budget.min_sample
             and totals.failed / totals.attempted > budget.ratio
@@ -232,30 +236,29 @@ class Worker:
             await self.refresh()
 
     async def step(self) -> bool:
-        """Claim and do one split; False when there was nothing to claim."""
+        """Claim and do one unit of work; False when there was nothing to claim.
+
+        Audience splits first; once the audience is whole, shards to seal; chunks as soon
+        as a shard is sealed (delivery of one shard does not wait for the others' seals).
+        """
         cfg, store = self.config, self.store
-        kind: Literal["audience", "delivery"] = (
-            "audience" if self.control.stage == "audience" else "delivery"
-        )
-        if self.control.stage == "done":
+        stage = self.control.stage
+        if stage == "done":
             return False
-        got = await self.guard.call(
-            lambda: claim(
-                store.splits,
-                run_id=cfg.run_id,
-                kind=kind,
-                owner=cfg.worker_id,
-                ttl=cfg.lease_seconds,
-            ),
-            "claim",
-        )
+        got: tuple[dict[str, Any], Lease] | None = None
+        kind = "audience" if stage == "audience" else "seal"
+        if stage in ("audience", "seal"):
+            got = await self.guard.call(
+                lambda: store.claim_split(cfg.run_id, kind, cfg.worker_id, cfg.lease_seconds),
+                "claim",
+            )
+        if got is None and stage != "audience":
+            kind = "chunk"
+            got = await self.guard.call(
+                lambda: store.claim_chunk(cfg.run_id, cfg.worker_id, cfg.lease_seconds), "claim"
+            )
         if got is None:
-            if kind == "audience":
-                await self.guard.call(
-                    lambda: store.finalize_audience(cfg.run_id), "finalize audience"
-                )
-            else:
-                await self.guard.call(lambda: store.finish_if_done(cfg.run_id), "finish run")
+            await self.guard.call(lambda: store.advance(cfg.run_id), "advance run")
             await self.refresh()
             return False
         doc, self.lease = got
@@ -266,12 +269,17 @@ class Worker:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # this worker itself is being cancelled, not just the split's work
+                raise  # this worker itself is being cancelled, not just the unit's work
             # The heartbeat cancelled the work: lease lost, or in-flight sends cancelled.
-            log.info("split work cancelled", extra={"split": doc["_id"]})
+            log.info("work cancelled", extra={"split": doc["_id"]})
         except LeaseLost:
             metrics.LEASE_LOSSES.labels(self.label).inc()
-            log.warning("lease lost mid-split", extra={"split": doc["_id"]})
+            log.warning("lease lost mid-work", extra={"split": doc["_id"]})
+        except QueryNotAllowed as error:
+            # Permanent: the spec itself is refused, and no retry would change that.
+            reason = f"audience source refused: {error}"
+            log.error("run failed", extra={"reason": reason})
+            await self.guard.call(lambda: store.fail_run(cfg.run_id, reason), "fail run")
         except (SourceError, OSError) as error:
             await self.source_failed(doc, error)
         finally:
@@ -285,23 +293,30 @@ class Worker:
                 self.store, self.guard, self.readers, self.run, doc, lease, self.halted
             )
             return await builder.build()
-        delivery = ShardDelivery(
+        if kind == "seal":
+            chunk_size = int(self.run.get("chunkSize") or ledger.CHUNK_SIZE)
+            sealed = await self.guard.call(
+                lambda: self.store.seal_shard(lease, self.config.run_id, doc, chunk_size), "seal"
+            )
+            log.info(
+                "shard sealed",
+                extra={"split": doc["_id"], "n": len(sealed.recipients), "dups": sealed.duplicates},
+            )
+            return True
+        delivery = ChunkDelivery(
             self.store,
             self.guard,
             self.sender,
             lease,
-            int(doc["index"]),
+            doc,
             guarantee=self.spec.delivery.guarantee.value,
             concurrency=self.config.concurrency,
-            max_batch=self.config.max_batch,
+            window=self.config.send_window,
             halt=self.halted,
-            pace=self.pace,
         )
         finished = await delivery.run()
         if finished:
-            await self.guard.call(
-                lambda: self.store.finish_if_done(self.config.run_id), "finish run"
-            )
+            await self.guard.call(lambda: self.store.advance(self.config.run_id), "advance run")
         return finished
 
     async def source_failed(self, doc: dict[str, Any], error: BaseException) -> None:
@@ -313,11 +328,9 @@ class Worker:
         )
         if self.lease is not None:
             # Give the split back at once, to be tried again a little later.
-            from pushtask.leases import release
-
             later = now_utc() + timedelta(seconds=min(30, 2**n))
             with contextlib.suppress(Exception):
-                await release(self.store.splits, self.lease, done=False, not_before=later)
+                await self.store.release(self.lease, done=False, not_before=later)
         if n >= SOURCE_ATTEMPTS:
             reason = f"audience source unreadable after {n} attempts: {error}"
             await self.store.fail_run(self.config.run_id, reason)

@@ -1,8 +1,9 @@
-"""Build one audience split: read its range of a source and add recipients (or exclusions).
+"""Build one audience split: read its range of a source and stage its rows (or exclusions).
 
-Rows go to the store in chunks; after each chunk the split's cursor is checkpointed, so a
-worker that reclaims the split resumes there. Re-read rows change nothing: recipients are
-unique per (run, user) and skipped rows are keyed by their position in the split.
+Rows go to the store flush by flush, as staging documents per hash bucket; after each
+flush the split's cursor is checkpointed, so a worker that reclaims the split resumes
+there. Re-read rows change nothing: a flush's staging ids are deterministic, skipped rows
+are keyed by their position in the split, and the shard's seal keeps one row per user.
 A planning split (a MongoDB query or a URL whose size is unknown) is first cut into range
 splits that every worker can claim.
 """
@@ -18,8 +19,9 @@ import aiohttp
 from pymongo import AsyncMongoClient
 from pymongo.uri_parser import parse_uri
 
-from pushtask.leases import EPOCH, Lease, release
-from pushtask.planning import new_split, shard_of
+from pushtask import ledger
+from pushtask.leases import Lease
+from pushtask.planning import new_split
 from pushtask.store import Store
 from pushtask_worker import metrics
 from pushtask_worker.audience import mongosource, urlsource
@@ -35,7 +37,6 @@ from pushtask_worker.resilience import StoreGuard
 
 log = logging.getLogger("pushtask.worker.audience")
 
-CHUNK = 1000
 # How a planning split is cut: documents per MongoDB range, bytes per URL block. The
 # environment may set smaller ones (PUSHTASK_MONGO_RANGE_SIZE, PUSHTASK_URL_BLOCK_BYTES).
 MONGO_RANGE_SIZE = 50_000
@@ -109,72 +110,75 @@ class SplitBuilder:
         self.ref: Mapping[str, Any] = doc["source"]
         self.source = source_spec(run, self.ref)
         self.part = "exclude" if self.ref["exclude"] else "sources"
+        self.flush_rows = readers.setting("PUSHTASK_FLUSH_ROWS", ledger.FLUSH_ROWS)
+        # As of the last checkpoint: this holder counts on from there (see flush_staging).
+        self.counters: dict[str, int] = {k: int(v) for k, v in (doc.get("counters") or {}).items()}
 
     async def build(self) -> bool:
-        """Read the split; True when it was finished (released as done)."""
+        """Read the split; True when it was finished (released as done).
+
+        Rows are staged flush by flush. A flush starts at a checkpoint and ends at a
+        boundary that depends only on the rows read (ledger.FLUSH_ROWS/FLUSH_BYTES), so a
+        worker that reclaims the split re-reads from the last checkpoint into the same
+        staging ids: what the lost holder wrote of that flush is refused as a duplicate.
+        """
         if self.ref.get("expand"):
             await self._expand()
             return True
-        cursor = self.doc.get("cursor")
-        users: list[str] = []
-        recipients: list[dict[str, Any]] = []
+        saved = self.doc.get("cursor")
+        at = saved.get("at") if isinstance(saved, Mapping) else None
+        seq = int(saved.get("seq", 0)) if isinstance(saved, Mapping) else 0
+        flush = self._new_flush()
         skips: list[tuple[Any, str, str]] = []
-        shards = int(self.run["shards"])
-        async for position, item, after in self._items(cursor):
+        async for position, item, after in self._items(at):
             if isinstance(item, Skip):
                 skips.append((position, item.reason, item.raw))
-            elif self.ref["exclude"]:
-                users.append(item.user)
             else:
-                recipients.append(
-                    {
-                        "run": self.run_id,
-                        "user": item.user,
-                        "shard": shard_of(item.user, shards),
-                        "attrs": item.attrs,
-                        "due": item.due or EPOCH,
-                    }
-                )
-            if len(users) + len(recipients) + len(skips) >= CHUNK:
-                await self._flush(users, recipients, skips, after)
-                users, recipients, skips = [], [], []
+                flush.add(item.user, item.attrs, item.due)
+            if flush.rows + len(skips) >= self.flush_rows or flush.nbytes >= ledger.FLUSH_BYTES:
+                await self._flush(flush, skips, seq, after)
+                flush, skips, seq = self._new_flush(), [], seq + 1
                 if self.halt():
-                    await self.guard.call(
-                        lambda: release(self.store.splits, self.lease, done=False)
-                    )
+                    await self.guard.call(lambda: self.store.release(self.lease, done=False))
                     return False
-        await self._flush(users, recipients, skips, None)
-        await self.guard.call(lambda: release(self.store.splits, self.lease, done=True), "release")
+        await self._flush(flush, skips, seq, None)
+        await self.guard.call(lambda: self.store.release(self.lease, done=True), "release")
         return True
 
+    def _new_flush(self) -> ledger.Flush:
+        return ledger.Flush(int(self.run["buckets"]), exclude=bool(self.ref["exclude"]))
+
     async def _flush(
-        self,
-        users: list[str],
-        recipients: list[dict[str, Any]],
-        skips: list[tuple[Any, str, str]],
-        cursor: Any,
+        self, flush: ledger.Flush, skips: list[tuple[Any, str, str]], seq: int, after: Any
     ) -> None:
         store, lease = self.store, self.lease
-        if users:
-            await self.guard.call(lambda: store.add_excluded(lease, self.run_id, users), "exclude")
-        if recipients:
-            await self.guard.call(lambda: store.add_recipients(lease, recipients), "add recipients")
+        if skips and self.ref["exclude"]:
+            # A bad exclusion row is no recipient: reported in the log, not in the counts.
+            log.warning(
+                "bad rows in an exclusion source", extra={"n": len(skips), "sample": skips[0][1]}
+            )
+            skips = []
+        staging = flush.documents(self.run_id, lease.split_id, seq)
+        counters = {
+            "inserted": self.counters.get("inserted", 0) + (0 if flush.exclude else flush.rows),
+            "skipped": self.counters.get("skipped", 0) + len(skips),
+        }
+        await self.guard.call(
+            lambda: store.flush_staging(
+                lease,
+                self.run_id,
+                staging,
+                skips,
+                cursor={"at": after, "seq": seq + 1},
+                counters=counters,
+            ),
+            "stage rows",
+        )
+        self.counters = counters
         if skips:
-            if self.ref["exclude"]:
-                # A bad exclusion row is no recipient: reported in the log, not in the counts.
-                log.warning(
-                    "bad rows in an exclusion source",
-                    extra={"n": len(skips), "sample": skips[0][1]},
-                )
-            else:
-                n = await self.guard.call(
-                    lambda: store.add_skips(lease, self.run_id, skips), "skips"
-                )
-                task = self.run.get("task") or {}
-                label = f"{task.get('namespace')}/{task.get('name')}"
-                metrics.RESULTS.labels(label, "skipped").inc(n)
-        if cursor is not None:
-            await self.guard.call(lambda: store.checkpoint(lease, cursor), "checkpoint")
+            task = self.run.get("task") or {}
+            label = f"{task.get('namespace')}/{task.get('name')}"
+            metrics.RESULTS.labels(label, "skipped").inc(len(skips))
 
     def _columns(self, default_user: str) -> Columns:
         return Columns.from_spec(self.source, default_user=default_user)
@@ -256,5 +260,5 @@ class SplitBuilder:
             for k, rng in enumerate(ranges)
         ]
         await self.guard.call(lambda: self.store.add_splits(children), "add range splits")
-        await self.guard.call(lambda: release(self.store.splits, self.lease, done=True), "release")
+        await self.guard.call(lambda: self.store.release(self.lease, done=True), "release")
         log.info("source cut into ranges", extra={"split": base["_id"], "ranges": len(children)})

@@ -1,0 +1,282 @@
+"""The chunked ledger's pure parts: staging, sealing a shard into chunks, the send window.
+
+The store works per chunk, not per recipient (the arguments are in docs/architecture.md):
+
+- An audience split writes *staging* documents, insert-only, one per (split flush, hash
+  bucket), with ids made of the split, the flush's sequence number and the bucket. A flush
+  starts at a checkpointed cursor and ends at a deterministic boundary, so a reclaimer that
+  re-reads it writes the same ids: the store refuses them as duplicates.
+- Once the audience is whole, buckets are grouped into *shards* (contiguous bucket
+  ranges, about SHARD_TARGET recipients each, never more than SHARD_MAX where buckets allow).
+  A shard's fenced holder *seals* it: reads its buckets' staging back, keeps the first row of
+  each user, drops excluded users, orders by (due, user) and cuts *chunks* of at most
+  CHUNK_SIZE recipients and CHUNK_BYTES bytes, with ids made of the shard and the chunk's
+  number. Staging is complete and immutable by then, so a re-run seal writes the same
+  chunks with the same ids. One user hashes to one bucket, one bucket belongs to one
+  shard, a shard keeps a user once: recipients are unique per run by construction.
+- A chunk is delivered under its own lease. Before sending positions past `hi` the holder
+  records a new `hi` with its token; results are written with the token in the same kind
+  of write. Positions below `hi` without a result are in doubt if the holder dies: never
+  more than the window (see `extend_to`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import bson
+
+from pushtask.leases import EPOCH
+
+# Recipients per shard: a seal holds its shard in memory, a flush FLUSH_ROWS rows, so a
+# worker's peak is the same whatever the audience (tests/integration/test_worker_memory.py).
+SHARD_TARGET = 20_000
+SHARD_MAX = 200_000  # the planner never groups buckets past this (one bucket may exceed it)
+CHUNK_SIZE = 1_000  # recipients per chunk
+# A chunk stays far below MongoDB's 16 MiB document limit with its results added
+# (about 100 bytes a recipient).
+CHUNK_BYTES = 4 << 20
+FLUSH_ROWS = 20_000  # an audience split flushes its staging every this many rows...
+FLUSH_BYTES = 8 << 20  # ...or bytes, whichever comes first, and at its end
+
+
+def bucket_of(user: str, buckets: int) -> int:
+    """Stable bucket of a user: the same user lands in the same bucket in every process."""
+    digest = hashlib.blake2b(user.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
+def staging_id(split_id: str, seq: int, bucket: int) -> str:
+    return f"{split_id}/f{seq:06d}/b{bucket:04d}"
+
+
+def shard_split_id(run_id: str, shard: int) -> str:
+    return f"{run_id}/s/{shard}"
+
+
+def chunk_id(run_id: str, shard: int, n: int) -> str:
+    # Zero-padded: sorting by _id is (shard, n) order.
+    return f"{run_id}/c/{shard:04d}/{n:05d}"
+
+
+def row_bytes(user: str, attrs: Mapping[str, Any] | None) -> int:
+    """About what a recipient costs in a staging or chunk document."""
+    return len(user) + (len(bson.encode(dict(attrs))) if attrs else 0) + 16
+
+
+# -- staging -------------------------------------------------------------------------------
+
+
+@dataclass
+class Flush:
+    """Rows of one audience-split flush, split by bucket."""
+
+    buckets: int
+    exclude: bool = False
+    rows: int = 0
+    nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.by_bucket: dict[int, list[dict[str, Any]]] = {}
+
+    def add(self, user: str, attrs: Mapping[str, Any] | None, due: datetime | None) -> None:
+        row: dict[str, Any] = {"u": user}
+        if attrs and not self.exclude:
+            row["a"] = dict(attrs)
+        if due is not None and due != EPOCH and not self.exclude:
+            row["d"] = due
+        self.by_bucket.setdefault(bucket_of(user, self.buckets), []).append(row)
+        self.rows += 1
+        self.nbytes += row_bytes(user, row.get("a"))
+
+    def full(self) -> bool:
+        return self.rows >= FLUSH_ROWS or self.nbytes >= FLUSH_BYTES
+
+    def documents(self, run_id: str, split_id: str, seq: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "_id": staging_id(split_id, seq, bucket),
+                "run": run_id,
+                "bucket": bucket,
+                "exclude": self.exclude,
+                "n": len(rows),
+                "rows": rows,
+            }
+            for bucket, rows in sorted(self.by_bucket.items())
+        ]
+
+
+# -- shards --------------------------------------------------------------------------------
+
+
+def group_buckets(
+    sizes: Mapping[int, int],
+    buckets: int,
+    *,
+    target: int = SHARD_TARGET,
+    maximum: int = SHARD_MAX,
+) -> list[tuple[int, int]]:
+    """Contiguous bucket ranges [lo, hi) holding about `target` recipients each.
+
+    A range closes once it reaches the target, or before a bucket that would take it past
+    `maximum`. Only buckets with rows matter, but the ranges cover every bucket so that
+    no staging row is ever outside a shard.
+    """
+    ranges: list[tuple[int, int]] = []
+    lo, size = 0, 0
+    for b in range(buckets):
+        n = int(sizes.get(b, 0))
+        if size and size + n > maximum:
+            ranges.append((lo, b))
+            lo, size = b, 0
+        size += n
+        if size >= target:
+            ranges.append((lo, b + 1))
+            lo, size = b + 1, 0
+    if lo < buckets:
+        if ranges and size == 0:
+            ranges[-1] = (ranges[-1][0], buckets)  # empty tail: fold into the last range
+        else:
+            ranges.append((lo, buckets))
+    return ranges
+
+
+@dataclass(frozen=True)
+class Recipient:
+    user: str
+    attrs: dict[str, Any] | None
+    due: datetime
+
+
+@dataclass(frozen=True)
+class Sealed:
+    recipients: list[Recipient]
+    duplicates: int  # rows of a user already seen (overlapping sources, repeats)
+    excluded: int  # distinct users removed by an exclusion source
+
+
+def seal(staging: Iterable[Mapping[str, Any]]) -> Sealed:
+    """A shard's recipients from its staging documents, read in `_id` order.
+
+    The first row of a user wins (so the outcome does not depend on which worker read
+    what first); excluded users go; the rest is ordered by (due, user).
+    """
+    first: dict[str, tuple[dict[str, Any] | None, datetime]] = {}
+    excluded: set[str] = set()
+    rows = 0
+    for doc in staging:
+        if doc.get("exclude"):
+            excluded.update(r["u"] for r in doc["rows"])
+            continue
+        for r in doc["rows"]:
+            rows += 1
+            if r["u"] not in first:
+                first[r["u"]] = (r.get("a"), r.get("d") or EPOCH)
+    dropped = excluded & first.keys()
+    kept = [Recipient(u, a, d) for u, (a, d) in first.items() if u not in dropped]
+    kept.sort(key=lambda r: (r.due, r.user))
+    return Sealed(kept, duplicates=rows - len(first), excluded=len(dropped))
+
+
+def cut_chunks(
+    run_id: str,
+    shard: int,
+    recipients: Sequence[Recipient],
+    *,
+    size: int = CHUNK_SIZE,
+    max_bytes: int = CHUNK_BYTES,
+) -> list[dict[str, Any]]:
+    """Chunk documents (deterministic ids and contents) of a sealed shard."""
+    chunks: list[dict[str, Any]] = []
+    start = 0
+    while start < len(recipients):
+        end, nbytes = start, 0
+        while end < len(recipients) and end - start < size:
+            r = recipients[end]
+            cost = row_bytes(r.user, r.attrs)
+            if end > start and nbytes + cost > max_bytes:
+                break
+            nbytes += cost
+            end += 1
+        part = recipients[start:end]
+        chunks.append(new_chunk(run_id, shard, len(chunks), part))
+        start = end
+    return chunks
+
+
+def new_chunk(run_id: str, shard: int, n: int, part: Sequence[Recipient]) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": chunk_id(run_id, shard, n),
+        "run": run_id,
+        "shard": shard,
+        "n": n,
+        "status": "pending",
+        "owner": None,
+        "token": 0,
+        "leaseUntil": None,
+        "due": part[0].due,  # of the first position not yet started (`hi`)
+        "size": len(part),
+        "users": [r.user for r in part],
+        "hi": 0,
+        "res": {},
+        "counters": {},
+    }
+    if any(r.attrs for r in part):
+        doc["attrs"] = [r.attrs or {} for r in part]
+    if any(r.due != EPOCH for r in part):
+        doc["dues"] = [r.due for r in part]
+    return doc
+
+
+# -- the send window -----------------------------------------------------------------------
+
+
+def first_not_due(dues: Sequence[datetime] | None, start: int, size: int, now: datetime) -> int:
+    """The first position at or after `start` that is not due yet (`size` if none)."""
+    if not dues:
+        return size
+    for p in range(start, size):
+        if dues[p] > now:
+            return p
+    return size
+
+
+def extend_to(hi: int, doubt: int, window: int, limit: int) -> int:
+    """The next `hi` once a write lands: positions below it without a recorded result
+    (`doubt`, counted after that write) never exceed `window`, so a holder that dies leaves
+    at most `window` recipients in doubt. Never past `limit` (the chunk's end, or its first
+    position not yet due: an unsent recipient must not be taken for one in doubt)."""
+    return max(hi, min(limit, hi + window - doubt))
+
+
+def in_doubt(doc: Mapping[str, Any]) -> list[int]:
+    """Positions a chunk's earlier holders may have started but have no result for."""
+    res = doc.get("res") or {}
+    return [p for p in range(int(doc.get("hi") or 0)) if str(p) not in res]
+
+
+def tally(counters: Mapping[str, int], statuses: Iterable[str], unknown: int = 0) -> dict[str, int]:
+    """A unit's counters after recording results with these statuses.
+
+    Written as absolute values by the unit's only (fenced) holder, never as `$inc`: a
+    write whose reply was lost in an outage is simply made again, and must not count twice.
+    """
+    out = {k: int(v) for k, v in counters.items()}
+    for status in statuses:
+        if status == "pending":  # handed back, not a result: nothing to count
+            continue
+        out[status] = out.get(status, 0) + 1
+        out["attempted"] = out.get("attempted", 0) + 1
+    if unknown:
+        out["unknown"] = out.get("unknown", 0) + unknown
+    return out
+
+
+def handed_back(doc: Mapping[str, Any]) -> list[int]:
+    """Positions handed back unsent at a shutdown (a retry cut short): to be sent again."""
+    res = doc.get("res") or {}
+    return sorted(int(p) for p, r in res.items() if r.get("s") == "pending")
