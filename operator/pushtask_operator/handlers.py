@@ -91,6 +91,8 @@ class TaskState:
     control: dict[str, Any] | None = None
     # The API problem shown on the task now: one Warning Event per distinct problem.
     api_problem: ApiProblem | None = None
+    # A problem seen once and not shown yet (see `reconcile`).
+    suspected: ApiProblem | None = None
     # The worker Deployment the API server refused, as (template hash, replicas): the same
     # body would be refused again, so it is not sent again until it changes.
     rejected: tuple[tuple[str, int], ApiProblem] | None = None
@@ -232,22 +234,29 @@ async def reconcile(
     state = task_state(memo)
     async with state.lock:
         try:
-            return await _reconcile(rt, body, state, logger)
+            plan = await _reconcile(rt, body, state, logger)
         except KubeApiError as exc:
-            await _show_api_problem(rt, body, state, exc.problem, logger)
+            if exc.problem != state.suspected:
+                # Shown when the next tick sees it again: an API server that has just
+                # started answers 403 until its RBAC caches are filled (devstack's restart).
+                state.suspected = exc.problem
+                log.info("%s (looking again at the next tick)", exc.problem.message)
+                return None
+            await _show_api_problem(rt, body, state, exc.problem)
             return None
+        state.suspected = None
+        return plan
 
 
 async def _show_api_problem(
-    rt: Runtime,
-    body: Mapping[str, Any],
-    state: TaskState,
-    problem: ApiProblem,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    rt: Runtime, body: Mapping[str, Any], state: TaskState, problem: ApiProblem
 ) -> None:
     """A condition and one Warning Event for an API error that retrying will not fix; the
-    progress timer looks again at its own pace (no kopf back-off, no traceback)."""
-    logger.warning("%s", problem.message)
+    progress timer looks again at its own pace (no kopf back-off, no traceback).
+
+    Logged with the module's logger: kopf posts its per-object logger's warnings as Events
+    too, which would repeat the one Event on every tick.
+    """
     meta = body["metadata"]
     status = {**dict(body.get("status") or {}), **state.status}
     previous = list(status.get("conditions") or [])
@@ -255,6 +264,7 @@ async def _show_api_problem(
     conditions = with_api_problem(previous, problem, generation=generation, now=datetime.now(UTC))
     if problem != state.api_problem:
         rt.events(body, "Warning", problem.reason, problem.message)
+        log.warning("%s", problem.message)
         state.api_problem = problem
     if conditions == previous:
         return
@@ -262,7 +272,7 @@ async def _show_api_problem(
         await rt.kube.patch_status(meta["namespace"], meta["name"], {"conditions": conditions})
     except (KubeApiError, kopf.TemporaryError) as exc:
         # The status itself may be what is refused: the Event and the log still say it.
-        logger.warning("could not show it in the status either: %s", exc)
+        log.warning("could not show it in the status either: %s", exc)
     else:
         state.status = {**state.status, "conditions": conditions}
 
@@ -446,7 +456,7 @@ async def _reconcile(
         logger.info("%s: %s", ev.reason, ev.message)
     if refused is not None and refused != state.api_problem:
         rt.events(body, "Warning", refused.reason, refused.message)
-        logger.warning("%s", refused.message)
+        log.warning("%s", refused.message)  # not kopf's logger: it would post a 2nd Event
     state.api_problem = refused  # a reconcile that got this far ended any other problem
 
     metrics.observe(namespace, name, plan.phase.value, new_status)

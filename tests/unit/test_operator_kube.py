@@ -242,12 +242,19 @@ def test_another_api_problem_shows_on_ready_only() -> None:
 
 
 class Calls:
-    """Records what the helpers ask of the API; `fail` is what the next apply raises."""
+    """Records what the helpers ask of the API; `fail` is what the next apply raises,
+    `refuse` what every Secret read raises."""
 
-    def __init__(self, fail: Exception | None = None) -> None:
+    def __init__(self, fail: Exception | None = None, refuse: Exception | None = None) -> None:
         self.fail = fail
+        self.refuse = refuse
         self.applied = 0
         self.patches: list[dict[str, Any]] = []
+
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        if self.refuse is not None:
+            raise self.refuse
+        return None
 
     async def apply_deployment(self, body: Any) -> None:
         self.applied += 1
@@ -299,10 +306,56 @@ def test_an_api_problem_is_shown_once() -> None:
 
     async def ticks() -> None:
         for _ in range(3):
-            await handlers._show_api_problem(rt, body, state, problem, handlers.log)
+            await handlers._show_api_problem(rt, body, state, problem)
 
     asyncio.run(ticks())
     assert events == [("Warning", "ApiForbidden", problem.message)]
     (patch,) = calls.patches  # the conditions are written once, then already shown
     ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["message"] == problem.message
+
+
+def test_a_refusal_is_shown_when_the_next_tick_sees_it_again() -> None:
+    """A just-started API server answers 403 until its RBAC caches are filled: one refusal
+    alone is looked at again, not shown; the same refusal twice in a row is."""
+    forbidden = api_error(
+        403,
+        "Forbidden",
+        status_reason="Forbidden",
+        message='secrets "pushtask-mongodb" is forbidden',
+    )
+    refused = api_error_policy(forbidden, "read Secret shop/pushtask-mongodb")
+    assert isinstance(refused, KubeApiError)
+    calls, events = Calls(refuse=refused), list[tuple[str, str, str]]()
+    rt, memo = runtime(calls, events), kopf.Memo()
+    body = {
+        "metadata": {
+            "name": "sale",
+            "namespace": "shop",
+            "uid": "0123456789abcdef",
+            "generation": 1,
+            "creationTimestamp": "2026-12-02T12:00:00Z",
+        },
+        "spec": {
+            "audience": {"sources": [{"kind": "inline", "users": ["u1"]}]},
+            "message": {
+                "channel": "webhook",
+                "webhook": {"url": "http://hook"},
+                "template": {"body": "hi"},
+            },
+        },
+        "status": {},
+    }
+
+    async def tick() -> None:
+        assert await handlers.reconcile(rt, body, memo) is None
+
+    asyncio.run(tick())
+    assert events == [] and calls.patches == []  # seen once: looked at again, not shown
+    asyncio.run(tick())
+    assert events == [("Warning", "ApiForbidden", refused.problem.message)]
+    (patch,) = calls.patches
+    ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and "is forbidden" in ready["message"]
+    asyncio.run(tick())
+    assert len(events) == 1 and len(calls.patches) == 1  # shown once, not per tick
