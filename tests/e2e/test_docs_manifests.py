@@ -31,6 +31,7 @@ import yaml
 from pymongo import MongoClient
 
 from pushtask.templates import RESERVED, build_context, compile_message, render
+from tests.e2e.release import QualifiedEnv
 from tests.e2e.test_operator_e2e import (  # noqa: F401  (env: a pytest fixture)
     SINK_HOST,
     Env,
@@ -234,15 +235,6 @@ def prepare(world: World, manifest: dict[str, Any]) -> dict[str, Any]:
             "create", "configmap", cm, *(f"--from-literal={k}={v}" for k, v in data.items())
         )
     return task
-
-
-class QualifiedEnv(Env):
-    """Names the resource with its group: another CRD with the plural `pushtasks` (a trial
-    group on a shared cluster) makes a bare `kubectl get pushtask` ambiguous."""
-
-    def task(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.kubectl.json("get", "pushtasks.pushtask.dev", name)
-        return result
 
 
 @contextlib.contextmanager
