@@ -37,9 +37,11 @@ class Sender:
     # back pending, for whoever holds the shard next, with the same idempotency key.
     stopping: asyncio.Event | None = None
 
-    @property
-    def label(self) -> str:
-        return f"{self.task['namespace']}/{self.task['name']}"
+    def __post_init__(self) -> None:
+        self.label = f"{self.task['namespace']}/{self.task['name']}"
+        channel = self.channel.name or self.spec.message.channel
+        # The metric child once, not a labels() lookup per attempt.
+        self.latency = metrics.SEND_LATENCY.labels(self.label, channel)
 
     def backoff(self) -> Backoff:
         b = self.spec.delivery.backoff
@@ -62,17 +64,18 @@ class Sender:
             attrs=attrs,
             idempotency_key=idempotency_key(str(self.task["uid"]), self.run, user),
         )
-        backoff = self.backoff()
         attempts = self.spec.delivery.max_attempts
-        channel = self.channel.name or self.spec.message.channel
+        backoff: Backoff | None = None  # made only when a retry needs it
         for attempt in range(1, attempts + 1):
             await self.bucket.acquire()
             started = time.monotonic()
             try:
-                result = await self.channel.send(replace(delivery, attempt=attempt))
+                result = await self.channel.send(
+                    delivery if attempt == 1 else replace(delivery, attempt=attempt)
+                )
             except Exception as error:  # a plugin's bug is a failed attempt, not a dead worker
                 result = Attempt(Outcome.RETRY, f"{type(error).__name__}: {error}"[:300])
-            metrics.SEND_LATENCY.labels(self.label, channel).observe(time.monotonic() - started)
+            self.latency.observe(time.monotonic() - started)
             if result.outcome is Outcome.OK:
                 return Result(position, "sent", None, attempt)
             if result.outcome is Outcome.FINAL:
@@ -80,6 +83,7 @@ class Sender:
             if attempt == attempts:
                 detail = f"gave up after {attempts} attempts: {result.detail}"
                 return Result(position, "failed", detail, attempt)
+            backoff = backoff or self.backoff()
             if await self._stopped_within(backoff.retry_delay(attempt, result.retry_after)):
                 detail = f"handed back at shutdown after attempt {attempt}: {result.detail}"
                 return Result(position, "pending", detail[:500], attempt)

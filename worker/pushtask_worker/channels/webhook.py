@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
 import aiohttp
+import orjson
 
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 
@@ -62,7 +62,9 @@ def encode_body(delivery: Delivery) -> bytes:
         "user": delivery.user,
         "message": delivery.message,
     }
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    # orjson: compact UTF-8 like json.dumps(separators=(",", ":"), ensure_ascii=False), at a
+    # fraction of the CPU (measured on the worker's hot path).
+    return orjson.dumps(payload, default=str)
 
 
 class WebhookChannel(Channel):
