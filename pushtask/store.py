@@ -249,6 +249,9 @@ class Store:
             await self._runs.update_one(
                 {"_id": run_id, "stage": "seal"}, {"$set": {"stage": "delivery", "sealedAt": now}}
             )
+            # Every shard is sealed and a sealed shard is never sealed again (a stale sealer's
+            # renewal fails before it writes): the staging has served its purpose.
+            await self._staging.delete_many({"run": run_id})
             stage = "delivery"
         if stage == "delivery":
             if await self._exists(self._chunks, {"run": run_id, "status": {"$ne": "done"}}):

@@ -166,7 +166,9 @@ def test_overlapping_sources_duplicates_and_exclusions_seal_to_unique_recipients
         assert await store.advance(run_id) == "seal"
         assert await store.advance(run_id) == "seal"  # idempotent; shards not sealed yet
         await seal_all(store, run_id)
+        assert await store.db["staging"].count_documents({"run": run_id}) > 0
         assert await store.advance(run_id) == "delivery"
+        assert await store.db["staging"].count_documents({"run": run_id}) == 0  # served
         users = await chunk_users(store, run_id)
         expected = {f"u{i:03d}" for i in range(150)} - {"u005", "u149"}
         assert len(users) == len(set(users)) == len(expected)
