@@ -146,8 +146,15 @@ def api_error_policy(exc: BaseException, what: str, *, workload: bool = False) -
     # urllib3: refused, reset, read/connect timeouts (after its own few retries); OSError:
     # the same seen below urllib3 (DNS, TLS handshake, a socket closed mid-read).
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        # MaxRetryError's own text repeats the URL and the pool; its reason says what failed.
+        cause = (
+            getattr(exc, "reason", None)
+            if isinstance(exc, urllib3.exceptions.MaxRetryError)
+            else None
+        )
+        why = cause if isinstance(cause, BaseException) else exc
         return _retry(
-            f"{what}: API server unreachable: {type(exc).__name__}: {exc}", UNREACHABLE_DELAY
+            f"{what}: API server unreachable: {type(why).__name__}: {why}", UNREACHABLE_DELAY
         )
     return None
 

@@ -116,6 +116,8 @@ CONNECTION = urllib3.connection.HTTPSConnection("127.0.0.1", 6443)
 def test_unreachable_api_server_is_retried(exc: BaseException) -> None:
     err = temporary(exc, "patch status of PushTask ns/sale")
     assert err.delay == 5 and "patch status of PushTask ns/sale" in str(err)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        assert "NewConnectionError" in str(err) and "Max retries" not in str(err)
 
 
 # -- 422 on the worker Deployment: Degraded, not retried ---------------------------------
