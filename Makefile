@@ -35,6 +35,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check pushtask operator worker devstack tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests bench
+	$(VENV)/bin/lint-imports
 
 ## crds: regenerate crds/, the chart's copy and the field reference from the models
 crds: setup
