@@ -74,6 +74,7 @@ class ChunkDelivery:
         self.sending: set[int] = set()  # positions a lane is sending right now
         self.counters: dict[str, int] = dict(chunk.get("counters") or {})
         self.starved = False  # lanes wait for the writer to move `hi`
+        self.closing = False  # the writer's stop: what is left goes in the last write
         self.rest_until: datetime | None = None
         self.wake = asyncio.Event()
         self.moved = asyncio.Event()
@@ -93,7 +94,7 @@ class ChunkDelivery:
         try:
             either: set[asyncio.Future[Any]] = {writer, lanes}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if writer.done():  # the writer only stops by failing (a lost lease, say)
+            if writer.done():  # the writer only stops early by failing (a lost lease, say)
                 lanes.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await lanes
@@ -103,15 +104,25 @@ class ChunkDelivery:
             # In-flight sends cancelled (an immediate degrade) or the lease lost: what
             # completed is recorded, the cancelled sends stay in doubt, the chunk goes back.
             lanes.cancel()
-            writer.cancel()
+            await self._stop(writer)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(self._end())
             raise
-        finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+        except BaseException:
+            lanes.cancel()
+            await self._stop(writer)
+            raise
+        # Stopped by a flag, not by cancelling it: a cancellation that meets a finished wait
+        # can be lost (asyncio.wait_for in 3.11), and the writer would then wait forever.
+        await self._stop(writer)
         return await self._end()
+
+    async def _stop(self, writer: asyncio.Task[None]) -> None:
+        """Let the writer finish the write it is in, then end it."""
+        self.closing = True
+        self.wake.set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
 
     async def _settle(self) -> None:
         """What earlier holders left: doubt (by the guarantee), hand-backs (sent again)."""
@@ -210,14 +221,15 @@ class ChunkDelivery:
         )
 
     async def _writer(self) -> None:
-        while True:
+        while not self.closing:
             timeout = None  # nothing to record: sleep until a lane has something
             if self.unrecorded:
                 timeout = max(0.0, self.last_write + RECORD_SECONDS - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
             self.wake.clear()
-            if self._write_due():
+            if not self.closing and self._write_due():
                 await self._write()
 
     async def _write(

@@ -96,7 +96,10 @@ class Sender:
             await asyncio.sleep(seconds)
             return False
         try:
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+            # asyncio.timeout, not wait_for: a lane cancelled here (an immediate degrade)
+            # must stay cancelled even if the worker began stopping at the same moment.
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
         except TimeoutError:
             return False
         return True
