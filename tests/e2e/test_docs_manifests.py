@@ -1,16 +1,17 @@
-"""Every PushTask the README and docs/ show, applied on a cluster and run to Finished.
+"""Every PushTask the README, docs/ and examples/ show, applied on a cluster and run to Finished.
 
 A manifest in the documentation is what a new user copies first; one that cannot run
 (the README's template once used `{{ user.name }}` while `user` is the id string, and
 failed every recipient) costs that user their first hour. Each ```yaml block with
-`kind: PushTask` in README.md and docs/*.md is taken as written, except what only a real
-deployment has: the webhook URL becomes a local sink (which verifies the signatures with
-the Secret the manifest names), the objects it refers to are created (Secrets,
-ConfigMaps, a MongoDB collection whose documents match its filter and carry every
-attribute its templates use), `schedule` is dropped after the API server accepted it as
-written (a send window must not make the test depend on the hour), and at most two
-workers run. Then: Finished, exactly the expected users once each, every message as the
-templates render it.
+`kind: PushTask` in README.md and docs/*.md, and each file in examples/, is taken as
+written, except what only a real deployment has: the webhook URL becomes a local sink
+(which verifies the signatures with the Secret the manifest names), an SMTP server a
+local one (plain, as no certificate is at hand), a file URL a local file server; the
+objects it refers to are created (Secrets, ConfigMaps, a MongoDB collection whose
+documents match its filter, files), each row carrying every attribute its templates use;
+`schedule` is dropped after the API server accepted it as written (a send window or a
+cron must not make the test depend on the hour); at most two workers run. Then:
+Finished, exactly the expected users once each, every message as the templates render it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ import copy
 import json
 import re
 import secrets
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, Envelope
 from pymongo import MongoClient
 
 from pushtask.templates import RESERVED, build_context, compile_message, render
@@ -37,17 +44,20 @@ from tests.e2e.test_operator_e2e import (  # noqa: F401  (env: a pytest fixture)
     Env,
     env,
 )
-from tests.support.sink import SinkThread
+from tests.support.sink import SinkThread, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 USERS_PER_SOURCE = 12
+SMTP_USER = "pushtask"
 
 
 def documented_manifests() -> list[tuple[str, dict[str, Any]]]:
-    """(where, manifest) for every PushTask in a ```yaml block of the README and docs/."""
+    """(where, manifest) for every PushTask in a ```yaml block of the README and docs/, and
+    in the files of examples/."""
     found = []
     for path in DOCS:
         text = path.read_text()
@@ -57,6 +67,11 @@ def documented_manifests() -> list[tuple[str, dict[str, Any]]]:
                 if isinstance(doc, dict) and doc.get("kind") == "PushTask":
                     name = doc.get("metadata", {}).get("name", "?")
                     found.append((f"{path.relative_to(ROOT)}:{line}:{name}", doc))
+    for path in EXAMPLES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "PushTask":
+                name = doc.get("metadata", {}).get("name", "?")
+                found.append((f"{path.relative_to(ROOT)}:{name}", doc))
     return found
 
 
@@ -65,6 +80,64 @@ MANIFESTS = documented_manifests()
 
 def test_the_docs_show_manifests() -> None:
     assert any(where.startswith("README.md") for where, _ in MANIFESTS), MANIFESTS
+    assert len([w for w, _ in MANIFESTS if w.startswith("examples/")]) == len(EXAMPLES)
+
+
+# -- local stand-ins for the servers a manifest names -------------------------------------
+
+
+class Files:
+    """A small HTTP file server for url sources: HEAD and GET, no ranges (read whole)."""
+
+    def __init__(self, host: str) -> None:
+        self.files: dict[str, bytes] = {}
+        files = self.files
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                data = files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._answer(True)
+
+            def do_HEAD(self) -> None:
+                self._answer(False)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.host = host
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Mailbox:
+    """An aiosmtpd handler keeping every message with its envelope recipients."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], Message]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
+        content = envelope.content if isinstance(envelope.content, bytes) else b""
+        self.messages.append((list(envelope.rcpt_tos), message_from_bytes(content)))
+        return "250 OK"
 
 
 # -- what a manifest refers to, made real ---------------------------------------------
@@ -136,6 +209,12 @@ class World:
     excluded: set[str] = field(default_factory=set)
     outsiders: set[str] = field(default_factory=set)  # rows the filters must not select
     configmaps: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> key -> text
+    files: Files | None = None
+    mail_port: int = 0
+    to_field: str | None = None  # smtp: the attribute holding the address
+
+    def address(self, user: str) -> str:
+        return f"{user}@mail.test"
 
     def client(self) -> MongoClient[dict[str, Any]]:
         return MongoClient(self.env.mongo_uri, serverSelectionTimeoutMS=5000)
@@ -160,6 +239,9 @@ def make_source(
     tag = where.replace(".", "-").replace("[", "").replace("]", "")
     ids = [f"{tag}-{i:03d}" for i in range(USERS_PER_SOURCE)]
     rows = {u: {n: f"{n}-{u}" for n in names} for u in ids}
+    if world.to_field:
+        for u in ids:
+            rows[u][world.to_field] = world.address(u)
     if exclude:
         # Exclude some users the sources really have, and one nobody has.
         ids = [*sorted(world.attrs)[:2], f"{tag}-nobody"]
@@ -201,8 +283,24 @@ def make_source(
             text = "".join(json.dumps({id_field: u, **rows[u]}) + "\n" for u in ids)
         # Created once all are known: two sources may read two keys of one ConfigMap.
         world.configmaps.setdefault(source["name"], {})[source["key"]] = text
+    elif kind == "url":
+        assert world.files is not None
+        fmt, id_field = source["format"], source.get("idField") or "id"
+        # `columns` maps attribute -> column: the file has the columns, the rows the names.
+        columns = {n: (source.get("columns") or {}).get(n, n) for u in ids for n in rows[u]}
+        if fmt == "csv":
+            text = ",".join([id_field, *columns.values()]) + "\n"
+            text += "".join(",".join([u, *(rows[u][n] for n in columns)]) + "\n" for u in ids)
+        else:
+            text = "".join(
+                json.dumps({id_field: u, **{columns[n]: rows[u][n] for n in columns}}) + "\n"
+                for u in ids
+            )
+        path = f"/{tag}.{fmt}"
+        world.files.files[path] = text.encode()
+        source["url"] = world.files.url(path)
     else:
-        pytest.fail(f"{where}: extend make_source() for a {kind} source (a file server)")
+        pytest.fail(f"{where}: extend make_source() for a {kind} source")
     if not exclude:
         for u in ids:
             world.attrs[u] = rows[u]
@@ -218,12 +316,24 @@ def prepare(world: World, manifest: dict[str, Any]) -> dict[str, Any]:
     spec.pop("state", None)
     spec["workers"] = min(int(spec.get("workers") or 1), 2)
     message = spec["message"]
-    if message.get("channel", "webhook") != "webhook":
-        pytest.fail(f"extend prepare() for the {message['channel']} channel")
-    message["webhook"]["url"] = world.env.sink.url
-    ref = message["webhook"].get("secretRef")
-    if ref:
-        world.secret_with(ref["name"], ref.get("key") or "hmac", world.secret)
+    channel = message.get("channel", "webhook")
+    if channel == "webhook":
+        message["webhook"]["url"] = world.env.sink.url
+        ref = message["webhook"].get("secretRef")
+        if ref:
+            world.secret_with(ref["name"], ref.get("key") or "hmac", world.secret)
+    elif channel == "smtp":
+        smtp = message["smtp"]
+        smtp.update(host=SINK_HOST, port=world.mail_port, starttls=False)
+        world.to_field = smtp.get("toField") or "email"
+        ref = smtp.get("credentialsSecretRef")
+        if ref:
+            world.kubectl(
+                "create", "secret", "generic", ref["name"],
+                f"--from-literal=username={SMTP_USER}", f"--from-literal=password={world.secret}",
+            )  # fmt: skip
+    else:
+        pytest.fail(f"extend prepare() for the {channel} channel")
     names = variables(message["template"])
     audience = spec["audience"]
     for i, source in enumerate(audience["sources"]):
@@ -238,10 +348,61 @@ def prepare(world: World, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def signed_env(base: Env, secret: str) -> Iterator[Env]:
-    """The test's release with a sink that verifies signatures made with `secret`."""
+def signed_env(base: Env, secret: str | None) -> Iterator[Env]:
+    """The test's release with a sink that verifies signatures made with `secret` (None:
+    the manifest signs nothing, and the sink checks nothing)."""
     with SinkThread(host=SINK_HOST, secret=secret, keep_messages=True) as sink:
         yield QualifiedEnv(base.kubectl, base.namespace, base.mongo_uri, sink, base.release)
+
+
+@contextlib.contextmanager
+def local_servers(secret: str) -> Iterator[tuple[Files, Controller, Mailbox]]:
+    """A file server and an SMTP server (accepting SMTP_USER with `secret`) for one test."""
+
+    def login(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        return AuthResult(
+            success=(data.login, data.password) == (SMTP_USER.encode(), secret.encode())
+        )
+
+    files, mailbox = Files(SINK_HOST), Mailbox()
+    smtp = Controller(
+        mailbox, hostname=SINK_HOST, port=free_port(SINK_HOST), authenticator=login,
+        auth_require_tls=False,
+    )  # fmt: skip
+    smtp.start()
+    try:
+        yield files, smtp, mailbox
+    finally:
+        smtp.stop()
+        files.close()
+
+
+def received(world: World, task: Mapping[str, Any], mailbox: Mailbox) -> dict[str, list[Any]]:
+    """What each user got, as the channel's own form: the webhook's message, or the mail's
+    (subject, text)."""
+    out: dict[str, list[Any]] = {}
+    if task["spec"]["message"].get("channel", "webhook") == "webhook":
+        for rec in world.env.sink.requests:
+            if rec.user is not None and 200 <= rec.status < 300:
+                out.setdefault(rec.user, []).append(rec.message)
+        return out
+    by_address = {world.address(u): u for u in world.attrs}
+    for rcpts, mail in mailbox.messages:
+        for rcpt in rcpts:
+            raw = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+            text = raw.replace("\r\n", "\n").rstrip("\n")  # SMTP's line ends, the last one
+            out.setdefault(by_address.get(rcpt, rcpt), []).append((mail["Subject"], text))
+    return out
+
+
+def expected_message(task: Mapping[str, Any], rendered: dict[str, Any]) -> Any:
+    if task["spec"]["message"].get("channel", "webhook") == "webhook":
+        return rendered
+    extra = rendered.get("extra") or {}
+    text = str(rendered.get("body") or "")
+    if rendered.get("link"):
+        text = f"{text}\n\n{rendered['link']}" if text else str(rendered["link"])
+    return (str(rendered.get("title") or extra.get("subject") or ""), text)
 
 
 @pytest.mark.parametrize(("where", "manifest"), MANIFESTS, ids=[w for w, _ in MANIFESTS])
@@ -257,8 +418,10 @@ def test_documented_manifest_runs_to_finished(
 
     secret = secrets.token_hex(16)
     database = f"docs_{secrets.token_hex(4)}"
-    with signed_env(env, secret) as here:
-        world = World(here, secret, database)
+    signs = bool((manifest["spec"]["message"].get("webhook") or {}).get("secretRef"))
+    sink_secret = secret if signs else None
+    with signed_env(env, sink_secret) as here, local_servers(secret) as (files, smtp, mailbox):
+        world = World(here, secret, database, files=files, mail_port=int(smtp.port))
         try:
             task = prepare(world, manifest)
             name = task["metadata"]["name"]
@@ -269,8 +432,8 @@ def test_documented_manifest_runs_to_finished(
             with world.client() as client:
                 client.drop_database(database)
         expected = set(world.attrs) - world.excluded
-        got = {u: c for u, c in here.delivered().items() if u is not None}
-        assert not [u for u, c in got.items() if c > 1], f"{where}: a user got it twice"
+        got = received(world, task, mailbox)
+        assert not [u for u, m in got.items() if len(m) > 1], f"{where}: a user got it twice"
         assert set(got) == expected, (
             f"{where}: missing {sorted(expected - set(got))[:5]}, "
             f"unexpected {sorted(set(got) - expected)[:5]}"
@@ -283,9 +446,7 @@ def test_documented_manifest_runs_to_finished(
         # What each user got is what the templates say for that user's row.
         compiled = compile_message(task["spec"]["message"]["template"])
         meta = {"namespace": here.namespace, "name": name}
-        for rec in here.sink.requests:
-            assert rec.user is not None
-            want = render(
-                compiled, build_context(rec.user, world.attrs[rec.user], task=meta, run=1)
-            )
-            assert rec.message == want, f"{where}: {rec.user} got {rec.message}, not {want}"
+        for user, (message,) in got.items():
+            context = build_context(user, world.attrs[user], task=meta, run=1)
+            want = expected_message(task, render(compiled, context))
+            assert message == want, f"{where}: {user} got {message}, not {want}"
