@@ -156,3 +156,8 @@ def test_doubt_and_hand_backs_of_a_chunk() -> None:
     assert ledger.in_doubt(doc) == [1, 4]
     assert ledger.handed_back(doc) == [2]
     assert ledger.in_doubt({"hi": 0, "res": {}}) == []
+
+
+def test_flushes_grow_with_the_bucket_count() -> None:
+    assert ledger.flush_rows(16) == ledger.flush_rows(256) == ledger.FLUSH_ROWS
+    assert ledger.flush_rows(4096) == 64 * 4096  # still about 64 rows a staging document

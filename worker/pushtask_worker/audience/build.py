@@ -110,7 +110,9 @@ class SplitBuilder:
         self.ref: Mapping[str, Any] = doc["source"]
         self.source = source_spec(run, self.ref)
         self.part = "exclude" if self.ref["exclude"] else "sources"
-        self.flush_rows = readers.setting("PUSHTASK_FLUSH_ROWS", ledger.FLUSH_ROWS)
+        self.flush_rows = readers.setting(
+            "PUSHTASK_FLUSH_ROWS", ledger.flush_rows(int(run["buckets"]))
+        )
         # As of the last checkpoint: this holder counts on from there (see flush_staging).
         self.counters: dict[str, int] = {k: int(v) for k, v in (doc.get("counters") or {}).items()}
 
