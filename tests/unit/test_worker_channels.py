@@ -174,6 +174,8 @@ def test_docs_verification_snippet_accepts_the_channel_and_refuses_replays() -> 
     assert verify(b"other", headers, body) == "bad signature"
     moved = {**headers, "X-PushTask-Timestamp": str(int(rec.timestamp) + 1)}
     assert verify(b"s3cret", moved, body) == "bad signature"
+    assert verify(b"s3cret", {**headers, "X-PushTask-Signature": "sha256=é"}, body) != ""
+    assert verify(b"s3cret", {}, body) == "bad signature"
 
 
 def test_sink_max_age_is_configurable() -> None:
