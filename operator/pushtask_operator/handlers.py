@@ -230,7 +230,8 @@ async def reconcile(
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any] = log,
 ) -> Plan | None:
-    """Bring one task in line; None when it is settled (nothing was read or written)."""
+    """Bring one task in line; None when it is settled (nothing was read or written) or an
+    API refusal stopped it (kube.py's policy: shown on the task, looked at next tick)."""
     state = task_state(memo)
     async with state.lock:
         try:
