@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,7 @@ T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
 
 def staged(
-    rows: list[tuple[str, dict | None, datetime | None]],
+    rows: Sequence[tuple[str, dict[str, Any] | None, datetime | None]],
     *,
     exclude: bool = False,
     buckets: int = 8,
