@@ -24,9 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from pushtask.models import GROUP, KIND, PLURAL, VERSION, PushTaskSpec, describe_errors
-
-TERMINAL = frozenset({"Finished", "Failed", "Stopped"})
-
+from pushtask.states import TERMINAL_PHASES
 
 # -- pure parts ---------------------------------------------------------------------------
 
@@ -167,7 +165,7 @@ def cmd_status(api: Any, ns: str, name: str, watch: bool, interval: float = 2.0)
                 rate=f"{p['rate']:.0f}/s eta {p['eta']}",
                 phase=f"{p['phase']} (run {p['run']}, workers {p['workers']}) {p['message']}",
             )
-            if not watch or p["phase"] in TERMINAL:
+            if not watch or p["phase"] in TERMINAL_PHASES:
                 return 1 if p["phase"] == "Failed" else 0
             time.sleep(interval)
 

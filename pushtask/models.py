@@ -524,8 +524,9 @@ class Guarantee(StrEnum):
     AT_LEAST_ONCE = "AtLeastOnce"
 
 
-class Backoff(ApiModel):
-    """Exponential backoff between attempts (a server's Retry-After wins)."""
+class BackoffPolicy(ApiModel):
+    """spec.delivery.backoff: exponential backoff between attempts (a server's Retry-After
+    wins). The worker's `resilience.Backoff` computes the delays from it."""
 
     initial_seconds: float = Field(1, gt=0, le=3600)
     """First delay."""
@@ -553,14 +554,17 @@ class FailureThreshold(ApiModel):
     """Sends attempted before the ratio is judged."""
 
 
-class Delivery(ApiModel):
-    """Retries, error budget and the in-doubt rule."""
+class DeliveryPolicy(ApiModel):
+    """spec.delivery: retries, error budget and the in-doubt rule (one send to one user is
+    the worker's `channels.Delivery`)."""
 
     guarantee: Guarantee = Guarantee.AT_MOST_ONCE
     """AtMostOnce: a recipient in doubt becomes unknown; AtLeastOnce: it is sent again."""
     max_attempts: int = Field(3, ge=1, le=20)
     """Attempts per recipient (retryable errors only; 4xx is final)."""
-    backoff: Backoff = Field(default_factory=Backoff, json_schema_extra=_default_of(Backoff))
+    backoff: BackoffPolicy = Field(
+        default_factory=BackoffPolicy, json_schema_extra=_default_of(BackoffPolicy)
+    )
     """Delay between attempts."""
     failure_threshold: FailureThreshold = Field(
         default_factory=FailureThreshold, json_schema_extra=_default_of(FailureThreshold)
@@ -688,7 +692,9 @@ class PushTaskSpec(ApiModel):
     """Who receives the message."""
     message: Message
     """What is sent."""
-    delivery: Delivery = Field(default_factory=Delivery, json_schema_extra=_default_of(Delivery))
+    delivery: DeliveryPolicy = Field(
+        default_factory=DeliveryPolicy, json_schema_extra=_default_of(DeliveryPolicy)
+    )
     """Retries and guarantees."""
     schedule: Schedule = Field(default_factory=Schedule, json_schema_extra=_default_of(Schedule))
     """When to send."""
@@ -863,12 +869,12 @@ __all__ = [
     "SINGULAR",
     "VERSION",
     "Audience",
-    "Backoff",
+    "BackoffPolicy",
     "Condition",
     "ConditionStatus",
     "ConfigMapSource",
     "Counts",
-    "Delivery",
+    "DeliveryPolicy",
     "DesiredState",
     "FailureThreshold",
     "Guarantee",

@@ -54,7 +54,9 @@ class DesiredState(StrEnum):
 
 #: Phases in which a run is under way (its run document exists and may change).
 ACTIVE_PHASES = frozenset({Phase.STARTED, Phase.PAUSED, Phase.REBOOT})
-#: Phases that end a run.
+#: Phases in which workers run and send (every other phase scales them to zero).
+RUNNING_PHASES = frozenset({Phase.STARTED, Phase.REBOOT})
+#: Phases that end a run. Members equal their strings: `"Finished" in TERMINAL_PHASES`.
 TERMINAL_PHASES = frozenset({Phase.STOPPED, Phase.FINISHED, Phase.FAILED})
 
 
@@ -95,7 +97,7 @@ class Transition:
 def scales_to_zero(phase: Phase) -> bool:
     """True when the worker Deployment must have no replicas in `phase`."""
     # Ready: no worker runs before the start; Reboot keeps workers to finish reclaiming.
-    return phase not in (Phase.STARTED, Phase.REBOOT)
+    return phase not in RUNNING_PHASES
 
 
 def _start_or_wait(desired: DesiredState, facts: Facts, *, reason: str, what: str) -> Transition:

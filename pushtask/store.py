@@ -35,7 +35,6 @@ from pushtask.leases import (
 from pushtask.planning import new_split
 
 DEFAULT_DB = "pushtask"
-Guarantee = Literal["AtMostOnce", "AtLeastOnce"]
 Stage = Literal["audience", "seal", "delivery", "done"]
 FINAL_STATUSES = ("sent", "failed", "unknown")
 COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted")
@@ -576,7 +575,6 @@ class Store:
 
 
 __all__ = [
-    "Guarantee",
     "Lease",
     "LeaseLost",
     "RecipientState",

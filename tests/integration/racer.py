@@ -17,6 +17,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from pushtask.leases import LeaseLost
+from pushtask.models import Guarantee
 from pushtask.store import Result, Store
 from pushtask_worker.delivery import ChunkDelivery
 from pushtask_worker.resilience import StoreGuard
@@ -60,7 +61,7 @@ async def main(uri: str, db: str, run_id: str, owner: str) -> None:
                 AuditSender(store, doc["_id"]),  # type: ignore[arg-type]
                 lease,
                 doc,
-                guarantee="AtMostOnce",
+                guarantee=Guarantee.AT_MOST_ONCE,
                 concurrency=WINDOW,
                 window=WINDOW,
                 halt=lambda: False,

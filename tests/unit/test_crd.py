@@ -259,7 +259,7 @@ def _api_models() -> list[type[models.ApiModel]]:
 def test_every_rule_of_the_models_is_in_the_crd() -> None:
     text = json.dumps(_schema())
     ruled = [m for m in _api_models() if m.__cel__]
-    assert {m.__name__ for m in ruled} >= {"Message", "Backoff", "Window", "Schedule"}
+    assert {m.__name__ for m in ruled} >= {"Message", "BackoffPolicy", "Window", "Schedule"}
     for model in ruled:
         for rule in model.__cel__:
             # Rules of a source kind are guarded by the kind in the merged source object.

@@ -47,7 +47,7 @@ SCENARIOS: dict[str, Facts] = {
     "recurring_due": Facts(recurring=True),
 }
 
-Outcome = tuple[Phase, str]
+Expected = tuple[Phase, str]
 NEW_RUN_REASONS = {"StartTimeReached", "NewRun"}
 
 _ENDED = {"failure": (E, "RunFailed"), "finished": (F, "RunFinished")}
@@ -59,7 +59,7 @@ _RAISED_STARTS = {
     "raised_degraded": (R, "TierDegraded"),
 }
 
-TABLE: dict[tuple[Phase, DesiredState], dict[str, Outcome]] = {
+TABLE: dict[tuple[Phase, DesiredState], dict[str, Expected]] = {
     # Ready: no run under way. Starting from Ready always begins a new run.
     (R, DS): {
         "base": (S, "StartTimeReached"),

@@ -24,7 +24,8 @@ from typing import Any, Literal, TypeVar
 
 from pushtask import ledger
 from pushtask.leases import Lease, now_utc
-from pushtask.store import Guarantee, Result, Store
+from pushtask.models import Guarantee
+from pushtask.store import Result, Store
 from pushtask_worker import metrics
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
@@ -128,7 +129,7 @@ class ChunkDelivery:
         """What earlier holders left: doubt (by the guarantee), hand-backs (sent again)."""
         doubt = ledger.in_doubt(self.chunk)
         self.handed = set(ledger.handed_back(self.chunk))
-        unknown = doubt if self.guarantee == "AtMostOnce" else []
+        unknown = doubt if self.guarantee == Guarantee.AT_MOST_ONCE else []
         self.retry = sorted(self.handed | set(doubt) - set(unknown))
         if unknown:
             log.info("chunk in doubt settled", extra={"chunk": self.id, "n": len(unknown)})

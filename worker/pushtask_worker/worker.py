@@ -309,7 +309,7 @@ class Worker:
             self.sender,
             lease,
             doc,
-            guarantee=self.spec.delivery.guarantee.value,
+            guarantee=self.spec.delivery.guarantee,
             concurrency=self.config.concurrency,
             window=self.config.send_window,
             halt=self.halted,
