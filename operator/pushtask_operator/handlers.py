@@ -4,7 +4,9 @@ Every entry point (create, resume, update, the timer) ends in `reconcile()`, whi
 under a per-task lock so an update and a timer tick never act on the same task at once.
 One reconcile: validate (when due) → read the run's progress from MongoDB and the worker
 Deployment → `reconcile.decide()` → create the run document if a run starts → write the
-run's control block → own the Deployment → ONE status patch → an Event per transition.
+run's control block → own the Deployment → `reconcile.compose_status()` → ONE status
+patch → an Event per transition. The decisions and the status are the pure modules'; this
+one only reads facts and applies what they return.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from pymongo.errors import PyMongoError
 
 from pushtask import schedule as schedule_mod
 from pushtask.fairshare import max_min_fair
-from pushtask.models import Schedule
+from pushtask.models import PushTaskSpec
 from pushtask.planning import TaskRef, plan_run, run_id_for
-from pushtask.states import DesiredState, Phase
+from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES
 from pushtask.store import Store
 from pushtask_operator import metrics
 from pushtask_operator.deployment import (
@@ -38,12 +40,15 @@ from pushtask_operator.deployment import (
 from pushtask_operator.kube import DeploymentRejected, Kube, KubeApiError
 from pushtask_operator.progress import DeploymentView, Progress, RateTracker, compute_progress
 from pushtask_operator.reconcile import (
-    RUNNING_PHASES,
     ApiProblem,
+    Applied,
     Observed,
     Plan,
     Validation,
+    compose_status,
     decide,
+    read_spec,
+    status_patch,
     with_api_problem,
 )
 from pushtask_operator.settings import OperatorSettings
@@ -52,7 +57,6 @@ from pushtask_operator.validation import configmap_contents, validate
 log = logging.getLogger("pushtask.operator")
 
 TEMPLATE_HASH_ANNOTATION = "pushtask.dev/template-hash"
-TERMINAL = frozenset({Phase.FINISHED.value, Phase.STOPPED.value, Phase.FAILED.value})
 # A problem that is waited out (a Secret not there yet) is looked at again this often;
 # URL probes, which may take seconds, less often.
 REVALIDATE_SECONDS = 5.0
@@ -117,10 +121,6 @@ def task_key(meta: Mapping[str, Any]) -> str:
     return f"{meta['namespace']}/{meta['name']}"
 
 
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse(ts: Any) -> datetime | None:
     if not ts:
         return None
@@ -179,10 +179,10 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
 
 
 def _schedule_facts(
-    spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any], now: datetime
+    spec: PushTaskSpec, status: Mapping[str, Any], meta: Mapping[str, Any], now: datetime
 ) -> tuple[bool, bool, bool]:
     """(start_due, in_window, recurring) from spec.schedule."""
-    sched = Schedule.model_validate(spec.get("schedule") or {})
+    sched = spec.schedule
     since = _parse(status.get("lastFiredAt")) or _parse(meta.get("creationTimestamp")) or now
     return (
         schedule_mod.start_due(sched, now, since),
@@ -202,7 +202,7 @@ def _fair_rate(rt: Runtime, key: str, demand: float | None) -> float | None:
     return max_min_fair(rt.settings.send_budget, rt.demands).get(key)
 
 
-def _settled(spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
+def _settled(spec: PushTaskSpec, status: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
     """A run that is over and a spec already reconciled: nothing to read or write.
 
     Finished/Stopped/Failed tasks are most tasks on a busy cluster; their timers must not
@@ -211,13 +211,13 @@ def _settled(spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[s
     """
     workers = status.get("workers") or {}
     return (
-        status.get("phase") in TERMINAL
+        status.get("phase") in TERMINAL_PHASES
         # ...and its workers are gone, so the status shows them gone too.
         and not workers.get("ready")
         and not workers.get("live")
         and status.get("observedGeneration") == meta.get("generation")
-        and int(spec.get("run") or 1) <= int(status.get("run") or 0)
-        and not (spec.get("schedule") or {}).get("cron")
+        and spec.run <= int(status.get("run") or 0)
+        and spec.schedule.cron is None
     )
 
 
@@ -302,7 +302,9 @@ async def _reconcile(
 ) -> Plan | None:
     settings = rt.settings
     meta = body["metadata"]
-    spec: dict[str, Any] = json.loads(json.dumps(dict(body["spec"]), default=str))
+    # The spec as stored (JSON form): what validation checks and a new run freezes.
+    raw: dict[str, Any] = json.loads(json.dumps(dict(body["spec"]), default=str))
+    spec = read_spec(raw)
     name, namespace = meta["name"], meta["namespace"]
     # Ours first: the watch stream may not have echoed our last status patch yet.
     status: dict[str, Any] = {**dict(body.get("status") or {}), **state.status}
@@ -313,16 +315,13 @@ async def _reconcile(
         rt.demands.pop(key, None)
         return None
 
-    validation = await _validate_if_due(rt, state, spec, meta)
+    validation = await _validate_if_due(rt, state, raw, meta)
 
     run_id: str | None = status.get("runId")
-    phase_now = status.get("phase")
-    running = phase_now in {p.value for p in RUNNING_PHASES}
+    running = status.get("phase") in RUNNING_PHASES
     facts = await _run_facts(rt.store, run_id, running) if run_id else None
-    dep_name = deployment_name(name)
-    deployment = await rt.kube.read_deployment(namespace, dep_name)
+    deployment = await rt.kube.read_deployment(namespace, deployment_name(name))
     view = DeploymentView.from_status(deployment)
-    workers = int(spec.get("workers") or 1)
 
     progress: Progress | None = None
     if facts is not None and run_id is not None:
@@ -340,17 +339,11 @@ async def _reconcile(
         )
 
     start_due, in_window, recurring = _schedule_facts(spec, status, meta, now)
-    rate = float((spec.get("rate") or {}).get("perSecond") or 100)
-    degrade = settings.degrade_for(int(spec.get("priority") or 500))
-    fair = _fair_rate(rt, key, rate if running else None)
-
+    rate = spec.rate.per_second
     plan = decide(
         Observed(
             generation=int(meta.get("generation") or 0),
-            spec_run=int(spec.get("run") or 1),
-            spec_workers=workers,
-            desired=DesiredState(spec.get("state") or "Started"),
-            rate_per_second=rate,
+            spec=spec,
             status=status,
             validation=validation,
             progress=progress,
@@ -358,46 +351,31 @@ async def _reconcile(
             start_due=start_due,
             in_window=in_window,
             recurring=recurring,
-            degrade=degrade,
-            fair_rate=fair,
+            degrade=settings.degrade_for(spec.priority),
+            fair_rate=_fair_rate(rt, key, rate if running else None),
             now=now,
         )
     )
 
-    new_status: dict[str, Any] = dict(plan.status)
-    new_status["reason"] = plan.transition.reason
-    new_status["selector"] = selector_string(name)
     frozen: Mapping[str, Any] | None = (facts.run_doc or {}).get("spec") if facts else None
-
+    started_run: str | None = None
     if plan.new_run and plan.run is not None:
         task = TaskRef(namespace=namespace, name=name, uid=meta["uid"])
         new_id = run_id_for(task, plan.run)
         if run_id and run_id != new_id:
             # The old run is over: its workers stop at their next heartbeat.
             await rt.store.set_control(run_id, state="Stopped", cancelInflight=False)
-        inline = await configmap_contents(spec, namespace, rt.kube)
+        inline = await configmap_contents(raw, namespace, rt.kube)
         rate_now = plan.control["ratePerSecond"] if plan.control else rate
-        planned = plan_run(task, plan.run, spec, inline=inline, rate_per_second=rate_now, now=now)
+        planned = plan_run(task, plan.run, raw, inline=inline, rate_per_second=rate_now, now=now)
         created = await rt.store.create_run(planned.run, planned.splits)
         logger.info("run %s %s", new_id, "created" if created else "already existed")
         pruned = await rt.store.prune_runs(task.uid, keep=settings.run_retention)
         if pruned:
             logger.info("ledgers of older runs deleted: %s", ", ".join(pruned))
-        run_id, frozen = new_id, spec
+        run_id, frozen, started_run = new_id, raw, new_id
         state.tracker = RateTracker()
         state.control = None
-        progress = None
-        new_status.update(
-            runId=new_id,
-            startedAt=_iso(now),
-            finishedAt=None,
-            counts={k: 0 for k in ("audience", "pending", "sent", "failed", "skipped", "unknown")},
-            rate=0.0,
-            eta="",
-            skipSamples=[],
-        )
-        if recurring:
-            new_status["lastFiredAt"] = _iso(now)
 
     # The run's control block: desired state, live rate, cancellation of in-flight sends.
     if run_id and plan.control is not None and plan.control != state.control:
@@ -412,7 +390,7 @@ async def _reconcile(
     refused: ApiProblem | None = None
     if run_id:
         desired = build_worker_deployment(
-            meta, frozen or spec, run_id, settings, replicas=replicas, run=plan.run
+            meta, frozen or raw, run_id, settings, replicas=replicas, run=plan.run
         )
         thash = _template_hash(desired)
         desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = thash
@@ -427,29 +405,22 @@ async def _reconcile(
         else:
             state.rejected = None
 
-    if progress is not None:
-        new_status.update(progress.status_fields())
-        if progress.counts.skipped and facts is not None:
-            new_status["skipSamples"] = await rt.store.skip_samples(run_id or "")
-    workers_status = dict(new_status.get("workers") or {"ready": 0, "live": 0})
-    workers_status["desired"] = replicas
-    new_status["workers"] = workers_status
-    new_status["replicas"] = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
-    if plan.phase in (Phase.FINISHED, Phase.FAILED, Phase.STOPPED):
-        if phase_now != plan.phase.value or not status.get("finishedAt"):
-            new_status["finishedAt"] = status.get("finishedAt") or _iso(now)
-        new_status["rate"] = 0.0
-        new_status["eta"] = ""
-
-    if refused is not None:
-        new_status["conditions"] = with_api_problem(
-            new_status["conditions"], refused, generation=int(meta.get("generation") or 0), now=now
-        )
+    skip_samples: list[str] | None = None
+    if started_run is None and progress is not None and progress.counts.skipped and run_id:
+        skip_samples = await rt.store.skip_samples(run_id)
+    applied = Applied(
+        selector=selector_string(name),
+        deployment_replicas=int(((deployment or {}).get("status") or {}).get("replicas") or 0),
+        started_run=started_run,
+        skip_samples=skip_samples,
+        refused=refused,
+    )
+    new_status = compose_status(status, plan, progress, applied, recurring=recurring, now=now)
 
     # ONE status patch, and only when something changed.
-    changed = {k: v for k, v in new_status.items() if status.get(k) != v}
-    if changed:
-        await rt.kube.patch_status(namespace, name, changed)
+    patch = status_patch(status, new_status)
+    if patch:
+        await rt.kube.patch_status(namespace, name, patch)
         state.status = {**state.status, **new_status}
 
     for ev in plan.events:

@@ -14,43 +14,32 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pushtask.models import Counts
+
 # How far back the send rate looks: long enough to smooth batches, short enough that
 # a pause shows as a falling rate within a few ticks.
 RATE_WINDOW_SECONDS = 30.0
 
 
-@dataclass(frozen=True)
-class Counts:
-    audience: int = 0
-    pending: int = 0
-    sent: int = 0
-    failed: int = 0
-    skipped: int = 0
-    unknown: int = 0
-
-    @property
-    def done(self) -> int:
-        """Recipients with a final result (what the rate is measured on)."""
-        return self.sent + self.failed + self.unknown
-
-    def as_status(self) -> dict[str, int]:
-        return {
-            "audience": self.audience,
-            "pending": self.pending,
-            "sent": self.sent,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "unknown": self.unknown,
-        }
+def done(counts: Counts) -> int:
+    """Recipients with a final result (what the rate is measured on)."""
+    return counts.sent + counts.failed + counts.unknown
 
 
 def counts_from_totals(totals: Any) -> Counts:
-    """Counts from the store's RunTotals (or anything with the same attributes)."""
+    """status.counts from the store's RunTotals (or anything with the same attributes)."""
     skipped = int(totals.skipped)
     sent, failed, unknown = int(totals.sent), int(totals.failed), int(totals.unknown)
     audience = int(totals.audience)
     pending = max(0, audience - skipped - sent - failed - unknown)
-    return Counts(audience, pending, sent, failed, skipped, unknown)
+    return Counts(
+        audience=audience,
+        pending=pending,
+        sent=sent,
+        failed=failed,
+        skipped=skipped,
+        unknown=unknown,
+    )
 
 
 @dataclass
@@ -200,7 +189,7 @@ class Progress:
     def status_fields(self) -> dict[str, Any]:
         """The part of `status` progress owns (phase and conditions are the reconciler's)."""
         return {
-            "counts": self.counts.as_status(),
+            "counts": self.counts.model_dump(),
             "rate": round(self.rate, 2),
             "eta": format_eta(self.eta),
             "workers": {
@@ -226,7 +215,7 @@ def compute_progress(
 ) -> Progress:
     """Everything the status shows about a run at `now` (updates `tracker`)."""
     counts = counts_from_totals(totals)
-    tracker.add(run_id, now, counts.done)
+    tracker.add(run_id, now, done(counts))
     rate = tracker.rate()
     run_doc = run_doc or {}
     stage = str(run_doc.get("stage") or getattr(totals, "stage", "audience"))

@@ -1,10 +1,13 @@
 """What to do about a PushTask, decided from what was observed (pure: no I/O).
 
-`decide()` takes everything the handler gathered (spec, current status, validation result,
-progress of the run, the Deployment, the degraded tiers, the operator-wide fair share)
-and returns a `Plan`: the next phase through `pushtask.states.transition`, whether a new
-run must be created, how many workers, what the run's control block says, which lost
-workers to forget, the Event to post and the status to write in one patch.
+`decide()` takes everything the handler gathered (the parsed spec, current status,
+validation result, progress of the run, the Deployment, the degraded tiers, the
+operator-wide fair share) and returns a `Plan`: the next phase through
+`pushtask.states.transition`, whether a new run must be created, how many workers, what the
+run's control block says, which lost workers to forget and the Events to post.
+`compose_status()` then turns the plan and what the handler did with it (a run created, the
+Deployment's replicas, an API refusal) into the whole status, and `status_patch()` into the
+one patch that is sent.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from pushtask.models import Counts, PushTaskSpec
 from pushtask.states import (
     ACTIVE_PHASES,
     RUN_OVER,
-    DesiredState,
+    RUNNING_PHASES,
+    TERMINAL_PHASES,
     Facts,
     Phase,
     Transition,
@@ -30,7 +37,36 @@ from pushtask_operator.settings import Degrade
 # Reason of a Failed phase caused by the spec itself (not by a run): fixing the spec
 # (a new generation that validates) leaves Failed without raising spec.run.
 INVALID_SPEC = "InvalidSpec"
-RUNNING_PHASES = frozenset({Phase.STARTED, Phase.REBOOT})
+# The fields a reconcile reads from the spec as it is now (the rest is frozen in the run).
+LIVE_FIELDS = ("run", "state", "workers", "priority", "rate", "schedule")
+
+
+def read_spec(raw: Mapping[str, Any]) -> PushTaskSpec:
+    """The spec as the models read it, defaults included.
+
+    A spec the models refuse (a rule the CRD cannot express, or an object stored before a
+    rule existed) fails validation, which fails the task or holds its next run; a run
+    under way still follows its live fields. So those are read one by one, each through
+    the model's own validator, and one that does not parse keeps the model's default.
+    Only `LIVE_FIELDS` are set on such a spec: nothing reads the others from it (a run is
+    planned only from a spec that validates).
+    """
+    try:
+        return PushTaskSpec.model_validate(dict(raw))
+    except ValidationError:
+        pass
+    # Defaults only; audience and message stay unset (nothing may read them from it).
+    spec = PushTaskSpec.model_construct()  # type: ignore[call-arg]
+    validator = PushTaskSpec.__pydantic_validator__
+    for name in LIVE_FIELDS:
+        alias = PushTaskSpec.model_fields[name].alias or name
+        if raw.get(alias) is None:
+            continue
+        try:
+            validator.validate_assignment(spec, name, raw[alias])
+        except ValidationError:
+            continue
+    return spec
 
 
 @dataclass(frozen=True)
@@ -68,10 +104,7 @@ class ApiProblem:
 @dataclass(frozen=True)
 class Observed:
     generation: int
-    spec_run: int
-    spec_workers: int
-    desired: DesiredState
-    rate_per_second: float
+    spec: PushTaskSpec
     status: Mapping[str, Any]
     validation: Validation = field(default_factory=Validation)
     progress: Progress | None = None
@@ -102,6 +135,8 @@ class Plan:
     control: dict[str, Any] | None  # for the run document; None when there is no run
     forget_workers: list[str]
     events: list[EventSpec]
+    # The part of the status the decision owns: phase, run, message, conditions,
+    # observedGeneration, reason (`compose_status` adds the rest).
     status: dict[str, Any]
 
 
@@ -161,7 +196,7 @@ def _facts(obs: Observed, status_run: int | None) -> Facts:
     return Facts(
         start_due=obs.start_due,
         in_window=obs.in_window,
-        run_raised=status_run is not None and obs.spec_run > status_run,
+        run_raised=status_run is not None and obs.spec.run > status_run,
         recurring=obs.recurring,
         finished=bool(p and p.finished),
         failure=p.failure if p else None,
@@ -262,7 +297,7 @@ def decide(obs: Observed) -> Plan:
     if phase_now is Phase.FAILED and _condition_reason(status, "Ready") == INVALID_SPEC and v.ok:
         start_phase = Phase.READY
 
-    t = transition(start_phase, obs.desired, _facts(obs, status_run))
+    t = transition(start_phase, obs.spec.state, _facts(obs, status_run))
     if t.phase is phase_now and t.reason == RUN_OVER and status.get("message"):
         # Resting in a terminal phase: keep the cause it ended with, the one thing the
         # user needs (a later reconcile must not replace it with a generic line). A spec
@@ -283,8 +318,8 @@ def decide(obs: Observed) -> Plan:
         t = Transition(Phase.FAILED, INVALID_SPEC, v.message)
 
     phase = t.phase
-    run = next_run_number(obs.spec_run, status_run) if t.new_run else status_run
-    rate = effective_rate(obs.rate_per_second, obs.fair_rate)
+    run = next_run_number(obs.spec.run, status_run) if t.new_run else status_run
+    rate = effective_rate(obs.spec.rate.per_second, obs.fair_rate)
     control = control_for(phase, t.reason, obs.degrade, rate) if run is not None else None
 
     p = obs.progress
@@ -312,6 +347,7 @@ def decide(obs: Observed) -> Plan:
         "phase": phase.value,
         "observedGeneration": obs.generation,
         "message": t.message if v.ok or phase is Phase.FAILED else v.message,
+        "reason": t.reason,
         "conditions": _conditions(obs, t, phase),
     }
     if run is not None:
@@ -321,9 +357,74 @@ def decide(obs: Observed) -> Plan:
         phase=phase,
         run=run,
         new_run=t.new_run,
-        replicas=desired_replicas(phase, obs.spec_workers),
+        replicas=desired_replicas(phase, obs.spec.workers),
         control=control,
         forget_workers=forget,
         events=events,
         status=new_status,
     )
+
+
+# -- the status ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the handler read and did after `decide()`, as far as the status shows it."""
+
+    selector: str  # status.selector (scale subresource)
+    deployment_replicas: int  # the Deployment's status.replicas
+    started_run: str | None = None  # the id of the run this reconcile created
+    skip_samples: list[str] | None = None  # read only when the run has skipped rows
+    refused: ApiProblem | None = None  # the API server refused the worker Deployment
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def compose_status(
+    current: Mapping[str, Any],
+    plan: Plan,
+    progress: Progress | None,
+    applied: Applied,
+    *,
+    recurring: bool,
+    now: datetime,
+) -> dict[str, Any]:
+    """The whole status after this reconcile (fields left out keep their current value).
+
+    `progress` describes the run the status described so far: a run started now shows
+    zero counts instead. A run that ends keeps the time it first ended at.
+    """
+    new: dict[str, Any] = {**plan.status, "selector": applied.selector}
+    if applied.started_run is not None:
+        new.update(
+            runId=applied.started_run,
+            startedAt=_iso(now),
+            finishedAt=None,
+            counts=Counts().model_dump(),
+            rate=0.0,
+            eta="",
+            skipSamples=[],
+        )
+        if recurring:
+            new["lastFiredAt"] = _iso(now)
+    elif progress is not None:
+        new.update(progress.status_fields())
+    if applied.skip_samples is not None:
+        new["skipSamples"] = list(applied.skip_samples)
+    new["workers"] = {**(new.get("workers") or {"ready": 0, "live": 0}), "desired": plan.replicas}
+    new["replicas"] = applied.deployment_replicas
+    if plan.phase in TERMINAL_PHASES:
+        new.update(finishedAt=current.get("finishedAt") or _iso(now), rate=0.0, eta="")
+    if applied.refused is not None:
+        new["conditions"] = with_api_problem(
+            new["conditions"], applied.refused, generation=new["observedGeneration"], now=now
+        )
+    return new
+
+
+def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of `new` that differ from `current` (a merge patch: None deletes)."""
+    return {k: v for k, v in new.items() if current.get(k) != v}

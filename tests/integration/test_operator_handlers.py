@@ -24,6 +24,7 @@ from pushtask.store import Store
 from pushtask_operator.handlers import Runtime, reconcile
 from pushtask_operator.settings import OperatorSettings
 from tests.support.ledger_steps import deliver, seal_all, stage_audience
+from tests.support.status import check_status_patch
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -40,6 +41,7 @@ class FakeKube:
         self.deployments: dict[str, dict[str, Any]] = {}
         self.statuses: dict[str, dict[str, Any]] = {}
         self.ready_cap: int | None = None  # fewer ready pods than desired (a lost pod)
+        self.patches: list[dict[str, Any]] = []
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         return self.secrets.get(name)
@@ -67,6 +69,9 @@ class FakeKube:
         self.deployments[body["metadata"]["name"]] = copy.deepcopy(body)
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        # What the API server would prune silently fails the test here.
+        check_status_patch(status)
+        self.patches.append(copy.deepcopy(status))
         current = self.statuses.setdefault(name, {})
         for key, value in status.items():
             if value is None:
@@ -194,6 +199,7 @@ def test_run_lifecycle_to_finished(mongo_uri: str, db_name: str) -> None:
         assert status["run"] == 2 and status["runId"] != run_id
         assert status["counts"]["sent"] == 0 and status["phase"] == "Started"
         assert c.replicas("sale") == 3
+        assert len(c.kube.patches) >= 4  # each one checked against the status model
         await store.close()
 
     run(scenario())

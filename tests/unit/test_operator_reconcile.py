@@ -1,21 +1,30 @@
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from pushtask.models import Counts, PushTaskSpec
 from pushtask.states import DesiredState, Phase
-from pushtask_operator.progress import Counts, DeploymentView, Progress, WorkerHealth
+from pushtask_operator.progress import DeploymentView, Progress, WorkerHealth
 from pushtask_operator.reconcile import (
     INVALID_SPEC,
+    ApiProblem,
+    Applied,
     Observed,
+    Plan,
     Validation,
+    compose_status,
     control_for,
     decide,
     desired_replicas,
     effective_rate,
     make_condition,
     next_run_number,
+    read_spec,
+    status_patch,
 )
+from tests.support.status import check_status_patch
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 WHOLE = DeploymentView(desired=3, ready=3, updated=3, exists=True)
@@ -42,13 +51,27 @@ def progress(
     )
 
 
-def obs(status: dict[str, Any] | None = None, **kw: Any) -> Observed:
+def task_spec(**fields: Any) -> PushTaskSpec:
+    return PushTaskSpec.model_validate(
+        {
+            "workers": 3,
+            "audience": {"sources": [{"kind": "inline", "users": ["a"]}]},
+            "message": {"webhook": {"url": "http://sink/hook"}, "template": {"body": "Hi"}},
+            **fields,
+        }
+    )
+
+
+def obs(
+    status: dict[str, Any] | None = None,
+    *,
+    spec_run: int = 1,
+    desired: DesiredState = DesiredState.STARTED,
+    **kw: Any,
+) -> Observed:
     base: dict[str, Any] = dict(
         generation=1,
-        spec_run=1,
-        spec_workers=3,
-        desired=DesiredState.STARTED,
-        rate_per_second=100.0,
+        spec=task_spec(run=spec_run, state=desired),
         status=status or {},
         deployment=WHOLE,
         now=NOW,
@@ -217,3 +240,129 @@ def test_condition_transition_time_moves_only_on_flip() -> None:
     assert same["lastTransitionTime"] == first["lastTransitionTime"]
     flipped = make_condition("Ready", False, "X", "m", generation=2, now=later, previous=[first])
     assert flipped["lastTransitionTime"] == "2026-01-01T13:00:00Z"
+
+
+# -- the parsed spec ----------------------------------------------------------------------
+
+
+def test_read_spec_fills_the_models_defaults() -> None:
+    spec = read_spec(task_spec().model_dump(by_alias=True, mode="json", exclude_none=True))
+    assert spec.run == 1 and spec.state is DesiredState.STARTED and spec.priority == 500
+    assert spec.rate.per_second == 100 and spec.schedule.cron is None
+
+
+def test_read_spec_of_a_spec_the_models_refuse_keeps_its_live_fields() -> None:
+    raw = task_spec(workers=4, run=2, rate={"perSecond": 7}).model_dump(
+        by_alias=True, mode="json", exclude_none=True
+    )
+    raw["audience"]["sources"][0]["filter"] = {"$where": "sleep(1)"}  # refused by the models
+    raw["priority"] = -5  # out of range: the model's default instead
+    spec = read_spec(raw)
+    assert (spec.workers, spec.run, spec.rate.per_second, spec.priority) == (4, 2, 7.0, 500)
+    refused = Validation.failed(INVALID_SPEC, "bad", permanent=True)
+    assert decide(obs(spec=spec, validation=refused)).phase is Phase.FAILED
+    # A run under way goes on, following the live fields (its audience is frozen).
+    running = {"phase": "Started", "run": 2}
+    plan = decide(obs(running, spec=spec, validation=refused, progress=progress()))
+    assert plan.phase is Phase.STARTED and plan.replicas == 4
+    assert plan.control is not None and plan.control["ratePerSecond"] == 7.0
+
+
+# -- the status ---------------------------------------------------------------------------
+
+APPLIED = Applied(selector="app=w", deployment_replicas=3)
+
+
+def running_progress(sent: int = 40, skipped: int = 0) -> Progress:
+    return Progress(
+        counts=Counts(audience=100, pending=60 - skipped, sent=sent, skipped=skipped),
+        rate=12.345,
+        eta=5,
+        workers_desired=3,
+        workers_ready=2,
+        workers_live=2,
+        finished=False,
+        failure=None,
+        stage="delivery",
+        health=WorkerHealth(live=["a", "b"], lost=[], orphaned_leases=0),
+    )
+
+
+def compose(
+    current: dict[str, Any],
+    plan: Plan,
+    progress: Progress | None = None,
+    applied: Applied = APPLIED,
+    *,
+    recurring: bool = False,
+) -> dict[str, Any]:
+    status = compose_status(current, plan, progress, applied, recurring=recurring, now=NOW)
+    check_status_patch(status)  # every field declared, every value of its type
+    check_status_patch(status_patch(current, status))
+    return status
+
+
+def test_a_new_run_starts_from_zero_counts_and_records_its_start() -> None:
+    before = {"phase": "Finished", "run": 1, "runId": "old", "finishedAt": "2025-12-31T00:00:00Z"}
+    plan = decide(obs(before, spec_run=2))
+    old = running_progress()  # the finished run's: not shown for the new one
+    status = compose(before, plan, old, Applied("app=w", 0, started_run="new"), recurring=True)
+    assert status["runId"] == "new" and status["run"] == 2 and status["phase"] == "Started"
+    assert status["startedAt"] == status["lastFiredAt"] == "2026-01-01T12:00:00Z"
+    assert status["finishedAt"] is None and status["skipSamples"] == []
+    assert status["counts"] == Counts().model_dump() and status["rate"] == 0.0
+    assert status["workers"] == {"ready": 0, "live": 0, "desired": 3}
+    assert status["reason"] == "NewRun" and status["selector"] == "app=w"
+    assert status_patch(before, status)["finishedAt"] is None  # a merge patch deletes it
+
+
+def test_progress_fills_counts_rate_eta_and_workers() -> None:
+    current = {"phase": "Started", "run": 1, "runId": "r"}
+    plan = decide(obs(current, progress=running_progress()))
+    status = compose(
+        current, plan, running_progress(skipped=2), replace(APPLIED, skip_samples=["bad row"])
+    )
+    assert status["counts"]["sent"] == 40 and status["rate"] == 12.35 and status["eta"] == "5s"
+    assert status["workers"] == {"desired": 3, "ready": 2, "live": 2}
+    assert status["replicas"] == 3 and status["skipSamples"] == ["bad row"]
+    assert "finishedAt" not in status and "runId" not in status_patch(current, status)
+
+
+def test_a_run_that_ends_stops_the_clock_once() -> None:
+    current = {"phase": "Started", "run": 1, "runId": "r", "rate": 50.0, "eta": "3s"}
+    plan = decide(obs(current, progress=replace(running_progress(), finished=True)))
+    done = compose(current, plan, running_progress(sent=100))
+    assert done["phase"] == "Finished" and done["finishedAt"] == "2026-01-01T12:00:00Z"
+    assert done["rate"] == 0.0 and done["eta"] == "" and done["workers"]["desired"] == 0
+    later = compose_status(
+        done, decide(obs(done)), None, APPLIED, recurring=False, now=NOW.replace(hour=13)
+    )
+    assert later["finishedAt"] == done["finishedAt"]
+    assert "finishedAt" not in status_patch(done, later)
+
+
+def test_a_refused_deployment_shows_in_the_conditions_not_the_phase() -> None:
+    current = {"phase": "Started", "run": 1, "runId": "r"}
+    plan = decide(obs(current, progress=running_progress()))
+    problem = ApiProblem("DeploymentRejected", "spec.template: invalid", degraded=True)
+    status = compose(current, plan, running_progress(), replace(APPLIED, refused=problem))
+    assert status["phase"] == "Started"
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert by_type["Ready"]["status"] == "False"
+    assert by_type["Degraded"]["reason"] == "DeploymentRejected"
+
+
+def test_the_patch_holds_only_what_changed() -> None:
+    current = {"phase": "Started", "run": 1, "runId": "r"}
+    plan = decide(obs(current, progress=running_progress()))
+    status = compose(current, plan, running_progress())
+    assert status_patch(status, status) == {}
+    assert status_patch({**status, "rate": 1.0}, status) == {"rate": status["rate"]}
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_every_phase_composes_a_status_the_schema_declares(phase: Phase) -> None:
+    current = {"phase": phase.value, "run": 1, "runId": "r"}
+    for progress_now in (None, running_progress()):
+        plan = decide(obs(current, progress=progress_now))
+        compose(current, plan, progress_now)
