@@ -59,7 +59,7 @@ status: setup
 ## demo: devstack, the chart, a local webhook sink, an example campaign with live progress
 demo: setup
 	$(PY) -m devstack up
-	$(PY) -m pushtask_operator.demo
+	$(PY) -m devstack.demo
 
 ## bench: delivery benchmark against the ceiling, naive and Celery baselines (docs/benchmarks.md)
 bench: setup

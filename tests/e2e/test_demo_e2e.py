@@ -32,7 +32,7 @@ def test_demo_runs_the_example_campaign_to_finished(
         "HELM_DATA_HOME": str(helm.home / "data"),
         "COLUMNS": "250",
     }
-    cmd = [sys.executable, "-m", "pushtask_operator.demo", "--no-up", "--namespace", namespace]
+    cmd = [sys.executable, "-m", "devstack.demo", "--no-up", "--namespace", namespace]
     try:
         proc = subprocess.run(
             [*cmd, "--users", "400", "--workers", "2", "--timeout", "240"],

@@ -1,10 +1,12 @@
-"""`python -m pushtask_operator.demo` (what `make demo` runs): the whole path, locally.
+"""`python -m devstack.demo` (what `make demo` runs): the whole path, locally.
 
-1. devstack up (a local control plane, kubelet and FerretDB; no Docker);
+1. devstack up (a local control plane, kubelet and MongoDB; no Docker);
 2. helm upgrade --install the chart into namespace `pushtask-demo`;
 3. a local webhook sink that records every request;
 4. kubectl apply examples/webhook-campaign.yaml, pointed at the sink, its audience
-   replaced by generated users (`--users`);
+   replaced by generated users (`--users`): an inline list up to the models' cap on one
+   (10,000), above it a `users` collection seeded in devstack's MongoDB and read by a
+   `mongo` source;
 5. live progress from `status` until Finished, then what the sink saw.
 
 Run it from the repository root (it uses charts/ and tests/support/sink.py).
@@ -24,11 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pymongo import MongoClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-ROOT = Path(__file__).resolve().parents[2]
+from pushtask.models import MAX_INLINE_USERS
+from pushtask.states import TERMINAL_PHASES
+
+ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "pushtask-demo"
+# Where a generated audience above the inline cap is seeded: a database of its own beside
+# the system database, read through the system's MongoDB (a mongo source without secretRef).
+AUDIENCE_COLLECTION = "users"
 console = Console()
 
 
@@ -54,24 +63,66 @@ def devstack_env() -> dict[str, str]:
 EXAMPLE = ROOT / "examples" / "webhook-campaign.yaml"
 
 
-def manifest(namespace: str, url: str, users: int, workers: int, rate: float) -> dict[str, Any]:
-    """The example campaign, sent to the local sink, to `users` generated users."""
+def user_ids(n: int) -> list[str]:
+    return [f"u-{i:06d}" for i in range(n)]
+
+
+def manifest(
+    namespace: str,
+    url: str,
+    users: int,
+    workers: int,
+    rate: float,
+    *,
+    audience_db: str | None = None,
+) -> dict[str, Any]:
+    """The example campaign, sent to the local sink, to `users` generated users.
+
+    Up to MAX_INLINE_USERS they are listed inline; above it (the models refuse a longer
+    list) the source is `audience_db`'s users collection, seeded by `seed_users`.
+    """
     body: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     body["metadata"]["namespace"] = namespace
     spec = body["spec"]
     spec["message"]["webhook"]["url"] = url
     spec["workers"] = workers
     spec["rate"] = {"perSecond": rate}
-    if users:
-        spec["audience"]["sources"] = [
-            {"kind": "inline", "users": [f"u-{i:06d}" for i in range(users)]}
-        ]
+    if users > MAX_INLINE_USERS:
+        if audience_db is None:
+            raise ValueError(f"more than {MAX_INLINE_USERS:,} users need a seeded collection")
+        source = {"kind": "mongo", "database": audience_db, "collection": AUDIENCE_COLLECTION}
+        spec["audience"]["sources"] = [source]
+    elif users:
+        spec["audience"]["sources"] = [{"kind": "inline", "users": user_ids(users)}]
     return body
+
+
+def audience_size(body: dict[str, Any], users: int) -> int:
+    source = body["spec"]["audience"]["sources"][0]
+    return users if source["kind"] == "mongo" else len(source["users"])
+
+
+def seed_users(mongo_uri: str, database: str, users: int) -> None:
+    """A fresh users collection of `users` generated ids (what a CRM's would hold)."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+    try:
+        collection = client[database][AUDIENCE_COLLECTION]
+        collection.drop()
+        ids = user_ids(users)
+        for start in range(0, users, 5000):
+            collection.insert_many([{"_id": u} for u in ids[start : start + 5000]])
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=5000, help="0: the example's own users")
+    p.add_argument(
+        "--users",
+        type=int,
+        default=5000,
+        help=f"0: the example's own users; above {MAX_INLINE_USERS:,}: a seeded mongo source",
+    )
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--rate", type=float, default=500.0, help="sends per second")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the end")
@@ -90,7 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("devstack: starting the local cluster and MongoDB (first run builds)"):
             env = devstack_env()
     kubectl = ["kubectl"]
-    uri = env["PUSHTASK_MONGO_URI"].rstrip("/") + "/" + ns.replace("-", "_")[:60]
+    database = ns.replace("-", "_")[:60]
+    uri = env["PUSHTASK_MONGO_URI"].rstrip("/") + "/" + database
+    audience_db: str | None = None
+    if args.users > MAX_INLINE_USERS:
+        audience_db = f"{database[:54]}_audience"  # MongoDB names stop at 63 bytes
+        with console.status(f"MongoDB: seeding {args.users:,} users"):
+            seed_users(env["PUSHTASK_MONGO_URI"], audience_db, args.users)
+        console.print(
+            f"[green]seeded[/green] {args.users:,} users in {audience_db}.{AUDIENCE_COLLECTION} "
+            f"(more than {MAX_INLINE_USERS:,}: a mongo source, not an inline list)"
+        )
     sh(
         *kubectl,
         "apply",
@@ -142,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         url = ready.read_text().strip()
         console.print(f"[green]webhook sink[/green] listening at {url}")
-        body = manifest(ns, url, args.users, args.workers, args.rate)
+        body = manifest(ns, url, args.users, args.workers, args.rate, audience_db=audience_db)
         name = body["metadata"]["name"]
         # A fresh run each time the demo is started.
         sh(
@@ -157,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
         )
         sh(*kubectl, "apply", "-f", "-", env=env, input=yaml.safe_dump(body))
-        total = len(body["spec"]["audience"]["sources"][0]["users"])
+        total = audience_size(body, args.users)
         console.print(
             f"applied {EXAMPLE.relative_to(ROOT)} as PushTask {name}: "
             f"{total} users, {args.workers} workers"
@@ -212,7 +273,7 @@ def watch(
                 info=f"{status.get('rate', 0):7.1f}/s  eta {status.get('eta') or '-':>6}  "
                 f"workers {workers.get('live', 0)}/{workers.get('desired', 0)}",
             )
-            if status.get("phase") in ("Finished", "Failed", "Stopped"):
+            if status.get("phase") in TERMINAL_PHASES:
                 return status
             if time.monotonic() > deadline:
                 console.print(f"[red]not finished after {timeout:.0f}s[/red]: {status}")
