@@ -288,6 +288,17 @@ class Worker:
         return True
 
     async def _do(self, kind: str, doc: dict[str, Any], lease: Lease) -> bool:
+        finished = await self._work_on(kind, doc, lease)
+        # The unit is ended (done or given back) by its own last write: its lease is out of
+        # our hands now, and a renewal that crossed that write must not read as a loss.
+        held = self.lease  # the heartbeat replaces it with each renewed copy
+        if held is not None and (held.split_id, held.token) == (lease.split_id, lease.token):
+            self.lease = None
+        if finished and kind == "chunk":
+            await self.guard.call(lambda: self.store.advance(self.config.run_id), "advance run")
+        return finished
+
+    async def _work_on(self, kind: str, doc: dict[str, Any], lease: Lease) -> bool:
         if kind == "audience":
             builder = SplitBuilder(
                 self.store, self.guard, self.readers, self.run, doc, lease, self.halted
@@ -314,10 +325,7 @@ class Worker:
             window=self.config.send_window,
             halt=self.halted,
         )
-        finished = await delivery.run()
-        if finished:
-            await self.guard.call(lambda: self.store.advance(self.config.run_id), "advance run")
-        return finished
+        return await delivery.run()
 
     async def source_failed(self, doc: dict[str, Any], error: BaseException) -> None:
         """An unreadable source is retried by later claims; after a few, the run fails."""
