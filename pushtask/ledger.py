@@ -46,8 +46,9 @@ FLUSH_BYTES = 8 << 20  # ...or bytes, whichever comes first, and at its end
 
 def flush_rows(buckets: int) -> int:
     """Rows per flush: a flush writes a document per bucket, so it grows with the bucket
-    count to keep about 64 rows in each (staging stays under 0.02 documents a recipient)."""
-    return max(FLUSH_ROWS, 64 * buckets)
+    count to keep about 200 rows in each (staging stays near 0.005 documents a recipient).
+    A flush's memory grows with the bucket count then, never with the audience."""
+    return max(FLUSH_ROWS, 200 * buckets)
 
 
 def bucket_of(user: str, buckets: int) -> int:

@@ -161,5 +161,5 @@ def test_doubt_and_hand_backs_of_a_chunk() -> None:
 
 
 def test_flushes_grow_with_the_bucket_count() -> None:
-    assert ledger.flush_rows(16) == ledger.flush_rows(256) == ledger.FLUSH_ROWS
-    assert ledger.flush_rows(4096) == 64 * 4096  # still about 64 rows a staging document
+    assert ledger.flush_rows(16) == ledger.flush_rows(100) == ledger.FLUSH_ROWS
+    assert ledger.flush_rows(1024) == 200 * 1024  # still about 200 rows a staging document
