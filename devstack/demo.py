@@ -35,6 +35,8 @@ from pushtask.states import TERMINAL_PHASES
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "pushtask-demo"
+# With its group: a bare `pushtask` is ambiguous beside another CRD of that plural.
+RESOURCE = "pushtasks.pushtask.dev"
 # Where a generated audience above the inline cap is seeded: a database of its own beside
 # the system database, read through the system's MongoDB (a mongo source without secretRef).
 AUDIENCE_COLLECTION = "users"
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         sh(
             *kubectl,
             "delete",
-            "pushtask",
+            RESOURCE,
             name,
             "-n",
             ns,
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             f"the sink saw {len(users)} deliveries to {len(set(users))} distinct users "
             f"({duplicates} duplicates)."
         )
-        console.print(sh(*kubectl, "get", "pushtasks", "-n", ns, env=env))
+        console.print(sh(*kubectl, "get", RESOURCE, "-n", ns, env=env))
         finished = status.get("phase") == "Finished" and sent == len(users) == total
         return 0 if finished and not duplicates else 1
     finally:
@@ -261,7 +263,7 @@ def watch(
         job = bar.add_task("Ready", total=total, info="")
         deadline = time.monotonic() + timeout
         while True:
-            out = sh(*kubectl, "get", "pushtask", name, "-n", ns, "-o", "json", env=env)
+            out = sh(*kubectl, "get", RESOURCE, name, "-n", ns, "-o", "json", env=env)
             status = json.loads(out).get("status") or {}
             counts = status.get("counts") or {}
             workers = status.get("workers") or {}

@@ -46,10 +46,10 @@ def test_demo_runs_the_example_campaign_to_finished(
         assert proc.returncode == 0, out
         # What the user reads at the end: the phase, the sink's count, no duplicates.
         assert "Finished" in out and "400 distinct users (0 duplicates)" in out, out
-        task = kubectl.in_namespace(namespace).json("get", "pushtask", "spring-sale")
+        task = kubectl.in_namespace(namespace).json("get", "pushtasks.pushtask.dev", "spring-sale")
         assert task["status"]["counts"]["sent"] == 400
     finally:
         kubectl.in_namespace(namespace)(
-            "delete", "pushtasks", "--all", "--wait=true", "--timeout=60s", check=False
+            "delete", "pushtasks.pushtask.dev", "--all", "--wait=true", "--timeout=60s", check=False
         )
         helm("uninstall", "pushtask", "--namespace", namespace, "--wait", check=False)

@@ -34,6 +34,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "pushtask"
 SINK_HOST = os.environ.get("PUSHTASK_E2E_SINK_HOST", "127.0.0.1")
+# With its group: a second CRD with the plural `pushtasks` (a trial group on a shared
+# cluster) would make a bare `pushtask` ambiguous.
+RESOURCE = "pushtasks.pushtask.dev"
 T = TypeVar("T")
 
 
@@ -71,7 +74,7 @@ class Env:
         self.kubectl.apply(yaml.safe_dump(manifest))
 
     def task(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.kubectl.json("get", "pushtask", name)
+        result: dict[str, Any] = self.kubectl.json("get", RESOURCE, name)
         return result
 
     def status(self, name: str) -> dict[str, Any]:
@@ -81,7 +84,7 @@ class Env:
         return self.status(name).get("phase")
 
     def patch_spec(self, name: str, **spec: Any) -> None:
-        self.kubectl("patch", "pushtask", name, "--type=merge", "-p", json.dumps({"spec": spec}))
+        self.kubectl("patch", RESOURCE, name, "--type=merge", "-p", json.dumps({"spec": spec}))
 
     def wait_phase(self, name: str, phase: str, timeout: float = 180) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
@@ -188,7 +191,7 @@ def env(kubectl: Any, helm: Any, namespace: str, request: pytest.FixtureRequest)
         print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")
     # Tasks go first, while their operator runs: kopf keeps a finalizer on each task for
     # its progress timer, and only a running operator takes it off.
-    k("delete", "pushtasks", "--all", "--wait=true", "--timeout=60s", check=False)
+    k("delete", RESOURCE, "--all", "--wait=true", "--timeout=60s", check=False)
     if existing:
         return  # the cluster's MongoDB is not reachable from here; the data goes with it
     helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
@@ -337,7 +340,7 @@ def test_lost_worker_is_rebooted_and_nothing_is_sent_twice(env: Env) -> None:
 def test_scale_subresource_drives_the_deployment(env: Env) -> None:
     env.apply(push_task("scaled", env.sink.url, users(5000), workers=2, rate=50))
     wait_for("Deployment at 2", lambda: env.replicas("scaled") == 2)
-    env.kubectl("scale", "pushtask/scaled", "--replicas=5")
+    env.kubectl("scale", f"{RESOURCE}/scaled", "--replicas=5")
     wait_for("Deployment at 5", lambda: env.replicas("scaled") == 5)
     wait_for("status shows 5 desired", lambda: env.status("scaled")["workers"]["desired"] == 5)
     selector = env.status("scaled")["selector"]
@@ -445,13 +448,13 @@ def test_operator_killed_mid_run_status_catches_up(env: Env) -> None:
 def test_printer_columns_and_events(env: Env) -> None:
     env.apply(push_task("shown", env.sink.url, users(300), workers=1))
     env.wait_phase("shown", "Finished", 180)
-    table = env.kubectl("get", "pushtasks").stdout
+    table = env.kubectl("get", RESOURCE).stdout
     header = table.splitlines()[0].split()
     for column in ("NAME", "PHASE", "RUN", "SENT", "TOTAL", "RATE", "WORKERS", "AGE"):
         assert column in header, table
     row = table.splitlines()[1].split()
     assert row[:3] == ["shown", "Finished", "1"] and "300" in row
-    described = env.kubectl("describe", "pushtask", "shown").stdout
+    described = env.kubectl("describe", RESOURCE, "shown").stdout
     assert "StartTimeReached" in described and "RunFinished" in described
     if os.environ.get("PUSHTASK_E2E_KUBECONFIG"):
         return  # pod IPs are reachable from the test only on devstack
@@ -586,7 +589,7 @@ def test_cluster_wide_install_serves_another_namespace(
             assert_each_once(here, audience)
         assert status["counts"]["sent"] == 500
     finally:
-        theirs("delete", "pushtasks", "--all", "--wait=true", "--timeout=60s", check=False)
+        theirs("delete", RESOURCE, "--all", "--wait=true", "--timeout=60s", check=False)
         helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
         kubectl("delete", "namespace", other, "--wait=false", check=False)
         client: MongoClient[dict[str, Any]]
