@@ -154,9 +154,6 @@ class Store:
     async def close(self) -> None:
         await self.client.close()
 
-    async def ping(self) -> None:
-        await self.db.command("ping")
-
     async def ensure_indexes(self) -> None:
         """Create every index the core path relies on; safe to call on every start.
 
