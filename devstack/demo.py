@@ -65,6 +65,14 @@ def devstack_env() -> dict[str, str]:
 EXAMPLE = ROOT / "examples" / "webhook-campaign.yaml"
 
 
+def system_database(namespace: str) -> str:
+    return namespace.replace("-", "_")[:60]
+
+
+def audience_database(namespace: str) -> str:
+    return f"{system_database(namespace)[:54]}_audience"  # MongoDB names stop at 63 bytes
+
+
 def user_ids(n: int) -> list[str]:
     return [f"u-{i:06d}" for i in range(n)]
 
@@ -143,11 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("devstack: starting the local cluster and MongoDB (first run builds)"):
             env = devstack_env()
     kubectl = ["kubectl"]
-    database = ns.replace("-", "_")[:60]
-    uri = env["PUSHTASK_MONGO_URI"].rstrip("/") + "/" + database
+    uri = env["PUSHTASK_MONGO_URI"].rstrip("/") + "/" + system_database(ns)
     audience_db: str | None = None
     if args.users > MAX_INLINE_USERS:
-        audience_db = f"{database[:54]}_audience"  # MongoDB names stop at 63 bytes
+        audience_db = audience_database(ns)
         with console.status(f"MongoDB: seeding {args.users:,} users"):
             seed_users(env["PUSHTASK_MONGO_URI"], audience_db, args.users)
         console.print(

@@ -1,4 +1,5 @@
-"""`make demo` as a user runs it (on this test's cluster and namespace, a small audience)."""
+"""`make demo` as a user runs it (on this test's cluster and namespace): a small audience
+listed inline, and one above the inline cap read from a collection the demo seeds."""
 
 from __future__ import annotations
 
@@ -6,17 +7,26 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
+from devstack.demo import audience_database
 from devstack.testing import Helm, Kubectl
+from pushtask.models import MAX_INLINE_USERS
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.parametrize(
+    ("users", "rate"),
+    [(400, 500), (MAX_INLINE_USERS + 50, 5000)],
+    ids=["inline", "seeded-collection"],
+)
 def test_demo_runs_the_example_campaign_to_finished(
-    kubectl: Kubectl, helm: Helm, mongo_uri: str, namespace: str
+    kubectl: Kubectl, helm: Helm, mongo_uri: str, namespace: str, users: int, rate: int
 ) -> None:
     if os.environ.get("PUSHTASK_E2E_KUBECONFIG"):
         pytest.skip("the demo installs the chart against devstack's MongoDB")
@@ -33,9 +43,10 @@ def test_demo_runs_the_example_campaign_to_finished(
         "COLUMNS": "250",
     }
     cmd = [sys.executable, "-m", "devstack.demo", "--no-up", "--namespace", namespace]
+    cmd += ["--workers", "2", "--rate", str(rate), "--timeout", "240"]
     try:
         proc = subprocess.run(
-            [*cmd, "--users", "400", "--workers", "2", "--timeout", "240"],
+            [*cmd, "--users", str(users)],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -45,11 +56,15 @@ def test_demo_runs_the_example_campaign_to_finished(
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out
         # What the user reads at the end: the phase, the sink's count, no duplicates.
-        assert "Finished" in out and "400 distinct users (0 duplicates)" in out, out
+        assert "Finished" in out and f"{users} distinct users (0 duplicates)" in out, out
+        assert ("mongo source" in out) == (users > MAX_INLINE_USERS), out
         task = kubectl.in_namespace(namespace).json("get", "pushtasks.pushtask.dev", "spring-sale")
-        assert task["status"]["counts"]["sent"] == 400
+        assert task["status"]["counts"]["sent"] == users
     finally:
         kubectl.in_namespace(namespace)(
             "delete", "pushtasks.pushtask.dev", "--all", "--wait=true", "--timeout=60s", check=False
         )
         helm("uninstall", "pushtask", "--namespace", namespace, "--wait", check=False)
+        client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+        with client:
+            client.drop_database(audience_database(namespace))
