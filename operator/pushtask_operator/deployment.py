@@ -14,12 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pushtask.models import API_VERSION, GROUP, KIND
 from pushtask_operator.settings import OperatorSettings
-
-GROUP = "pushtask.dev"
-VERSION = "v1alpha1"
-KIND = "PushTask"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 APP_LABEL = "app.kubernetes.io/name"
 APP = "pushtask-worker"

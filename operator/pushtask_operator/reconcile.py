@@ -140,6 +140,10 @@ class Plan:
     status: dict[str, Any]
 
 
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def current_phase(status: Mapping[str, Any]) -> Phase | None:
     raw = status.get("phase")
     try:
@@ -229,7 +233,7 @@ def make_condition(
         "reason": reason or ("AsExpected" if ok else "Unknown"),
         "message": message[:1024],
         "observedGeneration": generation,
-        "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastTransitionTime": since or _iso(now),
     }
 
 
@@ -377,10 +381,6 @@ class Applied:
     started_run: str | None = None  # the id of the run this reconcile created
     skip_samples: list[str] | None = None  # read only when the run has skipped rows
     refused: ApiProblem | None = None  # the API server refused the worker Deployment
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def compose_status(
