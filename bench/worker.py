@@ -337,7 +337,9 @@ def pushtask(
     workers: int,
     logs: Path,
     shards: int,
-    max_batch: int,
+    window: int,
+    concurrency: int,
+    chunk_size: int,
 ) -> Result:
     db = f"bench_{secrets.token_hex(4)}"
     uri = db_uri(mongo_uri, db)
@@ -346,7 +348,7 @@ def pushtask(
         seed_users(uri, users)
         source = {"kind": "mongo", "collection": "users"}
         spec = spec_for(url=sink.url, sources=[source], shards=shards, rate=1_000_000, secret=False)
-        run_id, _ = create_run(uri, spec)
+        run_id, _ = create_run(uri, spec, chunk_size=chunk_size or None)
         meter = CpuMeter(sink.pid, store_pid)
         started = time.monotonic()
         with WorkerProcs(
@@ -359,7 +361,8 @@ def pushtask(
                 "PUSHTASK_LEASE_SECONDS": str(WorkerConfig.lease_seconds),
                 "PUSHTASK_STORE_STATS_FILE": str(stats_file),
             }
-            | ({"PUSHTASK_MAX_BATCH": str(max_batch)} if max_batch else {}),
+            | ({"PUSHTASK_WINDOW": str(window)} if window else {})
+            | ({"PUSHTASK_CONCURRENCY": str(concurrency)} if concurrency else {}),
         ) as procs:
             procs.start_many(workers)
             codes = procs.wait(3600)
@@ -453,7 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-seconds", type=float, default=120.0, help="time cap of naive")
     p.add_argument("--shards", type=int, default=16, help="audience.shards of the run")
     p.add_argument(
-        "--max-batch", type=int, default=0, help="PUSHTASK_MAX_BATCH of workers (0: default)"
+        "--window", type=int, default=0, help="PUSHTASK_WINDOW of workers (0: the concurrency)"
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=0, help="recipients a chunk of the run (0: default)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=0, help="PUSHTASK_CONCURRENCY of workers (0: 64)"
     )
     p.add_argument(
         "--backend",
@@ -533,7 +542,18 @@ def run(
         runs: list[Result] = []
         for w in counts:
             sink.reset()
-            r = pushtask(mongo, sink, store_pid, users, w, logs, args.shards, args.max_batch)
+            r = pushtask(
+                mongo,
+                sink,
+                store_pid,
+                users,
+                w,
+                logs,
+                args.shards,
+                args.window,
+                args.concurrency,
+                args.chunk_size,
+            )
             sink.check_exactly_once(f"pushtask x{w}", args.size)
             print(f"pushtask x{w}: {r.seconds:.1f}s, {r.rate:,.0f}/s", flush=True)
             runs.append(r)

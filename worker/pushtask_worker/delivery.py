@@ -215,11 +215,17 @@ class ChunkDelivery:
     # -- the writer -----------------------------------------------------------------------
 
     def _write_due(self) -> bool:
-        return bool(
-            len(self.unrecorded) >= self.record_every
-            or (self.unrecorded and time.monotonic() - self.last_write >= RECORD_SECONDS)
-            or (self.starved and (self.unrecorded or self.doubt < self.window))
-        )
+        n = len(self.unrecorded)
+        if n >= self.record_every or (n and time.monotonic() - self.last_write >= RECORD_SECONDS):
+            return True
+        if not self.starved:
+            return False
+        # The lanes wait for room. While sends are still in flight a few more results are
+        # worth waiting for (a write per result would cost more than it frees); with none
+        # in flight, write what there is, or just move `hi` if the window has room.
+        if self.sending:
+            return n >= max(1, self.record_every // 4)
+        return bool(n or self.doubt < self.window)
 
     async def _writer(self) -> None:
         while not self.closing:
