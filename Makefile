@@ -18,6 +18,7 @@ setup: $(VENV)/.installed
 ## test: every test (unit, integration on the MongoDB-wire servers, e2e on devstack) and lint
 test: setup lint
 	$(PY) -m devstack build
+	bash scripts/bench-setup.sh $(VENV)   # the Celery baseline of the bench smoke test
 	$(PYTEST) tests -p no:cacheprovider
 
 unit: setup
