@@ -24,9 +24,7 @@ import base64
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +35,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pushtask.models import GROUP, PLURAL, VERSION
+from pushtask.retryafter import parse_retry_after
 from pushtask_operator.reconcile import ApiProblem
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -94,19 +93,9 @@ def _status_body(exc: ApiException) -> dict[str, Any]:
 def retry_after(exc: ApiException, now: float | None = None) -> float | None:
     """Seconds the server asked to wait: Retry-After (seconds or a date), else the Status'
     details.retryAfterSeconds; None when it said nothing usable."""
-    value = _header(exc.headers, "Retry-After")
-    if value:
-        value = value.strip()
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            return max(0.0, when - (time.time() if now is None else now))
+    header = parse_retry_after(_header(exc.headers, "Retry-After"), now)
+    if header is not None:
+        return header
     seconds = (_status_body(exc).get("details") or {}).get("retryAfterSeconds")
     return float(seconds) if isinstance(seconds, int | float) and seconds >= 0 else None
 

@@ -21,9 +21,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from devstack.kubelet.server import self_signed
+from pushtask.retryafter import parse_retry_after
 from pushtask_worker.channels import ChannelContext, Delivery, Outcome, load_channel
 from pushtask_worker.channels.smtp import SmtpChannel
-from pushtask_worker.channels.webhook import WebhookChannel, classify, parse_retry_after
+from pushtask_worker.channels.webhook import WebhookChannel, classify
 from tests.support.sink import SinkThread, free_port
 
 

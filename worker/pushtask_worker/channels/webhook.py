@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
 import aiohttp
 import orjson
 
+from pushtask.retryafter import parse_retry_after
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 
 SIGNATURE_HEADER = "X-PushTask-Signature"
@@ -36,22 +36,6 @@ def signed_payload(timestamp: str, body: bytes) -> bytes:
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     digest = hmac.new(secret, signed_payload(timestamp, body), hashlib.sha256).hexdigest()
     return "sha256=" + digest
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date → seconds from now (None if absent/bad)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def encode_body(delivery: Delivery) -> bytes:
