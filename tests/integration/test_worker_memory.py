@@ -49,7 +49,7 @@ def fill_users(uri: str, count: int) -> None:
     client.close()
 
 
-def peak_rss_for(count: int, tmp_path: Path) -> tuple[int, float]:
+def peak_rss_for(count: int, tmp_path: Path, shards: int = 16) -> tuple[int, float]:
     # The memory backend: this measures the worker, not the store's durability, and the
     # file backend makes the 200,000 run take most of an hour.
     server = PrivateMongo(
@@ -69,7 +69,7 @@ def peak_rss_for(count: int, tmp_path: Path) -> tuple[int, float]:
             spec = spec_for(
                 url=sink.url,
                 sources=[source],
-                shards=16,
+                shards=shards,
                 template={"body": "Hello {{ name }}"},
             )
             run_id, _ = create_run(uri, spec)
