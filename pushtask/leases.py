@@ -106,31 +106,25 @@ async def release(
     done: bool,
     not_before: datetime | None = None,
     fields: Mapping[str, Any] | None = None,
-    inc: Mapping[str, Any] | None = None,
-    due_field: str = "notBefore",
 ) -> bool:
-    """Give the unit back (pending again, due at `not_before`) or mark it done.
+    """Give the split back (pending again, due at `not_before`) or mark it done.
 
     Returns False when the lease had already been lost: the caller's work on it is void.
-    A done release also counts itself in `completions`, so a unit completed twice would
-    show in the data.
+    A done release also counts itself in `completions`, so a split completed twice would
+    show in the data. (Chunks end through their own fenced write: store.write_chunk.)
     """
     update: dict[str, Any] = {
         "status": "done" if done else "pending",
         "owner": None,
         "leaseUntil": None,
+        "notBefore": not_before or EPOCH,
     }
-    if not done or due_field == "notBefore":
-        update[due_field] = not_before or EPOCH
     if fields:
         update.update(fields)
     change: dict[str, Any] = {"$set": update}
-    increments = dict(inc or {})
     if done:
         update["doneBy"] = lease.owner  # who completed it, for people reading the data
-        increments["completions"] = 1
-    if increments:
-        change["$inc"] = increments
+        change["$inc"] = {"completions": 1}
     result = await coll.update_one(lease.fence(), change)
     return result.matched_count == 1
 

@@ -36,11 +36,11 @@ from pushtask.planning import new_split
 
 DEFAULT_DB = "pushtask"
 Stage = Literal["audience", "seal", "delivery", "done"]
-FINAL_STATUSES = ("sent", "failed", "unknown")
 COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted")
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
-COLLECTIONS = ("runs", "splits", "staging", "chunks", "skips", "workers")
+# Everything a run owns besides its run document, each keyed by `run`.
+RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,18 @@ async def _insert_new(coll: AsyncCollection[dict[str, Any]], docs: Sequence[dict
         return len((await coll.insert_many(list(docs), ordered=False)).inserted_ids)
     except BulkWriteError as error:
         return _inserted_count(error, len(docs))
+
+
+def _position_status(doc: Mapping[str, Any], position: int, now: datetime) -> str:
+    """One recipient's status in its chunk: its recorded result, else in flight (started
+    under a live lease), in doubt (started under a lease that ran out) or pending."""
+    entry = (doc.get("res") or {}).get(str(position))
+    if entry is not None:
+        return "handed back" if entry["s"] == "pending" else str(entry["s"])
+    if position >= int(doc.get("hi") or 0):
+        return "pending"
+    alive = doc.get("status") == "leased" and (doc.get("leaseUntil") or now) > now
+    return "in flight" if alive else "in doubt"
 
 
 def result_entry(status: str, attempts: int, at: datetime, worker: str, error: str | None) -> dict:
@@ -228,7 +240,7 @@ class Store:
         operator) may run it, even several at once.
         """
         now = now or now_utc()
-        run = await self._runs.find_one({"_id": run_id}, {"stage": 1, "buckets": 1, "shards": 1})
+        run = await self._runs.find_one({"_id": run_id}, {"stage": 1, "buckets": 1})
         if run is None:
             return "audience"
         stage = str(run.get("stage") or "audience")
@@ -265,7 +277,7 @@ class Store:
         return stage
 
     async def _plan_shards(self, run_id: str, run: Mapping[str, Any]) -> list[dict[str, Any]]:
-        buckets = int(run.get("buckets") or run.get("shards") or 1)
+        buckets = int(run["buckets"])
         sizes: dict[int, int] = defaultdict(int)
         # Summed here rather than by a $group: every server answers a plain projection alike.
         async for doc in self._staging.find(
@@ -315,7 +327,7 @@ class Store:
 
     async def delete_run(self, run_id: str) -> None:
         """Remove a run and its whole ledger (workers of it simply stop finding it)."""
-        for name in ("splits", "staging", "chunks", "skips", "workers"):
+        for name in RUN_COLLECTIONS:
             await self.db[name].delete_many({"run": run_id})
         await self._runs.delete_one({"_id": run_id})
 
@@ -500,37 +512,27 @@ class Store:
         entry = (doc.get("res") or {}).get(str(position))
         dues = doc.get("dues")
         due = dues[position] if dues else None
-        if entry is not None:
-            status = {"pending": "handed back"}.get(entry["s"], entry["s"])
-            return RecipientState(
-                run_id,
-                user,
-                status,
+        status = _position_status(doc, position, now_utc())
+        if entry is None:
+            attempts, error, at, worker = 0, None, None, doc.get("owner")
+        else:
+            attempts, error, at, worker = (
                 int(entry.get("n") or 0),
                 entry.get("e"),
                 entry.get("t"),
                 entry.get("w"),
-                doc["_id"],
-                position,
-                due,
             )
-        started = position < int(doc.get("hi") or 0)
-        holder_alive = (
-            doc.get("status") == "leased" and (doc.get("leaseUntil") or now_utc()) > now_utc()
-        )
-        status = ("in flight" if holder_alive else "in doubt") if started else "pending"
         return RecipientState(
-            run_id, user, status, 0, None, None, doc.get("owner"), doc["_id"], position, due
+            run_id, user, status, attempts, error, at, worker, doc["_id"], position, due
         )
 
     async def statuses(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
         """(user, status) of every recipient of a run, chunk by chunk (exports, tests)."""
-        async for doc in self._chunks.find({"run": run_id}, {"users": 1, "res": 1, "hi": 1}):
-            res = doc.get("res") or {}
-            hi = int(doc.get("hi") or 0)
+        now = now_utc()
+        fields = {"users": 1, "res": 1, "hi": 1, "status": 1, "leaseUntil": 1}
+        async for doc in self._chunks.find({"run": run_id}, fields):
             for p, user in enumerate(doc["users"]):
-                entry = res.get(str(p))
-                yield user, entry["s"] if entry else ("inflight" if p < hi else "pending")
+                yield user, _position_status(doc, p, now)
 
     # -- workers ----------------------------------------------------------------------
 
