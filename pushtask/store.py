@@ -122,7 +122,7 @@ def _position_status(doc: Mapping[str, Any], position: int, now: datetime) -> st
     under a live lease), in doubt (started under a lease that ran out) or pending."""
     entry = (doc.get("res") or {}).get(str(position))
     if entry is not None:
-        return "handed back" if entry["s"] == "pending" else str(entry["s"])
+        return str(entry["s"])  # "pending": handed back at a shutdown, to be sent again
     if position >= int(doc.get("hi") or 0):
         return "pending"
     alive = doc.get("status") == "leased" and (doc.get("leaseUntil") or now) > now
@@ -513,6 +513,8 @@ class Store:
         dues = doc.get("dues")
         due = dues[position] if dues else None
         status = _position_status(doc, position, now_utc())
+        if entry is not None and status == "pending":
+            status = "handed back"  # a person reading it wants to know it was tried
         if entry is None:
             attempts, error, at, worker = 0, None, None, doc.get("owner")
         else:
