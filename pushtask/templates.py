@@ -15,7 +15,7 @@ win over attributes of the same name.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jinja2
@@ -27,6 +27,7 @@ __all__ = [
     "TemplateCompileError",
     "TemplateError",
     "TemplateRenderError",
+    "bind_run",
     "build_context",
     "compile_message",
     "render",
@@ -72,14 +73,47 @@ _ENV = _environment()
 _GLOBALS = dict(_ENV.globals)
 
 
+# A field is a list of parts: literal text, or the name of a variable printed as is
+# (`{{ user }}`). Fields of no other syntax are rendered by joining their parts, without
+# Jinja's per-render context (most of a render's CPU, measured by bench/send_path.py).
+Part = tuple[bool, str]  # (is a variable, text or name)
+
+
 @dataclass(frozen=True)
 class CompiledMessage:
     """Compiled templates by field path; ``variables`` are the names the text refers to."""
 
     fields: dict[str, jinja2.Template]
     variables: frozenset[str] = field(default_factory=frozenset)
-    # Field paths whose template is a plain string with no Jinja syntax (rendered as is).
+    # Field paths whose text is known before any recipient: no Jinja syntax at all, or (once
+    # bound to a run by `bind_run`) depending on nothing but the task and the run.
     static: dict[str, str] = field(default_factory=dict)
+    # Field paths made only of text and `{{ name }}`, as their parts.
+    plain: dict[str, tuple[Part, ...]] = field(default_factory=dict)
+    # The variables of each field, and the fields that must be rendered per recipient
+    # because their output may differ between renders of the same context (`random`).
+    field_variables: dict[str, frozenset[str]] = field(default_factory=dict)
+    volatile: frozenset[str] = field(default_factory=frozenset)
+
+
+# Per-run names: what a field that uses only these renders is the same for every recipient.
+RUN_NAMES = frozenset({"task", "run"})
+VOLATILE_FILTERS = frozenset({"random", "shuffle"})
+
+
+def _plain_parts(ast: jinja2.nodes.Template) -> tuple[Part, ...] | None:
+    parts: list[Part] = []
+    for node in ast.body:
+        if not isinstance(node, jinja2.nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, jinja2.nodes.TemplateData):
+                parts.append((False, child.data))
+            elif isinstance(child, jinja2.nodes.Name) and child.ctx == "load":
+                parts.append((True, child.name))
+            else:
+                return None
+    return tuple(parts)
 
 
 def _flatten(template: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, str]:
@@ -108,17 +142,42 @@ def compile_message(template: Mapping[str, Any] | Any) -> CompiledMessage:
     """
     fields: dict[str, jinja2.Template] = {}
     static: dict[str, str] = {}
-    names: set[str] = set()
+    plain: dict[str, tuple[Part, ...]] = {}
+    field_variables: dict[str, frozenset[str]] = {}
+    volatile: set[str] = set()
     for path, text in _flatten(template).items():
         try:
             ast = _ENV.parse(text)
-            names |= meta.find_undeclared_variables(ast)
+            field_variables[path] = frozenset(meta.find_undeclared_variables(ast))
             fields[path] = _ENV.from_string(ast)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateCompileError(path, exc.message or str(exc), exc.lineno) from None
         if "{" not in text:
             static[path] = text
-    return CompiledMessage(fields=fields, variables=frozenset(names), static=static)
+        elif (parts := _plain_parts(ast)) is not None:
+            plain[path] = parts
+        if any(f.name in VOLATILE_FILTERS for f in ast.find_all(jinja2.nodes.Filter)):
+            volatile.add(path)
+    names = frozenset().union(*field_variables.values())
+    return CompiledMessage(fields, names, static, plain, field_variables, frozenset(volatile))
+
+
+def bind_run(compiled: CompiledMessage, *, task: Mapping[str, Any], run: int) -> CompiledMessage:
+    """The message with every field that depends only on the task and the run rendered
+    once, for all of the run's recipients. A field that fails to render stays per
+    recipient, so each recipient still fails with that field's error (as without this)."""
+    static = dict(compiled.static)
+    scope = {**_GLOBALS, **build_context("", {}, task=task, run=run)}
+    for path, tmpl in compiled.fields.items():
+        names = compiled.field_variables.get(path)
+        if path in static or names is None or path in compiled.volatile:
+            continue
+        if names <= RUN_NAMES:
+            try:
+                static[path] = _render_one(tmpl, scope)
+            except Exception:
+                continue
+    return replace(compiled, static=static)
 
 
 def build_context(
@@ -154,6 +213,27 @@ def _line_of(exc: BaseException) -> int | None:
     return line
 
 
+def _join(parts: tuple[Part, ...], context: Mapping[str, Any]) -> str | None:
+    """A plain field's text, as Jinja would print it; None when a name is not in the
+    context (or is not a str or a number), for Jinja to render it (or to say why not)."""
+    out = []
+    for is_name, text in parts:
+        if not is_name:
+            out.append(text)
+            continue
+        value = context.get(text, _MISSING)
+        if type(value) is str:
+            out.append(value)
+        elif type(value) in (int, float, bool):
+            out.append(str(value))
+        else:
+            return None  # absent (a global, or undefined), None, a dict: Jinja's own way
+    return "".join(out)
+
+
+_MISSING = object()
+
+
 def _render_one(tmpl: jinja2.Template, scope: dict[str, Any]) -> str:
     """Template.render without its per-call merge of the globals (`scope` holds them)."""
     try:
@@ -167,11 +247,18 @@ def _render_one(tmpl: jinja2.Template, scope: dict[str, Any]) -> str:
 def render(compiled: CompiledMessage, context: Mapping[str, Any]) -> dict[str, Any]:
     """Render every field; nested field paths become nested dicts again."""
     out: dict[str, Any] = {}
-    scope = {**_GLOBALS, **context}  # one scope for every field of this recipient
+    scope: dict[str, Any] | None = None  # one scope for every field of this recipient
     for path, tmpl in compiled.fields.items():
-        if path in compiled.static:
-            _set_path(out, path, compiled.static[path])
+        if (text := compiled.static.get(path)) is not None:
+            _set_path(out, path, text)
             continue
+        if (parts := compiled.plain.get(path)) is not None and (
+            value := _join(parts, context)
+        ) is not None:
+            _set_path(out, path, value)
+            continue
+        if scope is None:
+            scope = {**_GLOBALS, **context}
         try:
             value = _render_one(tmpl, scope)
         except jinja2.UndefinedError as exc:

@@ -106,3 +106,31 @@ def test_bench_celery_smoke(bench: BenchRun) -> None:
         assert row[7].endswith("x"), row
     for key in ("celery_per_recipient_per_s", "celery_batched_per_s"):
         assert bench.figures[key] > 0, bench.figures
+
+
+def test_send_path_bench_measures_every_layer() -> None:
+    """bench/send_path.py at a smoke size: every layer sends each user once (it checks the
+    sink itself) and gets a row with a CPU figure and a ratio to the ceiling."""
+    out = subprocess.run(
+        [sys.executable, "bench/send_path.py", "--size", "300", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    rows = {
+        cells[0]: cells[1:]
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith(("| mode", "| ---"))
+        for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]
+    }
+    assert set(rows) == {
+        "ceiling (plain aiohttp)",
+        "webhook channel",
+        "Sender.send",
+        "chunk lanes + writer (no server)",
+    }
+    assert rows["ceiling (plain aiohttp)"][1] == "1.00x"
+    for us, ratio in rows.values():
+        assert float(us) > 0 and ratio.endswith("x") and float(ratio[:-1]) > 0

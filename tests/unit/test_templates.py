@@ -7,6 +7,7 @@ import pytest
 from pushtask.templates import (
     TemplateCompileError,
     TemplateRenderError,
+    bind_run,
     build_context,
     compile_message,
     render,
@@ -88,3 +89,53 @@ def test_accepts_a_pydantic_like_model() -> None:
             return {"title": "{{ user }}", "body": None}
 
     assert render(compile_message(Model()), build_context("x")) == {"title": "x"}
+
+
+# -- the fast paths: the same text as Jinja's own render, or Jinja's own error ------------
+
+FAST_CASES = [
+    {"title": "Hi {{ user }}", "body": "Run {{ run }}"},
+    {"title": "{{ user }}{{ user }}!", "body": "{{ name }} / {{ n }} / {{ f }} / {{ b }}"},
+    {"title": "{{ user }}\n", "body": "{{ task.name }} #{{ run }}\n\n"},
+    {"title": "{{ missing_attr }}"},  # undefined: Jinja's error, not an empty string
+    {"title": "{{ none_attr }}", "body": "{{ nested }}"},  # non-scalars: Jinja prints
+    {"title": "{{ range }}"},  # a global, not in the context
+    {"title": "{{ task.missing }}"},  # a per-run field that fails: fails per recipient
+    {"title": "{{ [1, 2, 3] | random }} {{ run }}"},  # volatile: never folded
+]
+
+
+@pytest.mark.parametrize("template", FAST_CASES)
+def test_fast_paths_render_what_jinja_renders(template: dict[str, str]) -> None:
+    attrs = {"name": "Zoë", "n": 3, "f": 1.5, "b": True, "none_attr": None, "nested": {"a": 1}}
+    task = {"namespace": "ns", "name": "promo", "uid": "u-1"}
+    compiled = compile_message(template)
+    bound = bind_run(compiled, task=task, run=7)
+    for user in ("alice", "<b>bob</b>", "{{ user }}"):
+        ctx = build_context(user, attrs, task=task, run=7)
+        # Jinja's own render of each field is the reference: its text, or the first field
+        # that fails (render stops there too).
+        want: dict[str, object] = {}
+        failing: str | None = None
+        for path, tmpl in compiled.fields.items():
+            try:
+                want[path] = tmpl.render(ctx)
+            except Exception:
+                failing = failing or path
+        for c in (compiled, bound):
+            if failing is not None:
+                with pytest.raises(TemplateRenderError) as raised:
+                    render(c, ctx)
+                assert raised.value.field == failing
+            elif "random" in template["title"]:
+                assert render(c, ctx)["title"] in {"1 7", "2 7", "3 7"}
+                assert "title" not in bound.static  # never folded into one value per run
+            else:
+                assert render(c, ctx) == want
+
+
+def test_per_run_fields_are_rendered_once() -> None:
+    compiled = compile_message({"title": "Hi {{ user }}", "body": "{{ task.name }} run {{ run }}"})
+    bound = bind_run(compiled, task={"namespace": "ns", "name": "promo"}, run=7)
+    assert bound.static == {"body": "promo run 7"}
+    assert "title" in bound.plain and "title" not in bound.static

@@ -15,7 +15,13 @@ from typing import Any
 from pushtask.models import PushTaskSpec
 from pushtask.planning import idempotency_key
 from pushtask.store import Result
-from pushtask.templates import CompiledMessage, TemplateRenderError, build_context, render
+from pushtask.templates import (
+    CompiledMessage,
+    TemplateRenderError,
+    bind_run,
+    build_context,
+    render,
+)
 from pushtask_worker import metrics
 from pushtask_worker.channels import Attempt, Channel, Delivery, Outcome
 from pushtask_worker.ratelimit import TokenBucket
@@ -42,6 +48,8 @@ class Sender:
         channel = self.channel.name or self.spec.message.channel
         # The metric child once, not a labels() lookup per attempt.
         self.latency = metrics.SEND_LATENCY.labels(self.label, channel)
+        # Fields that only name the task or the run: rendered once here, not per recipient.
+        self.compiled = bind_run(self.compiled, task=self.task, run=self.run)
 
     def backoff(self) -> Backoff:
         b = self.spec.delivery.backoff
