@@ -230,6 +230,7 @@ def new_chunk(run_id: str, shard: int, n: int, part: Sequence[Recipient]) -> dic
         "users": [r.user for r in part],
         "hi": 0,
         "res": {},
+        "ok": {},
         "counters": {},
     }
     if any(r.attrs for r in part):
@@ -260,10 +261,51 @@ def extend_to(hi: int, doubt: int, window: int, limit: int) -> int:
     return max(hi, min(limit, hi + window - doubt))
 
 
+# -- results -------------------------------------------------------------------------------
+#
+# Most recipients are sent at the first attempt, and every result of one write shares the
+# time and the worker: those are recorded as one list of positions per write, under `ok`
+# (keyed by the holder's token and the write's first position, which no other write of
+# that holder has: a write retried after a lost reply sets the same key again). Every
+# other result (failures, retries, unknown, hand-backs) has its own entry under `res`.
+# A list of ints costs a fraction of a sub-document per recipient, to encode in the
+# worker and to apply in the store (measured: docs/benchmarks.md).
+
+
+def result_entry(status: str, attempts: int, at: datetime, worker: str, error: str | None) -> dict:
+    entry: dict[str, Any] = {"s": status, "n": attempts, "t": at, "w": worker}
+    if error:
+        entry["e"] = error[:500]
+    return entry
+
+
+def ok_key(token: int, first: int) -> str:
+    return f"{token}_{first}"
+
+
+def result_at(doc: Mapping[str, Any], position: int) -> dict[str, Any] | None:
+    """The recorded result of one position (in either encoding), None if there is none."""
+    entry = (doc.get("res") or {}).get(str(position))
+    if entry is not None:
+        return dict(entry)
+    for batch in (doc.get("ok") or {}).values():
+        if position in batch["p"]:
+            return {"s": "sent", "n": 1, "t": batch.get("t"), "w": batch.get("w")}
+    return None
+
+
+def recorded(doc: Mapping[str, Any]) -> dict[int, str]:
+    """Position → recorded status, for every position of a chunk with a result (a
+    hand-back, recorded as "pending", included)."""
+    out = {p: "sent" for batch in (doc.get("ok") or {}).values() for p in batch["p"]}
+    out.update({int(p): str(e["s"]) for p, e in (doc.get("res") or {}).items()})
+    return out
+
+
 def in_doubt(doc: Mapping[str, Any]) -> list[int]:
     """Positions a chunk's earlier holders may have started but have no result for."""
-    res = doc.get("res") or {}
-    return [p for p in range(int(doc.get("hi") or 0)) if str(p) not in res]
+    done = recorded(doc)
+    return [p for p in range(int(doc.get("hi") or 0)) if p not in done]
 
 
 def tally(counters: Mapping[str, int], statuses: Iterable[str], unknown: int = 0) -> dict[str, int]:

@@ -117,23 +117,19 @@ async def _insert_new(coll: AsyncCollection[dict[str, Any]], docs: Sequence[dict
         return _inserted_count(error, len(docs))
 
 
-def _position_status(doc: Mapping[str, Any], position: int, now: datetime) -> str:
-    """One recipient's status in its chunk: its recorded result, else in flight (started
-    under a live lease), in doubt (started under a lease that ran out) or pending."""
-    entry = (doc.get("res") or {}).get(str(position))
-    if entry is not None:
-        return str(entry["s"])  # "pending": handed back at a shutdown, to be sent again
+def _position_status(
+    doc: Mapping[str, Any], position: int, now: datetime, done: Mapping[int, str]
+) -> str:
+    """One recipient's status in its chunk: its recorded result (`done`: ledger.recorded),
+    else in flight (started under a live lease), in doubt (started under a lease that ran
+    out) or pending."""
+    status = done.get(position)
+    if status is not None:
+        return status  # "pending": handed back at a shutdown, to be sent again
     if position >= int(doc.get("hi") or 0):
         return "pending"
     alive = doc.get("status") == "leased" and (doc.get("leaseUntil") or now) > now
     return "in flight" if alive else "in doubt"
-
-
-def result_entry(status: str, attempts: int, at: datetime, worker: str, error: str | None) -> dict:
-    entry: dict[str, Any] = {"s": status, "n": attempts, "t": at, "w": worker}
-    if error:
-        entry["e"] = error[:500]
-    return entry
 
 
 class Store:
@@ -477,12 +473,19 @@ class Store:
         (`end`). LeaseLost when the chunk is no longer ours."""
         now = now or now_utc()
         sets: dict[str, Any] = {"hi": hi}
+        sent: list[int] = []
         for r in results:
-            sets[f"res.{r.position}"] = result_entry(
-                r.status, r.attempts, now, lease.owner, r.error
-            )
+            if r.attempts == 1 and r.status == "sent":
+                sent.append(r.position)
+            else:
+                sets[f"res.{r.position}"] = ledger.result_entry(
+                    r.status, r.attempts, now, lease.owner, r.error
+                )
+        if sent:
+            key = ledger.ok_key(lease.token, sent[0])
+            sets[f"ok.{key}"] = {"t": now, "w": lease.owner, "p": sent}
         for p in unknown:
-            sets[f"res.{p}"] = result_entry("unknown", 0, now, lease.owner, IN_DOUBT)
+            sets[f"res.{p}"] = ledger.result_entry("unknown", 0, now, lease.owner, IN_DOUBT)
         sets.update({f"counters.{k}": int(v) for k, v in counters.items()})
         change: dict[str, Any] = {"$set": sets}
         if reopen:
@@ -509,10 +512,11 @@ class Store:
         if doc is None:
             return None
         position = list(doc["users"]).index(user)
-        entry = (doc.get("res") or {}).get(str(position))
+        entry = ledger.result_at(doc, position)
         dues = doc.get("dues")
         due = dues[position] if dues else None
-        status = _position_status(doc, position, now_utc())
+        done = {position: str(entry["s"])} if entry is not None else {}
+        status = _position_status(doc, position, now_utc(), done)
         if entry is not None and status == "pending":
             status = "handed back"  # a person reading it wants to know it was tried
         if entry is None:
@@ -531,10 +535,11 @@ class Store:
     async def statuses(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
         """(user, status) of every recipient of a run, chunk by chunk (exports, tests)."""
         now = now_utc()
-        fields = {"users": 1, "res": 1, "hi": 1, "status": 1, "leaseUntil": 1}
+        fields = {"users": 1, "res": 1, "ok": 1, "hi": 1, "status": 1, "leaseUntil": 1}
         async for doc in self._chunks.find({"run": run_id}, fields):
+            done = ledger.recorded(doc)
             for p, user in enumerate(doc["users"]):
-                yield user, _position_status(doc, p, now)
+                yield user, _position_status(doc, p, now, done)
 
     # -- workers ----------------------------------------------------------------------
 

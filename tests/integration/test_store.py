@@ -332,6 +332,48 @@ def test_hand_backs_are_reopened_for_the_next_holder(uri: str, db_name: str) -> 
     run(scenario())
 
 
+def test_first_attempt_sends_are_recorded_as_one_list_a_write_and_a_retry_changes_nothing(
+    uri: str, db_name: str
+) -> None:
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        run_id = await sealed_run(store, [["a", "b", "c", "d", "e"]])
+        doc, lease = await store.claim_chunk(run_id, "w", 30) or (None, None)
+        assert doc is not None and lease is not None
+        results = [Result(0, "sent"), Result(1, "sent", None, 2), Result(2, "failed", "HTTP 400")]
+        counters = ledger.tally({}, (r.status for r in results))
+        for _ in range(2):  # the same write again, as after a reply lost in an outage
+            lease = await store.write_chunk(lease, results=results, counters=counters, hi=4)
+        lease = await store.write_chunk(
+            lease, results=[Result(3, "sent")], counters=ledger.tally(counters, ["sent"]), hi=4
+        )
+        stored = MongoClient(uri)[db_name]["chunks"].find_one({"run": run_id})
+        assert stored is not None
+        assert sorted(p for b in stored["ok"].values() for p in b["p"]) == [0, 3]
+        assert sorted(stored["res"]) == ["1", "2"]  # only what is not a first-attempt send
+        got = {u: await store.recipient(run_id, u) for u in "abcde"}
+        assert {u: (s.status, s.attempts) for u, s in got.items() if s} == {
+            "a": ("sent", 1),
+            "b": ("sent", 2),
+            "c": ("failed", 1),
+            "d": ("sent", 1),
+            "e": ("pending", 0),
+        }
+        assert got["a"] is not None and got["a"].worker == "w" and got["a"].at is not None
+        assert dict([s async for s in store.statuses(run_id)]) == {
+            "a": "sent",
+            "b": "sent",
+            "c": "failed",
+            "d": "sent",
+            "e": "pending",
+        }
+        totals = await store.totals(run_id)
+        assert (totals.sent, totals.failed, totals.attempted) == (3, 1, 4)
+        await store.close()
+
+    run(scenario())
+
+
 def test_only_the_newest_runs_of_a_task_are_kept(uri: str, db_name: str) -> None:
     async def scenario() -> None:
         store = await new_store(uri, db_name)

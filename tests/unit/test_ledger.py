@@ -160,6 +160,26 @@ def test_doubt_and_hand_backs_of_a_chunk() -> None:
     assert ledger.in_doubt({"hi": 0, "res": {}}) == []
 
 
+def test_first_attempt_sends_are_one_list_per_write() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    doc = {
+        "hi": 8,
+        "ok": {
+            ledger.ok_key(3, 0): {"t": at, "w": "w-a", "p": [0, 1, 4]},
+            ledger.ok_key(4, 5): {"t": at, "w": "w-b", "p": [5]},
+        },
+        "res": {"2": ledger.result_entry("failed", 3, at, "w-a", "HTTP 400")},
+    }
+    assert ledger.recorded(doc) == {0: "sent", 1: "sent", 4: "sent", 5: "sent", 2: "failed"}
+    assert ledger.in_doubt(doc) == [3, 6, 7]
+    assert ledger.result_at(doc, 4) == {"s": "sent", "n": 1, "t": at, "w": "w-a"}
+    assert ledger.result_at(doc, 5) == {"s": "sent", "n": 1, "t": at, "w": "w-b"}
+    assert ledger.result_at(doc, 2) == {"s": "failed", "n": 3, "t": at, "w": "w-a", "e": "HTTP 400"}
+    assert ledger.result_at(doc, 3) is None
+    # A chunk written before `ok` existed reads the same way.
+    assert ledger.in_doubt({"hi": 2, "res": {"0": {"s": "sent"}}}) == [1]
+
+
 def test_flushes_grow_with_the_bucket_count() -> None:
     assert ledger.flush_rows(16) == ledger.flush_rows(100) == ledger.FLUSH_ROWS
     assert ledger.flush_rows(1024) == 200 * 1024  # still about 200 rows a staging document
