@@ -29,8 +29,9 @@ __all__ = [
     "in_window",
     "is_valid_cron",
     "is_valid_time_zone",
+    "next_event",
     "next_firing",
-    "next_wakeup",
+    "next_window_edge",
     "next_window_open",
     "start_due",
     "start_reached",
@@ -93,6 +94,28 @@ def next_window_open(schedule: Schedule, now: datetime) -> datetime | None:
     return min(future) if future else None
 
 
+def next_window_edge(schedule: Schedule, now: datetime) -> tuple[datetime, bool] | None:
+    """The first send-window opening or closing after `now` (UTC) and whether it opens;
+    None without windows. An opening inside another open window, or a closing inside
+    another, changes nothing and is skipped."""
+    if not schedule.windows:
+        return None
+    utc_now = now.astimezone(UTC)
+    edges = sorted(
+        {
+            t.astimezone(UTC)
+            for interval in _intervals(schedule, now, 8)
+            for t in interval
+            if t.astimezone(UTC) > utc_now
+        }
+    )
+    for at in edges:
+        inside = in_window(schedule, at)
+        if inside != in_window(schedule, at - timedelta(microseconds=1)):
+            return at, inside
+    return None
+
+
 def next_firing(cron: str, time_zone: str, after: datetime) -> datetime:
     """The first cron firing strictly after `after`, evaluated in `time_zone`."""
     local = after.astimezone(zoneinfo.ZoneInfo(time_zone))
@@ -125,15 +148,15 @@ def start_due(schedule: Schedule, now: datetime, since: datetime) -> bool:
     return start_reached(schedule, now)
 
 
-def next_wakeup(schedule: Schedule, now: datetime, since: datetime) -> datetime | None:
-    """The next instant at which `start_due` or `in_window` may change (operator timers)."""
-    candidates: list[datetime] = []
+def next_event(schedule: Schedule, now: datetime, since: datetime) -> tuple[datetime, str] | None:
+    """The schedule's next event after `now`, as (UTC time, what): "StartAt", "NextFiring"
+    (`since`: the last firing), "WindowOpens" or "WindowCloses"; None when it has none."""
+    events: list[tuple[datetime, str]] = []
     if schedule.start_at is not None and schedule.start_at > now:
-        candidates.append(schedule.start_at.astimezone(UTC))
+        events.append((schedule.start_at.astimezone(UTC), "StartAt"))
     if schedule.cron is not None:
-        candidates.append(next_firing(schedule.cron, schedule.time_zone, max(now, since)))
-    if schedule.windows:
-        utc_now = now.astimezone(UTC)
-        for o, c in _intervals(schedule, now, 8):
-            candidates.extend(t for t in (o.astimezone(UTC), c.astimezone(UTC)) if t > utc_now)
-    return min(candidates) if candidates else None
+        firing = next_firing(schedule.cron, schedule.time_zone, max(now, since))
+        events.append((firing, "NextFiring"))
+    if (edge := next_window_edge(schedule, now)) is not None:
+        events.append((edge[0], "WindowOpens" if edge[1] else "WindowCloses"))
+    return min(events) if events else None

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -28,7 +28,7 @@ from pushtask import schedule as schedule_mod
 from pushtask.fairshare import max_min_fair
 from pushtask.models import PushTaskSpec
 from pushtask.planning import TaskRef, plan_run, run_id_for
-from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES
+from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
 from pushtask_operator import metrics
 from pushtask_operator.deployment import (
@@ -53,6 +53,7 @@ from pushtask_operator.reconcile import (
 )
 from pushtask_operator.settings import OperatorSettings
 from pushtask_operator.validation import configmap_contents, validate
+from pushtask_operator.wakeups import Wakeup, next_wakeup
 
 log = logging.getLogger("pushtask.operator")
 
@@ -100,6 +101,10 @@ class TaskState:
     # The worker Deployment the API server refused, as (template hash, replicas): the same
     # body would be refused again, so it is not sent again until it changes.
     rejected: tuple[tuple[str, int], ApiProblem] | None = None
+    # When to look at the task next (wakeups.py), and the nudge that makes its watcher
+    # read it again after a reconcile it did not run itself (an update).
+    wakeup: Wakeup | None = None
+    rearm: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:
@@ -178,12 +183,9 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
     return RunFacts(run_doc, totals, await store.heartbeats(run_id), await store.leases(run_id))
 
 
-def _schedule_facts(
-    spec: PushTaskSpec, status: Mapping[str, Any], meta: Mapping[str, Any], now: datetime
-) -> tuple[bool, bool, bool]:
-    """(start_due, in_window, recurring) from spec.schedule."""
+def _schedule_facts(spec: PushTaskSpec, since: datetime, now: datetime) -> tuple[bool, bool, bool]:
+    """(start_due, in_window, recurring) from spec.schedule; `since`: the last firing."""
     sched = spec.schedule
-    since = _parse(status.get("lastFiredAt")) or _parse(meta.get("creationTimestamp")) or now
     return (
         schedule_mod.start_due(sched, now, since),
         schedule_mod.in_window(sched, now),
@@ -234,6 +236,7 @@ async def reconcile(
     API refusal stopped it (kube.py's policy: shown on the task, looked at next tick)."""
     state = task_state(memo)
     async with state.lock:
+        state.wakeup = None  # unless this reconcile gets to the end: again after a tick
         try:
             plan = await _reconcile(rt, body, state, logger)
         except KubeApiError as exc:
@@ -311,8 +314,18 @@ async def _reconcile(
     now = datetime.now(UTC)
     key = task_key(meta)
 
+    since = _parse(status.get("lastFiredAt")) or _parse(meta.get("creationTimestamp")) or now
     if _settled(spec, status, meta):
         rt.demands.pop(key, None)
+        phase_now = Phase(status["phase"])
+        state.wakeup = next_wakeup(
+            phase_now,
+            spec.schedule,
+            now=now,
+            since=since,
+            tick=settings.progress_interval,
+            settled=True,
+        )
         return None
 
     validation = await _validate_if_due(rt, state, raw, meta)
@@ -338,7 +351,7 @@ async def _reconcile(
             lease_seconds=settings.lease_seconds,
         )
 
-    start_due, in_window, recurring = _schedule_facts(spec, status, meta, now)
+    start_due, in_window, recurring = _schedule_facts(spec, since, now)
     rate = spec.rate.per_second
     plan = decide(
         Observed(
@@ -353,6 +366,7 @@ async def _reconcile(
             recurring=recurring,
             degrade=settings.degrade_for(spec.priority),
             fair_rate=_fair_rate(rt, key, rate if running else None),
+            next_event=schedule_mod.next_event(spec.schedule, now, since),
             now=now,
         )
     )
@@ -432,6 +446,15 @@ async def _reconcile(
     state.api_problem = refused  # a reconcile that got this far ended any other problem
 
     metrics.observe(namespace, name, plan.phase.value, new_status)
+    waiting = not validation.ok and not validation.permanent
+    state.wakeup = next_wakeup(
+        plan.phase,
+        spec.schedule,
+        now=now,
+        since=_parse(new_status.get("lastFiredAt")) or since,
+        tick=settings.progress_interval,
+        revalidate=REVALIDATE_SECONDS if waiting else None,
+    )
     return plan
 
 
@@ -446,6 +469,8 @@ async def on_change(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> No
     except PyMongoError as exc:
         # Store outages are waited out, never counted against the task.
         raise kopf.TemporaryError(f"MongoDB unavailable: {exc}", delay=10) from exc
+    finally:
+        task_state(memo).rearm.set()  # the watcher sleeps until the new wake-up
 
 
 async def on_tick(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
@@ -454,6 +479,37 @@ async def on_tick(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None
         await reconcile(rt, body, memo, logger)
     except PyMongoError as exc:
         logger.warning("MongoDB unavailable, status not updated this tick: %s", exc)
+
+
+async def watch(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
+    """A task's wake-ups (kopf daemon, cancelled by kopf when the task is deleted or the
+    operator stops): reconcile at the next event `wakeups.next_wakeup` names, and sleep
+    until then. `body` is kopf's live view of the object."""
+    rt = runtime_of(memo)
+    state = task_state(memo)
+    while True:
+        state.rearm.clear()  # before reading `wakeup`: a nudge from now on is not lost
+        now = datetime.now(UTC)
+        wake = state.wakeup
+        delay = rt.settings.progress_interval if wake is None else wake.seconds(now)
+        if await _nudged_within(state.rearm, delay):
+            continue  # a reconcile elsewhere moved the wake-up: sleep again from there
+        try:
+            await on_tick(body, memo, logger)
+        except kopf.TemporaryError as exc:  # an API error the policy retries (kube.py)
+            logger.warning("%s", exc)
+            state.wakeup = Wakeup(datetime.now(UTC) + timedelta(seconds=exc.delay or 1), "Retry")
+        except kopf.PermanentError as exc:
+            logger.error("%s", exc)
+
+
+async def _nudged_within(event: asyncio.Event, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def on_delete(body: Mapping[str, Any], memo: kopf.Memo) -> None:

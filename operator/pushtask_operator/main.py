@@ -107,15 +107,11 @@ def register(
     async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         await handlers.on_change(body, memo, logger)
 
-    @kopf.timer(
-        *res,
-        registry=registry,
-        id="progress",
-        interval=config.progress_interval,
-        initial_delay=config.progress_interval,
-    )
-    async def tick(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-        await handlers.on_tick(body, memo, logger)
+    # A daemon per task that sleeps until the task's next event (wakeups.py), not a timer
+    # that polls every task: a task waiting for its start costs nothing until then.
+    @kopf.daemon(*res, registry=registry, id="wakeups", cancellation_timeout=5)
+    async def wakeups(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        await handlers.watch(body, memo, logger)
 
     # optional: no finalizer; the garbage collector removes the Deployment.
     @kopf.on.delete(*res, registry=registry, id="forget", optional=True)

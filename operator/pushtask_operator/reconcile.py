@@ -115,6 +115,8 @@ class Observed:
     degrade: Degrade | None = None
     # This task's part of the operator-wide send budget (None: no global budget).
     fair_rate: float | None = None
+    # The schedule's next event (schedule.next_event): shown as the Scheduled condition.
+    next_event: tuple[datetime, str] | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -245,6 +247,12 @@ def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, An
     ready_reason = t.reason if v.ok or phase is Phase.FAILED else v.reason
     ready_msg = t.message if v.ok or phase is Phase.FAILED else v.message
     degraded = phase is Phase.REBOOT or t.reason == "TierDegraded"
+    scheduled = []
+    if obs.next_event is not None:
+        at, what = obs.next_event
+        scheduled = [
+            make_condition("Scheduled", True, what, f"{SCHEDULED[what]} at {_iso(at)}", **kw)
+        ]
     return [
         make_condition("Ready", healthy, ready_reason, ready_msg, **kw),
         make_condition(
@@ -268,7 +276,17 @@ def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, An
             t.message if degraded else "",
             **kw,
         ),
+        *scheduled,
     ]
+
+
+# The Scheduled condition's message per event (schedule.next_event's names).
+SCHEDULED = {
+    "StartAt": "starts",
+    "NextFiring": "next cron firing",
+    "WindowOpens": "send window opens",
+    "WindowCloses": "send window closes",
+}
 
 
 def with_api_problem(

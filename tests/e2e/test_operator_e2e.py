@@ -17,6 +17,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -348,6 +349,46 @@ def test_lost_worker_is_rebooted_and_nothing_is_sent_twice(env: Env, tmp_path: P
     # Reboot -> Started ("Recovered"), unless the run finished while still in Reboot.
     reasons = {e["reason"] for e in env.events("lossy")}
     assert "WorkerLost" in reasons and reasons & {"Recovered", "RunFinished"}
+
+
+def test_start_at_holds_in_ready_then_starts_within_a_second(env: Env) -> None:
+    """startAt: Ready until then (the Scheduled condition says when), Started within 1 s
+    after it: the operator sleeps until the start, it does not find it at its next poll."""
+    audience = users(200)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=12)
+    task = push_task("later", env.sink.url, audience, workers=1)
+    task["spec"]["schedule"] = {"startAt": start.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    env.apply(task)
+    status = env.wait_phase("later", "Ready", 60)
+    cond = wait_for(
+        "the Scheduled condition",
+        lambda: next(
+            (c for c in env.status("later").get("conditions") or [] if c["type"] == "Scheduled"),
+            None,
+        ),
+        30,
+    )
+    assert cond["reason"] == "StartAt" and start.strftime("%H:%M:%SZ") in cond["message"]
+    assert status.get("runId") is None and not env.sink.requests  # nothing before its time
+    # Poll the phase until Started; a poll that began more than 1 s after startAt and
+    # still read Ready is the failure.
+    late_ready: list[float] = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        began = time.time()
+        phase = env.phase("later")
+        if phase == "Started" or phase == "Finished":
+            break
+        assert phase == "Ready", phase
+        if began > start.timestamp() + 1.0:
+            late_ready.append(began - start.timestamp())
+        time.sleep(0.05)
+    assert not late_ready, f"still Ready {max(late_ready):.2f} s after startAt"
+    assert time.time() - start.timestamp() < 60, "never Started"
+    env.wait_phase("later", "Finished", 120)
+    first = min(r.t for r in env.sink.requests)
+    assert first >= start.timestamp(), f"sent {start.timestamp() - first:.2f} s before startAt"
+    assert_each_once(env, audience)
 
 
 def test_scale_subresource_drives_the_deployment(env: Env) -> None:

@@ -4,13 +4,14 @@ from pushtask_operator.main import _args, configure_kopf, register
 from pushtask_operator.settings import OperatorSettings
 
 
-def test_registers_reconcile_timer_and_delete() -> None:
+def test_registers_reconcile_wakeups_and_delete() -> None:
     registry = kopf.OperatorRegistry()
     register(registry, OperatorSettings(progress_interval=3))
     changing = registry._changing.get_all_handlers()
     assert {h.id for h in changing} == {"reconcile", "forget"}
-    (timer,) = registry._spawning.get_all_handlers()
-    assert timer.id == "progress" and timer.interval == 3  # type: ignore[attr-defined]
+    # One daemon per task that sleeps until its next event, not a timer polling every task.
+    (daemon,) = registry._spawning.get_all_handlers()
+    assert type(daemon).__name__ == "DaemonHandler" and daemon.id == "wakeups"
     (forget,) = [h for h in changing if h.id == "forget"]
     assert forget.requires_finalizer is False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -13,8 +14,9 @@ from pushtask.schedule import (
     in_window,
     is_valid_cron,
     is_valid_time_zone,
+    next_event,
     next_firing,
-    next_wakeup,
+    next_window_edge,
     next_window_open,
     start_due,
     start_reached,
@@ -154,15 +156,55 @@ def test_start_due() -> None:
     assert not start_due(sched(cron="0 11 * * *"), MON_10, created)
 
 
-def test_next_wakeup() -> None:
+def test_next_event() -> None:
     created = utc("2026-01-05T08:00")
-    assert next_wakeup(sched(), MON_10, created) is None
-    assert next_wakeup(sched(startAt="2026-01-06T00:00:00Z"), MON_10, created) == utc(
-        "2026-01-06T00:00"
+    assert next_event(sched(), MON_10, created) is None
+    assert next_event(sched(startAt="2026-01-06T00:00:00Z"), MON_10, created) == (
+        utc("2026-01-06T00:00"),
+        "StartAt",
     )
-    assert next_wakeup(sched(cron="30 10 * * *"), MON_10, created) == utc("2026-01-05T10:30")
-    # Inside a window: the next change is its closing.
-    assert next_wakeup(OFFICE, MON_10, created) == utc("2026-01-05T17:00")
+    assert next_event(sched(cron="30 10 * * *"), MON_10, created) == (
+        utc("2026-01-05T10:30"),
+        "NextFiring",
+    )
+    # Inside a window: the next change is its closing; after it, the next opening.
+    assert next_event(OFFICE, MON_10, created) == (utc("2026-01-05T17:00"), "WindowCloses")
+    assert next_event(OFFICE, utc("2026-01-09T17:30"), created) == (
+        utc("2026-01-12T09:00"),
+        "WindowOpens",
+    )
+
+
+# Windows crossing midnight and DST changes, in three zones, against zoneinfo's own offsets.
+EDGE_CASES = [
+    # Berlin springs forward 2026-03-29 02:00 -> 03:00: 22:00-03:00 closes at 01:00 UTC.
+    ("Europe/Berlin", "22:00", "03:00", "2026-03-28T22:00", ("2026-03-29T01:00", False)),
+    # ...and falls back 2026-10-25 03:00 -> 02:00: the same window closes at 02:00 UTC.
+    ("Europe/Berlin", "22:00", "03:00", "2026-10-24T21:00", ("2026-10-25T02:00", False)),
+    # New York springs forward 2026-03-08 02:00 -> 03:00: 01:00-05:00 is three hours long.
+    ("America/New_York", "01:00", "05:00", "2026-03-08T06:30", ("2026-03-08T09:00", False)),
+    ("America/New_York", "01:00", "05:00", "2026-03-08T09:00", ("2026-03-09T05:00", True)),
+    # Sydney falls back 2026-04-05 03:00 -> 02:00 (UTC+11 -> +10): 23:30-00:30 crosses
+    # midnight the day before; it opens next at 13:30 UTC on the 5th.
+    ("Australia/Sydney", "23:30", "00:30", "2026-04-04T12:00", ("2026-04-04T12:30", True)),
+    ("Australia/Sydney", "23:30", "00:30", "2026-04-04T12:31", ("2026-04-04T13:30", False)),
+    ("Australia/Sydney", "23:30", "00:30", "2026-04-04T13:31", ("2026-04-05T13:30", True)),
+]
+
+
+@pytest.mark.parametrize(("zone", "start", "end", "now", "expected"), EDGE_CASES)
+def test_window_edges_across_midnight_and_dst(
+    zone: str, start: str, end: str, now: str, expected: tuple[str, bool]
+) -> None:
+    s = sched(timeZone=zone, windows=[{"from": start, "to": end}])
+    edge = next_window_edge(s, utc(now))
+    assert edge == (utc(expected[0]), expected[1])
+    at, opens = edge
+    # The edge is where in_window flips, and the same instant read in the zone's wall
+    # clock is the window's own boundary (zoneinfo's offset of that instant).
+    assert in_window(s, at) is opens and in_window(s, at - timedelta(seconds=1)) is not opens
+    local = at.astimezone(ZoneInfo(zone)).strftime("%H:%M")
+    assert local == (start if opens else end)
 
 
 @pytest.mark.parametrize(
