@@ -82,3 +82,13 @@ def test_catch_up_makes_short_pauses_good() -> None:
     clock.t += 10  # a long idle: only 25 tokens
     waits = [bucket.reserve() for _ in range(26)]
     assert waits[:25] == [0.0] * 25 and waits[25] > 0
+
+
+def test_a_refunded_token_goes_to_the_next_taker() -> None:
+    bucket = TokenBucket(10.0, catch_up=0, clock=Clock())
+    assert bucket.reserve() == 0.0
+    assert abs(bucket.reserve() - 0.1) < 1e-9
+    bucket.refund()  # the second taker found no work: its slot is free again
+    assert abs(bucket.reserve() - 0.1) < 1e-9
+    assert abs(bucket.reserve() - 0.2) < 1e-9
+    TokenBucket(None).refund()  # unlimited: nothing to give back

@@ -202,10 +202,18 @@ class ChunkDelivery:
         return (self.dues[p] - now_utc()).total_seconds()
 
     async def _lane(self) -> None:
-        while (p := await self._take()) is not None:
+        bucket = self.sender.bucket
+        while True:
+            # The rate token first, then a position: a lane never holds a position while it
+            # waits for its turn, so nothing is sent after a halt (a window closing, a
+            # pause) that came during the wait, and `hi` runs ahead of sends by no more.
+            await bucket.acquire()
+            if (p := await self._take()) is None:
+                bucket.refund()
+                return
             attrs = self.attrs[p] if self.attrs else {}
             self.sending.add(p)
-            result = await self.sender.send(p, self.users[p], attrs)
+            result = await self.sender.send(p, self.users[p], attrs, token_taken=True)
             self.sending.discard(p)
             self.unrecorded.append(result)
             n = len(self.unrecorded)

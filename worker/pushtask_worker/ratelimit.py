@@ -63,6 +63,12 @@ class TokenBucket:
         self._next = slot + interval
         return max(0.0, slot - now)
 
+    def refund(self) -> None:
+        """Give back a token taken but not used (a sender that found no work after its
+        wait): the next taker gets its slot, so the long-run rate stays exact."""
+        if self._rate is not None:
+            self._next -= 1.0 / self._rate
+
     async def acquire(self) -> None:
         delay = self.reserve()
         if delay > 0:

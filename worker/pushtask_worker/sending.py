@@ -55,8 +55,11 @@ class Sender:
         b = self.spec.delivery.backoff
         return Backoff(initial=b.initial_seconds, maximum=b.max_seconds, multiplier=b.multiplier)
 
-    async def send(self, position: int, user: str, attrs: Mapping[str, Any]) -> Result:
-        """The final result of one recipient (never raises for a recipient's own fault)."""
+    async def send(
+        self, position: int, user: str, attrs: Mapping[str, Any], *, token_taken: bool = False
+    ) -> Result:
+        """The final result of one recipient (never raises for a recipient's own fault).
+        `token_taken`: the caller already holds the first attempt's rate token."""
         try:
             message = render(
                 self.compiled, build_context(user, attrs, task=self.task, run=self.run)
@@ -75,7 +78,8 @@ class Sender:
         attempts = self.spec.delivery.max_attempts
         backoff: Backoff | None = None  # made only when a retry needs it
         for attempt in range(1, attempts + 1):
-            await self.bucket.acquire()
+            if attempt > 1 or not token_taken:
+                await self.bucket.acquire()
             started = time.monotonic()
             try:
                 result = await self.channel.send(
