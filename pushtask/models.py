@@ -843,7 +843,9 @@ class PushTaskStatus(StatusModel):
     skip_samples: list[str] = []
     """A few skipped source rows with their reasons."""
     last_fired_at: AwareDatetime | None = None
-    """Last cron firing."""
+    """Last cron firing that started a run."""
+    last_skipped_at: AwareDatetime | None = None
+    """Last cron firing skipped because a run was still under way (an Event says so)."""
 
 
 class PushTask(BaseModel):

@@ -562,9 +562,16 @@ class Store:
     async def heartbeats(self, run_id: str) -> list[dict[str, Any]]:
         return [doc async for doc in self._workers.find({"run": run_id})]
 
-    async def live_workers(self, run_id: str, within: float, now: datetime | None = None) -> int:
+    async def live_workers(
+        self, run_id: str, within: float, now: datetime | None = None, *, holding: bool = False
+    ) -> int:
+        """Workers of a run seen within `within` seconds; with `holding`, only those whose
+        last heartbeat said they held a unit of work (what shares a run's rate)."""
         since = (now or now_utc()) - timedelta(seconds=within)
-        return await self._workers.count_documents({"run": run_id, "lastSeen": {"$gte": since}})
+        query: dict[str, Any] = {"run": run_id, "lastSeen": {"$gte": since}}
+        if holding:
+            query["lease"] = {"$ne": None}
+        return await self._workers.count_documents(query)
 
     async def leases(self, run_id: str) -> list[dict[str, Any]]:
         """Units held under a lease right now (splits and chunks): owner, until, since."""

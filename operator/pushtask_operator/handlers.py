@@ -12,6 +12,7 @@ one only reads facts and applies what they return.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from typing import Any, cast
 import kopf
 from pymongo.errors import PyMongoError
 
+from pushtask import fairshare
 from pushtask import schedule as schedule_mod
 from pushtask.fairshare import max_min_fair
 from pushtask.models import PushTaskSpec
@@ -76,8 +78,10 @@ class Runtime:
     settings: OperatorSettings
     store: Store
     kube: Kube
-    # Task key -> sends per second it asks for, for the running tasks only.
+    # Task key -> sends per second it can use now (fairshare.demand_now), running tasks
+    # only; and its weight when the budget is shared by priority.
     demands: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
     events: Callable[[Mapping[str, Any], str, str, str], None] = post_event
 
 
@@ -105,6 +109,8 @@ class TaskState:
     # read it again after a reconcile it did not run itself (an update).
     wakeup: Wakeup | None = None
     rearm: asyncio.Event = field(default_factory=asyncio.Event)
+    # This task's last share of the send budget (None: no budget, or not running).
+    allocated: float | None = None
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:
@@ -183,6 +189,13 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
     return RunFacts(run_doc, totals, await store.heartbeats(run_id), await store.leases(run_id))
 
 
+def _last_firing(status: Mapping[str, Any], meta: Mapping[str, Any]) -> datetime | None:
+    """The last cron firing handled, run or skipped (else the task's creation): firings
+    after it are due."""
+    handled = [_parse(status.get(k)) for k in ("lastFiredAt", "lastSkippedAt")]
+    return max((t for t in handled if t), default=None) or _parse(meta.get("creationTimestamp"))
+
+
 def _schedule_facts(spec: PushTaskSpec, since: datetime, now: datetime) -> tuple[bool, bool, bool]:
     """(start_due, in_window, recurring) from spec.schedule; `since`: the last firing."""
     sched = spec.schedule
@@ -193,15 +206,25 @@ def _schedule_facts(spec: PushTaskSpec, since: datetime, now: datetime) -> tuple
     )
 
 
-def _fair_rate(rt: Runtime, key: str, demand: float | None) -> float | None:
-    """This task's part of the operator-wide budget (None when there is no budget)."""
+def _fair_rate(
+    rt: Runtime, key: str, *, demand: float | None, prospective: float, weight: float
+) -> float | None:
+    """This task's part of the operator-wide budget (None when there is no budget).
+
+    `demand` is what the task can use now: the other tasks are allocated by it (None: it
+    is not running and takes no part). Its own rate is the share it gets with
+    `prospective`, what it would use once sending: a run still building its audience
+    starts at its share, never at its full rate."""
     if demand is None:
         rt.demands.pop(key, None)
-    else:
-        rt.demands[key] = demand
-    if rt.settings.send_budget <= 0 or demand is None:
+        rt.weights.pop(key, None)
         return None
-    return max_min_fair(rt.settings.send_budget, rt.demands).get(key)
+    rt.demands[key] = demand
+    rt.weights[key] = weight
+    if rt.settings.send_budget <= 0:
+        return None
+    weights = rt.weights if rt.settings.fair_share_by_priority else None
+    return max_min_fair(rt.settings.send_budget, {**rt.demands, key: prospective}, weights).get(key)
 
 
 def _settled(spec: PushTaskSpec, status: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
@@ -314,7 +337,7 @@ async def _reconcile(
     now = datetime.now(UTC)
     key = task_key(meta)
 
-    since = _parse(status.get("lastFiredAt")) or _parse(meta.get("creationTimestamp")) or now
+    since = _last_firing(status, meta) or now
     if _settled(spec, status, meta):
         rt.demands.pop(key, None)
         phase_now = Phase(status["phase"])
@@ -353,23 +376,43 @@ async def _reconcile(
 
     start_due, in_window, recurring = _schedule_facts(spec, since, now)
     rate = spec.rate.per_second
-    plan = decide(
-        Observed(
-            generation=int(meta.get("generation") or 0),
-            spec=spec,
-            status=status,
-            validation=validation,
-            progress=progress,
-            deployment=view,
-            start_due=start_due,
-            in_window=in_window,
-            recurring=recurring,
-            degrade=settings.degrade_for(spec.priority),
-            fair_rate=_fair_rate(rt, key, rate if running else None),
-            next_event=schedule_mod.next_event(spec.schedule, now, since),
-            now=now,
-        )
+    observed = Observed(
+        generation=int(meta.get("generation") or 0),
+        spec=spec,
+        status=status,
+        validation=validation,
+        progress=progress,
+        deployment=view,
+        start_due=start_due,
+        in_window=in_window,
+        recurring=recurring,
+        degrade=settings.degrade_for(spec.priority),
+        next_event=schedule_mod.next_event(spec.schedule, now, since),
+        due_firing=schedule_mod.due_firing(spec.schedule, since, now),
+        now=now,
     )
+    plan = decide(observed)
+    # The budget share of the phase the task is entering (a run starting or resuming now
+    # gets its share in its first control block), then the plan again with it.
+    stage = ((facts.run_doc if facts else None) or {}).get("stage")
+    demand: float | None = None
+    if plan.phase in RUNNING_PHASES:
+        if not running:  # resumed: the paused stretch says nothing of what it achieves
+            state.tracker = RateTracker()
+        measured = state.tracker.measured() and not plan.new_run
+        demand = fairshare.demand_now(
+            rate,
+            in_window=in_window,
+            sending=stage == "delivery" and not plan.new_run,
+            achieved=state.tracker.rate() if measured else None,
+            allocated=state.allocated,
+        )
+    prospective = demand if demand else rate
+    weight = float(max(1, spec.priority))
+    fair = _fair_rate(rt, key, demand=demand, prospective=prospective, weight=weight)
+    state.allocated = fair
+    if fair is not None:
+        plan = decide(dataclasses.replace(observed, fair_rate=fair))
 
     frozen: Mapping[str, Any] | None = (facts.run_doc or {}).get("spec") if facts else None
     started_run: str | None = None
@@ -451,7 +494,7 @@ async def _reconcile(
         plan.phase,
         spec.schedule,
         now=now,
-        since=_parse(new_status.get("lastFiredAt")) or since,
+        since=_last_firing(new_status, meta) or since,
         tick=settings.progress_interval,
         revalidate=REVALIDATE_SECONDS if waiting else None,
     )

@@ -63,6 +63,13 @@ class RateTracker:
         while len(self.samples) > 2 and self.samples[1][0] <= horizon:
             self.samples.popleft()
 
+    def measured(self) -> bool:
+        """The samples span a whole window: the rate says what the run achieves."""
+        if len(self.samples) < 2:
+            return False
+        span = (self.samples[-1][0] - self.samples[0][0]).total_seconds()
+        return span >= RATE_WINDOW_SECONDS
+
     def rate(self) -> float:
         if len(self.samples) < 2:
             return 0.0

@@ -117,6 +117,9 @@ class Observed:
     fair_rate: float | None = None
     # The schedule's next event (schedule.next_event): shown as the Scheduled condition.
     next_event: tuple[datetime, str] | None = None
+    # A cron firing that came due since the last one handled (schedule.due_firing): while
+    # a run is under way it is skipped, never queued behind the run.
+    due_firing: datetime | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -365,6 +368,17 @@ def decide(obs: Observed) -> Plan:
     ):
         events.append(EventSpec("Warning", v.reason, v.message))
 
+    skipped: str | None = None
+    if obs.due_firing is not None and phase_now in ACTIVE_PHASES and not t.new_run:
+        skipped = _iso(obs.due_firing)
+        events.append(
+            EventSpec(
+                "Normal",
+                "FiringSkipped",
+                f"cron firing at {skipped} skipped: run {status_run} is still under way",
+            )
+        )
+
     new_status: dict[str, Any] = {
         "phase": phase.value,
         "observedGeneration": obs.generation,
@@ -374,6 +388,8 @@ def decide(obs: Observed) -> Plan:
     }
     if run is not None:
         new_status["run"] = run
+    if skipped is not None:
+        new_status["lastSkippedAt"] = skipped
     return Plan(
         transition=t,
         phase=phase,

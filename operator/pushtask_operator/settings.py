@@ -57,6 +57,9 @@ class OperatorSettings:
     worker_pod_annotations: Mapping[str, str] = field(default_factory=dict)
     # Operator-wide sends per second shared by every running task; 0 = no global budget.
     send_budget: float = 0.0
+    # Split the budget in proportion to spec.priority (else evenly) among tasks that want
+    # more than their part.
+    fair_share_by_priority: bool = False
     # Tier name -> inclusive range of spec.priority (0..1000) it covers.
     tiers: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     # Tier name -> how it is degraded right now ("graceful" pause / "immediate" cancel).
@@ -187,6 +190,8 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
             "PUSHTASK_WORKER_POD_ANNOTATIONS", env.get("PUSHTASK_WORKER_POD_ANNOTATIONS", "")
         ),
         send_budget=_number(env, "PUSHTASK_SEND_BUDGET", 0.0),
+        fair_share_by_priority=env.get("PUSHTASK_FAIR_SHARE_BY_PRIORITY", "").lower()
+        in ("1", "true", "yes"),
         tiers=tiers,
         # "off" lifts a degradation explicitly (Helm cannot remove a map key on upgrade).
         degraded_tiers={t: m for t, m in degraded.items() if m != "off"},

@@ -158,8 +158,13 @@ def install(helm: Any, release: str, namespace: str, db_uri: str, *values: str) 
 
 
 @pytest.fixture
-def env(kubectl: Any, helm: Any, namespace: str, request: pytest.FixtureRequest) -> Iterator[Env]:
+def env(
+    kubectl: Any, helm: Any, namespace: str, pushtask_crd: None, request: pytest.FixtureRequest
+) -> Iterator[Env]:
     """A release of the chart serving only this test's namespace, and a webhook sink.
+
+    The generated CRD is applied first (`pushtask_crd`): helm leaves a CRD already in the
+    cluster as it is, and a stack reused from an older checkout would prune new fields.
 
     kind (scripts/e2e-kind.sh): one cluster-wide release is installed by the script
     (PUSHTASK_E2E_RELEASE, ..._RELEASE_NAMESPACE) with its bundled MongoDB, whose
@@ -191,7 +196,7 @@ def env(kubectl: Any, helm: Any, namespace: str, request: pytest.FixtureRequest)
         logs = k("logs", "-l", selector, "--tail=80", "--prefix", check=False)
         print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")
     # Tasks go first, while their operator runs: kopf keeps a finalizer on each task for
-    # its progress timer, and only a running operator takes it off.
+    # its wake-up daemon, and only a running operator takes it off.
     k("delete", RESOURCE, "--all", "--wait=true", "--timeout=60s", check=False)
     if existing:
         return  # the cluster's MongoDB is not reachable from here; the data goes with it
@@ -389,6 +394,100 @@ def test_start_at_holds_in_ready_then_starts_within_a_second(env: Env) -> None:
     first = min(r.t for r in env.sink.requests)
     assert first >= start.timestamp(), f"sent {start.timestamp() - first:.2f} s before startAt"
     assert_each_once(env, audience)
+
+
+def scheduled(env: Env, name: str) -> dict[str, Any] | None:
+    conds = env.status(name).get("conditions") or []
+    return next((c for c in conds if c["type"] == "Scheduled"), None)
+
+
+def next_minute(after: datetime, *, at_least: float) -> datetime:
+    """The first minute boundary at least `at_least` seconds after `after`."""
+    t = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    while (t - after).total_seconds() < at_least:
+        t += timedelta(minutes=1)
+    return t
+
+
+def test_a_window_closing_mid_run_holds_the_workers_until_it_reopens(env: Env) -> None:
+    """A send window that closes mid-run: no send while it is closed, the phase stays
+    Started and the Scheduled condition says when it reopens; at the opening it resumes."""
+    audience = users(2000)
+    now = datetime.now(UTC)
+    closes = next_minute(now, at_least=20)
+    opens = closes + timedelta(minutes=1)
+    hhmm = "%H:%M"
+    windows = [
+        {"from": (now - timedelta(minutes=1)).strftime(hhmm), "to": closes.strftime(hhmm)},
+        {"from": opens.strftime(hhmm), "to": (opens + timedelta(minutes=30)).strftime(hhmm)},
+    ]
+    # 20/s: still sending when the window closes (2,000 take 100 s).
+    task = push_task("windowed", env.sink.url, audience, workers=2, rate=20)
+    task["spec"]["schedule"] = {"timeZone": "UTC", "windows": windows}
+    env.apply(task)
+    wait_for("sending under way", lambda: len(env.delivered()) > 50, 120)
+    pause = (closes - datetime.now(UTC)).total_seconds() + 5
+    assert pause > 0, "the window closed before sending got under way"
+    time.sleep(pause)
+    status = env.status("windowed")
+    assert status["phase"] == "Started" and status["reason"] == "OutsideSendWindow"
+    cond = scheduled(env, "windowed")
+    assert cond is not None and cond["reason"] == "WindowOpens"
+    assert opens.strftime("%Y-%m-%dT%H:%M:00Z") in cond["message"]
+    time.sleep(max(0.0, (opens - datetime.now(UTC)).total_seconds() + 3))
+    # Sends that were in flight at the closing may land just after it; nothing later.
+    held = [r.t for r in env.sink.requests if closes.timestamp() + 1 < r.t < opens.timestamp()]
+    assert not held, f"{len(held)} sends while the window was closed"
+    after = [r.t for r in env.sink.requests if r.t >= opens.timestamp()]
+    assert after and min(after) - opens.timestamp() < 2.0, "not resumed at the opening"
+    env.patch_spec("windowed", rate={"perSecond": 2000})  # the rest at once
+    env.wait_phase("windowed", "Finished", 180)
+    assert_each_once(env, audience)
+
+
+def test_a_cron_task_fires_every_minute_and_skips_a_firing_during_a_run(env: Env) -> None:
+    """cron `* * * * *` in a time zone: a run at each minute, Started within 1 s of it; a
+    firing while a run is still under way is skipped with an Event (never queued); status
+    shows the next firing."""
+    audience = users(2100)
+    task = push_task("minutely", env.sink.url, audience, workers=2, rate=30)  # about 70 s
+    task["spec"]["schedule"] = {"cron": "* * * * *", "timeZone": "Asia/Kolkata"}
+    env.apply(task)
+    ready = env.wait_phase("minutely", "Ready", 60)
+    assert ready.get("runId") is None
+    cond = wait_for("the Scheduled condition", lambda: scheduled(env, "minutely"), 30)
+    assert cond["reason"] == "NextFiring"
+    first = env.wait_phase("minutely", "Started", 75)
+    fired = datetime.fromisoformat(first["startedAt"].replace("Z", "+00:00"))
+    assert fired.second <= 1, f"run 1 started at {first['startedAt']}, not on the minute"
+    skipped_at = (fired.replace(second=0) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    wait_for(
+        "the firing during run 1 skipped",
+        lambda: [e for e in env.events("minutely") if e["reason"] == "FiringSkipped"],
+        90,
+    )
+    (event,) = [e for e in env.events("minutely") if e["reason"] == "FiringSkipped"]
+    assert skipped_at in event["message"] and "still under way" in event["message"]
+    assert env.status("minutely").get("lastSkippedAt") == skipped_at
+    wait_for(
+        "run 1 over",
+        lambda: env.status("minutely").get("run") == 1 and env.phase("minutely") == "Ready",
+        120,
+    )
+    assert_each_once(env, audience, run=1)
+    upcoming = scheduled(env, "minutely")
+    nxt = (fired.replace(second=0) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert upcoming is not None and upcoming["reason"] == "NextFiring"
+    assert nxt in upcoming["message"]
+
+    def second_run() -> dict[str, Any] | None:
+        status = env.status("minutely")
+        return status if status.get("run") == 2 else None
+
+    second = wait_for("run 2", second_run, 90)
+    assert second["startedAt"] in (nxt, nxt[:-3] + "01Z"), second["startedAt"]
+    env.patch_spec("minutely", state="Stopped")
+    env.wait_phase("minutely", "Stopped", 60)
 
 
 def test_scale_subresource_drives_the_deployment(env: Env) -> None:

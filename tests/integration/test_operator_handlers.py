@@ -279,12 +279,21 @@ def test_send_budget_is_shared_max_min_fairly(mongo_uri: str, db_name: str) -> N
         c.apply("small", **task_spec(["a"], rate={"perSecond": 10}))
         c.apply("big", **task_spec(["b"], rate={"perSecond": 1000}))
         ids = {n: (await c.tick(n))["runId"] for n in ("small", "big")}
-        for _ in range(2):  # both are running now: shares settle on the next ticks
-            for n in ("small", "big"):
-                await c.tick(n)
-        controls = {n: (await store.get_run(i) or {})["control"] for n, i in ids.items()}
-        assert controls["small"]["ratePerSecond"] == 10
-        assert controls["big"]["ratePerSecond"] == 90
+
+        async def rates() -> dict[str, float]:
+            for _ in range(2):  # shares settle over the next ticks
+                for n in ("small", "big"):
+                    await c.tick(n)
+            runs = {n: await store.get_run(i) or {} for n, i in ids.items()}
+            return {n: r["control"]["ratePerSecond"] for n, r in runs.items()}
+
+        # Both still build their audience: neither sends, so neither holds budget back from
+        # the other; each starts at the share it will have, not at its full rate.
+        assert await rates() == {"small": 10, "big": 100}
+        await read_audience(store, ids["small"], "w1")  # small sends, big still reads
+        assert await rates() == {"small": 10, "big": 90}
+        await read_audience(store, ids["big"], "w2")
+        assert await rates() == {"small": 10, "big": 90}
         await store.close()
 
     run(scenario())

@@ -374,6 +374,19 @@ def test_first_attempt_sends_are_recorded_as_one_list_a_write_and_a_retry_change
     run(scenario())
 
 
+def test_the_rate_is_shared_by_the_workers_that_hold_work(uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        await store.heartbeat("busy", "r1", {"lease": "r1/c/0000/00000"})
+        await store.heartbeat("idle", "r1", {"lease": None})
+        await store.heartbeat("other", "r2", {"lease": "r2/c/0000/00000"})
+        assert await store.live_workers("r1", 30) == 2
+        assert await store.live_workers("r1", 30, holding=True) == 1
+        await store.close()
+
+    run(scenario())
+
+
 def test_only_the_newest_runs_of_a_task_are_kept(uri: str, db_name: str) -> None:
     async def scenario() -> None:
         store = await new_store(uri, db_name)

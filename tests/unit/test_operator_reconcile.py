@@ -1,5 +1,5 @@
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -366,3 +366,30 @@ def test_every_phase_composes_a_status_the_schema_declares(phase: Phase) -> None
     for progress_now in (None, running_progress()):
         plan = decide(obs(current, progress=progress_now))
         compose(current, plan, progress_now)
+
+
+def test_a_cron_firing_during_a_run_is_skipped_with_an_event() -> None:
+    running = {"phase": "Started", "run": 4, "runId": "r4", "lastFiredAt": "2026-01-01T11:00:00Z"}
+    firing = NOW.replace(minute=0, second=0) + timedelta(minutes=1)  # after the last one
+    plan = decide(obs(running, recurring=True, progress=running_progress(), due_firing=firing))
+    assert plan.phase is Phase.STARTED and not plan.new_run  # the run goes on, alone
+    (event,) = plan.events
+    assert event.reason == "FiringSkipped" and "run 4 is still under way" in event.message
+    assert plan.status["lastSkippedAt"] == "2026-01-01T12:01:00Z"
+    status = compose(running, plan, running_progress(), recurring=True)
+    assert "lastFiredAt" not in status_patch(running, status)  # no run fired
+    # A firing that starts a run is not a skipped one.
+    ready = {"phase": "Ready", "run": 4, "runId": "r4"}
+    plan = decide(obs(ready, recurring=True, start_due=True, due_firing=firing))
+    assert plan.new_run and "lastSkippedAt" not in plan.status
+    assert all(e.reason != "FiringSkipped" for e in plan.events)
+
+
+def test_the_scheduled_condition_names_the_next_event() -> None:
+    at = NOW + timedelta(minutes=30)
+    plan = decide(obs(start_due=False, next_event=(at, "StartAt")))
+    (cond,) = [c for c in plan.status["conditions"] if c["type"] == "Scheduled"]
+    assert cond["status"] == "True" and cond["reason"] == "StartAt"
+    assert cond["message"] == "starts at 2026-01-01T12:30:00Z"
+    plan = decide(obs(start_due=False))
+    assert all(c["type"] != "Scheduled" for c in plan.status["conditions"])

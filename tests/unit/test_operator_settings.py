@@ -68,3 +68,9 @@ def test_default_tiers() -> None:
 def test_bad_values_fail_loudly(key: str, value: str, words: str) -> None:
     with pytest.raises(SettingsError, match=words):
         from_env({key: value})
+
+
+def test_fair_share_by_priority_is_off_unless_asked() -> None:
+    assert from_env({}).fair_share_by_priority is False
+    assert from_env({"PUSHTASK_FAIR_SHARE_BY_PRIORITY": "true"}).fair_share_by_priority
+    assert not from_env({"PUSHTASK_FAIR_SHARE_BY_PRIORITY": "false"}).fair_share_by_priority

@@ -112,7 +112,11 @@ class Worker:
                 lambda: store.heartbeat(cfg.worker_id, cfg.run_id, lease_field), "heartbeat"
             ),
             self.guard.call(lambda: store.get_run(cfg.run_id, control_fields), "read run"),
-            self.guard.call(lambda: store.live_workers(cfg.run_id, cfg.lease_seconds), "live"),
+            # The rate is shared among the workers that hold work, not idle ones (a run's
+            # tail, more workers than chunks): those would leave their share unused.
+            self.guard.call(
+                lambda: store.live_workers(cfg.run_id, cfg.lease_seconds, holding=True), "live"
+            ),
             self.guard.call(lambda: store.totals(cfg.run_id), "totals"),
         )
         # The work may have moved on while the renewal was on its way: released this unit
