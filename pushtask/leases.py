@@ -48,10 +48,13 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def claimable(now: datetime, due_field: str = "notBefore") -> list[dict[str, Any]]:
-    """Pending and due, or leased by a holder that stopped renewing."""
+def claimable(
+    now: datetime, due_field: str = "notBefore", due_by: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Pending and due (by `due_by`, default now), or leased by a holder that stopped
+    renewing."""
     return [
-        {"status": "pending", due_field: {"$lte": now}},
+        {"status": "pending", due_field: {"$lte": due_by or now}},
         {"status": "leased", "leaseUntil": {"$lt": now}},
     ]
 
@@ -67,13 +70,16 @@ async def claim(
     sort: Sequence[tuple[str, int]] = (("index", 1),),
     projection: Mapping[str, Any] | None = None,
     collection: str = "splits",
+    ahead: float = 0.0,
 ) -> tuple[dict[str, Any], Lease] | None:
     """Take one claimable unit matching `match` in one find-and-modify; the reply is the
-    unit itself after the claim (its token is the new holder's)."""
+    unit itself after the claim (its token is the new holder's). `ahead`: a unit falling
+    due within that many seconds is claimable already (its holder waits for it)."""
     now = now or now_utc()
     until = now + timedelta(seconds=ttl)
+    due_by = now + timedelta(seconds=ahead)
     doc = await coll.find_one_and_update(
-        {**match, "$or": claimable(now, due_field)},
+        {**match, "$or": claimable(now, due_field, due_by)},
         {
             "$set": {"status": "leased", "owner": owner, "leaseUntil": until, "claimedAt": now},
             "$inc": {"token": 1},

@@ -120,6 +120,17 @@ class Flush:
 # -- shards --------------------------------------------------------------------------------
 
 
+def shard_target(total: int, workers: int, timed: bool) -> int:
+    """Recipients per shard. With per-recipient send times, every shard has a chunk falling
+    due at any moment and a worker holds one chunk at a time: more shards than workers
+    would leave some shards' due recipients waiting for a free worker (measured: p99 2.2 s
+    late at 1,000 due a second with 3 shards and 2 workers). So a timed audience gets no
+    more shards than workers, as long as a shard stays within SHARD_MAX."""
+    if not timed or total <= 0:
+        return SHARD_TARGET
+    return min(SHARD_MAX, max(SHARD_TARGET, -(-total // max(1, workers))))
+
+
 def group_buckets(
     sizes: Mapping[int, int],
     buckets: int,

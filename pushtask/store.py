@@ -236,7 +236,8 @@ class Store:
         operator) may run it, even several at once.
         """
         now = now or now_utc()
-        run = await self._runs.find_one({"_id": run_id}, {"stage": 1, "buckets": 1})
+        fields = {"stage": 1, "buckets": 1, "spec.workers": 1, "spec.audience.sources": 1}
+        run = await self._runs.find_one({"_id": run_id}, fields)
         if run is None:
             return "audience"
         stage = str(run.get("stage") or "audience")
@@ -280,11 +281,14 @@ class Store:
             {"run": run_id, "exclude": False}, {"bucket": 1, "n": 1}
         ):
             sizes[int(doc["bucket"])] += int(doc.get("n") or 0)
+        spec = run.get("spec") or {}
+        timed = any(s.get("sendAtField") for s in (spec.get("audience") or {}).get("sources", []))
+        target = ledger.shard_target(sum(sizes.values()), int(spec.get("workers") or 1), timed)
         return [
             new_split(
                 run_id, ledger.shard_split_id(run_id, k), "seal", k, buckets=[lo, hi], total=0
             )
-            for k, (lo, hi) in enumerate(ledger.group_buckets(sizes, buckets))
+            for k, (lo, hi) in enumerate(ledger.group_buckets(sizes, buckets, target=target))
         ]
 
     async def totals(self, run_id: str) -> RunTotals:
@@ -353,10 +357,17 @@ class Store:
         )
 
     async def claim_chunk(
-        self, run_id: str, owner: str, ttl: float, now: datetime | None = None
+        self,
+        run_id: str,
+        owner: str,
+        ttl: float,
+        now: datetime | None = None,
+        *,
+        ahead: float = 0.0,
     ) -> tuple[dict[str, Any], Lease] | None:
-        """A chunk that is due (or whose holder stopped renewing), earliest due first; the
-        reply carries its recipients and what earlier holders recorded."""
+        """A chunk that is due, or falls due within `ahead` seconds (or whose holder stopped
+        renewing), earliest due first; the reply carries its recipients and what earlier
+        holders recorded."""
         return await claim(
             self._chunks,
             match={"run": run_id},
@@ -368,6 +379,7 @@ class Store:
             # No projection: FerretDB refuses one on findAndModify, and a chunk is almost
             # all recipients anyway.
             collection="chunks",
+            ahead=ahead,
         )
 
     async def renew(self, lease: Lease, now: datetime | None = None) -> Lease:

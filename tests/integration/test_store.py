@@ -301,7 +301,10 @@ def test_a_chunk_resting_until_its_next_recipient_is_due_is_not_claimed(
         later = now_utc() + timedelta(hours=1)
         await record(store, lease, results=[Result(0, "sent")], hi=1, end="pending", due=later)
         assert await store.claim_chunk(run_id, "w", 30) is None
-        assert await store.claim_chunk(run_id, "w", 30, now=later + timedelta(seconds=1))
+        soon = later - timedelta(seconds=1)
+        assert await store.claim_chunk(run_id, "w", 30, now=soon) is None
+        # Taken ahead when it falls due within `ahead` (its lanes wait for the due time).
+        assert await store.claim_chunk(run_id, "w", 30, now=soon, ahead=2)
         await store.close()
 
     run(scenario())

@@ -134,3 +134,21 @@ def test_send_path_bench_measures_every_layer() -> None:
     assert rows["ceiling (plain aiohttp)"][1] == "1.00x"
     for us, ratio in rows.values():
         assert float(us) > 0 and ratio.endswith("x") and float(ratio[:-1]) > 0
+
+
+def test_lateness_bench_sends_nobody_early() -> None:
+    """bench/lateness.py at a smoke size: every recipient arrives, none before its own
+    due time (the figures themselves are for docs/benchmarks.md, not CI)."""
+    out = subprocess.run(
+        [sys.executable, "bench/lateness.py", "--rates", "100", "--seconds", "3", "--lead", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    (row,) = [line for line in out.splitlines() if line.startswith("| 100 |")]
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert cells[1] == "300"  # every recipient was sent and seen at the sink
+    assert cells[5] == "0", f"sent before their due time: {cells[5]}"
+    assert all(c.endswith(" s") and float(c[:-2]) >= 0 for c in cells[2:5])

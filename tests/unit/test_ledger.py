@@ -183,3 +183,14 @@ def test_first_attempt_sends_are_one_list_per_write() -> None:
 def test_flushes_grow_with_the_bucket_count() -> None:
     assert ledger.flush_rows(16) == ledger.flush_rows(100) == ledger.FLUSH_ROWS
     assert ledger.flush_rows(1024) == 200 * 1024  # still about 200 rows a staging document
+
+
+def test_a_timed_audience_gets_no_more_shards_than_workers() -> None:
+    assert ledger.shard_target(180_000, 2, timed=False) == ledger.SHARD_TARGET
+    assert ledger.shard_target(180_000, 2, timed=True) == 90_000
+    assert ledger.shard_target(10_000, 4, timed=True) == ledger.SHARD_TARGET  # small anyway
+    # Memory first: a shard never grows past SHARD_MAX, whatever the worker count.
+    assert ledger.shard_target(1_000_000, 2, timed=True) == ledger.SHARD_MAX
+    sizes = dict.fromkeys(range(256), 180_000 // 256)
+    target = ledger.shard_target(sum(sizes.values()), 2, timed=True)
+    assert len(ledger.group_buckets(sizes, 256, target=target)) == 2

@@ -30,7 +30,7 @@ from pushtask_worker.audience.mongosource import QueryNotAllowed
 from pushtask_worker.audience.urlsource import SourceError
 from pushtask_worker.channels import ChannelContext, UnknownChannel, load_channel
 from pushtask_worker.config import WorkerConfig
-from pushtask_worker.delivery import ChunkDelivery
+from pushtask_worker.delivery import HOLD_SECONDS, ChunkDelivery
 from pushtask_worker.ratelimit import TokenBucket
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
@@ -259,7 +259,12 @@ class Worker:
         if got is None and stage != "audience":
             kind = "chunk"
             got = await self.guard.call(
-                lambda: store.claim_chunk(cfg.run_id, cfg.worker_id, cfg.lease_seconds), "claim"
+                # Chunks about to fall due are taken ahead, and their lanes wait for the
+                # due time: an idle worker's poll would otherwise add up to a second.
+                lambda: store.claim_chunk(
+                    cfg.run_id, cfg.worker_id, cfg.lease_seconds, ahead=HOLD_SECONDS
+                ),
+                "claim",
             )
         if got is None:
             await self.guard.call(lambda: store.advance(cfg.run_id), "advance run")
