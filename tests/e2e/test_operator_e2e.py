@@ -703,6 +703,58 @@ def test_send_budget_and_degraded_tier(env: Env, helm: Any) -> None:
     assert len([u for u in env.delivered() if u and u.startswith("c-")]) == 50
 
 
+def configmap_audience(env: Env, tmp_path: Path, name: str, audience: list[str]) -> dict[str, Any]:
+    """An audience too big for an inline list, as a ConfigMap source."""
+    listing = tmp_path / f"{name}.txt"
+    listing.write_text("\n".join(audience) + "\n")
+    env.kubectl("create", "configmap", name, f"--from-file=users.txt={listing}")
+    return {"shards": 16, "sources": [{"kind": "configMap", "name": name, "key": "users.txt"}]}
+
+
+def test_fair_shares_measured_at_the_sink(env: Env, helm: Any, tmp_path: Path) -> None:
+    """Three tasks asking for 100, 1,000 and 1,000 sends a second under a budget of 900:
+    the sink sees 100 / 400 / 400 (each within 15%); when the first finishes, the other two
+    reach 450 each within 10 s."""
+    if os.environ.get("PUSHTASK_E2E_RELEASE"):
+        pytest.skip("release installed outside the test")
+    helm(
+        "upgrade", env.release, str(CHART), "--namespace", env.namespace, "--reuse-values",
+        "--set", "sendBudget=900", "--wait", timeout=240,
+    )  # fmt: skip
+    tasks = {"slow": (100, 3500), "fast-a": (1000, 40_000), "fast-b": (1000, 40_000)}
+    for name, (rate, size) in tasks.items():
+        task = push_task(name, env.sink.url, [], workers=2, rate=rate)
+        task["spec"]["audience"] = configmap_audience(env, tmp_path, name, users(size, name))
+        env.apply(task)
+
+    def rate_of(name: str, since: float, until: float) -> float:
+        key = f"{env.namespace}/{name}"
+        n = sum(1 for r in list(env.sink.requests) if r.task == key and since <= r.t < until)
+        return n / (until - since)
+
+    def all_sending() -> bool:
+        now = time.time()
+        return all(rate_of(t, now - 2, now) > 0 for t in tasks)
+
+    wait_for("all three sending", all_sending, 180)
+    time.sleep(5)  # past the first shares' settling
+    t0 = time.time()
+    time.sleep(15)
+    shares = {t: rate_of(t, t0, time.time()) for t in tasks}
+    print(f"\nshares at the sink while all three send: {shares}")
+    for name, want in (("slow", 100), ("fast-a", 400), ("fast-b", 400)):
+        assert abs(shares[name] - want) <= 0.15 * want, shares
+    env.wait_phase("slow", "Finished", 120)
+    finished = time.time()
+    time.sleep(10)
+    after = {t: rate_of(t, time.time() - 5, time.time()) for t in ("fast-a", "fast-b")}
+    print(f"5 s window, 5-10 s after the first finished: {after}")
+    for name in ("fast-a", "fast-b"):
+        assert abs(after[name] - 450) <= 0.15 * 450, (after, time.time() - finished)
+    for name in ("fast-a", "fast-b"):
+        env.patch_spec(name, state="Stopped")
+
+
 def test_cluster_wide_install_serves_another_namespace(
     kubectl: Any, helm: Any, namespace: str, mongo_uri: str
 ) -> None:
