@@ -108,23 +108,32 @@ def test_bench_celery_smoke(bench: BenchRun) -> None:
         assert bench.figures[key] > 0, bench.figures
 
 
-def test_send_path_bench_measures_every_layer() -> None:
-    """bench/send_path.py at a smoke size: every layer sends each user once (it checks the
-    sink itself) and gets a row with a CPU figure and a ratio to the ceiling."""
-    out = subprocess.run(
-        [sys.executable, "bench/send_path.py", "--size", "300", "--rounds", "1"],
+def bench_output(script: str, *args: str) -> str:
+    """The stdout of a bench script run to completion (it fails the test if the run does)."""
+    return subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     ).stdout
-    rows = {
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """A printed markdown table's rows by their first cell (header and rule left out)."""
+    return {
         cells[0]: cells[1:]
         for line in out.splitlines()
-        if line.startswith("| ") and not line.startswith(("| mode", "| ---"))
+        if line.startswith("| ") and not line.startswith(("| mode", "| ---", "| due"))
         for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]
     }
+
+
+def test_send_path_bench_measures_every_layer() -> None:
+    """bench/send_path.py at a smoke size: every layer sends each user once (it checks the
+    sink itself) and gets a row with a CPU figure and a ratio to the ceiling."""
+    rows = table_rows(bench_output("send_path.py", "--size", "300", "--rounds", "1"))
     assert set(rows) == {
         "ceiling (plain aiohttp)",
         "webhook channel",
@@ -139,16 +148,8 @@ def test_send_path_bench_measures_every_layer() -> None:
 def test_lateness_bench_sends_nobody_early() -> None:
     """bench/lateness.py at a smoke size: every recipient arrives, none before its own
     due time (the figures themselves are for docs/benchmarks.md, not CI)."""
-    out = subprocess.run(
-        [sys.executable, "bench/lateness.py", "--rates", "100", "--seconds", "3", "--lead", "8"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    (row,) = [line for line in out.splitlines() if line.startswith("| 100 |")]
-    cells = [c.strip() for c in row.strip().strip("|").split("|")]
-    assert cells[1] == "300"  # every recipient was sent and seen at the sink
-    assert cells[5] == "0", f"sent before their due time: {cells[5]}"
-    assert all(c.endswith(" s") and float(c[:-2]) >= 0 for c in cells[2:5])
+    out = bench_output("lateness.py", "--rates", "100", "--seconds", "3", "--lead", "8")
+    recipients, *lateness, early = table_rows(out)["100"]
+    assert recipients == "300"  # every recipient was sent and seen at the sink
+    assert early == "0", f"sent before their due time: {early}"
+    assert len(lateness) == 3 and all(c.endswith(" s") and float(c[:-2]) >= 0 for c in lateness)
