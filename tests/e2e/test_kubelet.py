@@ -214,7 +214,13 @@ def test_deleting_a_pod_sends_sigterm_and_it_is_replaced(k: Kubectl, tmp_path: P
     started = time.monotonic()
     k("delete", "pod", victim, "--wait=false")
     marker = tmp_path / f"{victim}.term"
-    wait_for("the SIGTERM marker", marker.exists, timeout=30, interval=0.1)
+    # Its content, not only the file: the pod's handler creates it, then writes it.
+    wait_for(
+        "the SIGTERM marker",
+        lambda: marker.exists() and marker.read_text(),
+        timeout=30,
+        interval=0.1,
+    )
     assert marker.read_text() == "SIGTERM"
     # The kubelet removes the object once the process has gone (grace period 0 delete).
     wait_for(

@@ -20,6 +20,7 @@ from pushtask.leases import LeaseLost
 from pushtask.models import Guarantee
 from pushtask.store import Result, Store
 from pushtask_worker.delivery import ChunkDelivery
+from pushtask_worker.ratelimit import TokenBucket
 from pushtask_worker.resilience import StoreGuard
 
 LEASE_TTL = 1.5
@@ -27,12 +28,17 @@ WINDOW = 4
 
 
 class AuditSender:
+    """Stands in for `Sender`: the same `send` and an unlimited rate `bucket`."""
+
     label = "race/race"
 
     def __init__(self, store: Store, chunk: str) -> None:
         self.store, self.chunk = store, chunk
+        self.bucket = TokenBucket(None)
 
-    async def send(self, position: int, user: str, attrs: Mapping[str, Any]) -> Result:
+    async def send(
+        self, position: int, user: str, attrs: Mapping[str, Any], *, token_taken: bool = False
+    ) -> Result:
         try:
             await self.store.db["audit"].insert_one(
                 {"_id": f"{self.chunk}/{position}", "user": user}
