@@ -341,7 +341,12 @@ def test_lost_worker_is_rebooted_and_nothing_is_sent_twice(env: Env, tmp_path: P
     if not os.environ.get("PUSHTASK_E2E_KUBECONFIG"):
         kill_processes_of(victim)
     env.kubectl("delete", "pod", victim, "--grace-period=0", "--force", "--wait=false")
-    env.wait_phase("lossy", "Reboot", 120)
+    # The Event, not the phase: Reboot may last less than one poll of the status.
+    wait_for(
+        "a WorkerLost Event",
+        lambda: any(e["reason"] == "WorkerLost" for e in env.events("lossy")),
+        120,
+    )
     status = env.wait_phase("lossy", "Finished", 300)
     got = env.delivered()
     assert not [u for u, c in got.items() if c > 1], "a user was delivered twice"
