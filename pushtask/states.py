@@ -77,8 +77,12 @@ class Facts:
     worker_lost: bool = False  # a worker vanished mid-run holding leases
     deployment_whole: bool = True  # ready replicas == desired replicas
     stale_leases: bool = False  # some lease has expired and is not reclaimed yet
-    degraded: bool = False  # the task's priority tier is degraded at a peak
+    # Why the task's priority tier is degraded at a peak ("": it is not).
+    degraded: str = ""
 
+
+# The reason of a task held or paused because its priority tier is degraded.
+DEGRADED = "Degraded"
 
 # A terminal phase that stays put: nothing happened (the operator keeps the old cause).
 RUN_OVER = "RunOver"
@@ -105,7 +109,7 @@ def _start_or_wait(desired: DesiredState, facts: Facts, *, reason: str, what: st
     if desired is DesiredState.PAUSED:
         return Transition(Phase.READY, "StartHeld", f"{what}; held: spec.state is Paused")
     if facts.degraded:
-        return Transition(Phase.READY, "TierDegraded", f"{what}; held: priority tier degraded")
+        return Transition(Phase.READY, DEGRADED, f"{what}; held: {facts.degraded}")
     if not facts.start_due:
         wait = "the next cron firing" if facts.recurring else "schedule.startAt"
         return Transition(Phase.READY, "WaitingForStart", f"{what}; waiting for {wait}")
@@ -135,7 +139,7 @@ def transition(phase: Phase, desired: DesiredState, facts: Facts) -> Transition:
         if desired is DesiredState.PAUSED:
             return Transition(Phase.PAUSED, "PausedByUser", "spec.state is Paused")
         if facts.degraded:
-            return Transition(Phase.PAUSED, "TierDegraded", "priority tier degraded at a peak")
+            return Transition(Phase.PAUSED, DEGRADED, f"paused: {facts.degraded}")
         if phase is Phase.STARTED and facts.worker_lost:
             return Transition(Phase.REBOOT, "WorkerLost", "a worker was lost; reclaiming leases")
         if phase is Phase.REBOOT and not (facts.deployment_whole and not facts.stale_leases):

@@ -27,12 +27,12 @@ from pymongo.errors import PyMongoError
 
 from pushtask import fairshare
 from pushtask import schedule as schedule_mod
-from pushtask.fairshare import max_min_fair
 from pushtask.models import PushTaskSpec
 from pushtask.planning import TaskRef, plan_run, run_id_for
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
-from pushtask_operator import metrics
+from pushtask_operator import degrade, metrics
+from pushtask_operator.degrade import DegradeView
 from pushtask_operator.deployment import (
     RUN_ID_ANNOTATION,
     build_worker_deployment,
@@ -53,7 +53,7 @@ from pushtask_operator.reconcile import (
     status_patch,
     with_api_problem,
 )
-from pushtask_operator.settings import OperatorSettings
+from pushtask_operator.settings import Degrade, OperatorSettings
 from pushtask_operator.validation import configmap_contents, validate
 from pushtask_operator.wakeups import Wakeup, next_wakeup
 
@@ -83,6 +83,10 @@ class Runtime:
     demands: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     events: Callable[[Mapping[str, Any], str, str, str], None] = post_event
+    # Every task this process reconciles, to wake them all when the degraded tiers change.
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    # The chart's degradedTiers, which the degrade ConfigMap overrides tier by tier.
+    degrade_base: Mapping[str, Degrade] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +113,9 @@ class TaskState:
     # read it again after a reconcile it did not run itself (an update).
     wakeup: Wakeup | None = None
     rearm: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when an operator-wide setting changed (a tier degraded): reconcile at once, even
+    # if a reconcile running now, with the old setting, sets a later wake-up.
+    due_now: bool = False
     # This task's last share of the send budget (None: no budget, or not running).
     allocated: float | None = None
 
@@ -224,7 +231,8 @@ def _fair_rate(
     if rt.settings.send_budget <= 0:
         return None
     weights = rt.weights if rt.settings.fair_share_by_priority else None
-    return max_min_fair(rt.settings.send_budget, {**rt.demands, key: prospective}, weights).get(key)
+    demands = {**rt.demands, key: prospective}
+    return fairshare.max_min_fair(rt.settings.send_budget, demands, weights).get(key)
 
 
 def _settled(spec: PushTaskSpec, status: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
@@ -258,8 +266,10 @@ async def reconcile(
     """Bring one task in line; None when it is settled (nothing was read or written) or an
     API refusal stopped it (kube.py's policy: shown on the task, looked at next tick)."""
     state = task_state(memo)
+    rt.tasks[task_key(body["metadata"])] = state
     async with state.lock:
         state.wakeup = None  # unless this reconcile gets to the end: again after a tick
+        state.due_now = False
         try:
             plan = await _reconcile(rt, body, state, logger)
         except KubeApiError as exc:
@@ -387,6 +397,7 @@ async def _reconcile(
         in_window=in_window,
         recurring=recurring,
         degrade=settings.degrade_for(spec.priority),
+        tier=settings.tier_of(spec.priority),
         next_event=schedule_mod.next_event(spec.schedule, now, since),
         due_firing=schedule_mod.due_firing(spec.schedule, since, now),
         now=now,
@@ -535,6 +546,8 @@ async def watch(body: Mapping[str, Any], memo: kopf.Memo, logger: Any) -> None:
         now = datetime.now(UTC)
         wake = state.wakeup
         delay = rt.settings.progress_interval if wake is None else wake.seconds(now)
+        if state.due_now:
+            delay = 0.0
         if await _nudged_within(state.rearm, delay):
             continue  # a reconcile elsewhere moved the wake-up: sleep again from there
         try:
@@ -555,11 +568,44 @@ async def _nudged_within(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+def apply_degrade(rt: Runtime, view: DegradeView) -> list[str]:
+    """The degrade ConfigMap changed: new degraded tiers, every task looked at now. The
+    entries that were ignored, one message each."""
+    live, problems = degrade.parse(view.data, rt.settings.tiers)
+    tiers = degrade.effective(rt.degrade_base, live)
+    if tiers != dict(rt.settings.degraded_tiers):
+        shown = ", ".join(f"{t} ({m})" for t, m in sorted(tiers.items())) or "none"
+        log.info("degraded tiers now: %s", shown)
+        rt.settings = dataclasses.replace(rt.settings, degraded_tiers=tiers)
+        for state in rt.tasks.values():
+            state.due_now = True
+            state.rearm.set()
+    for problem in problems:
+        log.warning("degrade ConfigMap: %s (entry ignored)", problem)
+    return problems
+
+
+async def on_degrade(rt: Runtime, view: DegradeView) -> None:
+    """apply_degrade, then a Warning Event on the ConfigMap per ignored entry (who edited
+    it sees why in `kubectl describe`)."""
+    problems = apply_degrade(rt, view)
+    if view.meta is None:
+        return
+    for problem in problems:
+        try:
+            await rt.kube.post_event(
+                view.meta, "ConfigMap", "Warning", "InvalidDegrade", f"{problem}; entry ignored"
+            )
+        except Exception as exc:  # a courtesy: the tiers are applied either way
+            log.warning("could not post the Event on the degrade ConfigMap: %s", exc)
+
+
 async def on_delete(body: Mapping[str, Any], memo: kopf.Memo) -> None:
     """Forget the task and delete its runs' ledgers (the garbage collector removes its
     Deployment)."""
     rt = memo.get("runtime")
     if isinstance(rt, Runtime):
         rt.demands.pop(task_key(body["metadata"]), None)
+        rt.tasks.pop(task_key(body["metadata"]), None)
         await rt.store.delete_task_runs(str(body["metadata"]["uid"]))
     metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])

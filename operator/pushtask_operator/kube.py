@@ -25,6 +25,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -252,6 +253,32 @@ class Kube:
             _request_timeout=REQUEST_TIMEOUT,
         )
 
+    def _post_event(
+        self, involved: Mapping[str, Any], kind: str, type: str, reason: str, message: str
+    ) -> None:
+        """A core v1 Event on an object kopf does not serve (the degrade ConfigMap)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body: Any = {  # a plain dict: the client serialises it as it is
+            "metadata": {"generateName": f"{involved['name']}."},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": kind,
+                "name": involved["name"],
+                "namespace": involved["namespace"],
+                "uid": involved.get("uid"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        client.CoreV1Api(self.api()).create_namespaced_event(
+            involved["namespace"], body, _request_timeout=REQUEST_TIMEOUT
+        )
+
     # -- async wrappers: in a thread, errors through the policy -------------------------
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, workload: bool = False) -> T:
@@ -287,6 +314,12 @@ class Kube:
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         what = f"patch status of PushTask {namespace}/{name}"
         await self._call(what, self._patch_status, namespace, name, status)
+
+    async def post_event(
+        self, involved: Mapping[str, Any], kind: str, type: str, reason: str, message: str
+    ) -> None:
+        what = f"post Event on {kind} {involved['namespace']}/{involved['name']}"
+        await self._call(what, self._post_event, involved, kind, type, reason, message)
 
     probe_timeout: float = 10.0
 

@@ -20,6 +20,7 @@ import kopf
 from pushtask.models import GROUP, PLURAL, VERSION
 from pushtask.store import Store
 from pushtask_operator import handlers, metrics
+from pushtask_operator.degrade import DegradeView, DegradeWatch
 from pushtask_operator.kube import Kube
 from pushtask_operator.settings import OperatorSettings, SettingsError, from_env
 
@@ -78,7 +79,12 @@ def register(
         await store.ensure_indexes()
         kube = Kube()
         kube.probe_timeout = config.url_probe_timeout
-        memo["runtime"] = handlers.Runtime(settings=config, store=store, kube=kube)
+        rt = handlers.Runtime(
+            settings=config, store=store, kube=kube, degrade_base=dict(config.degraded_tiers)
+        )
+        memo["runtime"] = rt
+        if config.degrade_configmap:
+            memo["degrade"] = await follow_degrade(rt, kube, config.degrade_configmap)
         metrics.serve(
             int(os.environ.get("PUSHTASK_METRICS_PORT", "0") or 0),
             os.environ.get("POD_IP", "0.0.0.0"),
@@ -95,6 +101,9 @@ def register(
         rt = memo.get("runtime")
         if isinstance(rt, handlers.Runtime):
             await rt.store.close()
+        watcher = memo.get("degrade")
+        if isinstance(watcher, DegradeWatch):
+            watcher.stop()
 
     @kopf.on.probe(id="tasks", registry=registry)
     def tasks_probe(memo: kopf.Memo, **_: Any) -> int:
@@ -117,6 +126,30 @@ def register(
     @kopf.on.delete(*res, registry=registry, id="forget", optional=True)
     async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await handlers.on_delete(body, memo)
+
+
+async def follow_degrade(rt: handlers.Runtime, kube: Kube, ref: str) -> DegradeWatch:
+    """Read the degrade ConfigMap before any task is reconciled (a tier degraded before
+    a restart stays degraded), then follow it."""
+    namespace, name = ref.split("/", 1)
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    def changed(view: DegradeView) -> None:  # on the loop, called from the watch thread
+        task = loop.create_task(handlers.on_degrade(rt, view))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    watcher = DegradeWatch(kube.api, namespace, name, loop, changed)
+    first: DegradeView | None = None
+    try:
+        first = await asyncio.to_thread(watcher.read)
+    except Exception as exc:  # the watch keeps trying; tasks run as the chart says meanwhile
+        log.error("cannot read the degrade ConfigMap %s: %s", ref, exc)
+    if first is not None:
+        await handlers.on_degrade(rt, first)
+    watcher.start(first)
+    return watcher
 
 
 async def selftest(uri: str) -> int:

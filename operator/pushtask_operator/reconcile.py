@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pushtask.models import Counts, PushTaskSpec
 from pushtask.states import (
     ACTIVE_PHASES,
+    DEGRADED,
     RUN_OVER,
     RUNNING_PHASES,
     TERMINAL_PHASES,
@@ -113,6 +114,7 @@ class Observed:
     in_window: bool = True
     recurring: bool = False
     degrade: Degrade | None = None
+    tier: str | None = None  # the tier of spec.priority (named in the Degraded message)
     # This task's part of the operator-wide send budget (None: no global budget).
     fair_rate: float | None = None
     # The schedule's next event (schedule.next_event): shown as the Scheduled condition.
@@ -188,9 +190,7 @@ def control_for(
         state = "Paused"
     else:
         state = "Stopped"
-    cancel = (
-        phase is Phase.PAUSED and degrade == "immediate" and transition_reason == "TierDegraded"
-    )
+    cancel = phase is Phase.PAUSED and degrade == "immediate" and transition_reason == DEGRADED
     return {"state": state, "cancelInflight": bool(cancel), "ratePerSecond": float(rate)}
 
 
@@ -214,7 +214,9 @@ def _facts(obs: Observed, status_run: int | None) -> Facts:
         worker_lost=bool(p and (p.health.lost or p.health.orphaned_leases)),
         deployment_whole=obs.deployment.whole,
         stale_leases=bool(p and p.health.orphaned_leases),
-        degraded=obs.degrade is not None,
+        degraded=(
+            f"priority tier {obs.tier or '?'} degraded ({obs.degrade})" if obs.degrade else ""
+        ),
     )
 
 
@@ -249,7 +251,7 @@ def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, An
     healthy = phase is not Phase.FAILED and phase is not Phase.REBOOT and v.ok
     ready_reason = t.reason if v.ok or phase is Phase.FAILED else v.reason
     ready_msg = t.message if v.ok or phase is Phase.FAILED else v.message
-    degraded = phase is Phase.REBOOT or t.reason == "TierDegraded"
+    degraded = phase is Phase.REBOOT or t.reason == DEGRADED
     scheduled = []
     if obs.next_event is not None:
         at, what = obs.next_event

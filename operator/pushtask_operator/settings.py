@@ -62,8 +62,11 @@ class OperatorSettings:
     fair_share_by_priority: bool = False
     # Tier name -> inclusive range of spec.priority (0..1000) it covers.
     tiers: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_TIERS))
-    # Tier name -> how it is degraded right now ("graceful" pause / "immediate" cancel).
+    # Tier name -> how it is degraded right now ("graceful" pause / "immediate" cancel):
+    # the chart's degradedTiers at start, then as the degrade ConfigMap says (degrade.py).
     degraded_tiers: Mapping[str, Degrade] = field(default_factory=dict)
+    # "namespace/name" of the ConfigMap watched for live degradations ("": none).
+    degrade_configmap: str = ""
     # How often each running task's progress is aggregated into its status.
     progress_interval: float = 3.0
     # The timeout of a URL source probe at validation time.
@@ -146,6 +149,13 @@ def _tiers(value: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _configmap_ref(value: str) -> str:
+    value = value.strip()
+    if value and value.count("/") != 1:
+        raise SettingsError(f"PUSHTASK_DEGRADE_CONFIGMAP: expected namespace/name, got {value!r}")
+    return value
+
+
 def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """Build settings from `PUSHTASK_*` variables; unknown or bad values fail loudly."""
     env = os.environ if env is None else env
@@ -195,6 +205,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         tiers=tiers,
         # "off" lifts a degradation explicitly (Helm cannot remove a map key on upgrade).
         degraded_tiers={t: m for t, m in degraded.items() if m != "off"},
+        degrade_configmap=_configmap_ref(env.get("PUSHTASK_DEGRADE_CONFIGMAP", "")),
         progress_interval=_number(env, "PUSHTASK_PROGRESS_INTERVAL", d.progress_interval, 0.5),
         url_probe_timeout=_number(env, "PUSHTASK_URL_PROBE_TIMEOUT", d.url_probe_timeout, 0.1),
         run_retention=int(_number(env, "PUSHTASK_RUN_RETENTION", d.run_retention, 1)),

@@ -696,7 +696,7 @@ def test_send_budget_and_degraded_tier(env: Env, helm: Any) -> None:
     # A task in a degraded tier (priority 100 is "low") waits instead of sending.
     status = wait_for(
         "the low tier held",
-        lambda: (s := env.status("cheap")).get("reason") == "TierDegraded" and s,
+        lambda: (s := env.status("cheap")).get("reason") == "Degraded" and s,
         60,
     )
     assert status["phase"] in ("Ready", "Paused") and not env.delivered().get("c-00000")
@@ -706,6 +706,71 @@ def test_send_budget_and_degraded_tier(env: Env, helm: Any) -> None:
     )  # fmt: skip
     env.wait_phase("cheap", "Finished", 180)
     assert len([u for u in env.delivered() if u and u.startswith("c-")]) == 50
+
+
+def set_degrade(env: Env, data: dict[str, str | None]) -> float:
+    """Patch the release's degrade ConfigMap (as `kubectl push degrade` does); the time."""
+    env.kubectl(
+        "patch", "configmap", f"{env.release}-pushtask-degrade", "--type=merge",
+        "-p", json.dumps({"data": data}),
+    )  # fmt: skip
+    return time.time()
+
+
+@pytest.mark.parametrize("mode", ["graceful", "immediate"])
+def test_a_tier_degraded_live_pauses_a_running_task_and_lifting_resumes_it(
+    env: Env, mode: str
+) -> None:
+    """The degrade ConfigMap changed while a low-priority task sends, no restart: the task
+    goes Paused (reason Degraded) at once, its workers stop at their next heartbeat
+    (`immediate` cancels the sends in flight, too slow a sink to finish them), nothing is
+    sent while degraded, and lifting it resumes the run: every user delivered, none twice
+    (AtLeastOnce: a cancelled send is sent again with its idempotency key)."""
+    if os.environ.get("PUSHTASK_E2E_RELEASE"):
+        pytest.skip("release installed outside the test")
+    audience = users(3000, "d")
+    # 40 in flight at a time: the slow answers keep a full window open when it comes.
+    env.sink.program(delay=0.2 if mode == "immediate" else 0.0)
+    task = push_task("peak", env.sink.url, audience, workers=2, rate=200, priority=100)
+    task["spec"]["delivery"] = {"guarantee": "AtLeastOnce"}
+    env.apply(task)
+    wait_for("sending under way", lambda: len(env.delivered()) > 400, 120)
+    # A misspelt entry beside the good one: ignored with a Warning on the ConfigMap.
+    degraded_at = set_degrade(env, {"low": mode, "lo": "graceful"})
+    status = env.wait_phase("peak", "Paused", 30)
+    seen = time.time() - degraded_at
+    assert status["reason"] == "Degraded", status
+    assert status["message"] == f"paused: priority tier low degraded ({mode})"
+    assert seen < 5, f"Paused {seen:.1f} s after the ConfigMap changed"
+    # Workers read the run's control at every heartbeat (leaseSeconds 10 / 3 here), then
+    # the in-flight window ends (graceful) or is cancelled (immediate).
+    settle = 10 / 3 + (0.5 if mode == "immediate" else 1.5)
+    time.sleep(settle + 8)
+    assert env.phase("peak") == "Paused"
+    warnings = [e for e in env.events(f"{env.release}-pushtask-degrade") if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["InvalidDegrade"], warnings
+    assert "unknown tier 'lo'" in warnings[0]["message"]
+    lifted_at = set_degrade(env, {"low": "off", "lo": None})
+    during = [r for r in env.sink.requests if degraded_at + settle < r.t < lifted_at]
+    assert not during, f"{len(during)} sends while degraded, e.g. {during[0]}"
+    status = env.wait_phase("peak", "Finished", 180)
+    reasons = {e["reason"] for e in env.events("peak")}
+    assert {"Degraded", "Resumed"} <= reasons, reasons
+    assert status["counts"]["sent"] == 3000, status["counts"]
+    assert status["counts"]["unknown"] == 0 and status["counts"]["failed"] == 0
+    keys: dict[str, set[str | None]] = {}
+    for r in env.sink.requests:
+        if r.user is not None and 200 <= r.status < 300:
+            keys.setdefault(r.user, set()).add(r.key)
+    assert set(keys) == set(audience), "users never delivered"
+    doubled = {u: k for u, k in keys.items() if len(k) > 1}
+    assert not doubled, f"users sent twice under different keys: {list(doubled)[:5]}"
+    resent = sum(1 for c in env.delivered().values() if c > 1)
+    if mode == "graceful":
+        assert not resent, f"{resent} users delivered twice after a graceful pause"
+    else:  # the sends in flight were cancelled, and sent again after the lift
+        assert resent > 0, "no in-flight send was cancelled by the immediate degrade"
+    print(f"\n{mode}: Paused {seen:.2f} s after the change; {resent} resent with their key")
 
 
 def configmap_audience(env: Env, tmp_path: Path, name: str, audience: list[str]) -> dict[str, Any]:

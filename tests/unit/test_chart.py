@@ -190,6 +190,30 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("scope", [[], ["--set", "watchNamespaces={a}"]])
+def test_the_degrade_configmap_is_the_operators_to_read_and_nobody_elses_to_reset(
+    helm: Path, scope: list[str]
+) -> None:
+    docs = render(helm, *URI, *scope)
+    (cm,) = find(docs, "ConfigMap", "rel-pushtask-degrade", "pushtask-system")
+    # No data: helm upgrade must never put back what was degraded or lifted live.
+    assert "data" not in cm
+    (c,) = operator_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["PUSHTASK_DEGRADE_CONFIGMAP"] == "pushtask-system/rel-pushtask-degrade"
+    (reader,) = find(docs, "Role", "rel-pushtask-degrade-reader", "pushtask-system")
+    by_resource = {tuple(r["resources"]): r for r in reader["rules"]}
+    assert by_resource[("configmaps",)]["resourceNames"] == ["rel-pushtask-degrade"]
+    assert by_resource[("configmaps",)]["verbs"] == ["get", "list", "watch"]
+    (binding,) = find(docs, "RoleBinding", "rel-pushtask-degrade-reader", "pushtask-system")
+    assert binding["subjects"][0]["name"] == "rel-pushtask-operator"
+    (editor,) = find(docs, "Role", "rel-pushtask-degrade-editor", "pushtask-system")
+    (rule,) = editor["rules"]
+    assert rule["resourceNames"] == ["rel-pushtask-degrade"]
+    assert rule["verbs"] == ["get", "patch", "update"]
+    # Nobody is bound to the editor Role by the chart: who may degrade is the cluster's call.
+    assert not find(docs, "RoleBinding", "rel-pushtask-degrade-editor")
+
+
 def test_workers_get_no_api_access(helm: Path) -> None:
     docs = render(helm, *URI, "--set", "watchNamespaces={a,b}")
     for ns in ("a", "b"):

@@ -218,6 +218,28 @@ def test_degraded_tiers() -> None:
     assert lifted.control["cancelInflight"] is False
 
 
+def test_a_degraded_task_says_which_tier_and_how() -> None:
+    plan = decide(
+        obs({"phase": "Started", "run": 1}, degrade="graceful", tier="low", progress=progress())
+    )
+    assert plan.status["reason"] == "Degraded"
+    assert plan.status["message"] == "paused: priority tier low degraded (graceful)"
+    cond = {c["type"]: c for c in plan.status["conditions"]}["Degraded"]
+    assert cond["status"] == "True" and cond["reason"] == "Degraded"
+    # A user's pause is not a degradation: the workers keep their in-flight sends.
+    paused = decide(
+        obs(
+            {"phase": "Started", "run": 1},
+            desired=DesiredState.PAUSED,
+            degrade="immediate",
+            tier="low",
+            progress=progress(),
+        )
+    )
+    assert paused.status["reason"] == "PausedByUser"
+    assert paused.control is not None and paused.control["cancelInflight"] is False
+
+
 @pytest.mark.parametrize("phase", list(Phase))
 def test_replicas_follow_phase(phase: Phase) -> None:
     expected = 4 if phase in (Phase.STARTED, Phase.REBOOT) else 0

@@ -176,6 +176,23 @@ class Worker:
             pause = max(0.0, self.config.heartbeat_seconds - (loop.time() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), pause)
+        await self.last_look()
+
+    async def last_look(self) -> None:
+        """Stopping (SIGTERM): the scale-down that pauses a degraded tier comes with its
+        `cancelInflight`, and usually overtakes the heartbeat that would read it. The
+        operator writes the control before it scales, so one more read sees it."""
+        work = self.work
+        if work is None or work.done():
+            return
+        try:
+            async with asyncio.timeout(5):
+                run = await self.store.get_run(self.config.run_id, ("control",))
+        except Exception:  # the store away: the in-flight window drains as on any SIGTERM
+            return
+        if run is not None and (run.get("control") or {}).get("cancelInflight"):
+            log.info("stopping: in-flight sends cancelled (immediate degrade)")
+            work.cancel()
 
     # -- the work -------------------------------------------------------------------------
 

@@ -74,3 +74,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The ConfigMap the operator watches for tiers degraded live (degrade.py). */}}
+{{- define "pushtask.degradeConfigMap" -}}
+{{ include "pushtask.fullname" . }}-degrade
+{{- end -}}
