@@ -4,33 +4,97 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devstack.testing import Kubectl
 from tests.bad_specs import valid_manifest
+from tests.e2e.test_operator_e2e import (
+    Env,
+    env,  # noqa: F401  (the operator suite's fixture: a release, a sink)
+    push_task,
+    users,
+)
 
 pytestmark = pytest.mark.e2e
 
 
-def kubectl_push(kubectl: Kubectl, *args: str) -> subprocess.CompletedProcess[str]:
-    """`kubectl push ...`: kubectl finds the `kubectl-push` console script on PATH."""
+def plugin_env(kubectl: Kubectl, extra: dict[str, str] | None = None) -> dict[str, str]:
     # The console script sits beside the interpreter of this environment.
     plugin = shutil.which("kubectl-push", path=str(Path(sys.executable).parent))
     assert plugin, "the kubectl-push console script is not installed"
-    env = {
+    return {
         **os.environ,
         "KUBECONFIG": str(kubectl.kubeconfig),
         "PATH": f"{Path(plugin).parent}{os.pathsep}{os.environ['PATH']}",
+        **(extra or {}),
     }
+
+
+def kubectl_push(
+    kubectl: Kubectl, *args: str, extra: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl push ...`: kubectl finds the `kubectl-push` console script on PATH."""
     return subprocess.run(
-        [str(kubectl.binary), "push", *args], env=env, capture_output=True, text=True, timeout=60
+        [str(kubectl.binary), "push", *args],
+        env=plugin_env(kubectl, extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def kubectl_push_async(kubectl: Kubectl, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(kubectl.binary), "push", *args],
+        env=plugin_env(kubectl),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+class OnTerminal:
+    """`kubectl push ...` with a pseudo-terminal as its output, read on a thread (what a
+    person at a terminal sees: the live bar, not the plain lines for pipes)."""
+
+    def __init__(self, kubectl: Kubectl, *args: str) -> None:
+        leader, follower = pty.openpty()
+        environ = plugin_env(kubectl, {"COLUMNS": "160", "TERM": "xterm"})
+        self.proc = subprocess.Popen(
+            [str(kubectl.binary), "push", *args], env=environ, stdout=follower, stderr=follower
+        )
+        os.close(follower)
+        self._leader = leader
+        self.output = b""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._leader, 4096)
+            except OSError:  # EIO: the other side closed
+                return
+            if not chunk:
+                return
+            self.output += chunk
+
+    def wait(self, timeout: float) -> str:
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        os.close(self._leader)
+        return self.output.decode(errors="replace")
 
 
 def spec_of(k: Kubectl, name: str) -> Any:
@@ -43,34 +107,209 @@ def test_lifecycle_commands_patch_the_spec(
     k = kubectl.in_namespace(namespace)
     k.apply(json.dumps(valid_manifest("cli")))
 
-    for action, state in [("pause", "Paused"), ("resume", "Started"), ("stop", "Stopped")]:
+    for action, state, said in [
+        ("pause", "Paused", "pushtask/cli: spec.state Started -> Paused"),
+        ("pause", "Paused", "pushtask/cli unchanged"),
+        ("resume", "Started", "pushtask/cli: spec.state Paused -> Started"),
+        ("stop", "Stopped", "pushtask/cli: spec.state Started -> Stopped"),
+    ]:
         proc = kubectl_push(k, "-n", namespace, action, "cli")
         assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == said
         assert spec_of(k, "cli")["state"] == state
 
     proc = kubectl_push(k, "-n", namespace, "restart", "cli")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "pushtask/cli: spec.run 1 -> 2 (a new run)"
     assert (spec_of(k, "cli")["run"], spec_of(k, "cli")["state"]) == (2, "Started")
 
     proc = kubectl_push(k, "-n", namespace, "scale", "cli", "7")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("-> 7") and "spec.workers" in proc.stdout
     assert spec_of(k, "cli")["workers"] == 7
+    # The API server's own bounds (the CRD's maximum) come back as one line.
+    proc = kubectl_push(k, "-n", namespace, "scale", "cli", "100000")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: the API server refused it")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_status_and_get_show_the_task(pushtask_crd: None, kubectl: Kubectl, namespace: str) -> None:
+def test_restart_from_two_terminals_makes_two_runs(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
+) -> None:
+    """The patch carries the resourceVersion it was planned from: two restarts at once
+    both land (one is refused with 409, reads the task again and raises it once more)."""
     k = kubectl.in_namespace(namespace)
-    k.apply(json.dumps(valid_manifest("shown")))
-    proc = kubectl_push(k, "-n", namespace, "get")
-    assert proc.returncode == 0, proc.stderr
-    assert "shown" in proc.stdout
-    proc = kubectl_push(k, "-n", namespace, "status", "shown")
-    assert proc.returncode == 0, proc.stderr
-    assert "shown" in proc.stdout
+    k.apply(json.dumps(valid_manifest("twice")))
+    procs = [kubectl_push_async(k, "-n", namespace, "restart", "twice") for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert spec_of(k, "twice")["run"] == 3
+
+
+def test_a_refused_transition_says_why(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
+) -> None:
+    k = kubectl.in_namespace(namespace)
+    k.apply(json.dumps(valid_manifest("over")))
+    status = {"status": {"phase": "Finished", "run": 1}}
+    k("patch", "pushtask", "over", "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    proc = kubectl_push(k, "-n", namespace, "resume", "over")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: over is Finished: resume continues a paused run; restart starts a new one"
+    )
+    assert spec_of(k, "over").get("state", "Started") == "Started"
+
+
+def test_list_all_namespaces_and_json(pushtask_crd: None, kubectl: Kubectl, namespace: str) -> None:
+    other = f"{namespace[:50]}-b"
+    kubectl("create", "namespace", other)
+    try:
+        kubectl.in_namespace(namespace).apply(json.dumps(valid_manifest("first")))
+        kubectl.in_namespace(other).apply(json.dumps(valid_manifest("second")))
+        proc = kubectl_push(kubectl, "list", "-A")
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].split()[:2] == ["NAMESPACE", "NAME"]
+        rows = {tuple(line.split()[:2]) for line in lines[1:]}
+        assert {(namespace, "first"), (other, "second")} <= rows
+        proc = kubectl_push(kubectl, "-n", other, "get", "-o", "json")
+        assert [t["name"] for t in json.loads(proc.stdout)] == ["second"]
+    finally:
+        kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
 def test_an_unknown_task_is_a_clear_error(
     pushtask_crd: None, kubectl: Kubectl, namespace: str
 ) -> None:
-    proc = kubectl_push(kubectl, "-n", namespace, "pause", "nope")
-    assert proc.returncode != 0
-    assert "nope" in proc.stderr and "Not Found" in proc.stderr
+    for args in (["pause", "nope"], ["status", "nope"], ["events", "nope"]):
+        proc = kubectl_push(kubectl, "-n", namespace, *args)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == f'error: pushtask "nope" not found in namespace {namespace}'
+
+
+def viewer_kubeconfig(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Path:
+    """A kubeconfig of a ServiceAccount that may read PushTasks and nothing more."""
+    k = kubectl.in_namespace(namespace)
+    k("create", "serviceaccount", "viewer")
+    k("create", "role", "viewer", "--verb=get,list,watch", "--resource=pushtasks.pushtask.dev")
+    k("create", "rolebinding", "viewer", "--role=viewer", f"--serviceaccount={namespace}:viewer")
+    token = k("create", "token", "viewer", "--duration=10m").stdout.strip()
+    admin = yaml.safe_load(kubectl.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "viewer", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "viewer",
+                "context": {"cluster": cluster["name"], "user": "viewer", "namespace": namespace},
+            },
+        ],
+        "current-context": "viewer",
+    }
+    path = tmp_path / "viewer.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_no_permission_names_the_verb_and_the_resource(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    kubectl.in_namespace(namespace).apply(json.dumps(valid_manifest("guarded")))
+    viewer = viewer_kubeconfig(kubectl, namespace, tmp_path)
+    # --kubeconfig, and the context's namespace as the default (no -n).
+    proc = kubectl_push(kubectl, "--kubeconfig", str(viewer), "list")
+    assert proc.returncode == 0 and "guarded" in proc.stdout, proc.stderr
+    proc = kubectl_push(kubectl, "--kubeconfig", str(viewer), "pause", "guarded")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f'error: forbidden: you may not patch pushtasks.pushtask.dev "guarded" in namespace '
+        f"{namespace}"
+    ), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    # KUBECONFIG works as for kubectl.
+    proc = kubectl_push(kubectl, "list", extra={"KUBECONFIG": str(viewer)})
+    assert proc.returncode == 0 and "guarded" in proc.stdout, proc.stderr
+
+
+def test_validate_asks_the_api_server_too(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(valid_manifest("checked")))
+    proc = kubectl_push(kubectl, "-n", namespace, "validate", str(good))
+    assert proc.returncode == 0, proc.stderr
+    assert "valid locally and by the API server (dry run)" in proc.stdout
+    assert kubectl.in_namespace(namespace)("get", "pushtask", "checked", check=False).returncode
+    # Fine for the models, refused by the API server: an object name it does not allow.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(valid_manifest("Not_A_Name")))
+    proc = kubectl_push(kubectl, "-n", namespace, "validate", str(bad))
+    assert proc.returncode == 1
+    assert "Not_A_Name" in proc.stderr and "the API server refused it" in proc.stderr
+
+
+def test_completion_is_what_kubectl_asks_for(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
+) -> None:
+    kubectl.in_namespace(namespace).apply(json.dumps(valid_manifest("completed")))
+    script = shutil.which("kubectl_complete-push", path=str(Path(sys.executable).parent))
+    assert script
+    environ = {**os.environ, "KUBECONFIG": str(kubectl.kubeconfig)}
+    proc = subprocess.run(
+        [script, "-n", namespace, "pause", "comp"], env=environ, capture_output=True, text=True
+    )
+    assert proc.stdout.splitlines() == ["completed", ":4"]
+
+
+# -- with an operator: a run to watch, a user to look up --------------------------------
+
+
+def test_a_run_seen_through_the_plugin(env: Env) -> None:  # noqa: F811
+    """status follows the run to its end, recipient answers per user, events lists the
+    task's Events, degrade/undegrade write the release's degrade ConfigMap."""
+    k, ns = env.kubectl, env.namespace
+    audience = users(600, "c")
+    env.apply(push_task("watched", env.sink.url, audience, workers=2, rate=150))
+    started = time.monotonic()
+    terminal = OnTerminal(k, "-n", ns, "status", "watched")
+    proc = kubectl_push(k, "-n", ns, "status", "watched", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started > 2, "status returned before the run ended"
+    lines = proc.stdout.splitlines()
+    assert len(lines) >= 2, "one line only: the run was not followed"
+    assert "[" + "#" * 30 + "] 100%  600/600" in lines[-1] and "Finished" in lines[-1]
+    proc = kubectl_push(k, "-n", ns, "status", "watched", "--once", "-o", "json")
+    shown = json.loads(proc.stdout)
+    assert (shown["phase"], shown["sent"], shown["total"]) == ("Finished", 600, 600)
+    # On a terminal: rich's bar, redrawn in place as the run moves, ending full.
+    seen = terminal.wait(timeout=60)
+    assert terminal.proc.returncode == 0, seen
+    redraws = [int(p) for p in re.findall(r"(\d+)%", seen)]
+    assert redraws[-1] == 100 and "600/600" in seen and "Finished" in seen, seen[-400:]
+    assert any(0 < p < 100 for p in redraws), f"the bar never showed a run in progress: {seen!r}"
+
+    proc = kubectl_push(k, "-n", ns, "recipient", "watched", "c-00042")
+    assert proc.returncode == 0, proc.stderr
+    fields = dict(line.split(":", 1) for line in proc.stdout.splitlines())
+    assert fields["status"].strip() == "sent" and fields["attempts"].strip() == "1"
+    assert fields["worker"].strip().startswith("watched-worker-")
+    proc = kubectl_push(k, "-n", ns, "recipient", "watched", "stranger", "--run", "1")
+    assert proc.stdout.strip() == "stranger: not in the audience of run 1", proc.stderr
+
+    proc = kubectl_push(k, "-n", ns, "events", "watched")
+    assert proc.returncode == 0, proc.stderr
+    assert "StartTimeReached" in proc.stdout and "RunFinished" in proc.stdout
+
+    release_ns = ["--release-namespace", ns, "--configmap", f"{env.release}-pushtask-degrade"]
+    proc = kubectl_push(k, "degrade", "low", "--mode", "immediate", *release_ns)
+    assert proc.returncode == 0, proc.stderr
+    data = k.json("get", "configmap", f"{env.release}-pushtask-degrade").get("data")
+    assert data == {"low": "immediate"}
+    proc = kubectl_push(k, "undegrade", "low", *release_ns)
+    assert proc.stdout.strip().startswith("tier low lifted")
+    assert k.json("get", "configmap", f"{env.release}-pushtask-degrade")["data"] == {"low": "off"}
