@@ -1,6 +1,7 @@
-# One image for the operator and the worker; the command picks the role:
+# One image for the operator, the worker and the console; the command picks the role:
 #   docker run IMAGE pushtask-operator --all-namespaces
 #   docker run IMAGE pushtask-worker
+#   docker run IMAGE pushtask-console
 FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -8,13 +9,14 @@ COPY pyproject.toml README.md ./
 COPY pushtask ./pushtask
 COPY operator ./operator
 COPY worker ./worker
+COPY console ./console
 COPY devstack ./devstack
 # A virtualenv that is copied whole into the runtime stage: no compilers there.
 RUN python -m venv /opt/pushtask && /opt/pushtask/bin/pip install .
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="pushtask" \
-      org.opencontainers.image.description="PushTask operator and worker" \
+      org.opencontainers.image.description="PushTask operator, worker and console" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/pushtask /opt/pushtask
 ENV PATH=/opt/pushtask/bin:$PATH \

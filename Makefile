@@ -33,7 +33,7 @@ e2e: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check pushtask operator worker devstack tests bench
+	$(VENV)/bin/ruff format --check pushtask operator worker console devstack tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests bench
 	$(VENV)/bin/lint-imports

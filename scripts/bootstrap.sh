@@ -10,6 +10,9 @@ command -v go    >/dev/null || need+=(golang-go)
 command -v java  >/dev/null || need+=(default-jdk-headless)
 command -v javac >/dev/null || need+=(default-jdk-headless)
 command -v mvn   >/dev/null || need+=(maven)
+# The web console's browser tests: Debian's headless Chromium, driven by Playwright's
+# PyPI driver (never `playwright install`: no browser download from anywhere else).
+[ -x /usr/bin/chromium ]     || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "[bootstrap] installing ${need[*]} from Debian's packages"
   apt-get update -qq

@@ -65,6 +65,7 @@ def release(
         for selector in (
             "app.kubernetes.io/name=pushtask-operator",
             "app.kubernetes.io/name=pushtask-worker",
+            "app.kubernetes.io/name=pushtask-console",  # when the test enabled it
         ):
             logs = k("logs", "-l", selector, "--tail=80", "--prefix", check=False)
             print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")

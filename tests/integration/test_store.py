@@ -495,3 +495,28 @@ async def _totals(store: Store, run_id: str) -> Any:
         return await store.totals(run_id)
     finally:
         await store.close()
+
+
+def test_failure_samples_name_the_user_and_the_error(uri: str, db_name: str) -> None:
+    """What the console shows beside the counts: a few failed recipients with their error."""
+
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        run_id = await sealed_run(store, [[f"u{i}" for i in range(10)]], chunk_size=5)
+        assert await store.failure_samples(run_id) == []
+        while got := await store.claim_chunk(run_id, "w", 30):
+            doc, lease = got
+            results = [
+                Result(p, "failed", f"HTTP 400 for {doc['users'][p]}")
+                if p in (1, 3)
+                else Result(p, "sent")
+                for p in range(doc["size"])
+            ]
+            await record(store, lease, results=results, hi=doc["size"], end="done")
+        samples = await store.failure_samples(run_id)
+        assert len(samples) == 4
+        assert all(error == f"HTTP 400 for {user}" for user, error in samples)
+        assert len(await store.failure_samples(run_id, limit=3)) == 3
+        await store.close()
+
+    run(scenario())

@@ -324,3 +324,85 @@ def test_bad_values_fail_with_a_clear_message(helm: Path, values: list[str], mes
     proc = run(helm, "template", "rel", str(CHART), *values)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+# -- the web console (off by default) ------------------------------------------------------
+
+CONSOLE = ["--set", "console.enabled=true", "--set", "console.tokenSecret.name=console-token"]
+# Exactly what the console calls (pushtask/taskapi.py): read, act, create; Events to show.
+CONSOLE_RULES = grants(
+    "pushtask.dev", ["pushtasks"], ["get", "list", "watch", "patch", "create"]
+) | grants("", ["events"], ["get", "list", "watch"])
+
+
+def test_nothing_of_the_console_renders_when_disabled(helm: Path) -> None:
+    for scope in ([], ["--set", "watchNamespaces={a}"]):
+        docs = render(helm, *URI, *scope)
+        assert not [d for d in docs if "console" in d["metadata"]["name"]]
+
+
+def test_console_rbac_is_least_privilege(helm: Path) -> None:
+    docs = render(helm, *URI, *CONSOLE)
+    (role,) = find(docs, "ClusterRole", "rel-pushtask-console")
+    assert rules_of(role) == CONSOLE_RULES
+    (binding,) = find(docs, "ClusterRoleBinding", "rel-pushtask-console")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-pushtask-console", "namespace": "pushtask-system"}
+    ]
+    docs = render(helm, *URI, *CONSOLE, "--set", "watchNamespaces={a,b}")
+    assert not find(docs, "ClusterRole", "rel-pushtask-console")
+    for ns in ("a", "b"):
+        (role,) = find(docs, "Role", "rel-pushtask-console", ns)
+        assert rules_of(role) == CONSOLE_RULES
+        (binding,) = find(docs, "RoleBinding", "rel-pushtask-console", ns)
+        assert binding["subjects"][0]["name"] == "rel-pushtask-console"
+    # Its account is bound to its own roles and nothing else.
+    bound = [
+        b["roleRef"]["name"]
+        for b in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding")
+        if any(s["name"] == "rel-pushtask-console" for s in b["subjects"])
+    ]
+    assert bound == ["rel-pushtask-console", "rel-pushtask-console"]
+
+
+def test_console_deployment(helm: Path) -> None:
+    docs = render(
+        helm, *URI, *CONSOLE, "--set", "watchNamespaces={a,b}", "--set", "console.port=8099",
+        "--set", "console.readsNeedToken=true",
+    )  # fmt: skip
+    (dep,) = find(docs, "Deployment", "rel-pushtask-console", "pushtask-system")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "rel-pushtask-console"
+    (c,) = pod["containers"]
+    assert c["command"] == ["pushtask-console"]
+    assert c["args"] == ["--host=$(POD_IP)", "--port=8099"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    env = env_of(c)
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["PUSHTASK_NAMESPACES"] == "a,b"
+    assert env["PUSHTASK_MONGO_URI"] == {
+        "secretKeyRef": {"name": "rel-pushtask-mongodb", "key": "uri"}
+    }
+    assert env["PUSHTASK_CONSOLE_TOKEN"] == {
+        "secretKeyRef": {"name": "console-token", "key": "token"}
+    }
+    assert env["PUSHTASK_CONSOLE_READS_NEED_TOKEN"] == "true"
+    (svc,) = find(docs, "Service", "rel-pushtask-console")
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert svc["spec"]["selector"]["app.kubernetes.io/name"] == "pushtask-console"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "console.enabled=true"], "console.tokenSecret.name"),
+        ([*CONSOLE, "--set", "console.colour=blue"], "colour"),
+        ([*CONSOLE, "--set", "console.port=0"], "/console/port"),
+    ],
+)
+def test_bad_console_values_fail_with_a_clear_message(
+    helm: Path, values: list[str], message: str
+) -> None:
+    proc = run(helm, "template", "rel", str(CHART), *URI, *values)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
