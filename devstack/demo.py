@@ -9,14 +9,19 @@
    `mongo` source;
 5. live progress from `status` until Finished, then what the sink saw.
 
+The chart's web console is on (`console.enabled`); the demo prints its address and the
+token its actions need (a Secret it makes once per namespace).
+
 Run it from the repository root (it uses charts/ and tests/support/sink.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,6 +45,7 @@ RESOURCE = "pushtasks.pushtask.dev"
 # Where a generated audience above the inline cap is seeded: a database of its own beside
 # the system database, read through the system's MongoDB (a mongo source without secretRef).
 AUDIENCE_COLLECTION = "users"
+CONSOLE_SECRET = "pushtask-console-token"
 console = Console()
 
 
@@ -63,6 +69,21 @@ def devstack_env() -> dict[str, str]:
 
 
 EXAMPLE = ROOT / "examples" / "webhook-campaign.yaml"
+
+
+def console_token(kubectl: list[str], ns: str, env: dict[str, str]) -> str:
+    """The console's bearer token: the namespace's Secret, made once (a pod reads it at
+    start, so a new token on every demo would not reach a console already running)."""
+    got = subprocess.run(
+        [*kubectl, "get", "secret", CONSOLE_SECRET, "-n", ns, "-o=jsonpath={.data.token}"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if got.returncode == 0 and got.stdout:
+        return base64.b64decode(got.stdout).decode()
+    token = secrets.token_urlsafe(24)
+    sh(*kubectl, "create", "secret", "generic", CONSOLE_SECRET, "-n", ns,
+       f"--from-literal=token={token}", env=env)  # fmt: skip
+    return token
 
 
 def system_database(namespace: str) -> str:
@@ -169,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         env=env,
         input=sh(*kubectl, "create", "namespace", ns, "--dry-run=client", "-o", "yaml", env=env),
     )
+    token = console_token(kubectl, ns, env)
     with console.status("helm: installing the chart"):
         sh(
             "helm",
@@ -185,9 +207,18 @@ def main(argv: list[str] | None = None) -> int:
             f"mongodb.uri={uri}",
             "--set",
             f"watchNamespaces={{{ns}}}",
+            "--set",
+            "console.enabled=true",
+            "--set",
+            f"console.tokenSecret.name={CONSOLE_SECRET}",
             env=env,
         )
     console.print(f"[green]chart installed[/green] in namespace {ns}")
+    selector = "app.kubernetes.io/name=pushtask-console"
+    jsonpath = "-o=jsonpath={.items[0].status.podIP}"
+    ip = sh(*kubectl, "get", "pods", "-n", ns, "-l", selector, jsonpath, env=env).strip()
+    # devstack gives each pod a loopback address of its own: no port-forward needed.
+    console.print(f"[green]web console[/green]: http://{ip}:8080/  (token for actions: {token})")
 
     ready = Path(tempfile.mkdtemp()) / "sink-url"
     record = ready.with_name("requests.jsonl")

@@ -3,9 +3,12 @@ listed inline, and one above the inline cap read from a collection the demo seed
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,12 @@ def test_demo_runs_the_example_campaign_to_finished(
         # What the user reads at the end: the phase, the sink's count, no duplicates.
         assert "Finished" in out and f"{users} distinct users (0 duplicates)" in out, out
         assert ("mongo source" in out) == (users > MAX_INLINE_USERS), out
+        # The console it points at answers, and shows this task.
+        address = re.search(r"web console: (http://[0-9.:]+/)", out)
+        assert address, out
+        with urllib.request.urlopen(address.group(1) + "api/tasks", timeout=10) as reply:
+            shown = json.load(reply)
+        assert [t["name"] for t in shown["tasks"]] == ["spring-sale"], shown
         task = kubectl.in_namespace(namespace).json("get", "pushtasks.pushtask.dev", "spring-sale")
         assert task["status"]["counts"]["sent"] == users
     finally:
@@ -65,6 +74,7 @@ def test_demo_runs_the_example_campaign_to_finished(
             "delete", "pushtasks.pushtask.dev", "--all", "--wait=true", "--timeout=60s", check=False
         )
         helm("uninstall", "pushtask", "--namespace", namespace, "--wait", check=False)
+        kubectl.in_namespace(namespace)("delete", "secret", "pushtask-console-token", check=False)
         client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
         with client:
             client.drop_database(audience_database(namespace))
