@@ -465,6 +465,110 @@ class Smtp(ApiModel):
     """Recipient attribute holding the address."""
 
 
+class CaSecretRef(SecretRef):
+    """A Secret key holding PEM CA certificates to trust beside the system's (a private
+    gateway or a test server); unset: the system's trust store alone."""
+
+    key: Name = "ca.crt"
+    """Key in the Secret holding the PEM bundle."""
+
+
+class ServiceAccountSecretRef(SecretRef):
+    """A Secret key holding a Google service-account JSON key file."""
+
+    key: Name = "service-account.json"
+    """Key in the Secret holding the service-account JSON."""
+
+
+class Fcm(ApiModel):
+    """Firebase Cloud Messaging, HTTP v1 API: one request per device token, OAuth2 access
+    tokens made from a service account (docs/channels.md#fcm)."""
+
+    service_account_secret_ref: ServiceAccountSecretRef
+    """Secret with the service-account JSON (never inline in the spec)."""
+    project_id: (
+        Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{3,61}$", max_length=63)] | None
+    ) = None
+    """Firebase project id; unset: project_id of the service-account JSON."""
+    token_attribute: FieldName = "deviceToken"
+    """Recipient attribute holding the FCM registration token."""
+    endpoint: HttpUrl = "https://fcm.googleapis.com"
+    """FCM API base URL (override for a gateway or a test server)."""
+    token_uri: HttpUrl | None = None
+    """OAuth2 token endpoint; unset: token_uri of the service-account JSON."""
+    android_priority: Literal["normal", "high"] | None = None
+    """android.priority of every message; unset: FCM's default."""
+    ttl_seconds: int | None = Field(None, ge=0, le=2_419_200)
+    """android.ttl: how long FCM keeps an undelivered message (at most 28 days)."""
+    timeout_seconds: float = Field(10, gt=0, le=300)
+    """Per-request timeout."""
+    ca_secret_ref: CaSecretRef | None = None
+    """Extra CA certificates to trust (a private gateway, a test server)."""
+
+
+ApnsPushType = Literal[
+    "alert",
+    "background",
+    "voip",
+    "complication",
+    "fileprovider",
+    "mdm",
+    "location",
+    "liveactivity",
+    "pushtotalk",
+    "widgets",
+    "controls",
+]
+
+
+class ApnsKeySecretRef(SecretRef):
+    """A Secret key holding an APNs auth key (.p8, PEM)."""
+
+    key: Name = "key.p8"
+    """Key in the Secret holding the .p8 file's content."""
+
+
+class Apns(ApiModel):
+    """Apple Push Notification service over HTTP/2 with token-based (.p8) auth
+    (docs/channels.md#apns)."""
+
+    key_secret_ref: ApnsKeySecretRef
+    """Secret with the .p8 auth key (never inline in the spec)."""
+    key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$", max_length=10)]
+    """The key's 10-character Key ID (Apple Developer account, Keys)."""
+    team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$", max_length=10)]
+    """The 10-character Team ID the key belongs to."""
+    topic: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$")]
+    """apns-topic: the app's bundle id (with .voip, .complication ... for those types)."""
+    push_type: ApnsPushType = "alert"
+    """apns-push-type."""
+    priority: Literal[1, 5, 10] = 10
+    """apns-priority: 10 at once, 5 power-considerate, 1 prioritise device power."""
+    expiration_seconds: int | None = Field(None, ge=0, le=2_592_000)
+    """apns-expiration in seconds from the send (0: deliver now or never); unset: APNs' default."""
+    collapse_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    """apns-collapse-id: notifications with the same id replace each other on the device."""
+    environment: Literal["production", "sandbox"] = "production"
+    """api.push.apple.com or api.sandbox.push.apple.com."""
+    endpoint: HttpUrl | None = None
+    """Base URL overriding environment (a gateway or a test server); HTTP/2 over TLS."""
+    token_attribute: FieldName = "deviceToken"
+    """Recipient attribute holding the APNs device token (hex)."""
+    timeout_seconds: float = Field(10, gt=0, le=300)
+    """Per-request timeout."""
+    ca_secret_ref: CaSecretRef | None = None
+    """Extra CA certificates to trust (a private gateway, a test server)."""
+
+    __cel__ = (
+        Rule(
+            "self.pushType != 'background' || self.priority == 5",
+            "spec.message.apns.priority must be 5 for pushType background (APNs refuses 10)",
+            lambda m: m.push_type != "background" or m.priority == 5,
+            field_path=".priority",
+        ),
+    )
+
+
 class Template(ApiModel):
     """Jinja2 templates (sandboxed, strict undefined) rendered per recipient."""
 
@@ -486,11 +590,15 @@ class Message(ApiModel):
     channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$", max_length=63)] = (
         "webhook"
     )
-    """webhook, smtp, or the name of a channel plugin."""
+    """webhook, smtp, fcm, apns, or the name of a channel plugin."""
     webhook: Webhook | None = None
     """Settings of the webhook channel."""
     smtp: Smtp | None = None
     """Settings of the smtp channel."""
+    fcm: Fcm | None = None
+    """Settings of the fcm channel (Firebase Cloud Messaging HTTP v1)."""
+    apns: Apns | None = None
+    """Settings of the apns channel (Apple Push Notification service)."""
     settings: Annotated[dict[str, Any], Field(max_length=MAX_SETTINGS)] | None = None
     """Settings of a plugin channel (free-form)."""
     template: Template
@@ -509,6 +617,20 @@ class Message(ApiModel):
             "spec.message.smtp is required when spec.message.channel is smtp",
             lambda m: m.channel != "smtp" or m.smtp is not None,
             field_path=".smtp",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "self.channel != 'fcm' || has(self.fcm)",
+            "spec.message.fcm is required when spec.message.channel is fcm",
+            lambda m: m.channel != "fcm" or m.fcm is not None,
+            field_path=".fcm",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "self.channel != 'apns' || has(self.apns)",
+            "spec.message.apns is required when spec.message.channel is apns",
+            lambda m: m.channel != "apns" or m.apns is not None,
+            field_path=".apns",
             reason="FieldValueRequired",
         ),
     )
@@ -870,8 +992,11 @@ __all__ = [
     "SHORT_NAMES",
     "SINGULAR",
     "VERSION",
+    "Apns",
+    "ApnsKeySecretRef",
     "Audience",
     "BackoffPolicy",
+    "CaSecretRef",
     "Condition",
     "ConditionStatus",
     "ConfigMapSource",
@@ -879,6 +1004,7 @@ __all__ = [
     "DeliveryPolicy",
     "DesiredState",
     "FailureThreshold",
+    "Fcm",
     "Guarantee",
     "HmacSecretRef",
     "InlineSource",
@@ -894,6 +1020,7 @@ __all__ = [
     "Rule",
     "Schedule",
     "SecretRef",
+    "ServiceAccountSecretRef",
     "Smtp",
     "Source",
     "Template",

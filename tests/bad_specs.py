@@ -140,6 +140,23 @@ def _smtp(**fields: Any) -> Callable[[Manifest], None]:
     return _both(_set("spec.message.channel", "smtp"), _set("spec.message.smtp", smtp))
 
 
+def _fcm(**fields: Any) -> Callable[[Manifest], None]:
+    fcm = {"serviceAccountSecretRef": {"name": "fcm"}, **fields}
+    return _both(_set("spec.message.channel", "fcm"), _set("spec.message.fcm", fcm))
+
+
+def _apns(**fields: Any) -> Callable[[Manifest], None]:
+    apns = {
+        "keySecretRef": {"name": "apns"},
+        "keyId": "KEY1234567",
+        "teamId": "TEAM123456",
+        "topic": "com.example.app",
+        **fields,
+    }
+    apns = {k: v for k, v in apns.items() if v is not None}  # None: leave the field out
+    return _both(_set("spec.message.channel", "apns"), _set("spec.message.apns", apns))
+
+
 def _many(n: int, value: Callable[[int], Any] = lambda i: f"v{i}") -> dict[str, Any]:
     return {f"k{i}": value(i) for i in range(n)}
 
@@ -359,11 +376,33 @@ BAD_CASES: list[BadCase] = [
             "spec.message.template.extra"),
     BadCase("template-a-string", _set(TEMPLATE, "hello"), "spec.message.template"),
     BadCase("plugin-settings-65-keys",
-            _both(_set("spec.message.channel", "fcm"), _set("spec.message.settings", _many(65))),
+            _both(_set("spec.message.channel", "pigeon"), _set("spec.message.settings", _many(65))),
             "spec.message.settings"),
     BadCase("smtp-port-70000", _smtp(port=70000), "spec.message.smtp.port"),
     BadCase("smtp-from-too-short", _smtp(**{"from": "a@"}), "spec.message.smtp.from"),
     BadCase("smtp-starttls-not-bool", _smtp(starttls="maybe"), "spec.message.smtp.starttls"),
+    BadCase("fcm-channel-without-fcm", _set("spec.message.channel", "fcm"), "spec.message.fcm"),
+    BadCase("apns-channel-without-apns", _set("spec.message.channel", "apns"),
+            "spec.message.apns"),
+    BadCase("fcm-without-service-account",
+            _both(_set("spec.message.channel", "fcm"), _set("spec.message.fcm", {})),
+            "spec.message.fcm.serviceAccountSecretRef"),
+    BadCase("fcm-ttl-negative", _fcm(ttlSeconds=-1), "spec.message.fcm.ttlSeconds"),
+    BadCase("fcm-android-priority-urgent", _fcm(androidPriority="urgent"),
+            "spec.message.fcm.androidPriority"),
+    BadCase("fcm-endpoint-not-http", _fcm(endpoint="fcm.googleapis.com"),
+            "spec.message.fcm.endpoint"),
+    BadCase("apns-background-at-priority-10", _apns(pushType="background", priority=10),
+            "spec.message.apns.priority"),
+    BadCase("apns-background-at-default-priority", _apns(pushType="background"),
+            "spec.message.apns.priority"),
+    BadCase("apns-priority-7", _apns(priority=7), "spec.message.apns.priority"),
+    BadCase("apns-key-id-lowercase", _apns(keyId="key1234567"), "spec.message.apns.keyId"),
+    BadCase("apns-without-team", _apns(teamId=None), "spec.message.apns.teamId"),
+    BadCase("apns-push-type-unknown", _apns(pushType="banner"), "spec.message.apns.pushType"),
+    BadCase("apns-environment-unknown", _apns(environment="staging"),
+            "spec.message.apns.environment"),
+    BadCase("apns-collapse-id-65", _apns(collapseId="c" * 65), "spec.message.apns.collapseId"),
     # --- types, ranges and enums elsewhere -------------------------------------------
     BadCase("workers-a-word", _set("spec.workers", "three"), "spec.workers"),
     BadCase("rate-a-word", _set("spec.rate", {"perSecond": "fast"}), "spec.rate.perSecond"),

@@ -6,7 +6,10 @@ failed every recipient) costs that user their first hour. Each ```yaml block wit
 `kind: PushTask` in README.md and docs/*.md, and each file in examples/, is taken as
 written, except what only a real deployment has: the webhook URL becomes a local sink
 (which verifies the signatures with the Secret the manifest names), an SMTP server a
-local one (plain, as no certificate is at hand), a file URL a local file server; the
+local one (plain, as no certificate is at hand), FCM and APNs local servers speaking
+their protocols (tests/support/fcm_server.py, apns_server.py: the Secrets hold keys made
+for the test, whose signatures those servers verify; APNs over HTTP/2 and TLS with a
+devstack-made certificate, its CA in a Secret too), a file URL a local file server; the
 objects it refers to are created (Secrets, ConfigMaps, a MongoDB collection whose
 documents match its filter, files), each row carrying every attribute its templates use;
 `schedule` is dropped after the API server accepted it as written (a send window or a
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import re
 import secrets
@@ -44,6 +48,8 @@ from tests.e2e.test_operator_e2e import (  # noqa: F401  (env: a pytest fixture)
     Env,
     env,
 )
+from tests.support.apns_server import ApnsKey, ApnsServerThread, local_pki
+from tests.support.fcm_server import FcmServerThread, ServiceAccountKey
 from tests.support.sink import SinkThread, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -211,9 +217,15 @@ class World:
     configmaps: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> key -> text
     files: Files | None = None
     mail_port: int = 0
-    to_field: str | None = None  # smtp: the attribute holding the address
+    to_field: str | None = None  # smtp, fcm, apns: the attribute holding the address
+    push: FcmServerThread | ApnsServerThread | None = None  # the local FCM or APNs
 
     def address(self, user: str) -> str:
+        """The user's address on the channel: an e-mail address or a device token."""
+        if isinstance(self.push, ApnsServerThread):
+            return hashlib.sha256(user.encode()).hexdigest()  # 64 hex digits, as APNs wants
+        if isinstance(self.push, FcmServerThread):
+            return f"fcm-{user}"
         return f"{user}@mail.test"
 
     def client(self) -> MongoClient[dict[str, Any]]:
@@ -332,6 +344,24 @@ def prepare(world: World, manifest: dict[str, Any]) -> dict[str, Any]:
                 "create", "secret", "generic", ref["name"],
                 f"--from-literal=username={SMTP_USER}", f"--from-literal=password={world.secret}",
             )  # fmt: skip
+    elif channel == "fcm":
+        fcm, server = message["fcm"], world.push
+        assert isinstance(server, FcmServerThread)
+        fcm["endpoint"] = server.endpoint  # the JSON key file names the token endpoint
+        world.to_field = fcm.get("tokenAttribute") or "deviceToken"
+        ref = fcm["serviceAccountSecretRef"]
+        key = ref.get("key") or "service-account.json"
+        world.secret_with(ref["name"], key, server.account.json(server.token_uri))
+    elif channel == "apns":
+        apns, server = message["apns"], world.push
+        assert isinstance(server, ApnsServerThread)
+        apns["endpoint"] = server.endpoint
+        world.to_field = apns.get("tokenAttribute") or "deviceToken"
+        ref = apns["keySecretRef"]
+        (key,) = server.keys.values()
+        world.secret_with(ref["name"], ref.get("key") or "key.p8", key.p8)
+        apns["caSecretRef"] = {"name": f"{ref['name']}-test-ca"}
+        world.secret_with(f"{ref['name']}-test-ca", "ca.crt", server.ca_pem)
     else:
         pytest.fail(f"extend prepare() for the {channel} channel")
     names = variables(message["template"])
@@ -353,6 +383,39 @@ def signed_env(base: Env, secret: str | None) -> Iterator[Env]:
     the manifest signs nothing, and the sink checks nothing)."""
     with SinkThread(host=SINK_HOST, secret=secret, keep_messages=True) as sink:
         yield QualifiedEnv(base.kubectl, base.namespace, base.mongo_uri, sink, base.release)
+
+
+@contextlib.contextmanager
+def push_server(
+    manifest: Mapping[str, Any], pki_root: Path
+) -> Iterator[FcmServerThread | ApnsServerThread | None]:
+    """The local FCM or APNs a manifest's channel needs, with keys made for it."""
+    message = manifest["spec"]["message"]
+    channel = message.get("channel", "webhook")
+    if channel == "fcm":
+        account = ServiceAccountKey.make(message["fcm"].get("projectId") or "pushtask-docs")
+        with FcmServerThread(account, host=SINK_HOST) as fcm:
+            yield fcm
+    elif channel == "apns":
+        apns = message["apns"]
+        key = ApnsKey.make(apns["keyId"], apns["teamId"])
+        pki = local_pki(pki_root)  # its serving certificate names 127.0.0.1 and localhost
+        with ApnsServerThread({key.key_id: key}, apns["topic"], pki, host=SINK_HOST) as server:
+            yield server
+    else:
+        yield None
+
+
+def pushed(world: World) -> Iterator[tuple[str, Any]]:
+    """(device token, what the phone gets) of each notification the local FCM or APNs
+    delivered; the idempotency key, different per run, left out."""
+    if isinstance(world.push, FcmServerThread):
+        for f in world.push.delivered:
+            data = {k: v for k, v in f.message.get("data", {}).items() if k != "idempotencyKey"}
+            yield f.token, (f.message.get("notification"), data)
+    elif isinstance(world.push, ApnsServerThread):
+        for a in world.push.delivered:
+            yield a.token, {k: v for k, v in a.payload.items() if k != "idempotencyKey"}
 
 
 @contextlib.contextmanager
@@ -381,6 +444,11 @@ def received(world: World, task: Mapping[str, Any], mailbox: Mailbox) -> dict[st
     """What each user got, as the channel's own form: the webhook's message, or the mail's
     (subject, text)."""
     out: dict[str, list[Any]] = {}
+    if world.push is not None:
+        by_token = {str(attrs.get(world.to_field or "")): u for u, attrs in world.attrs.items()}
+        for token, message in pushed(world):
+            out.setdefault(by_token.get(token, token), []).append(message)
+        return out
     if task["spec"]["message"].get("channel", "webhook") == "webhook":
         for rec in world.env.sink.requests:
             if rec.user is not None and 200 <= rec.status < 300:
@@ -396,9 +464,16 @@ def received(world: World, task: Mapping[str, Any], mailbox: Mailbox) -> dict[st
 
 
 def expected_message(task: Mapping[str, Any], rendered: dict[str, Any]) -> Any:
-    if task["spec"]["message"].get("channel", "webhook") == "webhook":
+    channel = task["spec"]["message"].get("channel", "webhook")
+    if channel == "webhook":
         return rendered
     extra = rendered.get("extra") or {}
+    link = {"link": rendered["link"]} if rendered.get("link") else {}
+    shown = {k: str(rendered[k]) for k in ("title", "body") if rendered.get(k)}
+    if channel == "fcm":  # the notification, and data fields (strings only)
+        return (shown or None, {**{k: str(v) for k, v in extra.items()}, **link})
+    if channel == "apns":  # aps.alert, and the custom keys beside aps
+        return {**extra, **link, "aps": {"alert": shown}}
     text = str(rendered.get("body") or "")
     if rendered.get("link"):
         text = f"{text}\n\n{rendered['link']}" if text else str(rendered["link"])
@@ -410,6 +485,7 @@ def test_documented_manifest_runs_to_finished(
     env: Env,  # noqa: F811
     where: str,
     manifest: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     # As written, schedule and all: the API server accepts it.
     as_written = copy.deepcopy(manifest)
@@ -420,8 +496,12 @@ def test_documented_manifest_runs_to_finished(
     database = f"docs_{secrets.token_hex(4)}"
     signs = bool((manifest["spec"]["message"].get("webhook") or {}).get("secretRef"))
     sink_secret = secret if signs else None
-    with signed_env(env, sink_secret) as here, local_servers(secret) as (files, smtp, mailbox):
-        world = World(here, secret, database, files=files, mail_port=int(smtp.port))
+    with (
+        signed_env(env, sink_secret) as here,
+        local_servers(secret) as (files, smtp, mailbox),
+        push_server(manifest, tmp_path / "pki") as push,
+    ):
+        world = World(here, secret, database, files=files, mail_port=int(smtp.port), push=push)
         try:
             task = prepare(world, manifest)
             name = task["metadata"]["name"]

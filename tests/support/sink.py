@@ -43,7 +43,6 @@ import hmac
 import json
 import socket
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
+
+from tests.support.ownloop import OwnLoop
 
 # A receiver's usual replay window (Stripe's and Slack's is 5 minutes): wide enough for
 # clock skew between hosts, narrow enough that a captured request soon stops working.
@@ -290,23 +291,10 @@ class Sink:
             self._record_fh = None
 
 
-class SinkThread(Sink):
+class SinkThread(OwnLoop, Sink):
     """A Sink on its own event loop in a daemon thread, for synchronous tests."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="sink")
-
-    def __enter__(self) -> SinkThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    thread_name = "sink"
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ from pydantic import ValidationError
 
 from pushtask.models import (
     RUN_RULE,
+    Apns,
     ConfigMapSource,
+    Fcm,
     InlineSource,
     InlineUser,
     MongoSource,
@@ -147,10 +149,27 @@ def test_plugin_channels_need_no_builtin_settings() -> None:
     spec = PushTaskSpec.model_validate(
         {
             "audience": MINIMAL["audience"],
-            "message": {"channel": "fcm", "settings": {"project": "p"}, "template": {"body": "b"}},
+            "message": {"channel": "pigeon", "settings": {"loft": "n"}, "template": {"body": "b"}},
         }
     )
-    assert spec.message.channel == "fcm" and spec.message.settings == {"project": "p"}
+    assert spec.message.channel == "pigeon" and spec.message.settings == {"loft": "n"}
+
+
+def test_mobile_channels_take_credentials_only_from_secrets() -> None:
+    fcm = Fcm.model_validate({"serviceAccountSecretRef": {"name": "fcm"}})
+    assert fcm.service_account_secret_ref.key == "service-account.json"
+    assert (fcm.token_attribute, fcm.endpoint) == ("deviceToken", "https://fcm.googleapis.com")
+    apns = Apns.model_validate(
+        {"keySecretRef": {"name": "a"}, "keyId": "KEY1234567", "teamId": "TEAM123456",
+         "topic": "com.example.app"}
+    )  # fmt: skip
+    assert apns.key_secret_ref.key == "key.p8" and apns.ca_secret_ref is None
+    assert (apns.push_type, apns.priority, apns.environment) == ("alert", 10, "production")
+    # No field takes a key inline: unknown fields are refused.
+    with pytest.raises(ValidationError, match="privateKey"):
+        Fcm.model_validate({"serviceAccountSecretRef": {"name": "f"}, "privateKey": "-----"})
+    with pytest.raises(ValidationError, match="p8"):
+        Apns.model_validate({**apns.model_dump(by_alias=True), "p8": "-----"})
 
 
 def test_configmap_send_at_field_needs_a_structured_format() -> None:

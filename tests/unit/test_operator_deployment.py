@@ -148,3 +148,37 @@ def test_secrets_reach_workers_through_the_environment() -> None:
     }
     env = env_of(build_worker_deployment(META, spec, RUN_ID, SETTINGS, replicas=1))
     assert env["PUSHTASK_WEBHOOK_SECRET"] == {"secretKeyRef": {"name": "hmac", "key": "k"}}
+
+
+def test_mobile_credentials_reach_workers_through_the_environment() -> None:
+    fcm = {
+        **SPEC,
+        "message": {
+            "channel": "fcm",
+            "fcm": {
+                "serviceAccountSecretRef": {"name": "firebase"},
+                "caSecretRef": {"name": "gateway-ca", "key": "bundle.pem"},
+            },
+        },
+    }
+    apns = {
+        **SPEC,
+        "message": {
+            "channel": "apns",
+            "apns": {"keySecretRef": {"name": "apple"}, "keyId": "K", "teamId": "T"},
+        },
+    }
+    assert [(r.env, r.secret, r.key, r.field) for r in secret_key_refs(fcm)] == [
+        (
+            "PUSHTASK_FCM_SERVICE_ACCOUNT",
+            "firebase",
+            "service-account.json",
+            "spec.message.fcm.serviceAccountSecretRef",
+        ),
+        ("PUSHTASK_FCM_CA_BUNDLE", "gateway-ca", "bundle.pem", "spec.message.fcm.caSecretRef"),
+    ]
+    assert [(r.env, r.secret, r.key) for r in secret_key_refs(apns)] == [
+        ("PUSHTASK_APNS_KEY", "apple", "key.p8")
+    ]
+    env = env_of(build_worker_deployment(META, apns, RUN_ID, SETTINGS, replicas=1))
+    assert env["PUSHTASK_APNS_KEY"] == {"secretKeyRef": {"name": "apple", "key": "key.p8"}}

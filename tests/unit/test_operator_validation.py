@@ -138,3 +138,41 @@ def test_probe_url_against_real_servers() -> None:
     assert ok is None
     assert missing is not None and missing.startswith("HTTP 4"), missing
     assert refused is not None and "Connect" in refused, refused
+
+
+@pytest.mark.parametrize(
+    ("message", "secret", "key"),
+    [
+        (
+            {"channel": "fcm", "fcm": {"serviceAccountSecretRef": {"name": "firebase"}}},
+            "firebase",
+            "service-account.json",
+        ),
+        (
+            {
+                "channel": "apns",
+                "apns": {
+                    "keySecretRef": {"name": "apple"},
+                    "keyId": "KEY1234567",
+                    "teamId": "TEAM123456",
+                    "topic": "com.example.app",
+                },
+            },
+            "apple",
+            "key.p8",
+        ),
+    ],
+)
+def test_mobile_credential_secrets_are_checked(
+    message: dict[str, Any], secret: str, key: str
+) -> None:
+    s = spec()
+    s["message"] = {**message, "template": {"body": "Hello"}}
+    fake = Fake()
+    v = run(s, fake)
+    assert not v.ok and v.reason == "SecretMissing" and f'Secret "{secret}"' in v.message
+    fake.secrets[secret] = {"other"}
+    v = run(s, fake)
+    assert not v.ok and v.reason == "SecretKeyMissing" and f'"{key}"' in v.message
+    fake.secrets[secret] = {key}
+    assert run(s, fake).ok

@@ -206,7 +206,8 @@ class Worker:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
             raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
         m = self.spec.message
-        settings = getattr(m, m.channel, None) if m.channel in ("webhook", "smtp") else None
+        builtin = ("webhook", "smtp", "fcm", "apns")  # channels with a settings model of their own
+        settings = getattr(m, m.channel, None) if m.channel in builtin else None
         settings_map = (
             settings.model_dump(by_alias=True) if settings is not None else dict(m.settings or {})
         )
