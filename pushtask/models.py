@@ -584,6 +584,21 @@ class Template(ApiModel):
     """More templated fields, sent as they are named."""
 
 
+# Channels whose settings have a model of their own here (a plugin's are free-form).
+BUILTIN_CHANNELS = ("webhook", "smtp", "fcm", "apns")
+
+
+def _settings_required(channel: str) -> Rule:
+    """A built-in channel needs its settings block (spec.message.<channel>)."""
+    return Rule(
+        f"self.channel != '{channel}' || has(self.{channel})",
+        f"spec.message.{channel} is required when spec.message.channel is {channel}",
+        lambda m: m.channel != channel or getattr(m, channel) is not None,
+        field_path=f".{channel}",
+        reason="FieldValueRequired",
+    )
+
+
 class Message(ApiModel):
     """What is sent, and through which channel."""
 
@@ -604,36 +619,7 @@ class Message(ApiModel):
     template: Template
     """The message templates."""
 
-    __cel__ = (
-        Rule(
-            "self.channel != 'webhook' || has(self.webhook)",
-            "spec.message.webhook is required when spec.message.channel is webhook",
-            lambda m: m.channel != "webhook" or m.webhook is not None,
-            field_path=".webhook",
-            reason="FieldValueRequired",
-        ),
-        Rule(
-            "self.channel != 'smtp' || has(self.smtp)",
-            "spec.message.smtp is required when spec.message.channel is smtp",
-            lambda m: m.channel != "smtp" or m.smtp is not None,
-            field_path=".smtp",
-            reason="FieldValueRequired",
-        ),
-        Rule(
-            "self.channel != 'fcm' || has(self.fcm)",
-            "spec.message.fcm is required when spec.message.channel is fcm",
-            lambda m: m.channel != "fcm" or m.fcm is not None,
-            field_path=".fcm",
-            reason="FieldValueRequired",
-        ),
-        Rule(
-            "self.channel != 'apns' || has(self.apns)",
-            "spec.message.apns is required when spec.message.channel is apns",
-            lambda m: m.channel != "apns" or m.apns is not None,
-            field_path=".apns",
-            reason="FieldValueRequired",
-        ),
-    )
+    __cel__ = tuple(_settings_required(channel) for channel in BUILTIN_CHANNELS)
 
 
 # --- delivery, rate, schedule ---------------------------------------------------------
@@ -985,6 +971,7 @@ class PushTask(BaseModel):
 
 __all__ = [
     "API_VERSION",
+    "BUILTIN_CHANNELS",
     "CATEGORIES",
     "GROUP",
     "KIND",

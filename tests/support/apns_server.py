@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from devstack.pki import Pki, ensure_pki
+from tests.support.keys import pem_pair
 from tests.support.ownloop import OwnLoop
 from tests.support.sink import free_port
 
@@ -76,19 +76,7 @@ class ApnsKey:
 
     @classmethod
     def make(cls, key_id: str = "ABC123DEFG", team_id: str = "TEAM123456") -> ApnsKey:
-        key = ec.generate_private_key(ec.SECP256R1())
-        p8 = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        public = (
-            key.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-        )
+        p8, public = pem_pair(ec.generate_private_key(ec.SECP256R1()))
         return cls(key_id, team_id, p8, public)
 
 

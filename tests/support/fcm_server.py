@@ -36,9 +36,9 @@ from typing import Any
 
 import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.keys import pem_pair
 from tests.support.ownloop import OwnLoop
 from tests.support.sink import free_port
 
@@ -58,19 +58,7 @@ class ServiceAccountKey:
 
     @classmethod
     def make(cls, project_id: str = "pushtask-test") -> ServiceAccountKey:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        private = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        public = (
-            key.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-        )
+        private, public = pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=2048))
         return cls(
             project_id,
             f"pushtask@{project_id}.iam.gserviceaccount.com",

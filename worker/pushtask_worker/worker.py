@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from pushtask import ledger, schedule
 from pushtask.leases import Lease, LeaseLost, now_utc
-from pushtask.models import PushTaskSpec
+from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
 from pushtask.store import RunTotals, Store
 from pushtask.templates import TemplateError, compile_message
 from pushtask_worker import metrics
@@ -206,8 +206,7 @@ class Worker:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
             raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
         m = self.spec.message
-        builtin = ("webhook", "smtp", "fcm", "apns")  # channels with a settings model of their own
-        settings = getattr(m, m.channel, None) if m.channel in builtin else None
+        settings = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
         settings_map = (
             settings.model_dump(by_alias=True) if settings is not None else dict(m.settings or {})
         )
