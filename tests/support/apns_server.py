@@ -42,6 +42,7 @@ from hypercorn.config import Config
 from devstack.pki import Pki, ensure_pki
 from tests.support.keys import pem_pair
 from tests.support.ownloop import OwnLoop
+from tests.support.readyfile import announce
 from tests.support.sink import free_port
 
 PUSH_TYPES = {
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             "team_id": key.team_id,
             "topic": args.topic,
         }
-        await asyncio.to_thread(Path(args.ready_file).write_text, json.dumps(ready))
+        await asyncio.to_thread(announce, args.ready_file, json.dumps(ready))
         try:
             await asyncio.Event().wait()
         finally:

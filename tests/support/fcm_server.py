@@ -31,7 +31,6 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.keys import pem_pair
 from tests.support.ownloop import OwnLoop
+from tests.support.readyfile import announce
 from tests.support.sink import free_port
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             "token_uri": server.token_uri,
             "service_account": account.json(server.token_uri),
         }
-        await asyncio.to_thread(Path(args.ready_file).write_text, json.dumps(ready))
+        await asyncio.to_thread(announce, args.ready_file, json.dumps(ready))
         try:
             await asyncio.Event().wait()
         finally:

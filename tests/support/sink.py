@@ -53,6 +53,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from tests.support.ownloop import OwnLoop
+from tests.support.readyfile import announce
 
 # A receiver's usual replay window (Stripe's and Slack's is 5 minutes): wide enough for
 # clock skew between hosts, narrow enough that a captured request soon stops working.
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         await sink.start()
         print(sink.url, flush=True)
         if args.ready_file:
-            await asyncio.to_thread(Path(args.ready_file).write_text, sink.url)
+            await asyncio.to_thread(announce, args.ready_file, sink.url)
         try:
             await asyncio.Event().wait()
         finally:
