@@ -313,6 +313,13 @@ def recorded(doc: Mapping[str, Any]) -> dict[int, str]:
     return out
 
 
+def failures(doc: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """(position, error) of every failed recipient of a chunk, in position order (failed
+    results are never in the compact `ok` lists)."""
+    res = doc.get("res") or {}
+    return sorted((int(p), str(e.get("e") or "")) for p, e in res.items() if e.get("s") == "failed")
+
+
 def in_doubt(doc: Mapping[str, Any]) -> list[int]:
     """Positions a chunk's earlier holders may have started but have no result for."""
     done = recorded(doc)

@@ -326,18 +326,16 @@ class Store:
     async def failure_samples(self, run_id: str, limit: int = 5) -> list[tuple[str, str]]:
         """Up to `limit` (user, error) of recipients whose send failed (the console).
 
-        Failed results live in a chunk's `res` map by position; only chunks whose counters
-        say they hold a failure are read, and only their users and results."""
+        Only chunks whose counters say they hold a failure are read, and only their users
+        and results (ledger.failures knows how those are recorded)."""
         query = {"run": run_id, "counters.failed": {"$gt": 0}}
         out: list[tuple[str, str]] = []
         async for doc in self._chunks.find(query, {"users": 1, "res": 1}).limit(limit):
             users = list(doc.get("users") or [])
-            for position, entry in sorted((doc.get("res") or {}).items(), key=lambda x: int(x[0])):
-                if entry.get("s") == "failed" and int(position) < len(users):
-                    out.append((str(users[int(position)]), str(entry.get("e") or "")))
-                    if len(out) >= limit:
-                        return out
-        return out
+            out += [(str(users[p]), error) for p, error in ledger.failures(doc) if p < len(users)]
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     # -- retention --------------------------------------------------------------------
 

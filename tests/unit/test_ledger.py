@@ -194,3 +194,17 @@ def test_a_timed_audience_gets_no_more_shards_than_workers() -> None:
     sizes = dict.fromkeys(range(256), 180_000 // 256)
     target = ledger.shard_target(sum(sizes.values()), 2, timed=True)
     assert len(ledger.group_buckets(sizes, 256, target=target)) == 2
+
+
+def test_failures_are_read_from_res_in_position_order() -> None:
+    doc = {
+        "ok": {"3_0": {"p": [0, 1]}},
+        "res": {
+            "7": {"s": "failed", "e": "HTTP 410 Gone"},
+            "2": {"s": "failed", "e": "UNREGISTERED"},
+            "4": {"s": "pending", "e": "handed back"},
+            "5": {"s": "sent", "n": 2},
+        },
+    }
+    assert ledger.failures(doc) == [(2, "UNREGISTERED"), (7, "HTTP 410 Gone")]
+    assert ledger.failures({"ok": {"3_0": {"p": [0]}}}) == []
