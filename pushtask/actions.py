@@ -116,6 +116,18 @@ def progress_line(task: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def lookup_note(found: bool, stage: str | None, run: int) -> str | None:
+    """What to say instead of a recipient's record (None: there is a record to show).
+    `stage` is the run's stage in the store, None when the run is not there any more."""
+    if stage is None:
+        return f"run {run} is not in the store"
+    if found:
+        return None
+    if stage in ("audience", "seal"):
+        return f"run {run}'s audience is still being built; ask again soon"
+    return f"not in the audience of run {run}"
+
+
 def run_over(task: Mapping[str, Any]) -> bool:
     """The run `status --watch` follows has ended (or never will start by itself)."""
     phase = _phase(task)

@@ -177,9 +177,7 @@ async def _recipient(uri: str, run_id: str, user: str) -> tuple[Any, str | None]
 
     store = Store.connect(uri, serverSelectionTimeoutMS=5000)
     try:
-        state = await store.recipient(run_id, user)
-        run = await store.get_run(run_id, ("stage",))
-        return state, (run or {}).get("stage") if run is not None else "missing"
+        return await store.lookup(run_id, user)
     finally:
         await store.close()
 
@@ -200,13 +198,11 @@ def cmd_recipient(
         state, stage = asyncio.run(_recipient(mongo_uri(cluster, ns, name, uri), run_id, user))
     except PyMongoError as exc:
         raise CliError(f"MongoDB: {exc} (reachable from here? --mongo-uri)") from None
-    if stage == "missing":
-        raise CliError(f"run {number} of pushtask/{name} is not in the store (kept: the last few)")
-    if state is None:
-        if stage in ("audience", "seal"):
-            print(f"{user}: run {number}'s audience is still being built; ask again soon")
-        else:
-            print(f"{user}: not in the audience of run {number}")
+    note = actions.lookup_note(state is not None, stage, int(number))
+    if stage is None:
+        raise CliError(f"pushtask/{name}: {note} (only the last few runs are kept)")
+    if note is not None:
+        print(f"{user}: {note}")
         return 0
     print("\n".join(recipient_lines(state, int(number))))
     return 0

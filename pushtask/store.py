@@ -558,6 +558,13 @@ class Store:
             run_id, user, status, attempts, error, at, worker, doc["_id"], position, due
         )
 
+    async def lookup(self, run_id: str, user: str) -> tuple[RecipientState | None, str | None]:
+        """`user`'s state in a run and the run's stage (None: the run is not stored)."""
+        state, run = await asyncio.gather(
+            self.recipient(run_id, user), self._runs.find_one({"_id": run_id}, {"stage": 1})
+        )
+        return state, None if run is None else str(run.get("stage") or "")
+
     async def statuses(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
         """(user, status) of every recipient of a run, chunk by chunk (exports, tests)."""
         now = now_utc()

@@ -216,12 +216,9 @@ async def recipient(request: web.Request) -> web.Response:
         return failure(400, "run must be a number", [{"field": "run", "message": "a number"}])
     run_id = run_id_for(task_ref(ns, name, task), run)
     try:
-        state, doc = await asyncio.gather(
-            console.store.recipient(run_id, user), console.store.get_run(run_id, ("stage",))
-        )
+        state, stage = await console.store.lookup(run_id, user)
     except PyMongoError as error:
         return failure(503, f"MongoDB: {error}")
-    stage = "missing" if doc is None else str(doc.get("stage") or "")
     return web.json_response(views.recipient_view(state, stage, user, run))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pushtask.actions import progress_line, run_over
+from pushtask.actions import lookup_note, progress_line, run_over
 from pushtask.models import API_VERSION, KIND, PushTaskSpec, describe_errors
 from pushtask.taskapi import event_time
 
@@ -89,15 +89,10 @@ def worker_rows(heartbeats: Sequence[Mapping[str, Any]], now: datetime) -> list[
 
 
 def recipient_view(state: Any, stage: str | None, user: str, run: int) -> dict[str, Any]:
-    """The answer to "what happened to this user" (state: store.RecipientState or None)."""
-    if stage == "missing":
-        return {"user": user, "run": run, "found": False, "note": f"run {run} is not in the store"}
-    if state is None:
-        note = (
-            "the audience is still being built; ask again soon"
-            if stage in ("audience", "seal")
-            else f"not in the audience of run {run}"
-        )
+    """The answer to "what happened to this user" (state: store.RecipientState or None;
+    stage None: the run is not in the store)."""
+    note = lookup_note(state is not None, stage, run)
+    if note is not None or state is None:
         return {"user": user, "run": run, "found": False, "note": note}
     return {
         "user": str(state.user),

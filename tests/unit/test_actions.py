@@ -75,3 +75,12 @@ def test_a_run_is_over_when_terminal_or_a_cron_task_waits_again() -> None:
     cron = task("Ready")
     cron["status"]["reason"] = "AwaitingNextFiring"
     assert run_over(cron)
+
+
+def test_what_a_lookup_says_instead_of_a_record() -> None:
+    from pushtask.actions import lookup_note
+
+    assert lookup_note(True, "delivery", 3) is None
+    assert lookup_note(False, "done", 3) == "not in the audience of run 3"
+    assert lookup_note(False, "seal", 3) == "run 3's audience is still being built; ask again soon"
+    assert lookup_note(False, None, 3) == "run 3 is not in the store"

@@ -91,7 +91,7 @@ def test_recipient_answers() -> None:
     )
     assert views.recipient_view(None, "done", "x", 2)["note"] == "not in the audience of run 2"
     assert "still being built" in views.recipient_view(None, "audience", "x", 2)["note"]
-    assert views.recipient_view(None, "missing", "x", 9)["note"] == "run 9 is not in the store"
+    assert views.recipient_view(None, None, "x", 9)["note"] == "run 9 is not in the store"
 
 
 def test_history_is_a_window_per_run() -> None:
