@@ -284,9 +284,11 @@ class Worker:
                 "claim",
             )
         if got is None:
-            await self.guard.call(lambda: store.advance(cfg.run_id), "advance run")
+            after = await self.guard.call(lambda: store.advance(cfg.run_id), "advance run")
             await self.refresh()
-            return False
+            # This worker ended the stage (it did the last unit): the next stage's work is
+            # there to claim now, not after an idle pause (a second per stage, measured).
+            return after != stage
         doc, self.lease = got
         metrics.LEASE_CLAIMS.labels(self.label, kind).inc()
         self.work = asyncio.create_task(self._do(kind, doc, self.lease))
@@ -321,7 +323,11 @@ class Worker:
         if held is not None and (held.split_id, held.token) == (lease.split_id, lease.token):
             self.lease = None
         if finished and kind == "chunk":
-            await self.guard.call(lambda: self.store.advance(self.config.run_id), "advance run")
+            stage = await self.guard.call(
+                lambda: self.store.advance(self.config.run_id), "advance run"
+            )
+            if stage == "done":
+                self.control.stage = stage  # the last chunk: exit now, not at the next beat
         return finished
 
     async def _work_on(self, kind: str, doc: dict[str, Any], lease: Lease) -> bool:
