@@ -1,9 +1,11 @@
 """The one request every mode of the benchmark sends, so that the sink sees the same bytes
-and headers whoever sends them (the ceiling, naive, the Celery tasks)."""
+and headers whoever sends them (the ceiling, naive, the Celery tasks, and pushtask's webhook
+channel without a signing secret)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 from pushtask.planning import idempotency_key
 
@@ -23,4 +25,12 @@ def body_for(user: str) -> bytes:
 
 
 def headers_for(user: str) -> dict[str, str]:
-    return {"Idempotency-Key": idempotency_key("bench", 1, user)}
+    # The webhook channel's headers (pushtask_worker/channels/webhook.py), value for value
+    # in length: a receiver parses as much whoever sends.
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "pushtask-worker",
+        "Idempotency-Key": idempotency_key("bench", 1, user),
+        "X-PushTask-Timestamp": str(int(time.time())),
+        "X-PushTask-Attempt": "1",
+    }

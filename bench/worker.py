@@ -360,6 +360,9 @@ def pushtask(
                 "PUSHTASK_LOG_LEVEL": "warning",
                 "PUSHTASK_LEASE_SECONDS": str(WorkerConfig.lease_seconds),
                 "PUSHTASK_STORE_STATS_FILE": str(stats_file),
+                # The harness's default signing secret off: the spec asks for none, and the
+                # other modes send no signature (bench/payload.py).
+                "PUSHTASK_WEBHOOK_SECRET": "",
             }
             | ({"PUSHTASK_WINDOW": str(window)} if window else {})
             | ({"PUSHTASK_CONCURRENCY": str(concurrency)} if concurrency else {}),
