@@ -80,7 +80,8 @@ def test_bench_smoke(bench: BenchRun) -> None:
     cpu_rows = bench.rows("cpu", "pushtask")
     assert len(cpu_rows) == 2, bench.table
     for row in cpu_rows:
-        assert all(number(c) for c in row[2:6]), row
+        assert all(number(row[i]) for i in (2, 4, 5, 6)), row
+        assert row[3].endswith("x") and number(row[3][:-1]), row  # vs the ceiling's client
 
     fig = bench.figures
     assert fig["size"] == 1000
@@ -91,6 +92,10 @@ def test_bench_smoke(bench: BenchRun) -> None:
         assert run["per_s"] > 0, fig
         for key in ("store_writes_per_recipient", "store_cpu_us", "worker_cpu_us"):
             assert isinstance(run[key], int | float), (key, fig)
+        # Each run is compared with a ceiling measured just before it.
+        assert run["ceiling_per_s"] > 0 and run["worker_cpu_vs_client"] > 0, fig
+        assert run["of_ceiling"] == pytest.approx(run["per_s"] / run["ceiling_per_s"], 0.01)
+    assert "ceiling measured 3 times" in bench.table, bench.table
 
 
 @pytest.mark.skipif(CELERY_MISSING is not None, reason=str(CELERY_MISSING))
@@ -100,7 +105,7 @@ def test_bench_celery_smoke(bench: BenchRun) -> None:
         assert row[5].endswith("%") and row[7].endswith("x"), row  # vs ceiling, vs Celery
         (cpu,) = bench.rows("cpu", mode)
         # The worker and its pool, the sink, and redis-server (Celery's store) all metered.
-        assert all(number(c) for c in cpu[2:6]), cpu
+        assert all(number(cpu[i]) for i in (2, 4, 5, 6)), cpu
     # Ratios against Celery batched are in every pushtask row too.
     for row in bench.rows("rates", "pushtask"):
         assert row[7].endswith("x"), row
