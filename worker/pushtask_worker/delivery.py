@@ -226,13 +226,14 @@ class ChunkDelivery:
         n = len(self.unrecorded)
         if n >= self.record_every or (n and time.monotonic() - self.last_write >= RECORD_SECONDS):
             return True
-        if not self.starved:
+        # The lanes wait for room. While sends are in flight their results are worth
+        # waiting for: they come within a send's latency, and an early write frees less
+        # than it costs (writing at a quarter of the batch instead, measured at 100,000
+        # with 1, 2 and 4 workers: as fast or slower, and 0.041-0.052 store documents a
+        # recipient instead of 0.030-0.036). With none in flight, write what there is, or
+        # just move `hi` if the window has room.
+        if not self.starved or self.sending:
             return False
-        # The lanes wait for room. While sends are still in flight a few more results are
-        # worth waiting for (a write per result would cost more than it frees); with none
-        # in flight, write what there is, or just move `hi` if the window has room.
-        if self.sending:
-            return n >= max(1, self.record_every // 4)
         return bool(n or self.doubt < self.window)
 
     async def _writer(self) -> None:
