@@ -66,7 +66,7 @@ demo: setup
 bench: setup
 	bash scripts/bench-setup.sh $(VENV)
 	$(PY) -m devstack up --only mongo
-	$(PY) bench/worker.py
+	$(PY) bench/worker.py --rounds 3
 
 e2e-kind: setup
 	bash scripts/e2e-kind.sh
