@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -36,6 +36,7 @@ from pushtask.planning import new_split
 
 DEFAULT_DB = "pushtask"
 Stage = Literal["audience", "seal", "delivery", "done"]
+STAGES: tuple[Stage, ...] = get_args(Stage)  # in the order a run goes through them
 COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted")
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"

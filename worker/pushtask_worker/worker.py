@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pushtask import ledger, schedule
 from pushtask.leases import Lease, LeaseLost, now_utc
 from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
-from pushtask.store import RunTotals, Store
+from pushtask.store import STAGES, RunTotals, Store
 from pushtask.templates import TemplateError, compile_message
 from pushtask_worker import metrics
 from pushtask_worker.audience.build import SourceReaders, SplitBuilder
@@ -288,7 +288,8 @@ class Worker:
             await self.refresh()
             # This worker ended the stage (it did the last unit): the next stage's work is
             # there to claim now, not after an idle pause (a second per stage, measured).
-            return after != stage
+            # Only forward: a run deleted under us reads as "audience", and must idle.
+            return stage in STAGES and STAGES.index(after) > STAGES.index(stage)
         doc, self.lease = got
         metrics.LEASE_CLAIMS.labels(self.label, kind).inc()
         self.work = asyncio.create_task(self._do(kind, doc, self.lease))
