@@ -472,7 +472,9 @@ def figures(
                 "per_s": rate(r),
                 "ceiling_per_s": rate(r.paired),
                 "of_ceiling": round(of_ceiling(r, ceil), 3),
-                "worker_cpu_vs_client": us(cpu_vs_client(r, ceil)),
+                "worker_cpu_vs_client": (
+                    round(v, 2) if (v := cpu_vs_client(r, ceil)) is not None else None
+                ),
                 "store_writes_per_recipient": (
                     round(w, 4) if (w := r.writes_per_recipient) is not None else None
                 ),
