@@ -562,7 +562,7 @@ class Store:
     async def lookup(self, run_id: str, user: str) -> tuple[RecipientState | None, str | None]:
         """`user`'s state in a run and the run's stage (None: the run is not stored)."""
         state, run = await asyncio.gather(
-            self.recipient(run_id, user), self._runs.find_one({"_id": run_id}, {"stage": 1})
+            self.recipient(run_id, user), self.get_run(run_id, ("stage",))
         )
         return state, None if run is None else str(run.get("stage") or "")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -15,7 +16,7 @@ from pushtask_worker.channels import ChannelContext, Delivery
 from pushtask_worker.channels.webhook import WebhookChannel
 
 
-async def capture(send: object) -> tuple[dict[str, str], bytes]:
+async def capture(send: Callable[[str], Awaitable[None]]) -> tuple[dict[str, str], bytes]:
     """The header lines and body of one request, as the receiver reads them."""
     got: asyncio.Future[tuple[dict[str, str], bytes]] = asyncio.get_running_loop().create_future()
 
@@ -31,7 +32,7 @@ async def capture(send: object) -> tuple[dict[str, str], bytes]:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        await send(f"http://127.0.0.1:{port}/hook")  # type: ignore[operator]
+        await send(f"http://127.0.0.1:{port}/hook")
         return await got
 
 

@@ -284,12 +284,11 @@ class Worker:
                 "claim",
             )
         if got is None:
-            after = await self.guard.call(lambda: store.advance(cfg.run_id), "advance run")
+            moved = await self.advance(stage)
             await self.refresh()
             # This worker ended the stage (it did the last unit): the next stage's work is
             # there to claim now, not after an idle pause (a second per stage, measured).
-            # Only forward: a run deleted under us reads as "audience", and must idle.
-            return stage in STAGES and STAGES.index(after) > STAGES.index(stage)
+            return moved
         doc, self.lease = got
         metrics.LEASE_CLAIMS.labels(self.label, kind).inc()
         self.work = asyncio.create_task(self._do(kind, doc, self.lease))
@@ -324,12 +323,18 @@ class Worker:
         if held is not None and (held.split_id, held.token) == (lease.split_id, lease.token):
             self.lease = None
         if finished and kind == "chunk":
-            stage = await self.guard.call(
-                lambda: self.store.advance(self.config.run_id), "advance run"
-            )
-            if stage == "done":
-                self.control.stage = stage  # the last chunk: exit now, not at the next beat
+            await self.advance(self.control.stage)  # the last chunk: exit now, not at a beat
         return finished
+
+    async def advance(self, since: str) -> bool:
+        """Take the run to its next stage if its current one is complete; True when it moved
+        on from `since`, which this worker then knows without waiting for a beat. Only
+        forward: a run deleted under us reads as "audience", and must not look like news."""
+        after = await self.guard.call(lambda: self.store.advance(self.config.run_id), "advance run")
+        moved = since in STAGES and STAGES.index(after) > STAGES.index(since)
+        if moved:
+            self.control.stage = after
+        return moved
 
     async def _work_on(self, kind: str, doc: dict[str, Any], lease: Lease) -> bool:
         if kind == "audience":
