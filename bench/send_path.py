@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,12 @@ class NoStore:
     async def write_chunk(self, lease: Lease, **_: Any) -> Lease:
         self.writes += 1
         return lease
+
+    def now(self) -> datetime:
+        return now_utc()
+
+    def due_by(self) -> datetime:
+        return now_utc()
 
 
 def sender_for(url: str) -> tuple[Sender, WebhookChannel]:

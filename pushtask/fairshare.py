@@ -13,7 +13,7 @@ achieve once they have been measured.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 K = TypeVar("K")
@@ -89,3 +89,27 @@ def demand_now(
     ):
         return min(rate, max(achieved * HEADROOM, MIN_SHARE * rate))
     return rate
+
+
+def grantable(fair: float, budget: float, others_in_force: Iterable[float]) -> float:
+    """What a task may be given now: its fair share, but never more than the budget less
+    what the other tasks' senders may still be sending at.
+
+    A task whose share shrinks (another task started) keeps sending at the old share until
+    its workers read the new one; giving the difference away before then would let the
+    tasks together exceed the budget at the receivers. So budget moves from one task to
+    another in two steps: the first task's allocation is lowered, and once its senders
+    report the lower rate, the second task's is raised.
+
+    >>> grantable(300, 900, [450, 450])  # the others have not let go yet
+    0.0
+    >>> grantable(300, 900, [300, 450])
+    150.0
+    """
+    return float(max(0.0, min(fair, budget - sum(others_in_force))))
+
+
+def in_force(allocated: float | None, reported: Iterable[float]) -> float:
+    """The most a task's senders may be sending at: its allocation, or a higher rate some
+    sender still reports (it has not read the lower one yet)."""
+    return float(max([allocated or 0.0, *reported]))

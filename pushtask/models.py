@@ -342,6 +342,8 @@ class MongoSource(ApiModel):
     """Field holding the user id."""
     send_at_field: FieldName | None = None
     """Field holding the recipient's own send time; unset: send at once."""
+    allow_missing: bool = False
+    """A missing collection reads as empty; unset: fails an exclusion's run, skips a source."""
 
 
 class ConfigMapSource(ApiModel):

@@ -10,25 +10,26 @@ them. The data model and why each guarantee holds: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.uri_parser import parse_uri
 
 from pushtask import ledger
+from pushtask.clock import StoreClock
 from pushtask.leases import (
     Lease,
     LeaseLost,
     claim,
     fenced_update,
-    now_utc,
     release,
     renew,
 )
@@ -143,6 +144,11 @@ class Store:
         self._chunks = self.db["chunks"]
         self._skips = self.db["skips"]
         self._workers = self.db["workers"]
+        # Every time this store writes or judges (leases, heartbeats, due times) is on the
+        # server's clock, never this machine's (pushtask/clock.py).
+        self.clock = StoreClock()
+        self._clock_read_at = float("-inf")
+        self._time_commands = ["hello", "isMaster"]
 
     @classmethod
     def connect(cls, uri: str, db_name: str | None = None, **client_options: Any) -> Store:
@@ -162,6 +168,46 @@ class Store:
 
     async def close(self) -> None:
         await self.client.close()
+
+    # -- the clock --------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The store's time, as this process last read it (see pushtask/clock.py)."""
+        return self.clock.now()
+
+    def due_by(self) -> datetime:
+        """The store's time at its earliest: what a due time is checked against, so that no
+        recipient is sent before its time by the store's clock."""
+        return self.clock.earliest()
+
+    async def _server_time(self) -> datetime | None:
+        # `hello` on MongoDB 4.4+ and FerretDB; its older name on mongo-java-server.
+        for command in self._time_commands:
+            try:
+                reply = await self.client.admin.command(command)
+            except OperationFailure:
+                self._time_commands = [c for c in self._time_commands if c != command]
+                continue
+            server_time = reply.get("localTime")
+            if isinstance(server_time, datetime):
+                return server_time
+        # A server whose hello carries no time: let it stamp a document ($currentDate).
+        doc = await self.db["clock"].find_one_and_update(
+            {"_id": "clock"},
+            {"$currentDate": {"t": True}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        stamped = (doc or {}).get("t")
+        return stamped if isinstance(stamped, datetime) else None
+
+    async def sync_clock(self, max_age: float = 0.0) -> None:
+        """Read the store's clock again, unless it was read less than `max_age` s ago."""
+        mono = time.monotonic()
+        if mono - self._clock_read_at < max_age:
+            return
+        await self.clock.sync(self._server_time)
+        self._clock_read_at = mono
 
     async def ensure_indexes(self) -> None:
         """Create every index the core path relies on; safe to call on every start.
@@ -224,7 +270,7 @@ class Store:
         """Record the run's failure once; True if this call recorded it."""
         result = await self._runs.update_one(
             {"_id": run_id, "failure": None},
-            {"$set": {"failure": {"reason": reason, "at": now_utc()}}},
+            {"$set": {"failure": {"reason": reason, "at": self.now()}}},
         )
         return result.modified_count == 1
 
@@ -236,7 +282,7 @@ class Store:
         done once every chunk is done. Idempotent and deterministic, so any worker (or the
         operator) may run it, even several at once.
         """
-        now = now or now_utc()
+        now = now or self.now()
         fields = {"stage": 1, "buckets": 1, "spec.workers": 1, "spec.audience.sources": 1}
         run = await self._runs.find_one({"_id": run_id}, fields)
         if run is None:
@@ -368,7 +414,11 @@ class Store:
         self, run_id: str, kind: str, owner: str, ttl: float, now: datetime | None = None
     ) -> tuple[dict[str, Any], Lease] | None:
         return await claim(
-            self._splits, match={"run": run_id, "kind": kind}, owner=owner, ttl=ttl, now=now
+            self._splits,
+            match={"run": run_id, "kind": kind},
+            owner=owner,
+            ttl=ttl,
+            now=now or self.now(),
         )
 
     async def claim_chunk(
@@ -388,7 +438,7 @@ class Store:
             match={"run": run_id},
             owner=owner,
             ttl=ttl,
-            now=now,
+            now=now or self.now(),
             due_field="due",
             sort=(("due", ASCENDING), ("_id", ASCENDING)),
             # No projection: FerretDB refuses one on findAndModify, and a chunk is almost
@@ -398,7 +448,7 @@ class Store:
         )
 
     async def renew(self, lease: Lease, now: datetime | None = None) -> Lease:
-        return await renew(self._coll(lease), lease, now)
+        return await renew(self._coll(lease), lease, now or self.now())
 
     async def release(
         self,
@@ -498,7 +548,7 @@ class Store:
         reopened (handed back, to be sent again), the new `hi`, the chunk's counters (as
         absolute values: see ledger.tally), and the lease renewed, or the chunk given back
         (`end`). LeaseLost when the chunk is no longer ours."""
-        now = now or now_utc()
+        now = now or self.now()
         sets: dict[str, Any] = {"hi": hi}
         sent: list[int] = []
         for r in results:
@@ -543,7 +593,7 @@ class Store:
         dues = doc.get("dues")
         due = dues[position] if dues else None
         done = {position: str(entry["s"])} if entry is not None else {}
-        status = _position_status(doc, position, now_utc(), done)
+        status = _position_status(doc, position, self.now(), done)
         if entry is not None and status == "pending":
             status = "handed back"  # a person reading it wants to know it was tried
         if entry is None:
@@ -568,7 +618,7 @@ class Store:
 
     async def statuses(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
         """(user, status) of every recipient of a run, chunk by chunk (exports, tests)."""
-        now = now_utc()
+        now = self.now()
         fields = {"users": 1, "res": 1, "ok": 1, "hi": 1, "status": 1, "leaseUntil": 1}
         async for doc in self._chunks.find({"run": run_id}, fields):
             done = ledger.recorded(doc)
@@ -580,7 +630,7 @@ class Store:
     async def heartbeat(
         self, worker_id: str, run_id: str, info: dict[str, Any] | None = None
     ) -> None:
-        now = now_utc()
+        now = self.now()
         await self._workers.update_one(
             {"_id": worker_id},
             {
@@ -590,22 +640,51 @@ class Store:
             upsert=True,
         )
 
+    async def rate_beat(
+        self,
+        run_id: str,
+        worker_id: str,
+        until: datetime | None,
+        applied: float | None = None,
+    ) -> tuple[dict[str, int], float | None]:
+        """Register this worker as one of the run's senders until `until` (None: no longer)
+        and count a beat; then read who is registered (worker id -> beat counter) and the
+        run's allocated rate. The read comes after the write, so a sender registered
+        before this call and beating after it has seen this worker. `applied`: the task
+        rate this worker sends by now (the operator waits for it before it gives the
+        budget a task gave up to another)."""
+        now = self.now()
+        await self._workers.update_one(
+            {"_id": worker_id},
+            {
+                "$set": {
+                    "run": run_id,
+                    "sendingUntil": until,
+                    "sendingRate": applied if until is not None else None,
+                    "lastSeen": now,
+                },
+                "$inc": {"rateBeat": 1},
+                "$setOnInsert": {"startedAt": now},
+            },
+            upsert=True,
+        )
+        if until is None:
+            return {}, None
+        query = {"run": run_id, "sendingUntil": {"$gt": now}}
+        docs, run = await asyncio.gather(
+            self._workers.find(query, {"rateBeat": 1}).to_list(),
+            self._runs.find_one({"_id": run_id}, {"control.ratePerSecond": 1}),
+        )
+        senders = {str(d["_id"]): int(d.get("rateBeat") or 0) for d in docs}
+        rate = ((run or {}).get("control") or {}).get("ratePerSecond")
+        # 0 is a rate (hold: no budget granted yet), not "unlimited".
+        return senders, float(rate) if rate is not None else None
+
     async def forget_worker(self, worker_id: str) -> None:
         await self._workers.delete_one({"_id": worker_id})
 
     async def heartbeats(self, run_id: str) -> list[dict[str, Any]]:
         return [doc async for doc in self._workers.find({"run": run_id})]
-
-    async def live_workers(
-        self, run_id: str, within: float, now: datetime | None = None, *, holding: bool = False
-    ) -> int:
-        """Workers of a run seen within `within` seconds; with `holding`, only those whose
-        last heartbeat said they held a unit of work (what shares a run's rate)."""
-        since = (now or now_utc()) - timedelta(seconds=within)
-        query: dict[str, Any] = {"run": run_id, "lastSeen": {"$gte": since}}
-        if holding:
-            query["lease"] = {"$ne": None}
-        return await self._workers.count_documents(query)
 
     async def leases(self, run_id: str) -> list[dict[str, Any]]:
         """Units held under a lease right now (splits and chunks): owner, until, since."""
@@ -617,7 +696,7 @@ class Store:
 
     async def stale_leases(self, run_id: str, now: datetime | None = None) -> int:
         """Leases whose holder stopped renewing: work waiting to be reclaimed."""
-        query = {"run": run_id, "status": "leased", "leaseUntil": {"$lt": now or now_utc()}}
+        query = {"run": run_id, "status": "leased", "leaseUntil": {"$lt": now or self.now()}}
         return await self._splits.count_documents(query) + await self._chunks.count_documents(query)
 
 

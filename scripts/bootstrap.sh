@@ -13,6 +13,8 @@ command -v mvn   >/dev/null || need+=(maven)
 # The web console's browser tests: Debian's headless Chromium, driven by Playwright's
 # PyPI driver (never `playwright install`: no browser download from anywhere else).
 [ -x /usr/bin/chromium ]     || need+=(chromium)
+# Workers on skewed clocks in the lease tests: libfaketime (Debian's faketime).
+command -v faketime >/dev/null || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "[bootstrap] installing ${need[*]} from Debian's packages"
   apt-get update -qq

@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +149,16 @@ async def _ledger(console: Console, run_id: str) -> dict[str, Any]:
     if console.store is None:
         return {"workers": [], "failures": [], "storeError": "no MongoDB URI configured"}
     try:
-        beats, failures = await asyncio.gather(
-            console.store.heartbeats(run_id), console.store.failure_samples(run_id)
+        beats, failures, _ = await asyncio.gather(
+            console.store.heartbeats(run_id),
+            console.store.failure_samples(run_id),
+            console.store.sync_clock(max_age=10.0),
         )
     except PyMongoError as error:
         return {"workers": [], "failures": [], "storeError": f"MongoDB: {error}"}
     return {
-        "workers": views.worker_rows(beats, datetime.now(UTC)),
+        # Heartbeats are stamped on the store's clock: their age is judged on it too.
+        "workers": views.worker_rows(beats, console.store.now()),
         "failures": views.failure_rows(failures),
         "storeError": "",
     }

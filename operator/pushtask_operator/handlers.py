@@ -49,12 +49,13 @@ from pushtask_operator.reconcile import (
     Validation,
     compose_status,
     decide,
+    effective_rate,
     read_spec,
     status_patch,
     with_api_problem,
 )
 from pushtask_operator.settings import Degrade, OperatorSettings
-from pushtask_operator.validation import configmap_contents, validate
+from pushtask_operator.validation import SourceGone, configmap_contents, validate
 from pushtask_operator.wakeups import Wakeup, next_wakeup
 
 log = logging.getLogger("pushtask.operator")
@@ -64,6 +65,11 @@ TEMPLATE_HASH_ANNOTATION = "pushtask.dev/template-hash"
 # URL probes, which may take seconds, less often.
 REVALIDATE_SECONDS = 5.0
 REPROBE_SECONDS = 15.0
+# While budget changes hands between tasks, how soon a task looks again (the senders
+# report a new rate within a rate beat, half a second).
+HANDOVER_SECONDS = 1.0
+# The store's clock is read again at most this often (it drifts by microseconds a minute).
+CLOCK_READ_SECONDS = 10.0
 
 
 def post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
@@ -82,6 +88,9 @@ class Runtime:
     # only; and its weight when the budget is shared by priority.
     demands: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    # Task key -> the most its senders may be sending at now (fairshare.in_force): budget
+    # a task gives up goes to another only once its senders report the lower rate.
+    in_force: dict[str, float] = field(default_factory=dict)
     events: Callable[[Mapping[str, Any], str, str, str], None] = post_event
     # Every task this process reconciles, to wake them all when the degraded tiers change.
     tasks: dict[str, TaskState] = field(default_factory=dict)
@@ -156,18 +165,35 @@ def _template_hash(deployment: Mapping[str, Any]) -> str:
 
 
 async def _validate_if_due(
-    rt: Runtime, state: TaskState, spec: Mapping[str, Any], meta: Mapping[str, Any]
-) -> Validation:
+    rt: Runtime,
+    state: TaskState,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    *,
+    run_starts: bool = False,
+) -> tuple[Validation, bool]:
+    """The validation to decide with, and whether it was made just now. `run_starts`: a
+    run is about to start, so everything it needs from the API (ConfigMaps, Secrets, the
+    workers' ServiceAccount, URLs) is read again, whatever the generation: a cron firing
+    must not trust a ConfigMap that was there when the spec was last changed."""
     now = time.monotonic()
     generation = int(meta.get("generation") or 0)
-    due = generation != state.validated_generation or (
-        not state.validation.ok
-        and not state.validation.permanent
-        and now - state.validated_at >= REVALIDATE_SECONDS
+    due = (
+        run_starts
+        or generation != state.validated_generation
+        or (
+            not state.validation.ok
+            and not state.validation.permanent
+            and now - state.validated_at >= REVALIDATE_SECONDS
+        )
     )
     if not due:
-        return state.validation
-    probe = generation != state.validated_generation or now - state.probed_at >= REPROBE_SECONDS
+        return state.validation, False
+    probe = (
+        run_starts
+        or generation != state.validated_generation
+        or now - state.probed_at >= REPROBE_SECONDS
+    )
     state.validation = await validate(
         spec, meta["namespace"], rt.kube, rt.settings, probe_urls=probe
     )
@@ -175,7 +201,7 @@ async def _validate_if_due(
         state.probed_at = now
     state.validated_generation = generation
     state.validated_at = now
-    return state.validation
+    return state.validation, True
 
 
 @dataclass(frozen=True)
@@ -184,16 +210,30 @@ class RunFacts:
     totals: Any
     heartbeats: list[dict[str, Any]]
     leased: list[dict[str, Any]]
+    # The store's time when the facts were read: heartbeats and leases are judged on the
+    # clock they were written on, never the operator's own (pushtask/clock.py).
+    now: datetime
 
 
 async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
+    await store.sync_clock(max_age=CLOCK_READ_SECONDS)
     run_doc = await store.get_run(run_id, ("spec", "stage", "failure", "control"))
     if run_doc is not None and running:
         # Idempotent steps any party may take: the operator takes them too, so a run
         # whose last worker died right after finishing a split still moves on.
         run_doc["stage"] = await store.advance(run_id)
     totals = await store.totals(run_id)
-    return RunFacts(run_doc, totals, await store.heartbeats(run_id), await store.leases(run_id))
+    beats, leased = await store.heartbeats(run_id), await store.leases(run_id)
+    return RunFacts(run_doc, totals, beats, leased, store.now())
+
+
+def _sending_rates(facts: RunFacts) -> list[float]:
+    """The task rates its live senders report sending by (rateshare.py's beats)."""
+    return [
+        float(hb["sendingRate"])
+        for hb in facts.heartbeats
+        if hb.get("sendingRate") and hb.get("sendingUntil") and hb["sendingUntil"] > facts.now
+    ]
 
 
 def _last_firing(status: Mapping[str, Any], meta: Mapping[str, Any]) -> datetime | None:
@@ -349,7 +389,10 @@ async def _reconcile(
 
     since = _last_firing(status, meta) or now
     if _settled(spec, status, meta):
+        # A settled task takes no part in the budget: neither its demand nor its weight.
         rt.demands.pop(key, None)
+        rt.weights.pop(key, None)
+        rt.in_force.pop(key, None)
         phase_now = Phase(status["phase"])
         state.wakeup = next_wakeup(
             phase_now,
@@ -361,7 +404,7 @@ async def _reconcile(
         )
         return None
 
-    validation = await _validate_if_due(rt, state, raw, meta)
+    validation, fresh = await _validate_if_due(rt, state, raw, meta)
 
     run_id: str | None = status.get("runId")
     running = status.get("phase") in RUNNING_PHASES
@@ -380,7 +423,7 @@ async def _reconcile(
             desired_workers=view.desired,
             tracker=state.tracker,
             run_id=run_id,
-            now=now,
+            now=facts.now,
             lease_seconds=settings.lease_seconds,
         )
 
@@ -403,6 +446,19 @@ async def _reconcile(
         now=now,
     )
     plan = decide(observed)
+    inline: dict[str, str] | None = None
+    if plan.new_run:
+        # A run starts: the API facts it needs are read now, and its ConfigMaps copied;
+        # one that is gone holds the run with the same condition as at creation.
+        if not fresh:
+            validation, _ = await _validate_if_due(rt, state, raw, meta, run_starts=True)
+        if validation.ok:
+            try:
+                inline = await configmap_contents(raw, namespace, rt.kube)
+            except SourceGone as gone:  # deleted since it was validated, a moment ago
+                validation = state.validation = gone.validation
+        observed = dataclasses.replace(observed, validation=validation)
+        plan = decide(observed)
     # The budget share of the phase the task is entering (a run starting or resuming now
     # gets its share in its first control block), then the plan again with it.
     stage = ((facts.run_doc if facts else None) or {}).get("stage")
@@ -421,9 +477,31 @@ async def _reconcile(
     prospective = demand if demand else rate
     weight = float(max(1, spec.priority))
     fair = _fair_rate(rt, key, demand=demand, prospective=prospective, weight=weight)
+    # No await from here to the bookkeeping below: two tasks must not both be granted the
+    # same budget that a third is still giving up.
+    reported = _sending_rates(facts) if facts is not None else []
+    handing_over = False
+    if fair is not None:
+        others = [v for k, v in rt.in_force.items() if k != key]
+        granted = fairshare.grantable(fair, settings.send_budget, others)
+        handing_over = granted < fair
+        fair = granted
     state.allocated = fair
     if fair is not None:
         plan = decide(dataclasses.replace(observed, fair_rate=fair))
+    allocated = effective_rate(rate, fair) if plan.phase in RUNNING_PHASES else None
+    releasing = settings.send_budget > 0 and max(reported, default=0.0) > (allocated or 0.0)
+    if settings.send_budget > 0 and (allocated is not None or reported):
+        rt.in_force[key] = fairshare.in_force(allocated, reported)
+    else:
+        rt.in_force.pop(key, None)
+    if handing_over:
+        # The budget it is due is still in other tasks' hands: they look now (and lower
+        # their allocations); this one looks again in a moment.
+        for other_key, other in rt.tasks.items():
+            if other_key != key and other_key in rt.in_force:
+                other.due_now = True
+                other.rearm.set()
 
     frozen: Mapping[str, Any] | None = (facts.run_doc or {}).get("spec") if facts else None
     started_run: str | None = None
@@ -433,7 +511,8 @@ async def _reconcile(
         if run_id and run_id != new_id:
             # The old run is over: its workers stop at their next heartbeat.
             await rt.store.set_control(run_id, state="Stopped", cancelInflight=False)
-        inline = await configmap_contents(raw, namespace, rt.kube)
+        if inline is None:  # not read above (cannot happen: decided from the same facts)
+            inline = await configmap_contents(raw, namespace, rt.kube)
         rate_now = plan.control["ratePerSecond"] if plan.control else rate
         planned = plan_run(task, plan.run, raw, inline=inline, rate_per_second=rate_now, now=now)
         created = await rt.store.create_run(planned.run, planned.splits)
@@ -509,6 +588,11 @@ async def _reconcile(
         tick=settings.progress_interval,
         revalidate=REVALIDATE_SECONDS if waiting else None,
     )
+    if handing_over or releasing:
+        # Budget changing hands: the senders report within a rate beat; look again soon.
+        soon = Wakeup(now + timedelta(seconds=HANDOVER_SECONDS), "BudgetHandover")
+        if state.wakeup.at is None or (soon.at is not None and state.wakeup.at > soon.at):
+            state.wakeup = soon
     return plan
 
 
@@ -600,12 +684,60 @@ async def on_degrade(rt: Runtime, view: DegradeView) -> None:
             log.warning("could not post the Event on the degrade ConfigMap: %s", exc)
 
 
+LEDGER_WAIT_SECONDS = 10.0
+
+
 async def on_delete(body: Mapping[str, Any], memo: kopf.Memo) -> None:
     """Forget the task and delete its runs' ledgers (the garbage collector removes its
-    Deployment)."""
-    rt = memo.get("runtime")
-    if isinstance(rt, Runtime):
-        rt.demands.pop(task_key(body["metadata"]), None)
-        rt.tasks.pop(task_key(body["metadata"]), None)
-        await rt.store.delete_task_runs(str(body["metadata"]["uid"]))
-    metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+    Deployment).
+
+    The task's finalizer stays until the ledgers are deleted: with MongoDB away, a
+    condition says why the task waits, and kopf retries (TemporaryError), so no run data
+    is left behind in the store with nobody to delete it."""
+    rt = runtime_of(memo)
+    meta = body["metadata"]
+    key = task_key(meta)
+    rt.demands.pop(key, None)
+    rt.weights.pop(key, None)
+    rt.in_force.pop(key, None)
+    rt.tasks.pop(key, None)
+    try:
+        await rt.store.delete_task_runs(str(meta["uid"]))
+    except PyMongoError as exc:
+        await _show_deletion_waits(rt, body, memo, exc)
+        raise kopf.TemporaryError(
+            f"run data not deleted yet (MongoDB unavailable: {exc}); retrying",
+            delay=LEDGER_WAIT_SECONDS,
+        ) from exc
+    metrics.forget(meta["namespace"], meta["name"])
+
+
+async def _show_deletion_waits(
+    rt: Runtime, body: Mapping[str, Any], memo: kopf.Memo, exc: PyMongoError
+) -> None:
+    """Ready False, reason LedgerNotDeleted, on the task waiting in deletion (shown once;
+    the Warning Event is kopf's, one per retry)."""
+    meta = body["metadata"]
+    state = task_state(memo)
+    status = {**dict(body.get("status") or {}), **state.status}
+    previous = list(status.get("conditions") or [])
+    problem = ApiProblem(
+        "LedgerNotDeleted",
+        "deleting: the runs' data in MongoDB cannot be deleted yet; the finalizer stays "
+        f"until it is (retried every {LEDGER_WAIT_SECONDS:.0f}s): {str(exc)[:300]}",
+    )
+    generation = int(meta.get("generation") or 0)
+    now = datetime.now(UTC)
+    conditions = with_api_problem(previous, problem, generation=generation, now=now)
+    if _reasons(conditions) == _reasons(previous):
+        return
+    try:
+        await rt.kube.patch_status(meta["namespace"], meta["name"], {"conditions": conditions})
+    except (KubeApiError, kopf.TemporaryError) as error:
+        log.warning("could not show the waiting deletion in the status: %s", error)
+    else:
+        state.status = {**state.status, "conditions": conditions}
+
+
+def _reasons(conditions: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    return [(c.get("type"), c.get("reason")) for c in conditions]

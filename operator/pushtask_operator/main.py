@@ -122,8 +122,9 @@ def register(
     async def wakeups(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         await handlers.watch(body, memo, logger)
 
-    # optional: no finalizer; the garbage collector removes the Deployment.
-    @kopf.on.delete(*res, registry=registry, id="forget", optional=True)
+    # Not optional: the finalizer stays until the runs' ledgers are deleted from MongoDB
+    # (the garbage collector removes the Deployment; nothing else would remove the data).
+    @kopf.on.delete(*res, registry=registry, id="forget")
     async def deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await handlers.on_delete(body, memo)
 

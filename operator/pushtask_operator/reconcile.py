@@ -356,6 +356,17 @@ def decide(obs: Observed) -> Plan:
         forget = list(p.health.lost)
 
     events: list[EventSpec] = []
+    if forget and t.reason != "WorkerLost" and phase_now is not Phase.REBOOT:
+        # Lost without a Reboot to say so: the others finished (or the run was paused or
+        # stopped) before the operator looked. The loss is still news.
+        run_note = f" in run {run}" if run is not None else ""
+        events.append(
+            EventSpec(
+                "Warning",
+                "WorkerLost",
+                f"worker {', '.join(forget)} lost{run_note}; its leases expired and were reclaimed",
+            )
+        )
     if phase is not phase_now or t.new_run:
         warn = phase in (Phase.FAILED, Phase.REBOOT) or t.reason == v.reason != ""
         what = f"{phase_now.value if phase_now else 'New'} -> {phase.value}"

@@ -125,20 +125,10 @@ async def validate(
             field = f"spec.audience.{part}[{i}]"
             if source.get("kind") == "configMap":
                 data = await lookups.configmap_data(namespace, source["name"])
-                if data is None:
-                    return Validation.failed(
-                        "ConfigMapMissing",
-                        f'ConfigMap "{source["name"]}" ({field}) not found in namespace '
-                        f'"{namespace}"',
-                        permanent=False,
-                    )
-                if source["key"] not in data:
-                    return Validation.failed(
-                        "ConfigMapKeyMissing",
-                        f'ConfigMap "{source["name"]}" ({field}) has no key "{source["key"]}"',
-                        permanent=False,
-                    )
-                copied += len(data[source["key"]].encode())
+                found = configmap_key(source, field, namespace, data)
+                if isinstance(found, Validation):
+                    return found
+                copied += len(found.encode())
                 if copied > CONFIGMAP_COPY_LIMIT:
                     return Validation.failed(
                         "ConfigMapTooLarge",
@@ -159,6 +149,34 @@ async def validate(
     return Validation()
 
 
+def configmap_key(
+    source: Mapping[str, Any], field: str, namespace: str, data: Mapping[str, str] | None
+) -> str | Validation:
+    """The text of a configMap source's key in `data` (None: no such map), or why it
+    cannot be read."""
+    if data is None:
+        return Validation.failed(
+            "ConfigMapMissing",
+            f'ConfigMap "{source["name"]}" ({field}) not found in namespace "{namespace}"',
+            permanent=False,
+        )
+    if source["key"] not in data:
+        return Validation.failed(
+            "ConfigMapKeyMissing",
+            f'ConfigMap "{source["name"]}" ({field}) has no key "{source["key"]}"',
+            permanent=False,
+        )
+    return data[source["key"]]
+
+
+class SourceGone(Exception):
+    """A configMap source could not be read when its run was being created."""
+
+    def __init__(self, validation: Validation) -> None:
+        super().__init__(validation.message)
+        self.validation = validation
+
+
 async def configmap_contents(
     spec: Mapping[str, Any], namespace: str, lookups: Lookups
 ) -> dict[str, str]:
@@ -167,13 +185,17 @@ async def configmap_contents(
     Workers cannot read ConfigMaps (no API access): the operator copies the content into
     the run document when the run is created, which also freezes it for the run.
     Keys: the source's index in `sources`, or `exclude.<i>` for exclusion sources.
+    A map or key that is gone raises `SourceGone`, never reads as "": an empty exclusion
+    list would send to everyone it names.
     """
     out: dict[str, str] = {}
     for part in ("sources", "exclude"):
         for i, source in enumerate(spec.get("audience", {}).get(part) or []):
             if source.get("kind") != "configMap":
                 continue
-            data = await lookups.configmap_data(namespace, source["name"]) or {}
-            key = str(i) if part == "sources" else f"exclude.{i}"
-            out[key] = data.get(source["key"], "")
+            data = await lookups.configmap_data(namespace, source["name"])
+            found = configmap_key(source, f"spec.audience.{part}[{i}]", namespace, data)
+            if isinstance(found, Validation):
+                raise SourceGone(found)
+            out[str(i) if part == "sources" else f"exclude.{i}"] = found
     return out

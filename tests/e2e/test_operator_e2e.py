@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from tests.support.persecond import per_second
 from tests.support.sink import SinkThread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -823,6 +824,11 @@ def test_fair_shares_measured_at_the_sink(env: Env, helm: Any, tmp_path: Path) -
         assert abs(after[name] - 450) <= 0.15 * 450, (after, time.time() - finished)
     for name in ("fast-a", "fast-b"):
         env.patch_spec(name, state="Stopped")
+    # The budget holds at the receivers every second, from the first send on: a task
+    # starting, finishing or changing its share never lets the tasks together exceed it.
+    seconds = per_second(r.t for r in list(env.sink.requests) if 200 <= r.status < 300)
+    print(f"all three, per second at the sink: {seconds}")
+    assert max(seconds) <= 900 * 1.1, seconds
 
 
 def test_cluster_wide_install_serves_another_namespace(

@@ -11,7 +11,8 @@ import asyncio
 import copy
 import uuid
 from collections.abc import Awaitable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import kopf
@@ -21,10 +22,11 @@ from pymongo import MongoClient
 from pushtask.leases import now_utc
 from pushtask.models import PushTaskSpec
 from pushtask.store import Store
-from pushtask_operator.handlers import Runtime, reconcile
+from pushtask_operator.handlers import Runtime, on_delete, reconcile
 from pushtask_operator.settings import OperatorSettings
 from tests.support.ledger_steps import deliver, seal_all, stage_audience
 from tests.support.status import check_status_patch
+from tests.support.workers import PrivateMongo
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -288,12 +290,66 @@ def test_send_budget_is_shared_max_min_fairly(mongo_uri: str, db_name: str) -> N
             return {n: r["control"]["ratePerSecond"] for n, r in runs.items()}
 
         # Both still build their audience: neither sends, so neither holds budget back from
-        # the other; each starts at the share it will have, not at its full rate.
-        assert await rates() == {"small": 10, "big": 100}
+        # the other; each starts at the share it will have, not at its full rate, and the
+        # two allocations never add up to more than the budget.
+        assert await rates() == {"small": 10, "big": 90}
         await read_audience(store, ids["small"], "w1")  # small sends, big still reads
         assert await rates() == {"small": 10, "big": 90}
         await read_audience(store, ids["big"], "w2")
         assert await rates() == {"small": 10, "big": 90}
+        await store.close()
+
+    run(scenario())
+
+
+def test_budget_changes_hands_only_once_the_giver_reports_the_lower_rate(
+    mongo_uri: str, db_name: str
+) -> None:
+    """A task sends with the whole budget; a second one starts. The first is lowered at
+    once, but the second gets nothing until every sender of the first reports the lower
+    rate (their rate beats): the two never send at more than the budget together."""
+
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        await store.sync_clock()
+        c = Cluster(store, OperatorSettings(send_budget=100))
+        c.apply("first", **task_spec(["a"], rate={"perSecond": 1000}))
+        first = (await c.tick("first"))["runId"]
+        await read_audience(store, first, "w1")
+        for _ in range(2):
+            await c.tick("first")
+
+        async def control(run_id: str) -> float:
+            return float((await store.get_run(run_id) or {})["control"]["ratePerSecond"])
+
+        async def beat(run_id: str, worker: str, applied: float) -> None:
+            until = store.now() + timedelta(seconds=10)
+            await store.rate_beat(run_id, worker, until, applied)
+
+        assert await control(first) == 100
+        await beat(first, "w1", 100.0)  # its sender sends at the whole budget
+
+        c.apply("second", **task_spec(["b"], rate={"perSecond": 1000}))
+        second = (await c.tick("second"))["runId"]
+        await read_audience(store, second, "w2")
+
+        def total_in_force() -> float:
+            return sum(c.rt.in_force.values())
+
+        for _ in range(3):
+            for name in ("first", "second"):
+                await c.tick(name)
+                assert total_in_force() <= 100, c.rt.in_force
+        assert await control(first) == 50  # lowered at once...
+        assert await control(second) == 0  # ...but its sender still sends at 100: hold
+        wakeup = c.rt.tasks[f"{NS}/second"].wakeup
+        assert wakeup is not None and wakeup.reason == "BudgetHandover"
+        await beat(first, "w1", 50.0)  # the sender has read the lower rate
+        for name in ("first", "second"):
+            await c.tick(name)
+            assert total_in_force() <= 100, c.rt.in_force
+        assert (await control(first), await control(second)) == (50, 50)
         await store.close()
 
     run(scenario())
@@ -321,6 +377,217 @@ def test_missing_secret_then_template_error(mongo_uri: str, db_name: str) -> Non
         assert status["phase"] == "Failed" and "line 1" in status["message"]
         c.patch("t", message={**bad["message"], "template": {"body": "fixed {{ user }}"}})
         assert (await c.tick("t"))["phase"] == "Started"
+        await store.close()
+
+    run(scenario())
+
+
+# -- issue 21: facts re-read at each run's start; deletion waits for the store; weights --
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _end_run(store: Store, run_id: str) -> None:
+    """Every audience split done (nothing staged), so the run goes to done at once."""
+    while got := await store.claim_split(run_id, "audience", "w", 30):
+        assert await store.release(got[1], done=True)
+    await store.advance(run_id)
+    await seal_all(store, run_id)
+    assert await store.advance(run_id) == "done"
+
+
+async def _runs_of(store: Store, uid: str) -> list[dict[str, Any]]:
+    return [doc async for doc in store.db["runs"].find({"task.uid": uid}, {"inline": 1})]
+
+
+@pytest.mark.parametrize(
+    ("remove", "restore", "reason", "words"),
+    [
+        (
+            lambda k: k.configmaps.pop("optouts"),
+            lambda k: k.configmaps.__setitem__("optouts", {"list": "u1\nu2\n"}),
+            "ConfigMapMissing",
+            'ConfigMap "optouts" (spec.audience.exclude[0]) not found',
+        ),
+        (
+            lambda k: k.configmaps["optouts"].pop("list"),
+            lambda k: k.configmaps["optouts"].__setitem__("list", "u1\nu2\n"),
+            "ConfigMapKeyMissing",
+            '(spec.audience.exclude[0]) has no key "list"',
+        ),
+        (
+            lambda k: k.accounts.clear(),
+            lambda k: k.accounts.add("pushtask-worker"),
+            "WorkerServiceAccountMissing",
+            'ServiceAccount "pushtask-worker"',
+        ),
+        (
+            lambda k: k.secrets.pop("pushtask-mongodb"),
+            lambda k: k.secrets.__setitem__("pushtask-mongodb", {"uri"}),
+            "MongoSecretMissing",
+            'Secret "pushtask-mongodb"',
+        ),
+    ],
+)
+def test_each_cron_firing_rechecks_what_its_run_needs(
+    mongo_uri: str, db_name: str, remove: Any, restore: Any, reason: str, words: str
+) -> None:
+    """Issue 21's repro (a) at the operator: the spec never changes (one generation), the
+    ConfigMap of its exclusion goes between two firings. The firing is held with the same
+    condition as at creation, and no run is created (nothing could be sent); when it is
+    back, the held firing starts a run with the exclusion's content."""
+
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings())
+        c.kube.configmaps["optouts"] = {"list": "u1\nu2\n"}
+        spec = task_spec(["u1", "u2", "u3"], schedule={"cron": "* * * * *"})
+        spec["audience"]["exclude"] = [{"kind": "configMap", "name": "optouts", "key": "list"}]
+        c.apply("weekly", **spec)
+        meta = c.tasks["weekly"]["metadata"]
+        meta["creationTimestamp"] = _iso(now_utc() - timedelta(minutes=2))  # a firing is due
+        status = await c.tick("weekly")
+        assert status["phase"] == "Started" and status["run"] == 1, status
+        await _end_run(store, status["runId"])
+        for _ in range(3):
+            status = await c.tick("weekly")
+        assert status["phase"] == "Ready" and status["run"] == 1, status  # the next firing
+
+        remove(c.kube)
+        # A minute goes by: the last firing was two minutes ago (as the API server and the
+        # operator's own memory of what it wrote both say).
+        fired = _iso(now_utc() - timedelta(minutes=2))
+        c.kube.statuses["weekly"]["lastFiredAt"] = fired
+        c.memos["weekly"]["task"].status["lastFiredAt"] = fired
+        status = await c.tick("weekly")
+        assert status["run"] == 1 and status["phase"] == "Ready", status
+        assert status["reason"] == reason and words in status["message"], status
+        ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+        assert ready["status"] == "False" and ready["reason"] == reason
+        assert reason in c.reasons("weekly")
+        assert len(await _runs_of(store, meta["uid"])) == 1  # no run: nothing to send
+        assert meta["generation"] == 1  # not a spec change: the firing itself re-checked
+
+        restore(c.kube)
+        await asyncio.sleep(5.1)  # a held run's problem is looked at again every 5 s
+        status = await c.tick("weekly")
+        assert status["phase"] == "Started" and status["run"] == 2, status
+        runs = await _runs_of(store, meta["uid"])
+        assert len(runs) == 2 and all(r["inline"] == {"exclude.0": "u1\nu2\n"} for r in runs)
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_configmap_deleted_after_validation_still_holds_the_run(
+    mongo_uri: str, db_name: str
+) -> None:
+    """Validated at creation (generation 1), deleted before the start time: the start
+    reads it again and holds; it is never copied as an empty exclusion list."""
+
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings())
+        c.kube.configmaps["optouts"] = {"list": "u1\n"}
+        start = now_utc() + timedelta(seconds=2)
+        spec = task_spec(["u1", "u2"], schedule={"startAt": _iso(start)})
+        spec["audience"]["exclude"] = [{"kind": "configMap", "name": "optouts", "key": "list"}]
+        c.apply("later", **spec)
+        status = await c.tick("later")
+        assert status["phase"] == "Ready" and status["reason"] == "WaitingForStart", status
+        c.kube.configmaps.clear()
+        await asyncio.sleep(max(0.0, (start - now_utc()).total_seconds()) + 1.1)
+        status = await c.tick("later")
+        assert status["phase"] == "Ready" and status["reason"] == "ConfigMapMissing", status
+        assert await _runs_of(store, c.tasks["later"]["metadata"]["uid"]) == []
+        await store.close()
+
+    run(scenario())
+
+
+@pytest.fixture
+def private_mongo(mongo_uri: str, tmp_path: Path) -> Iterator[PrivateMongo]:
+    # mongo_uri: devstack builds (and runs) mongo-java-server; this is a second one.
+    server = PrivateMongo(tmp_path / "ledger.mv")
+    if not server.available():
+        pytest.skip("mongo-java-server is not built (python -m devstack up --only mongo)")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_deleting_a_task_while_mongodb_is_down_waits_for_the_ledger(
+    private_mongo: PrivateMongo,
+) -> None:
+    async def scenario() -> None:
+        store = Store.connect(private_mongo.uri, serverSelectionTimeoutMS=1000)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings())
+        c.apply("gone", **task_spec(["a", "b"]))
+        status = await c.tick("gone")
+        uid = c.tasks["gone"]["metadata"]["uid"]
+        assert status["phase"] == "Started" and len(await _runs_of(store, uid)) == 1
+        memo = c.memos["gone"]
+        memo["runtime"] = c.rt
+        body = {**c.tasks["gone"], "status": c.kube.statuses["gone"]}
+
+        private_mongo.stop()
+        with pytest.raises(kopf.TemporaryError, match="MongoDB unavailable"):
+            await on_delete(body, memo)  # kopf keeps the finalizer and retries
+        ready = next(x for x in c.kube.statuses["gone"]["conditions"] if x["type"] == "Ready")
+        assert ready["status"] == "False" and ready["reason"] == "LedgerNotDeleted", ready
+        assert "finalizer stays" in ready["message"]
+        patches = len(c.kube.patches)
+        with pytest.raises(kopf.TemporaryError):
+            await on_delete(body, memo)
+        assert len(c.kube.patches) == patches  # the condition is shown once, not per retry
+
+        private_mongo.start()
+        await on_delete(body, memo)  # the retry that succeeds: kopf takes the finalizer off
+        assert await _runs_of(store, uid) == []
+        left = [
+            await store.db[name].count_documents({"run": status["runId"]})
+            for name in ("splits", "staging", "chunks", "skips", "workers")
+        ]
+        assert left == [0] * 5
+        await store.close()
+
+    run(scenario())
+
+
+def test_budget_weights_go_when_a_task_settles_or_is_deleted(mongo_uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(send_budget=100, fair_share_by_priority=True))
+        for name in ("done", "deleted"):
+            c.apply(name, **task_spec(["a"], priority=5))
+            await c.tick(name)
+        key = f"{NS}/done"
+        assert set(c.rt.weights) == {key, f"{NS}/deleted"}
+
+        run_id = c.kube.statuses["done"]["runId"]
+        await read_audience(store, run_id, "w1")
+        await deliver(store, run_id, "w1")
+        status = await c.tick("done")
+        assert status["phase"] == "Finished"
+        status = await c.tick("done")  # its workers gone: nothing left to look at
+        assert key not in c.rt.weights
+        # A settled task keeps no weight, even one left by a reconcile cut short: the
+        # settled path reads and writes nothing, and forgets the task's budget entries.
+        c.rt.weights[key] = 5.0
+        body = {**c.tasks["done"], "status": copy.deepcopy(status)}
+        assert await reconcile(c.rt, body, c.memos["done"]) is None  # settled
+        assert key not in c.rt.weights and key not in c.rt.demands
+
+        memo = c.memos["deleted"]
+        memo["runtime"] = c.rt
+        await on_delete({**c.tasks["deleted"], "status": c.kube.statuses["deleted"]}, memo)
+        assert c.rt.weights == {} and c.rt.demands == {}
         await store.close()
 
     run(scenario())

@@ -377,14 +377,45 @@ def test_first_attempt_sends_are_recorded_as_one_list_a_write_and_a_retry_change
     run(scenario())
 
 
-def test_the_rate_is_shared_by_the_workers_that_hold_work(uri: str, db_name: str) -> None:
+def test_rate_beats_register_senders_and_read_the_allocated_rate(uri: str, db_name: str) -> None:
     async def scenario() -> None:
         store = await new_store(uri, db_name)
-        await store.heartbeat("busy", "r1", {"lease": "r1/c/0000/00000"})
-        await store.heartbeat("idle", "r1", {"lease": None})
-        await store.heartbeat("other", "r2", {"lease": "r2/c/0000/00000"})
-        assert await store.live_workers("r1", 30) == 2
-        assert await store.live_workers("r1", 30, holding=True) == 1
+        await store.sync_clock()
+        run_id = await sealed_run(store, [["a", "b"]])
+        await store.set_control(run_id, ratePerSecond=300)
+        later = store.now() + timedelta(seconds=10)
+        senders, rate = await store.rate_beat(run_id, "w1", later)
+        assert (senders, rate) == ({"w1": 1}, 300.0)
+        senders, _ = await store.rate_beat(run_id, "w2", later)
+        assert senders == {"w1": 1, "w2": 1}
+        senders, _ = await store.rate_beat(run_id, "w1", later)
+        assert senders == {"w1": 2, "w2": 1}  # each beat counts: the join barrier reads it
+        # A registration that lapsed (its holder stopped beating) no longer counts...
+        await store.rate_beat(run_id, "w3", store.now() - timedelta(seconds=1))
+        # ...nor one that left.
+        assert await store.rate_beat(run_id, "w2", None) == ({}, None)
+        senders, _ = await store.rate_beat(run_id, "w1", later)
+        assert set(senders) == {"w1"}
+        await store.set_control(run_id, ratePerSecond=None)
+        assert (await store.rate_beat(run_id, "w1", later))[1] is None
+        await store.close()
+
+    run(scenario())
+
+
+def test_the_store_clock_is_read_from_the_server(uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        assert not store.clock.synced
+        server_time = await store._server_time()
+        assert server_time is not None  # hello's localTime, or a $currentDate stamp
+        await store.sync_clock()
+        assert store.clock.synced
+        # The server runs on this machine: its clock is this one's, to within a second.
+        assert abs((store.now() - now_utc()).total_seconds()) < 1.0
+        read_at = store._clock_read_at
+        await store.sync_clock(max_age=60)  # read a moment ago: not read again
+        assert store._clock_read_at == read_at
         await store.close()
 
     run(scenario())

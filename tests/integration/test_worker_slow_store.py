@@ -19,6 +19,7 @@ import pytest
 from pymongo.uri_parser import parse_uri
 
 from pushtask.store import Store
+from pushtask_operator.progress import worker_health
 from tests.support.latency_proxy import LatencyProxy
 from tests.support.sink import SinkThread
 from tests.support.workers import WorkerProcs, create_run, db_uri, spec_for, totals
@@ -29,11 +30,14 @@ LEASE = 30.0
 
 
 async def sample(uri: str, run_id: str) -> tuple[int, int, str]:
+    """The operator's judgement (progress.worker_health, on the store's clock)."""
     store = Store.connect(uri)
     try:
-        live = await store.live_workers(run_id, LEASE)
+        await store.sync_clock()
+        beats, leased = await store.heartbeats(run_id), await store.leases(run_id)
+        health = worker_health(beats, leased, now=store.now(), lease_seconds=LEASE)
         stale = await store.stale_leases(run_id)
-        return live, stale, (await store.totals(run_id)).stage
+        return len(health.live), stale, (await store.totals(run_id)).stage
     finally:
         await store.close()
 

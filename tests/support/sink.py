@@ -107,7 +107,10 @@ class Sink:
         self.requests: list[Record] = []
         self._program: dict[str, Any] = {"users": {}, "default": [{"status": 200}], "prefixes": {}}
         self._served: Counter[str] = Counter()  # per user: how many answers given
-        self._record_fh: IO[str] | None = open(record_file, "a") if record_file else None
+        # Line-buffered: a reader of the file sees every request answered so far.
+        self._record_fh: IO[str] | None = (
+            open(record_file, "a", buffering=1) if record_file else None
+        )
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app.router.add_get("/_sink/health", self._health)

@@ -115,3 +115,18 @@ def test_demand_is_what_a_task_can_use_now() -> None:
     # Far below it (its workers or receiver limit it): what it achieves, plus headroom.
     assert demand_now(1000, in_window=True, sending=True, achieved=100, allocated=400) == 125
     assert demand_now(1000, in_window=True, sending=True, achieved=0, allocated=400) == 50
+
+
+def test_budget_goes_to_a_task_only_as_others_let_go_of_it() -> None:
+    from pushtask.fairshare import grantable, in_force
+
+    assert grantable(300, 900, [450, 450]) == 0  # nothing free yet
+    assert grantable(300, 900, [300, 450]) == 150  # part of it
+    assert grantable(300, 900, [300, 300]) == 300
+    assert grantable(300, 900, []) == 300
+    assert grantable(300, 900, [1000]) == 0  # never negative
+    # What a task's senders may use: its allocation, or more while one still reports more.
+    assert in_force(300, [450, 300]) == 450
+    assert in_force(300, []) == 300
+    assert in_force(None, [120]) == 120
+    assert in_force(None, []) == 0

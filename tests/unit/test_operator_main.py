@@ -13,7 +13,8 @@ def test_registers_reconcile_wakeups_and_delete() -> None:
     (daemon,) = registry._spawning.get_all_handlers()
     assert type(daemon).__name__ == "DaemonHandler" and daemon.id == "wakeups"
     (forget,) = [h for h in changing if h.id == "forget"]
-    assert forget.requires_finalizer is False
+    # The finalizer keeps a deleted task until its run data is deleted from MongoDB.
+    assert forget.requires_finalizer is True
 
 
 def test_kopf_settings_are_deliberate() -> None:

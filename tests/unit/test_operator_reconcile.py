@@ -131,6 +131,23 @@ def test_lost_worker_enters_reboot_and_is_forgotten_then_recovers() -> None:
     assert back.phase is Phase.STARTED and back.transition.reason == "Recovered"
 
 
+def test_a_worker_lost_while_the_others_finish_still_gets_its_event() -> None:
+    # The race: the lost worker's chunk was reclaimed and the run finished between two
+    # looks of the operator, so there is no Reboot to carry the news.
+    lost = progress(finished=True, lost=["w2"])
+    plan = decide(obs({"phase": "Started", "run": 4}, progress=lost))
+    assert plan.phase is Phase.FINISHED and plan.forget_workers == ["w2"]
+    reasons = [(e.type, e.reason) for e in plan.events]
+    # The loss first: it happened before the run finished.
+    assert reasons == [("Warning", "WorkerLost"), ("Normal", "RunFinished")], plan.events
+    assert "w2" in plan.events[0].message and "run 4" in plan.events[0].message
+    # Through Reboot the transition's own Event says it, once.
+    rebooting = decide(obs({"phase": "Started", "run": 4}, progress=progress(lost=["w2"])))
+    assert [e.reason for e in rebooting.events] == ["WorkerLost"]
+    after = decide(obs({"phase": "Reboot", "run": 4}, progress=progress(lost=["w3"])))
+    assert "WorkerLost" not in [e.reason for e in after.events]
+
+
 def test_an_orphaned_lease_alone_means_a_lost_worker() -> None:
     # A crashed worker restarted under the same name: fresh heartbeat, stale lease.
     plan = decide(obs({"phase": "Started", "run": 1}, progress=progress(orphaned=1)))

@@ -4,7 +4,12 @@ from typing import Any
 import pytest
 
 from pushtask_operator.settings import OperatorSettings
-from pushtask_operator.validation import CONFIGMAP_COPY_LIMIT, configmap_contents, validate
+from pushtask_operator.validation import (
+    CONFIGMAP_COPY_LIMIT,
+    SourceGone,
+    configmap_contents,
+    validate,
+)
 
 SETTINGS = OperatorSettings(mongo_secret_name="mongo", worker_service_account="pt-worker")
 
@@ -106,6 +111,30 @@ def test_configmap_content_is_copied_by_source_index() -> None:
     s["audience"]["exclude"] = [{"kind": "configMap", "name": "users", "key": "list"}]
     got = asyncio.run(configmap_contents(s, "ns", Fake()))
     assert got == {"1": "a\nb\n", "exclude.0": "a\nb\n"}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "words"),
+    [
+        (None, "ConfigMapMissing", 'ConfigMap "optouts" (spec.audience.exclude[0]) not found'),
+        ({"other": "x"}, "ConfigMapKeyMissing", '(spec.audience.exclude[0]) has no key "list"'),
+    ],
+)
+def test_a_configmap_gone_at_copy_time_is_an_error_not_an_empty_list(
+    data: dict[str, str] | None, reason: str, words: str
+) -> None:
+    # Read as "", an exclusion list would exclude nobody: everyone on it would be sent to.
+    fake = Fake()
+    if data is not None:
+        fake.configmaps["optouts"] = data
+    s = spec()
+    s["audience"]["exclude"] = [{"kind": "configMap", "name": "optouts", "key": "list"}]
+    with pytest.raises(SourceGone) as gone:
+        asyncio.run(configmap_contents(s, "ns", fake))
+    v = gone.value.validation
+    assert not v.ok and not v.permanent and v.reason == reason and words in v.message
+    # The same condition as validation gives at creation.
+    assert run(s, fake) == v
 
 
 def test_configmap_copies_are_capped_with_a_clear_error() -> None:

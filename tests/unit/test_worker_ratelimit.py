@@ -92,3 +92,17 @@ def test_a_refunded_token_goes_to_the_next_taker() -> None:
     assert abs(bucket.reserve() - 0.1) < 1e-9
     assert abs(bucket.reserve() - 0.2) < 1e-9
     TokenBucket(None).refund()  # unlimited: nothing to give back
+
+
+def test_a_token_is_for_its_moment() -> None:
+    async def go() -> tuple[float, float, float]:
+        unlimited = await TokenBucket(None).acquire()
+        bucket = TokenBucket(10)  # an interval of 0.1 s: two of them of grace
+        first = await bucket.acquire()
+        started = time.monotonic()
+        return unlimited, first - started, await bucket.acquire() - time.monotonic()
+
+    unlimited, first, second = asyncio.run(go())
+    assert unlimited == float("inf")  # no rate: never late
+    assert 0.15 < first <= 0.2 + 1e-3  # the first token is for now: usable for 0.2 s
+    assert 0.15 < second <= 0.2 + 1e-3  # the next, after its wait, for 0.2 s from then

@@ -149,3 +149,31 @@ def test_url_ranges_cover_every_line_exactly_once(tmp_path: Path) -> None:
     )
     resumed = ranges[-1]["resumed"]
     assert resumed and set(resumed) < set(users)
+
+
+def test_a_failing_source_is_named_as_the_spec_names_it() -> None:
+    # Failure reasons name the source a person must fix, exclusions as exclusions.
+    from pushtask_worker.audience.build import describe_source
+
+    run = {
+        "spec": {
+            "audience": {
+                "sources": [{"kind": "inline", "users": ["a"]}],
+                "exclude": [
+                    {"kind": "configMap", "name": "optouts", "key": "list"},
+                    {"kind": "mongo", "collection": "optuts"},
+                    {"kind": "url", "url": "https://files/x.jsonl", "format": "jsonl"},
+                ],
+            }
+        }
+    }
+    ref = {"exclude": True, "index": 1}
+    assert describe_source(run, ref) == "exclusion spec.audience.exclude[1] (mongo optuts)"
+    assert describe_source(run, {**ref, "index": 0}).endswith("(configMap optouts)")
+    assert describe_source(run, {**ref, "index": 2}).endswith("(url https://files/x.jsonl)")
+    assert describe_source(run, {"exclude": False, "index": 0}) == (
+        "audience source spec.audience.sources[0] (inline)"
+    )
+    # A run document without its spec still names the place.
+    assert describe_source({}, ref) == "exclusion spec.audience.exclude[1]"
+    assert issubclass(urlsource.SourceMissing, urlsource.SourceError)

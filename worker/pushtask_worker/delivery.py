@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pushtask import ledger
-from pushtask.leases import Lease, now_utc
+from pushtask.leases import Lease
 from pushtask.models import Guarantee
 from pushtask.store import Result, Store
 from pushtask_worker import metrics
@@ -37,6 +37,11 @@ T = TypeVar("T")
 # back to rest until then (a claim costs three writes; a short wait costs nothing).
 HOLD_SECONDS = 2.0
 RECORD_SECONDS = 1.0
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class ChunkDelivery:
@@ -92,6 +97,9 @@ class ChunkDelivery:
         writer = asyncio.create_task(self._writer())
         n_lanes = min(self.concurrency, max(1, self.size - self.next + len(self.retry)))
         lanes = asyncio.gather(*(self._lane() for _ in range(n_lanes)))
+        # A cancelled gather holds its CancelledError as an exception: retrieved here, or
+        # asyncio logs "exception was never retrieved" for every cancelled chunk.
+        lanes.add_done_callback(_retrieve)
         try:
             either: set[asyncio.Future[Any]] = {writer, lanes}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
@@ -106,8 +114,12 @@ class ChunkDelivery:
             # completed is recorded, the cancelled sends stay in doubt, the chunk goes back.
             lanes.cancel()
             await self._stop(writer)
+            # The last write is shielded from a second cancellation; however it ends, a
+            # failure is logged and counted (its callback), and the cancellation goes on.
+            end = asyncio.ensure_future(self._end())
+            end.add_done_callback(self._ended)
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(self._end())
+                await asyncio.shield(end)
             raise
         except BaseException:
             lanes.cancel()
@@ -122,8 +134,27 @@ class ChunkDelivery:
         """Let the writer finish the write it is in, then end it."""
         self.closing = True
         self.wake.set()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+        try:
             await writer
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # results it held go in the last write, or stay in doubt
+            self._write_failed("record results", exc)
+
+    def _ended(self, end: asyncio.Future[bool]) -> None:
+        if not end.cancelled() and (exc := end.exception()) is not None:
+            self._write_failed("end chunk", exc)
+
+    def _write_failed(self, what: str, exc: BaseException) -> None:
+        """A chunk write given up: never silent. The chunk's next holder settles what it
+        did not record (in doubt, by the guarantee), but an operator must see it happen."""
+        metrics.CHUNK_WRITE_FAILURES.labels(self.sender.label, what, type(exc).__name__).inc()
+        log.warning(
+            "chunk write failed: %s: %s",
+            what,
+            exc,
+            extra={"chunk": self.id, "op": what, "error": type(exc).__name__},
+        )
 
     async def _settle(self) -> None:
         """What earlier holders left: doubt (by the guarantee), hand-backs (sent again)."""
@@ -154,7 +185,7 @@ class ChunkDelivery:
             elif self.dues and started < self.size and not open_left:
                 due = self.dues[started]
             else:
-                due = now_utc()
+                due = self.store.now()
         end: Literal["done", "pending"] = "done" if done else "pending"
         counters = ledger.tally(self.counters, (r.status for r in results))
         self.lease = await self._call(
@@ -199,7 +230,7 @@ class ChunkDelivery:
     def _until_due(self, p: int) -> float:
         if not self.dues:
             return 0.0
-        return (self.dues[p] - now_utc()).total_seconds()
+        return (self.dues[p] - self.store.due_by()).total_seconds()
 
     async def _lane(self) -> None:
         bucket = self.sender.bucket
@@ -207,10 +238,12 @@ class ChunkDelivery:
             # The rate token first, then a position: a lane never holds a position while it
             # waits for its turn, so nothing is sent after a halt (a window closing, a
             # pause) that came during the wait, and `hi` runs ahead of sends by no more.
-            await bucket.acquire()
+            use_by = await bucket.acquire()
             if (p := await self._take()) is None:
                 bucket.refund()
                 return
+            if time.monotonic() > use_by and not await self._fresh_token(p):
+                continue  # halted meanwhile: the position went back
             attrs = self.attrs[p] if self.attrs else {}
             self.sending.add(p)
             result = await self.sender.send(p, self.users[p], attrs, token_taken=True)
@@ -219,6 +252,26 @@ class ChunkDelivery:
             n = len(self.unrecorded)
             if n == 1 or n >= self.record_every or self.starved:
                 self.wake.set()
+
+    async def _fresh_token(self, p: int) -> bool:
+        """The lane's token waited with it for room (or for a due time) and its moment
+        passed unused: sent now, it would bunch up with the sends on time, and the receiver
+        counts every second. A fresh token keeps the spacing. False (the position handed
+        back, to be sent by whoever sends next) when a halt came meanwhile."""
+        try:
+            await self.sender.bucket.acquire()
+        except asyncio.CancelledError:
+            self._give_back(p)
+            raise
+        if self.halt():
+            self._give_back(p)
+            return False
+        return True
+
+    def _give_back(self, p: int) -> None:
+        """A position taken but never sent: a hand-back, like one cut short at shutdown."""
+        self.retry.insert(0, p)
+        self.handed.add(p)
 
     # -- the writer -----------------------------------------------------------------------
 
@@ -253,7 +306,7 @@ class ChunkDelivery:
     ) -> None:
         results, self.unrecorded = self.unrecorded, []
         doubt = self.doubt - len(results)
-        limit = ledger.first_not_due(self.dues, self.hi, self.size, now_utc())
+        limit = ledger.first_not_due(self.dues, self.hi, self.size, self.store.due_by())
         hi = ledger.extend_to(self.hi, doubt, self.window, limit)
         counters = ledger.tally(self.counters, (r.status for r in results), len(unknown or ()))
         try:

@@ -22,6 +22,11 @@ LEASE_CLAIMS = Counter("pushtask_worker_lease_claims_total", "Splits claimed", [
 LEASE_LOSSES = Counter(
     "pushtask_worker_lease_losses_total", "Leases lost to another worker", ["task"]
 )
+CHUNK_WRITE_FAILURES = Counter(
+    "pushtask_worker_chunk_write_failures_total",
+    "Chunk writes given up on (its next holder settles what they did not record)",
+    ["task", "write", "error"],  # write: record results | end chunk
+)
 RATE = Gauge(
     "pushtask_worker_rate_limit", "This worker's share of the task's rate (per second)", ["task"]
 )

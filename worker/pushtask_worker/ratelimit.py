@@ -5,7 +5,7 @@ waiters are served in order, a sleeping sender holds no lock, and the long-run r
 exact however many senders there are. After idling, up to ``burst`` tokens, and at least
 ``catch_up`` seconds' worth, may be spent at once: short pauses of the sender (a result
 write, a claim) are made up instead of lost, so the measured rate stays on target.
-The rate changes live (the worker re-reads it at each heartbeat).
+The rate changes live (the worker's rate share sets it at each of its beats).
 """
 
 from __future__ import annotations
@@ -13,6 +13,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    """What the senders take a token from: a TokenBucket, or the worker's RateShare."""
+
+    async def acquire(self) -> float: ...
+
+    def refund(self) -> None: ...
+
+
+# A token is for its moment: used later than this (or two intervals) after it, the moment
+# has passed unused, and sending then would bunch up with the sends on time.
+GRACE_SECONDS = 0.02
 
 
 class TokenBucket:
@@ -69,7 +83,13 @@ class TokenBucket:
         if self._rate is not None:
             self._next -= 1.0 / self._rate
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> float:
+        """Wait for a token; return the monotonic time by which it should be used (inf
+        without a rate)."""
         delay = self.reserve()
+        if self._rate is None:
+            return float("inf")
+        use_by = self._clock() + delay + max(GRACE_SECONDS, 2.0 / self._rate)
         if delay > 0:
             await asyncio.sleep(delay)
+        return use_by

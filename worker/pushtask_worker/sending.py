@@ -24,7 +24,7 @@ from pushtask.templates import (
 )
 from pushtask_worker import metrics
 from pushtask_worker.channels import Attempt, Channel, Delivery, Outcome
-from pushtask_worker.ratelimit import TokenBucket
+from pushtask_worker.ratelimit import Limiter
 from pushtask_worker.resilience import Backoff
 
 
@@ -38,7 +38,7 @@ class Sender:
     spec: PushTaskSpec
     compiled: CompiledMessage
     channel: Channel
-    bucket: TokenBucket
+    bucket: Limiter
     # Set when the worker shuts down (SIGTERM): no further retries; the recipient is handed
     # back pending, for whoever holds the shard next, with the same idempotency key.
     stopping: asyncio.Event | None = None

@@ -3,9 +3,9 @@
 The heartbeat runs on its own task and is never blocked by the work (the seed's heartbeat
 shared the work loop, so a long batch looked like a dead worker that then kept sending
 beside its replacement). It renews the lease of the split in hand; a renewal that matches
-nothing cancels that split's work at once. It also re-reads the run: the operator's
-control (state, rate, cancellation) and the number of live workers, which set this
-worker's share of the rate.
+nothing cancels that split's work at once. It also re-reads the run (the operator's
+control: state, cancellation) and the store's clock. The rate is agreed among the task's
+senders on a faster beat of its own (rateshare.py).
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from pushtask import ledger, schedule
-from pushtask.leases import Lease, LeaseLost, now_utc
+from pushtask.leases import Lease, LeaseLost
 from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
 from pushtask.store import STAGES, RunTotals, Store
 from pushtask.templates import TemplateError, compile_message
 from pushtask_worker import metrics
-from pushtask_worker.audience.build import SourceReaders, SplitBuilder
+from pushtask_worker.audience.build import SourceReaders, SplitBuilder, describe_source
 from pushtask_worker.audience.mongosource import QueryNotAllowed
-from pushtask_worker.audience.urlsource import SourceError
+from pushtask_worker.audience.urlsource import SourceError, SourceMissing
 from pushtask_worker.channels import ChannelContext, UnknownChannel, load_channel
 from pushtask_worker.config import WorkerConfig
 from pushtask_worker.delivery import HOLD_SECONDS, ChunkDelivery
-from pushtask_worker.ratelimit import TokenBucket
+from pushtask_worker.rateshare import RateShare
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender
 
@@ -44,11 +44,9 @@ class Control:
     """What the heartbeat last read from the run document."""
 
     state: str = "Started"
-    rate: float | None = None
     cancel_inflight: bool = False
     failure: str | None = None
     stage: str = "audience"
-    live_workers: int = 1
 
 
 @dataclass
@@ -63,7 +61,7 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.guard = StoreGuard(stopping=self.stopping.is_set)
-        self.bucket = TokenBucket(None, burst=1.0)
+        self.share = RateShare(self.store, self.config.run_id, self.config.worker_id)
 
     # -- the run --------------------------------------------------------------------------
 
@@ -80,7 +78,7 @@ class Worker:
             self.stopping.is_set()
             or c.state != "Started"
             or c.failure is not None
-            or not schedule.in_window(self.spec.schedule, now_utc())
+            or not schedule.in_window(self.spec.schedule, self.store.now())
         )
 
     def done(self) -> bool:
@@ -88,7 +86,8 @@ class Worker:
         return c.stage == "done" or c.failure is not None or c.state == "Stopped"
 
     async def refresh(self) -> None:
-        """Heartbeat: renew the lease in hand, be seen, re-read the run's control.
+        """Heartbeat: renew the lease in hand, be seen, re-read the run's control and the
+        store's clock.
 
         The calls go out together: on a slow store a beat costs one call's latency, not
         the sum of five (a worker whose calls take 5 s each still renews and is seen)."""
@@ -106,18 +105,14 @@ class Worker:
         lease_field = {"lease": getattr(held, "split_id", None)}
         # Only the control fields: a beat never re-reads the spec (an inline audience is big).
         control_fields = ("control", "failure", "stage")
-        renewed, _, run, live, totals = await asyncio.gather(
+        renewed, _, run, totals, _ = await asyncio.gather(
             renewal(),
             self.guard.call(
                 lambda: store.heartbeat(cfg.worker_id, cfg.run_id, lease_field), "heartbeat"
             ),
             self.guard.call(lambda: store.get_run(cfg.run_id, control_fields), "read run"),
-            # The rate is shared among the workers that hold work, not idle ones (a run's
-            # tail, more workers than chunks): those would leave their share unused.
-            self.guard.call(
-                lambda: store.live_workers(cfg.run_id, cfg.lease_seconds, holding=True), "live"
-            ),
             self.guard.call(lambda: store.totals(cfg.run_id), "totals"),
+            self.guard.call(store.sync_clock, "read the store's clock"),
         )
         # The work may have moved on while the renewal was on its way: released this unit
         # (done, or given back) and claimed another. Only the lease still in hand is
@@ -135,15 +130,10 @@ class Worker:
         control = run.get("control") or {}
         self.control = Control(
             state=control.get("state", "Started"),
-            rate=control.get("ratePerSecond"),
             cancel_inflight=bool(control.get("cancelInflight")),
             failure=(run.get("failure") or {}).get("reason"),
             stage=run.get("stage", "audience"),
-            live_workers=max(1, live),
         )
-        share = self.control.rate / self.control.live_workers if self.control.rate else None
-        self.bucket.set_rate(share)
-        metrics.RATE.labels(self.label).set(share or 0)
         if self.work is not None and self.control.cancel_inflight:
             self.work.cancel()  # an immediate degrade: in-flight sends follow the guarantee
         await self.check_failure_budget(totals)
@@ -216,6 +206,7 @@ class Worker:
         self.readers = SourceReaders(self.config.mongo_uri)
         task = self.run["task"]
         self.label = f"{task['namespace']}/{task['name']}"
+        self.share.label = self.label
         self.sender = Sender(
             task=task,
             run=int(self.run["run"]),
@@ -223,12 +214,14 @@ class Worker:
             spec=self.spec,
             compiled=self.compiled,
             channel=self.channel,
-            bucket=self.bucket,
+            bucket=self.share,
             stopping=self.stopping,
         )
 
     async def run_forever(self) -> int:
         await self.guard.call(self.store.ensure_indexes, "ensure indexes")
+        # Leases and heartbeats are written on the store's clock from the first claim on.
+        await self.guard.call(self.store.sync_clock, "read the store's clock")
         await self.setup()
         await self.channel.start()
         beat = asyncio.create_task(self.heartbeat_loop())
@@ -242,6 +235,7 @@ class Worker:
             return 0
         finally:
             self.stopping.set()
+            await self.share.leave()
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
@@ -251,6 +245,9 @@ class Worker:
                 await self.store.forget_worker(self.config.worker_id)
 
     async def idle(self) -> None:
+        # Nothing to send (halted, or no chunk to claim): the other senders take this
+        # worker's share of the rate at their next rate beat.
+        await self.share.leave()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), self.config.idle_seconds)
         if not self.stopping.is_set():
@@ -291,6 +288,8 @@ class Worker:
             return moved
         doc, self.lease = got
         metrics.LEASE_CLAIMS.labels(self.label, kind).inc()
+        if kind == "chunk":
+            await self.share.join()  # its sends wait until the other senders count it
         self.work = asyncio.create_task(self._do(kind, doc, self.lease))
         try:
             await self.work
@@ -306,6 +305,12 @@ class Worker:
         except QueryNotAllowed as error:
             # Permanent: the spec itself is refused, and no retry would change that.
             reason = f"audience source refused: {error}"
+            log.error("run failed", extra={"reason": reason})
+            await self.guard.call(lambda: store.fail_run(cfg.run_id, reason), "fail run")
+        except SourceMissing as error:
+            # Permanent too (a collection that does not exist); the split stays undone, so
+            # the audience is never whole and no shard is sealed: nothing is ever sent.
+            reason = f"{describe_source(self.run, doc['source'])} unreadable: {error}"
             log.error("run failed", extra={"reason": reason})
             await self.guard.call(lambda: store.fail_run(cfg.run_id, reason), "fail run")
         except (SourceError, OSError) as error:
@@ -374,9 +379,14 @@ class Worker:
         )
         if self.lease is not None:
             # Give the split back at once, to be tried again a little later.
-            later = now_utc() + timedelta(seconds=min(30, 2**n))
+            later = self.store.now() + timedelta(seconds=min(30, 2**n))
             with contextlib.suppress(Exception):
                 await self.store.release(self.lease, done=False, not_before=later)
         if n >= SOURCE_ATTEMPTS:
-            reason = f"audience source unreadable after {n} attempts: {error}"
-            await self.store.fail_run(self.config.run_id, reason)
+            # The split was never done, so the audience is not whole and nothing was sealed
+            # or sent: an unreadable exclusion stops the run before its first send.
+            source = doc.get("source")
+            what = describe_source(self.run, source) if source else f"unit {doc['_id']}"
+            reason = f"{what} unreadable after {n} attempts: {error}"
+            log.error("run failed", extra={"reason": reason})
+            await self.guard.call(lambda: self.store.fail_run(self.config.run_id, reason), "fail")

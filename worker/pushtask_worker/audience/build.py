@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from pushtask import ledger
@@ -83,6 +84,21 @@ class SourceReaders:
 def source_spec(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
     part = "exclude" if ref["exclude"] else "sources"
     return dict(run["spec"]["audience"][part][ref["index"]])
+
+
+def describe_source(run: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    """The source as a person finds it in the spec: "exclusion spec.audience.exclude[0]
+    (mongo optouts)" (failure reasons name it)."""
+    part = "exclude" if ref.get("exclude") else "sources"
+    what = "exclusion" if ref.get("exclude") else "audience source"
+    try:
+        source = source_spec(run, ref)
+    except (KeyError, IndexError, TypeError):
+        return f"{what} spec.audience.{part}[{ref.get('index')}]"
+    kind = source.get("kind")
+    name = {"mongo": "collection", "configMap": "name", "url": "url"}.get(str(kind))
+    detail = f" {source.get(name)}" if name and source.get(name) else ""
+    return f"{what} spec.audience.{part}[{ref['index']}] ({kind}{detail})"
 
 
 def configmap_text(run: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
@@ -186,6 +202,16 @@ class SplitBuilder:
         return Columns.from_spec(self.source, default_user=default_user)
 
     async def _items(self, cursor: Any) -> AsyncIterator[Item]:
+        # A read that fails (the source's store away, a connection cut mid-body) is a
+        # source error: the worker retries the split with back-off and then fails the run.
+        # It must never end the split early, as if the source had ended there.
+        try:
+            async for item in self._read(cursor):
+                yield item
+        except (PyMongoError, aiohttp.ClientError) as exc:
+            raise urlsource.SourceError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _read(self, cursor: Any) -> AsyncIterator[Item]:
         kind = self.source["kind"]
         rng = self.ref.get("range") or {}
         if kind == "inline":
@@ -207,6 +233,26 @@ class SplitBuilder:
                     yield n, item, n + 1
         elif kind == "mongo":
             coll = self._collection()
+            exists = await mongosource.collection_exists(coll)
+            if exists is None and self.ref["exclude"] and not self.source.get("allowMissing"):
+                raise urlsource.SourceMissing(
+                    f"cannot tell whether collection {coll.database.name}.{coll.name} exists "
+                    "(its user may not list collections): grant listCollections, or set "
+                    "allowMissing: true to read it without the check"
+                )
+            if exists is False:
+                missing = f"collection {coll.database.name}.{coll.name} does not exist"
+                if self.source.get("allowMissing"):
+                    return
+                if self.ref["exclude"]:
+                    # Read as empty, it would send to everyone it lists (a typo'd name).
+                    raise urlsource.SourceMissing(
+                        f"{missing} (allowMissing: true reads a missing collection as empty)"
+                    )
+                # A source: nobody to add from it; counted and shown as a skipped row.
+                log.warning("audience source reads as empty", extra={"reason": missing})
+                yield "missing", Skip(f"{missing}: read as empty", coll.name), None
+                return
             async for key, item, after in mongosource.read_range(
                 coll,
                 self.source.get("filter") or {},
@@ -235,20 +281,10 @@ class SplitBuilder:
     async def _expand(self) -> None:
         """Cut a planning split into range splits, then mark it done (children first, so
         the audience is never seen as complete without them)."""
-        kind = self.source["kind"]
-        if kind == "mongo":
-            ranges = await mongosource.plan_ranges(
-                self._collection(),
-                self.source.get("filter") or {},
-                self.source.get("idField", "_id"),
-                self.readers.setting("PUSHTASK_MONGO_RANGE_SIZE", MONGO_RANGE_SIZE),
-            )
-        else:
-            url = self.source["url"]
-            fmt = detect_format(url, self.source.get("format"))
-            info = await urlsource.probe(self.readers.http(), url, fmt)
-            block = self.readers.setting("PUSHTASK_URL_BLOCK_BYTES", URL_BLOCK_BYTES)
-            ranges = urlsource.plan_ranges(info, block)
+        try:
+            ranges = await self._plan()
+        except (PyMongoError, aiohttp.ClientError) as exc:
+            raise urlsource.SourceError(f"{type(exc).__name__}: {exc}") from exc
         base = self.doc
         children = [
             new_split(
@@ -264,3 +300,18 @@ class SplitBuilder:
         await self.guard.call(lambda: self.store.add_splits(children), "add range splits")
         await self.guard.call(lambda: self.store.release(self.lease, done=True), "release")
         log.info("source cut into ranges", extra={"split": base["_id"], "ranges": len(children)})
+
+    async def _plan(self) -> list[dict[str, Any]]:
+        kind = self.source["kind"]
+        if kind == "mongo":
+            return await mongosource.plan_ranges(
+                self._collection(),
+                self.source.get("filter") or {},
+                self.source.get("idField", "_id"),
+                self.readers.setting("PUSHTASK_MONGO_RANGE_SIZE", MONGO_RANGE_SIZE),
+            )
+        url = self.source["url"]
+        fmt = detect_format(url, self.source.get("format"))
+        info = await urlsource.probe(self.readers.http(), url, fmt)
+        block = self.readers.setting("PUSHTASK_URL_BLOCK_BYTES", URL_BLOCK_BYTES)
+        return urlsource.plan_ranges(info, block)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure
 
 from pushtask import mongoquery
 from pushtask_worker.audience.rows import Columns, Row, Skip, to_recipient
@@ -37,6 +38,24 @@ def check_query(query: Mapping[str, Any], projection: Mapping[str, Any] | None) 
             mongoquery.check(projection, "projection")
     except mongoquery.QueryRefused as exc:
         raise QueryNotAllowed(f"mongo source query refused: {exc}") from None
+
+
+UNAUTHORIZED = 13
+
+
+async def collection_exists(coll: AsyncCollection[dict[str, Any]]) -> bool | None:
+    """Whether the collection exists: a find on a missing one answers like an empty one,
+    which must not pass for "nobody" when the source is an exclusion list. None: the
+    source's user may not list collections (a role with `find` only), so nobody can tell.
+
+    Membership, not the filter alone: mongo-java-server ignores listCollections' filter."""
+    try:
+        names = await coll.database.list_collection_names(filter={"name": coll.name})
+    except OperationFailure as exc:
+        if exc.code == UNAUTHORIZED:
+            return None
+        raise
+    return coll.name in names
 
 
 def range_filter(

@@ -31,6 +31,11 @@ class SourceError(Exception):
     """The source cannot be read (retried by the worker, then fails the run)."""
 
 
+class SourceMissing(SourceError):
+    """What the source names does not exist (a collection): no retry would change that,
+    so the run fails at once."""
+
+
 @dataclass(frozen=True)
 class UrlInfo:
     size: int | None

@@ -1,0 +1,123 @@
+"""`spec.rate.perSecond` at the receiver, second by second from the first send, on devstack:
+at 1, 3 and 8 workers, across a pause and resume, and a scale-up mid-run.
+
+The sink counts arrivals in whole seconds from the first one; no second may exceed the
+rate by more than 10% (the last, partial second aside), and once the workers have joined
+the rate is used (a run's tail included: the last worker holding work takes it all).
+
+The sink runs as a process of its own, at a higher priority than the workers: a receiver
+that stalls (a sink thread sharing this test's interpreter, on two loaded CPUs) records
+the requests that queued meanwhile as a burst that no sender made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_operator_e2e import (
+    SINK_HOST,
+    Env,
+    configmap_audience,
+    push_task,
+    users,
+    wait_for,
+)
+from tests.support.persecond import per_second, worst_window
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+RATE = 300.0
+
+
+@dataclass
+class SinkProcess:
+    url: str
+    record: Path
+
+    def requests(self) -> list[dict[str, object]]:
+        lines = self.record.read_text().splitlines() if self.record.exists() else []
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def arrivals(self) -> list[float]:
+        return [float(str(r["t"])) for r in self.requests() if r["status"] == 200]
+
+    def assert_each_once(self, audience: list[str]) -> None:
+        got = Counter(str(r["user"]) for r in self.requests() if r["status"] == 200)
+        assert set(got) == set(audience), f"{len(set(audience) - set(got))} never delivered"
+        assert max(got.values()) == 1, [u for u, n in got.items() if n > 1][:10]
+
+
+@contextlib.contextmanager
+def sink_process(tmp_path: Path) -> Iterator[SinkProcess]:
+    ready, record = tmp_path / "sink.url", tmp_path / "sink.jsonl"
+    args = [sys.executable, "-m", "tests.support.sink", "--host", SINK_HOST]
+    args += ["--record", str(record), "--ready-file", str(ready)]
+    # Ahead of the workers for the CPU: stalls of the receiver are not the senders' bursts.
+    proc = subprocess.Popen(["nice", "-n", "-10", *args], cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "sink did not start"
+            time.sleep(0.05)
+        yield SinkProcess(ready.read_text().strip(), record)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def check_seconds(label: str, times: list[float], *, used: bool = True) -> list[int]:
+    seconds = per_second(times)
+    print(f"\n{label}: per second at the sink {seconds}; busiest sliding second "
+          f"{worst_window(times)}")  # fmt: skip
+    assert seconds, f"{label}: nothing arrived"
+    assert max(seconds) <= RATE * 1.1, (label, seconds)
+    if used and len(seconds) > 2:
+        # After the first second (workers joining), the rate is used: no share left idle.
+        middle = seconds[1:]
+        assert sum(middle) / len(middle) >= RATE * 0.85, (label, seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_the_rate_holds_every_second_from_the_first_send(
+    env: Env, tmp_path: Path, workers: int
+) -> None:
+    audience = users(int(RATE * 12), "r")
+    with sink_process(tmp_path) as sink:
+        task = push_task("rated", sink.url, [], workers=workers, rate=RATE)
+        task["spec"]["audience"] = configmap_audience(env, tmp_path, "rated", audience)
+        env.apply(task)
+        env.wait_phase("rated", "Finished", timeout=300)
+        sink.assert_each_once(audience)
+        check_seconds(f"{workers} workers", sink.arrivals())
+
+
+def test_the_rate_holds_across_a_resume_and_a_scale_up(env: Env, tmp_path: Path) -> None:
+    audience = users(int(RATE * 30), "s")
+    with sink_process(tmp_path) as sink:
+        task = push_task("resumed", sink.url, [], workers=3, rate=RATE)
+        task["spec"]["audience"] = configmap_audience(env, tmp_path, "resumed", audience)
+        env.apply(task)
+        wait_for("sending under way", lambda: len(sink.arrivals()) > RATE * 4, 180)
+        env.patch_spec("resumed", state="Paused")
+        env.wait_phase("resumed", "Paused", 60)
+        time.sleep(2)  # what was in flight at the pause arrives
+        before = len(sink.arrivals())
+        check_seconds("before the pause", sink.arrivals(), used=False)
+
+        env.patch_spec("resumed", state="Started")
+        wait_for("sending again", lambda: len(sink.arrivals()) > before + RATE * 4, 120)
+        # A scale-up mid-run: five more workers join the three sending at the whole rate.
+        env.kubectl("scale", "pushtasks.pushtask.dev/resumed", "--replicas=8")
+        env.wait_phase("resumed", "Finished", timeout=300)
+        sink.assert_each_once(audience)
+        check_seconds("after the resume, through the scale-up", sorted(sink.arrivals())[before:])
