@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pushtask import actions
@@ -20,6 +20,10 @@ from pushtask.models import GROUP, KIND, PLURAL, VERSION
 RESOURCE = f"{PLURAL}.{GROUP}"
 CONFLICT_RETRIES = 5
 MONGO_URI_ENV = "PUSHTASK_MONGO_URI"  # how the operator hands workers the store
+# The chart's operator Deployment: its label, and the setting naming its degrade ConfigMap.
+OPERATOR_SELECTOR = "app.kubernetes.io/name=pushtask-operator"
+DEGRADE_CONFIGMAP_ENV = "PUSHTASK_DEGRADE_CONFIGMAP"
+WATCH_SECONDS = 300  # one watch request's length (the server ends it; we start the next)
 
 
 class ClusterError(Exception):
@@ -121,16 +125,7 @@ class Cluster:
 
     def tasks(self, ns: str | None) -> list[dict[str, Any]]:
         """PushTasks of a namespace (None: of every namespace), by namespace and name."""
-        if ns is None:
-            fn = self.custom.list_cluster_custom_object
-            got = self.call("list", RESOURCE, "(all)", lambda: fn(GROUP, VERSION, PLURAL))
-        else:
-            fn2 = self.custom.list_namespaced_custom_object
-            got = self.call("list", RESOURCE, ns, lambda: fn2(GROUP, VERSION, ns, PLURAL))
-        items = list(got.get("items") or [])
-        return sorted(
-            items, key=lambda t: (t["metadata"].get("namespace", ""), t["metadata"]["name"])
-        )
+        return self.tasks_and_version(ns)[0]
 
     def act(self, ns: str, name: str, action: str, workers: int | None = None) -> str:
         """Plan the action on the task as it is and patch; on a conflict read it again.
@@ -153,9 +148,9 @@ class Cluster:
             return f"pushtask/{name}: {change.what}"
         raise ClusterError(api_message(409, None, "patch", f'pushtask "{name}"', ns), 409)
 
-    def workers_mongo_uri(self, ns: str, name: str) -> str:
-        """The MongoDB URI the task's workers use: the Secret key their Deployment (which
-        the operator owns) names, read from that Secret."""
+    def workers_mongo_uri(self, ns: str, name: str) -> tuple[str, str]:
+        """The MongoDB URI the task's workers use and where it was read (`secret "x" key
+        "uri"`): the Secret key their Deployment (which the operator owns) names."""
         deployment = f"{name}-worker"
         fn = self.apps.read_namespaced_deployment
         got = self.call("get", f'deployment "{deployment}"', ns, lambda: fn(deployment, ns))
@@ -175,7 +170,85 @@ class Cluster:
         raw = (secret.data or {}).get(ref.key)
         if not raw:
             raise ClusterError(f"secret {ref.name} in {ns} has no key {ref.key!r}")
-        return base64.b64decode(raw).decode()
+        return base64.b64decode(raw).decode(), f'secret "{ref.name}" key "{ref.key}"'
+
+    def tasks_and_version(self, ns: str | None) -> tuple[list[dict[str, Any]], str]:
+        """`tasks(ns)` and the list's resourceVersion (where a watch of them starts)."""
+        if ns is None:
+            fn = self.custom.list_cluster_custom_object
+            got = self.call("list", RESOURCE, "(all)", lambda: fn(GROUP, VERSION, PLURAL))
+        else:
+            fn2 = self.custom.list_namespaced_custom_object
+            got = self.call("list", RESOURCE, ns, lambda: fn2(GROUP, VERSION, ns, PLURAL))
+        items = sorted(
+            got.get("items") or [],
+            key=lambda t: (t["metadata"].get("namespace", ""), t["metadata"]["name"]),
+        )
+        return items, str((got.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch_tasks(self, ns: str | None) -> Iterator[tuple[str, Any]]:
+        """The PushTasks of `ns` (None: every namespace) as they change, for ever:
+        ("SYNC", [every task]) first and after a watch that expired (410 Gone: changes
+        were missed, so the whole list is read again), then ("ADDED" | "MODIFIED" |
+        "DELETED", task) for each change, as kubectl's watch sees them."""
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        where = "(all)" if ns is None else ns
+        if ns is None:
+            fn: Callable[..., Any] = self.custom.list_cluster_custom_object
+            args: tuple[str, ...] = (GROUP, VERSION, PLURAL)
+        else:
+            fn, args = self.custom.list_namespaced_custom_object, (GROUP, VERSION, ns, PLURAL)
+        version = ""
+        while True:
+            if not version:
+                items, version = self.tasks_and_version(ns)
+                yield "SYNC", items
+            stream = watch.Watch()
+            # The server ends each watch after WATCH_SECONDS; a dead connection is
+            # noticed when nothing at all (not even that end) came for longer.
+            options = {
+                "resource_version": version,
+                "timeout_seconds": WATCH_SECONDS,
+                "allow_watch_bookmarks": True,
+                "_request_timeout": WATCH_SECONDS + 30,
+            }
+            try:
+                for event in stream.stream(fn, *args, **options):
+                    if event and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        yield event["type"], event["object"]
+                version = stream.resource_version or version
+            except ApiException as exc:
+                if exc.status != 410:
+                    message = api_message(exc.status, exc.body, "watch", RESOURCE, where)
+                    raise ClusterError(message, exc.status) from None
+                version = ""  # too old: list again
+            except (OSError, HTTPError) as exc:
+                raise ClusterError(f"cannot reach the API server: {exc}") from None
+
+    def operator_env(self, release_ns: str, configmap: str) -> tuple[str, dict[str, str]]:
+        """The Deployment name and the literal environment of the operator that watches
+        the degrade ConfigMap `release_ns/configmap` (the chart sets its settings so).
+        Raises ClusterError when it cannot be read or there is none."""
+        fn = self.apps.list_namespaced_deployment
+        got = self.call(
+            "list", "deployments", release_ns,
+            lambda: fn(release_ns, label_selector=OPERATOR_SELECTOR),
+        )  # fmt: skip
+        wanted = f"{release_ns}/{configmap}"
+        for deployment in got.items or []:
+            for container in deployment.spec.template.spec.containers:
+                env = {e.name: e.value for e in container.env or [] if e.value is not None}
+                if env.get(DEGRADE_CONFIGMAP_ENV) == wanted:
+                    return str(deployment.metadata.name), env
+        raise ClusterError(f"no operator in namespace {release_ns} watches configmap {configmap}")
+
+    def configmap_data(self, ns: str, name: str) -> dict[str, str]:
+        fn = self.core.read_namespaced_config_map
+        got = self.call("get", f'configmap "{name}"', ns, lambda: fn(name, ns))
+        return dict(got.data or {})
 
     def events(self, ns: str, name: str) -> list[Any]:
         """The task's Events, oldest first (a wrong name is an error, not an empty list)."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import pty
+import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,11 @@ from tests.e2e.test_operator_e2e import (
     env,  # noqa: F401  (the operator suite's fixture: a release, a sink)
     push_task,
     users,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
+CHART = Path(__file__).resolve().parents[2] / "charts" / "pushtask"
 
 
 def plugin_env(kubectl: Kubectl, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -113,7 +118,8 @@ def test_lifecycle_commands_patch_the_spec(
         ("resume", "Started", "pushtask/cli: spec.state Paused -> Started"),
         ("stop", "Stopped", "pushtask/cli: spec.state Started -> Stopped"),
     ]:
-        proc = kubectl_push(k, "-n", namespace, action, "cli")
+        # kubectl's flags go before or after the command and its arguments.
+        proc = kubectl_push(k, action, "cli", "-n", namespace)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == said
         assert spec_of(k, "cli")["state"] == state
@@ -123,7 +129,7 @@ def test_lifecycle_commands_patch_the_spec(
     assert proc.stdout.strip() == "pushtask/cli: spec.run 1 -> 2 (a new run)"
     assert (spec_of(k, "cli")["run"], spec_of(k, "cli")["state"]) == (2, "Started")
 
-    proc = kubectl_push(k, "-n", namespace, "scale", "cli", "7")
+    proc = kubectl_push(k, "scale", "--namespace", namespace, "cli", "7")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("-> 7") and "spec.workers" in proc.stdout
     assert spec_of(k, "cli")["workers"] == 7
@@ -168,16 +174,85 @@ def test_list_all_namespaces_and_json(pushtask_crd: None, kubectl: Kubectl, name
     try:
         kubectl.in_namespace(namespace).apply(json.dumps(valid_manifest("first")))
         kubectl.in_namespace(other).apply(json.dumps(valid_manifest("second")))
-        proc = kubectl_push(kubectl, "list", "-A")
-        assert proc.returncode == 0, proc.stderr
-        lines = proc.stdout.splitlines()
-        assert lines[0].split()[:2] == ["NAMESPACE", "NAME"]
-        rows = {tuple(line.split()[:2]) for line in lines[1:]}
-        assert {(namespace, "first"), (other, "second")} <= rows
-        proc = kubectl_push(kubectl, "-n", other, "get", "-o", "json")
-        assert [t["name"] for t in json.loads(proc.stdout)] == ["second"]
+        for args in (["list", "-A"], ["-A", "list"]):
+            proc = kubectl_push(kubectl, *args)
+            assert proc.returncode == 0, proc.stderr
+            lines = proc.stdout.splitlines()
+            assert lines[0].split()[:2] == ["NAMESPACE", "NAME"]
+            rows = {tuple(line.split()[:2]) for line in lines[1:]}
+            assert {(namespace, "first"), (other, "second")} <= rows
+        for args in (["-n", other, "get", "-o", "json"], ["get", "-o", "json", "-n", other]):
+            proc = kubectl_push(kubectl, *args)
+            assert [t["name"] for t in json.loads(proc.stdout)] == ["second"], proc.stderr
+        proc = kubectl_push(kubectl, "get", "-n", other, "-o", "yaml")
+        assert [t["name"] for t in yaml.safe_load(proc.stdout)] == ["second"], proc.stderr
+        # A flag the command does not take is a usage error, as kubectl's are.
+        proc = kubectl_push(kubectl, "pause", "first", "-n", namespace, "-A")
+        assert proc.returncode == 2 and "-A/--all-namespaces: pause works on one" in proc.stderr
     finally:
         kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+class Lines:
+    """A process's stdout read line by line on a thread, to wait for what it prints."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def until(self, wanted: Callable[[list[str]], bool], timeout: float = 30) -> list[str]:
+        """Lines until one of them makes `wanted(its words)` true; that line last."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"not printed in {timeout}s; printed: {seen}") from None
+            seen.append(line)
+            if wanted(line.split()):
+                return seen
+
+
+def test_list_watch_prints_each_change_until_interrupted(
+    pushtask_crd: None, kubectl: Kubectl, namespace: str
+) -> None:
+    """`list -w` is a real watch: the list, then a line for each change, like `kubectl
+    get -w`, and Ctrl-C ends it without a traceback."""
+    k = kubectl.in_namespace(namespace)
+    k.apply(json.dumps(valid_manifest("first")))
+    proc = subprocess.Popen(
+        [str(kubectl.binary), "push", "list", "-w", "-n", namespace],
+        env=plugin_env(k),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out = Lines(proc)
+    try:
+        head = out.until(lambda w: w[:1] == ["NAME"])
+        assert head[-1].split()[:3] == ["NAME", "PHASE", "RUN"]
+        out.until(lambda w: w[:1] == ["first"])
+        k.apply(json.dumps(valid_manifest("second")))
+        out.until(lambda w: w[:1] == ["second"])
+        status = {"status": {"phase": "Started", "run": 1, "counts": {"audience": 90, "sent": 40}}}
+        patch = ["--subresource=status", "--type=merge", "-p", json.dumps(status)]
+        k("patch", "pushtask", "first", *patch)
+        seen = out.until(lambda w: w[:2] == ["first", "Started"])
+        assert seen[-1].split()[:6] == ["first", "Started", "1", "40", "0", "90"], seen
+        k("delete", "pushtask", "second")
+        out.until(lambda w: w[:2] == ["second", "Deleted"])
+        assert proc.poll() is None, "the watch ended by itself"
+    finally:
+        proc.send_signal(signal.SIGINT)  # kubectl execs the plugin: this pid is the plugin
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == "", err
 
 
 def test_an_unknown_task_is_a_clear_error(
@@ -195,23 +270,29 @@ def viewer_kubeconfig(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Path:
     k("create", "serviceaccount", "viewer")
     k("create", "role", "viewer", "--verb=get,list,watch", "--resource=pushtasks.pushtask.dev")
     k("create", "rolebinding", "viewer", "--role=viewer", f"--serviceaccount={namespace}:viewer")
-    token = k("create", "token", "viewer", "--duration=10m").stdout.strip()
+    return token_kubeconfig(kubectl, namespace, "viewer", tmp_path)
+
+
+def token_kubeconfig(kubectl: Kubectl, namespace: str, account: str, tmp_path: Path) -> Path:
+    """A kubeconfig that acts as the ServiceAccount `account` of `namespace`."""
+    k = kubectl.in_namespace(namespace)
+    token = k("create", "token", account, "--duration=10m").stdout.strip()
     admin = yaml.safe_load(kubectl.kubeconfig.read_text())
     cluster = admin["clusters"][0]
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [cluster],
-        "users": [{"name": "viewer", "user": {"token": token}}],
+        "users": [{"name": account, "user": {"token": token}}],
         "contexts": [
             {
-                "name": "viewer",
-                "context": {"cluster": cluster["name"], "user": "viewer", "namespace": namespace},
+                "name": account,
+                "context": {"cluster": cluster["name"], "user": account, "namespace": namespace},
             },
         ],
-        "current-context": "viewer",
+        "current-context": account,
     }
-    path = tmp_path / "viewer.kubeconfig"
+    path = tmp_path / f"{account}.kubeconfig"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -260,10 +341,70 @@ def test_completion_is_what_kubectl_asks_for(
     script = shutil.which("kubectl_complete-push", path=str(Path(sys.executable).parent))
     assert script
     environ = {**os.environ, "KUBECONFIG": str(kubectl.kubeconfig)}
-    proc = subprocess.run(
-        [script, "-n", namespace, "pause", "comp"], env=environ, capture_output=True, text=True
+    for words in (
+        ["-n", namespace, "pause", "comp"],
+        ["pause", f"--namespace={namespace}", "comp"],
+    ):
+        proc = subprocess.run([script, *words], env=environ, capture_output=True, text=True)
+        assert proc.stdout.splitlines() == ["completed", ":4"], words
+
+
+def test_degrade_knows_the_tiers_the_operator_is_configured_with(
+    pushtask_crd: None, kubectl: Kubectl, helm: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The tiers come from the release's operator (the chart's `tiers`, its PUSHTASK_TIERS):
+    completion offers them and `degrade` refuses another; a person with only the chart's
+    degrade-editor Role gets the tiers its ConfigMap names."""
+    k = kubectl.in_namespace(namespace)
+    tiers = {"bronze": [0, 499], "gold": [500, 1000], "low": None, "normal": None, "critical": None}
+    rendered = helm(
+        "template", "tiered", str(CHART), "--namespace", namespace,
+        "--set", "mongodb.uri=mongodb://mongo.invalid:27017/db",
+        "--set-json", f"tiers={json.dumps(tiers)}",
+    ).stdout  # fmt: skip
+    kept = {
+        ("Deployment", "tiered-pushtask-operator"),
+        ("ConfigMap", "tiered-pushtask-degrade"),
+        ("Role", "tiered-pushtask-degrade-editor"),
+    }
+    docs = [
+        d for d in yaml.safe_load_all(rendered) if d and (d["kind"], d["metadata"]["name"]) in kept
+    ]
+    assert len(docs) == len(kept), rendered[:2000]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            doc["spec"]["replicas"] = 0  # only its settings are read: no operator has to run
+    k.apply(yaml.safe_dump_all(docs))
+    where = ["--release-namespace", namespace, "--configmap", "tiered-pushtask-degrade"]
+    script = shutil.which("kubectl_complete-push", path=str(Path(sys.executable).parent))
+    assert script
+
+    def complete(*words: str, config: Path = kubectl.kubeconfig) -> list[str]:
+        environ = {**os.environ, "KUBECONFIG": str(config)}
+        proc = subprocess.run([script, *words], env=environ, capture_output=True, text=True)
+        return proc.stdout.splitlines()
+
+    assert complete("degrade", *where, "") == ["bronze", "gold", ":4"]
+    assert complete("undegrade", *where, "g") == ["gold", ":4"]
+    proc = kubectl_push(k, "degrade", "low", *where)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"error: unknown tier 'low': the operator (deployment {namespace}/tiered-pushtask-operator)"
+        " has tiers bronze, gold"
     )
-    assert proc.stdout.splitlines() == ["completed", ":4"]
+    proc = kubectl_push(k, "degrade", *where, "gold", "--mode", "immediate")
+    assert proc.returncode == 0, proc.stderr
+    assert k.json("get", "configmap", "tiered-pushtask-degrade")["data"] == {"gold": "immediate"}
+
+    # On call: the chart's degrade-editor Role only (it cannot read the operator's Deployment).
+    k("create", "serviceaccount", "oncall")
+    k("create", "rolebinding", "oncall", "--role=tiered-pushtask-degrade-editor",
+      f"--serviceaccount={namespace}:oncall")  # fmt: skip
+    oncall = token_kubeconfig(kubectl, namespace, "oncall", tmp_path)
+    assert complete("degrade", *where, "", config=oncall) == ["gold", ":4"]
+    proc = kubectl_push(k, "undegrade", "gold", *where, extra={"KUBECONFIG": str(oncall)})
+    assert proc.returncode == 0, proc.stderr
+    assert k.json("get", "configmap", "tiered-pushtask-degrade")["data"] == {"gold": "off"}
 
 
 # -- with an operator: a run to watch, a user to look up --------------------------------
@@ -273,6 +414,8 @@ def test_a_run_seen_through_the_plugin(env: Env) -> None:  # noqa: F811
     """status follows the run to its end, recipient answers per user, events lists the
     task's Events, degrade/undegrade write the release's degrade ConfigMap."""
     k, ns = env.kubectl, env.namespace
+    server, _, database = env.mongo_uri.partition("?")[0].rpartition("/")
+    server += "/"  # the URI without its database, as `devstack env` exports it
     audience = users(600, "c")
     env.apply(push_task("watched", env.sink.url, audience, workers=2, rate=150))
     started = time.monotonic()
@@ -298,8 +441,65 @@ def test_a_run_seen_through_the_plugin(env: Env) -> None:  # noqa: F811
     fields = dict(line.split(":", 1) for line in proc.stdout.splitlines())
     assert fields["status"].strip() == "sent" and fields["attempts"].strip() == "1"
     assert fields["worker"].strip().startswith("watched-worker-")
+    # The Secret the worker Deployment names decides the database.
+    containers = k.json("get", "deployment", "watched-worker")["spec"]["template"]["spec"]
+    ref = next(
+        e["valueFrom"]["secretKeyRef"]
+        for e in containers["containers"][0]["env"]
+        if e["name"] == "PUSHTASK_MONGO_URI"
+    )
+    secret = f'secret "{ref["name"]}" key "{ref["key"]}"'
+    assert fields["database"].strip() == f"{database} ({secret})"
     proc = kubectl_push(k, "-n", ns, "recipient", "watched", "stranger", "--run", "1")
     assert proc.stdout.strip() == "stranger: not in the audience of run 1", proc.stderr
+
+    # The bug report: `devstack env`'s PUSHTASK_MONGO_URI names no database, and the plugin
+    # read `pushtask`, answering that the run was pruned. Now a URI must name its database.
+    proc = kubectl_push(
+        k, "recipient", "watched", "c-00042", "-n", ns, extra={"PUSHTASK_MONGO_URI": server}
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        f"error: PUSHTASK_MONGO_URI {server} names no database, so it would be read in "
+        f"'pushtask' whatever the task uses; pushtask/watched's workers use database "
+        f"'{database}' ({secret}): say {server}{database}, or "
+        "unset PUSHTASK_MONGO_URI to read through the workers' Secret"
+    )
+    proc = kubectl_push(
+        k, "recipient", "watched", "c-00042", "-n", ns,
+        extra={"PUSHTASK_MONGO_URI": f"{server}{database}"},
+    )  # fmt: skip
+    assert proc.returncode == 0 and "status:    sent" in proc.stdout, proc.stderr
+    # Another database: said so, and the run is absent there (not "pruned").
+    proc = kubectl_push(
+        k, "recipient", "watched", "c-00042", "-n", ns, "--mongo-uri", f"{server}elsewhere"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"note: reading database 'elsewhere' (--mongo-uri); pushtask/watched's workers use "
+        f"'{database}'",
+        "error: run 1 of pushtask/watched, its current run, is not in database 'elsewhere' "
+        "(--mongo-uri): is it the database the task's workers use? Without --mongo-uri, the "
+        "plugin reads through their Secret",
+    ]
+    # Retention (the chart keeps 3 runs): three new runs prune run 1's ledger.
+    for run in (2, 3, 4):
+        proc = kubectl_push(k, "restart", "watched", "-n", ns)
+        assert proc.returncode == 0, proc.stderr
+
+        def reached(run: int = run) -> bool:
+            return env.status("watched").get("run") == run
+
+        wait_for(f"run {run}", reached, 60)
+    kubectl_push(k, "stop", "watched", "-n", ns)
+    proc = kubectl_push(k, "recipient", "watched", "c-00042", "--run", "1", "-n", ns)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f"error: run 1 of pushtask/watched is no longer in database '{database}' ({secret}): "
+        "pruned by retention"
+    ), proc.stderr
+    proc = kubectl_push(k, "recipient", "watched", "c-00042", "--run", "9", "-n", ns)
+    assert proc.stderr.strip() == "error: pushtask/watched has no run 9: its current run is 4"
 
     proc = kubectl_push(k, "-n", ns, "events", "watched")
     assert proc.returncode == 0, proc.stderr
