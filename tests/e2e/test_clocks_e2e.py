@@ -126,6 +126,15 @@ def held_chunks(env: Env, run_id: str, owner: str) -> dict[str, int]:
         return {c["_id"]: int(c.get("token") or 0) for c in chunks.find(query, {"token": 1})}
 
 
+def start(env: Env, tmp_path: Path, name: str, audience: list[str], **spec: Any) -> str:
+    """A task with a ConfigMap audience, applied and Started: its run id."""
+    on_devstack()
+    task = push_task(name, env.sink.url, [], **spec)
+    task["spec"]["audience"] = configmap_audience(env, tmp_path, name, audience)
+    env.apply(task)
+    return str(env.wait_phase(name, "Started", 120)["runId"])
+
+
 @pytest.fixture
 def skewed(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -139,14 +148,9 @@ def skewed(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_workers_five_minutes_ahead_and_behind_lose_nobody(
     env: Env, tmp_path: Path, skewed: list[subprocess.Popen[bytes]]
 ) -> None:
-    on_devstack()
     audience = users(30_000, "c")
-    task = push_task("skew", env.sink.url, [], workers=2, rate=1500)
-    task["spec"]["audience"] = configmap_audience(env, tmp_path, "skew", audience)
     with PhaseWatch(env, "skew") as watch:
-        env.apply(task)
-        status = env.wait_phase("skew", "Started", 120)
-        run_id = status["runId"]
+        run_id = start(env, tmp_path, "skew", audience, workers=2, rate=1500)
         for name, offset in (("ahead", "+5m"), ("behind", "-5m")):
             skewed.append(skewed_worker(env, run_id, name, offset, tmp_path / f"{name}.log"))
         status = env.wait_phase("skew", "Finished", timeout=300)
@@ -172,13 +176,8 @@ def test_workers_five_minutes_ahead_and_behind_lose_nobody(
 def test_a_worker_really_killed_is_reclaimed_within_two_lease_periods(
     env: Env, tmp_path: Path, skewed: list[subprocess.Popen[bytes]]
 ) -> None:
-    on_devstack()
     audience = users(6000, "k")
-    task = push_task("killed", env.sink.url, [], workers=1, rate=200)
-    task["spec"]["audience"] = configmap_audience(env, tmp_path, "killed", audience)
-    env.apply(task)
-    status = env.wait_phase("killed", "Started", 120)
-    run_id = status["runId"]
+    run_id = start(env, tmp_path, "killed", audience, workers=1, rate=200)
     # One skewed worker beside the pod; then the pod's worker is killed mid-chunk.
     skewed.append(skewed_worker(env, run_id, "ahead", "+5m", tmp_path / "ahead.log"))
     wait_for("sending under way", lambda: len(env.delivered()) > 600, 180)

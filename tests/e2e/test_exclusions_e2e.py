@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
-from tests.e2e.release import RESOURCE, on_devstack, release
+from tests.e2e.release import RESOURCE, release
 from tests.e2e.test_operator_e2e import (
     Env,
     env,  # noqa: F401  (the operator suite's fixture: a release, a sink)
@@ -164,18 +162,6 @@ def test_repro_b_mongo_exclusion_with_a_typo_fails_and_sends_nothing(env: Env) -
     env.wait_phase("typo", "Finished", 180)
     assert received(env, OPTED_OUT) == 0
     assert sorted(u for u in env.delivered(2) if u) == AUDIENCE[100:]
-
-
-@pytest.fixture
-def own_mongo(mongo_uri: str, tmp_path: Path) -> Iterator[OwnMongo]:
-    # mongo_uri: devstack has built (and runs) mongo-java-server; this is a second one.
-    on_devstack()
-    server = OwnMongo(tmp_path / "data.mv")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_task_deleted_while_mongodb_is_down_waits_until_its_ledger_is_deleted(

@@ -129,18 +129,6 @@ class OwnMongo:
         self.proc = None
 
 
-@pytest.fixture
-def own_mongo(mongo_uri: str, tmp_path: Path) -> Iterator[OwnMongo]:
-    # mongo_uri: devstack has built (and runs) mongo-java-server; this is a second one.
-    on_devstack()
-    server = OwnMongo(tmp_path / "data.mv")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_mongodb_down_for_30s_mid_run_nothing_fails_nobody_twice(
     kubectl: Any, helm: Any, namespace: str, own_mongo: OwnMongo
 ) -> None:

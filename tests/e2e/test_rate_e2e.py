@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,7 +36,10 @@ from tests.e2e.test_operator_e2e import (
 from tests.support.persecond import per_second, worst_window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-RATE = 300.0
+# The issue's own measurement by hand: PUSHTASK_RATE_E2E_RATE=500 PUSHTASK_RATE_E2E_SECONDS=60
+# (30,000 recipients).
+RATE = float(os.environ.get("PUSHTASK_RATE_E2E_RATE", "300"))
+SECONDS = float(os.environ.get("PUSHTASK_RATE_E2E_SECONDS", "12"))
 
 
 @dataclass
@@ -91,7 +95,7 @@ def check_seconds(label: str, times: list[float], *, used: bool = True) -> list[
 def test_the_rate_holds_every_second_from_the_first_send(
     env: Env, tmp_path: Path, workers: int
 ) -> None:
-    audience = users(int(RATE * 12), "r")
+    audience = users(int(RATE * SECONDS), "r")
     with sink_process(tmp_path) as sink:
         task = push_task("rated", sink.url, [], workers=workers, rate=RATE)
         task["spec"]["audience"] = configmap_audience(env, tmp_path, "rated", audience)

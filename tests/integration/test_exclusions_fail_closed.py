@@ -10,7 +10,6 @@ the exclusion applies; it never counts as an empty list.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,8 @@ import pytest
 from aiohttp import web
 from pymongo import MongoClient
 
-from tests.support.sink import SinkThread, free_port
+from tests.integration.test_worker_audience import FileServer
+from tests.support.sink import SinkThread
 from tests.support.workers import (
     PrivateMongo,
     WorkerProcs,
@@ -143,46 +143,22 @@ def test_an_exclusion_whose_store_is_down_is_retried_then_applied(
     assert sorted(u for u in sink.delivered_counts() if u) == AUDIENCE[100:]
 
 
-class FailingFiles:
+class FailingFiles(FileServer):
     """An HTTP server whose every answer is 503: an exclusion file that cannot be read."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
         self.hits = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runner: web.AppRunner | None = None
 
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    async def _start(self) -> None:
-        app = web.Application()
-
-        async def unavailable(request: web.Request) -> web.Response:
-            self.hits += 1
-            return web.Response(status=503, text="down for maintenance")
-
-        app.router.add_route("*", "/{name}", unavailable)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    def __enter__(self) -> FailingFiles:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        return web.Response(status=503, text="down for maintenance")
 
 
 def test_an_exclusion_url_answering_503_fails_the_run_after_retries_and_sends_nothing(
     uri: str, sink: SinkThread, tmp_path: Path
 ) -> None:
-    with FailingFiles() as files:
+    with FailingFiles(tmp_path) as files:
         exclude = [{"kind": "url", "url": files.url("optouts.jsonl"), "format": "jsonl"}]
         spec = spec_for(AUDIENCE, url=sink.url, exclude=exclude, shards=4, workers=1)
         run_id, _ = create_run(uri, spec)

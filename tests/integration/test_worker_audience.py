@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from aiohttp import web
@@ -48,18 +48,17 @@ class FileServer:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
 
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(self.root / request.match_info["name"])
+
     async def _start(self) -> None:
         app = web.Application()
-
-        async def serve(request: web.Request) -> web.StreamResponse:
-            return web.FileResponse(self.root / request.match_info["name"])
-
-        app.router.add_route("*", "/{name}", serve)
+        app.router.add_route("*", "/{name}", self.handle)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
-    def __enter__(self) -> FileServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
         return self

@@ -78,6 +78,7 @@ class ChunkDelivery:
         self.doubt = 0  # positions below the recorded `hi` without a recorded result
         self.unrecorded: list[Result] = []
         self.sending: set[int] = set()  # positions a lane is sending right now
+        self.waiting = 0  # lanes waiting for a rate token, each for a position still left
         self.counters: dict[str, int] = dict(chunk.get("counters") or {})
         self.starved = False  # lanes wait for the writer to move `hi`
         self.closing = False  # the writer's stop: what is left goes in the last write
@@ -238,7 +239,15 @@ class ChunkDelivery:
             # The rate token first, then a position: a lane never holds a position while it
             # waits for its turn, so nothing is sent after a halt (a window closing, a
             # pause) that came during the wait, and `hi` runs ahead of sends by no more.
-            use_by = await bucket.acquire()
+            if self.next + self.waiting >= self.size and not self.retry:
+                # Every position left already has a lane waiting for its token: another
+                # token would pass unused, and the chunk would idle until it had.
+                return
+            self.waiting += 1
+            try:
+                use_by = await bucket.acquire()
+            finally:
+                self.waiting -= 1
             if (p := await self._take()) is None:
                 bucket.refund()
                 return
