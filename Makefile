@@ -68,8 +68,17 @@ bench: setup
 	$(PY) -m devstack up --only mongo
 	$(PY) bench/worker.py --rounds 3
 
+## e2e-kind: the chart on a kind cluster and tests/kind (docs/kind.md); Docker installed
+## and started when missing; without a registry every image is built here, offline
 e2e-kind: setup
 	bash scripts/e2e-kind.sh
+
+## kind-images: only build (or find cached) the offline node, product and MongoDB images
+kind-images: setup
+	bash scripts/kind/docker.sh ensure
+	bash scripts/kind/build-node.sh
+	bash scripts/kind/build-mongo.sh
+	KIND_IMAGES=offline bash scripts/kind/build-image.sh
 
 clean:
 	-$(PY) -m devstack down
