@@ -79,6 +79,16 @@ class RunTotals:
     def pending(self) -> int:
         return max(0, self.audience - self.skipped - self.sent - self.failed - self.unknown)
 
+    def budget_spent(self, ratio: float, min_sample: int) -> str | None:
+        """Why the run's error budget is spent (more than `ratio` of the attempted sends
+        failed, once `min_sample` were attempted), or None while it is not."""
+        if self.attempted < min_sample or self.failed / self.attempted <= ratio:
+            return None
+        return (
+            f"failure budget spent: {self.failed} of {self.attempted} sends failed "
+            f"(more than {ratio:.0%})"
+        )
+
 
 @dataclass(frozen=True)
 class RecipientState:

@@ -227,6 +227,22 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
     return RunFacts(run_doc, totals, beats, leased, store.now())
 
 
+async def _judge_ended_run(store: Store, run_id: str, facts: RunFacts) -> None:
+    """The workers judge the error budget at their heartbeats: a run whose last send came
+    between two of them (a small run, every send refused) is judged here, before it can
+    read as Finished (the failure comes first in the transition)."""
+    doc = facts.run_doc
+    if not doc or doc.get("stage") != "done" or doc.get("failure"):
+        return
+    budget = read_spec(doc["spec"]).delivery.failure_threshold
+    reason = facts.totals.budget_spent(budget.ratio, budget.min_sample)
+    if reason is None:
+        return
+    if await store.fail_run(run_id, reason):
+        log.info("run %s failed at its end: %s", run_id, reason)
+    doc["failure"] = {"reason": reason}
+
+
 def _sending_rates(facts: RunFacts) -> list[float]:
     """The task rates its live senders report sending by (rateshare.py's beats)."""
     return [
@@ -409,6 +425,8 @@ async def _reconcile(
     run_id: str | None = status.get("runId")
     running = status.get("phase") in RUNNING_PHASES
     facts = await _run_facts(rt.store, run_id, running) if run_id else None
+    if facts is not None and run_id is not None and running:
+        await _judge_ended_run(rt.store, run_id, facts)
     deployment = await rt.kube.read_deployment(namespace, deployment_name(name))
     view = DeploymentView.from_status(deployment)
 

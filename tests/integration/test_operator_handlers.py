@@ -207,6 +207,29 @@ def test_run_lifecycle_to_finished(mongo_uri: str, db_name: str) -> None:
     run(scenario())
 
 
+def test_a_run_that_ends_between_two_heartbeats_is_judged_by_its_error_budget(
+    mongo_uri: str, db_name: str
+) -> None:
+    """Every send refused, the run over before any worker's heartbeat judged it: Failed
+    with the budget's reason, not Finished."""
+
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(lease_seconds=10))
+        c.apply("refused", **task_spec([f"u{i}" for i in range(200)]))
+        run_id = (await c.tick("refused"))["runId"]
+        await read_audience(store, run_id, "w1")
+        assert await deliver(store, run_id, "w1", status="failed") == 200
+        status = await c.tick("refused")
+        assert status["phase"] == "Failed", status
+        assert "failure budget spent: 200 of 200" in status["message"]
+        assert c.reasons("refused")[-1] == "RunFailed"
+        await store.close()
+
+    run(scenario())
+
+
 def test_lost_worker_reboot_and_recovery(mongo_uri: str, db_name: str) -> None:
     async def scenario() -> None:
         store = Store.connect(mongo_uri, db_name)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pushtask import ledger
 from pushtask.leases import Lease
@@ -52,9 +52,15 @@ async def record(
     return await store.write_chunk(lease, counters=counters, results=results, unknown=unknown, **kw)
 
 
-async def deliver(store: Store, run_id: str, owner: str, limit: int | None = None) -> int:
-    """Send every claimable chunk as `owner` (all "sent"); with `limit`, start that many
-    positions of one chunk, record half of them and stop holding its lease (a crash)."""
+async def deliver(
+    store: Store,
+    run_id: str,
+    owner: str,
+    limit: int | None = None,
+    status: Literal["sent", "failed"] = "sent",
+) -> int:
+    """Send every claimable chunk as `owner` (all with `status`); with `limit`, start that
+    many positions of one chunk, record half of them and stop holding its lease (a crash)."""
     sent = 0
     while got := await store.claim_chunk(run_id, owner, 30):
         doc, lease = got
@@ -64,10 +70,10 @@ async def deliver(store: Store, run_id: str, owner: str, limit: int | None = Non
         base = ledger.tally(base, [], len(doubt))
         todo = range(int(doc["hi"]), int(doc["size"]))
         if limit is not None:
-            results = [Result(p, "sent") for p in todo[: limit // 2]]
+            results = [Result(p, status) for p in todo[: limit // 2]]
             await record(store, lease, base, results=results, hi=todo.start + limit)
             return sent + len(results)
-        results = [Result(p, "sent") for p in todo]
+        results = [Result(p, status) for p in todo]
         await record(store, lease, base, results=results, hi=int(doc["size"]), end="done")
         sent += len(results)
     await store.advance(run_id)

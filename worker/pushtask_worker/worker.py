@@ -140,14 +140,8 @@ class Worker:
 
     async def check_failure_budget(self, totals: RunTotals) -> None:
         budget = self.spec.delivery.failure_threshold
-        if (
-            totals.attempted >= budget.min_sample
-            and totals.failed / totals.attempted > budget.ratio
-        ):
-            reason = (
-                f"failure budget spent: {totals.failed} of {totals.attempted} sends failed "
-                f"(more than {budget.ratio:.0%})"
-            )
+        reason = totals.budget_spent(budget.ratio, budget.min_sample)
+        if reason is not None:
             if await self.store.fail_run(self.config.run_id, reason):
                 log.error("run failed", extra={"reason": reason})
             self.control.failure = reason
