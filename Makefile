@@ -6,7 +6,7 @@ PYTEST := $(VENV)/bin/pytest
 export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test unit integration e2e lint crds chart-crds up down status demo bench e2e-kind clean
+.PHONY: setup test unit integration e2e lint crds chart-crds up down status demo bench e2e-kind kind-images clean
 
 # The Python environment (pip's cache lives in ~/.cache, so a second machine setup is quick).
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,8 @@ setup: $(VENV)/.installed
 ## test: every test (unit, integration on the MongoDB-wire servers, e2e on devstack) and lint
 test: setup lint
 	$(PY) -m devstack build
+	$(PY) -m devstack.linttools   # promtool, kube-score: the chart's checkers (cached)
+	$(PY) -m devstack.kstatus     # kstatus and Flux's evaluator for the GitOps e2e (cached)
 	bash scripts/bench-setup.sh $(VENV)   # the Celery baseline of the bench smoke test
 	$(PYTEST) tests -p no:cacheprovider
 
@@ -29,6 +31,7 @@ integration: setup
 
 e2e: setup
 	$(PY) -m devstack build
+	$(PY) -m devstack.kstatus
 	$(PYTEST) -m e2e tests -p no:cacheprovider
 
 lint: setup

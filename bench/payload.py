@@ -27,10 +27,12 @@ def body_for(user: str) -> bytes:
 def headers_for(user: str) -> dict[str, str]:
     # The webhook channel's headers (pushtask_worker/channels/webhook.py), value for value
     # in length: a receiver parses as much whoever sends.
+    key = idempotency_key("bench", 1, user)
     return {
         "Content-Type": "application/json",
         "User-Agent": "pushtask-worker",
-        "Idempotency-Key": idempotency_key("bench", 1, user),
-        "X-PushTask-Timestamp": str(int(time.time())),
+        "Idempotency-Key": key,
         "X-PushTask-Attempt": "1",
+        "webhook-id": key,  # the Standard Webhooks headers, unsigned (no secret)
+        "webhook-timestamp": str(int(time.time())),
     }

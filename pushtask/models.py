@@ -416,19 +416,33 @@ class Audience(ApiModel):
 
 
 class HmacSecretRef(SecretRef):
-    """A Secret key holding the HMAC-SHA256 signing key."""
+    """The Secret holding the webhook signing secret: a Standard Webhooks `whsec_<base64>`
+    value (the key is the decoded bytes) or any other text (the key is its bytes)."""
 
     key: Name = "hmac"
-    """Key in the Secret holding the HMAC key."""
+    """Key in the Secret holding the signing secret."""
+    previous_key: Name | None = None
+    """Key rotation: a second key of the Secret that also signs every request (standard only)."""
+
+    __cel__ = (
+        Rule(
+            "!has(self.previousKey) || self.previousKey != self.key",
+            "spec.message.webhook.secretRef.previousKey must name another key than key",
+            lambda m: m.previous_key is None or m.previous_key != m.key,
+            field_path=".previousKey",
+        ),
+    )
 
 
 class Webhook(ApiModel):
-    """JSON POST per recipient, signed with HMAC-SHA256 when a secret is given."""
+    """JSON POST per recipient, signed per Standard Webhooks when a secret is given."""
 
     url: HttpUrl
     """Endpoint (http or https)."""
     secret_ref: HmacSecretRef | None = None
-    """Secret with the HMAC-SHA256 key; unset: requests are not signed."""
+    """Secret with the signing secret; unset: requests are not signed."""
+    signature: Literal["standard", "pushtask"] = "standard"
+    """standard (Standard Webhooks) or pushtask (X-PushTask-Signature, the earlier scheme)."""
     timeout_seconds: float = Field(10, gt=0, le=300)
     """Per-request timeout."""
     headers: dict[
@@ -446,6 +460,20 @@ class Webhook(ApiModel):
             "!#$%&'*+-.^_`|~ (no spaces, colons, CR or LF)",
             lambda m: all(len(k) <= 256 and is_header_name(k) for k in m.headers),
             on="headers",
+        ),
+        # The pushtask scheme has one signature header, compared whole by its receivers:
+        # a second signature would break them, so rotation needs the standard scheme.
+        Rule(
+            "self.signature == 'standard' || !has(self.secretRef) || "
+            "!has(self.secretRef.previousKey)",
+            "spec.message.webhook.secretRef.previousKey (key rotation) needs signature: "
+            "standard; the pushtask scheme carries one signature",
+            lambda m: (
+                m.signature == "standard"
+                or m.secret_ref is None
+                or m.secret_ref.previous_key is None
+            ),
+            field_path=".secretRef.previousKey",
         ),
     )
 
@@ -941,7 +969,7 @@ class PushTaskStatus(StatusModel):
             "x-kubernetes-list-map-keys": ["type"],
         },
     )
-    """Conditions, keyed by type; Ready is among them."""
+    """Conditions by type: Ready, Reconciling, Stalled, Complete and more (docs/gitops.md)."""
     message: str | None = None
     """Human-readable detail of the phase."""
     reason: str | None = None

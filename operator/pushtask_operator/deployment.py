@@ -94,7 +94,8 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
     """Every Secret key the spec refers to, mapped to the worker's environment.
 
     Workers never read Secrets from the API: the kubelet puts them in the environment,
-    where the channels find them (`PUSHTASK_WEBHOOK_SECRET`, `PUSHTASK_SMTP_USERNAME`,
+    where the channels find them (`PUSHTASK_WEBHOOK_SECRET`, `PUSHTASK_WEBHOOK_SECRET_PREVIOUS`
+    in a key rotation, `PUSHTASK_SMTP_USERNAME`,
     `PUSHTASK_SMTP_PASSWORD`, `PUSHTASK_FCM_SERVICE_ACCOUNT`, `PUSHTASK_APNS_KEY`,
     `PUSHTASK_FCM_CA_BUNDLE`, `PUSHTASK_APNS_CA_BUNDLE`) and the MongoDB sources their URIs
     (`PUSHTASK_AUDIENCE_SOURCES_<i>_URI`, `PUSHTASK_AUDIENCE_EXCLUDE_<i>_URI`).
@@ -111,6 +112,15 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
                 "spec.message.webhook.secretRef",
             )
         )
+        if hook_ref.get("previousKey"):  # a key rotation: both secrets sign
+            refs.append(
+                SecretKeyRef(
+                    "PUSHTASK_WEBHOOK_SECRET_PREVIOUS",
+                    hook_ref["name"],
+                    hook_ref["previousKey"],
+                    "spec.message.webhook.secretRef.previousKey",
+                )
+            )
     creds = _get(message, "smtp", "credentialsSecretRef")
     if creds:
         for key in ("username", "password"):
@@ -279,6 +289,9 @@ def build_worker_deployment(
                     # any role, and no token mounted at all.
                     "serviceAccountName": settings.worker_service_account,
                     "automountServiceAccountToken": False,
+                    # No Docker-link variables: a Service named like a setting (the
+                    # release's pushtask-... Services) would set PUSHTASK_*_PORT over it.
+                    "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": termination_grace_seconds(spec, settings),
                     "securityContext": {
                         "runAsNonRoot": True,

@@ -596,7 +596,17 @@ async def _reconcile(
         log.warning("%s", refused.message)  # not kopf's logger: it would post a 2nd Event
     state.api_problem = refused  # a reconcile that got this far ended any other problem
 
-    metrics.observe(namespace, name, plan.phase.value, new_status)
+    metrics.observe(
+        namespace,
+        name,
+        plan.phase.value,
+        new_status,
+        limit=rate,
+        allocation=allocated,
+        delivering=stage == "delivery",
+        in_window=in_window,
+    )
+    metrics.observe_budget(settings.send_budget, rt.demands)
     waiting = not validation.ok and not validation.permanent
     state.wakeup = next_wakeup(
         plan.phase,
@@ -743,6 +753,7 @@ async def _show_deletion_waits(
         "LedgerNotDeleted",
         "deleting: the runs' data in MongoDB cannot be deleted yet; the finalizer stays "
         f"until it is (retried every {LEDGER_WAIT_SECONDS:.0f}s): {str(exc)[:300]}",
+        retried=True,
     )
     generation = int(meta.get("generation") or 0)
     now = datetime.now(UTC)

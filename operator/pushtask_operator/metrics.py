@@ -22,6 +22,27 @@ RECIPIENTS = Gauge(
 RATE = Gauge("pushtask_task_rate_per_second", "Sends per second of the current run", LABELS)
 PHASE = Gauge("pushtask_task_phase", "1 for the task's current phase", (*LABELS, "phase"))
 WORKERS = Gauge("pushtask_task_workers", "Worker pods by state", (*LABELS, "state"))
+# What the rate is judged against (alerts "sending far below its allocation", dashboards).
+LIMIT = Gauge("pushtask_task_rate_limit_per_second", "The task's spec.rate.perSecond", LABELS)
+ALLOCATION = Gauge(
+    "pushtask_task_allocation_per_second",
+    "Sends per second the task may use now: its rate capped by its share of sendBudget "
+    "(0 while not running)",
+    LABELS,
+)
+# 1 while the run is in its delivery stage, 1 while a running task holds outside its send
+# window: a run that sends nothing then is not stalled.
+DELIVERING = Gauge("pushtask_task_delivering", "1 while the run is delivering", LABELS)
+OUTSIDE_WINDOW = Gauge(
+    "pushtask_task_outside_window", "1 while a running task holds outside its send window", LABELS
+)
+# The operator-wide budget and what the running tasks could use of it now (demand above
+# budget for long: the budget is saturated, tasks run below their own rates).
+BUDGET = Gauge("pushtask_send_budget_per_second", "The operator's sendBudget (0 = no limit)")
+BUDGET_DEMAND = Gauge(
+    "pushtask_send_budget_demand_per_second", "Sum of what the running tasks can use now"
+)
+_TASK_GAUGES = (RECIPIENTS, RATE, PHASE, WORKERS, LIMIT, ALLOCATION, DELIVERING, OUTSIDE_WINDOW)
 _known: set[tuple[str, str]] = set()
 
 
@@ -35,7 +56,17 @@ def serve(port: int, addr: str = "0.0.0.0") -> None:
         log.warning("metrics endpoint %s:%s not started: %s", addr, port, exc)
 
 
-def observe(namespace: str, name: str, phase: str, status: Mapping[str, Any]) -> None:
+def observe(
+    namespace: str,
+    name: str,
+    phase: str,
+    status: Mapping[str, Any],
+    *,
+    limit: float | None = None,
+    allocation: float | None = None,
+    delivering: bool = False,
+    in_window: bool = True,
+) -> None:
     _known.add((namespace, name))
     for result, value in (status.get("counts") or {}).items():
         RECIPIENTS.labels(namespace, name, result).set(value)
@@ -44,13 +75,24 @@ def observe(namespace: str, name: str, phase: str, status: Mapping[str, Any]) ->
         PHASE.labels(namespace, name, p.value).set(1 if p.value == phase else 0)
     for kind, value in (status.get("workers") or {}).items():
         WORKERS.labels(namespace, name, kind).set(value)
+    if limit is not None:
+        LIMIT.labels(namespace, name).set(limit)
+    ALLOCATION.labels(namespace, name).set(allocation or 0)
+    DELIVERING.labels(namespace, name).set(1 if delivering else 0)
+    running = phase in ("Started", "Reboot")
+    OUTSIDE_WINDOW.labels(namespace, name).set(1 if running and not in_window else 0)
+
+
+def observe_budget(budget: float, demands: Mapping[str, float]) -> None:
+    BUDGET.set(budget)
+    BUDGET_DEMAND.set(sum(demands.values()))
 
 
 def forget(namespace: str, name: str) -> None:
     if (namespace, name) not in _known:
         return
     _known.discard((namespace, name))
-    for gauge in (RECIPIENTS, RATE, PHASE, WORKERS):
+    for gauge in _TASK_GAUGES:
         for labels in list(gauge._metrics):  # prometheus_client has no label-prefix removal
             if labels[:2] == (namespace, name):
                 gauge.remove(*labels)

@@ -95,11 +95,14 @@ class ApiProblem:
 
     `degraded`: the API server refused the worker Deployment, so the workers cannot follow
     the task; anything else (RBAC, a bad request) keeps the task from being reconciled.
+    `retried`: shown the same way, but retried until it goes by itself (a deletion waiting
+    for MongoDB): Reconciling rather than Stalled.
     """
 
     reason: str
     message: str
     degraded: bool = False
+    retried: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,45 @@ def make_condition(
     }
 
 
+@dataclass(frozen=True)
+class Health:
+    """kstatus' two abnormal-true conditions (sigs.k8s.io/cli-utils), which Flux, Argo CD's
+    health check (integrations/argocd) and kpt judge a resource by; docs/gitops.md has the
+    table per phase. At most one is True: kstatus reads the first True one it meets.
+
+    `stalled`: the task cannot get further without a person: the run Failed, or the spec
+    as written can never work (a template that does not compile: a run under way goes on
+    with its frozen spec, but the generation that was applied is broken).
+    `reconciling`: the task has not reached what its spec asks for and the operator is
+    working, or waiting, to get there: a run under way (Started, Reboot, outside a send
+    window too); a tier degraded at a peak holding a task whose spec asks it to run
+    (Paused, or Ready with its start due); a problem to wait out (a Secret not created
+    yet). Neither at rest: waiting for startAt or the next cron firing, paused or held by
+    the spec, stopped, finished. (kstatus also reads a False `Ready` as in progress; every
+    phase where Ready is False has one of the two True, so it never has to.)
+    """
+
+    stalled: bool
+    reconciling: bool
+    reason: str
+    message: str
+
+
+def health(obs: Observed, t: Transition, phase: Phase) -> Health:
+    v = obs.validation
+    if phase is Phase.FAILED:
+        return Health(True, False, t.reason, t.message)
+    if not v.ok and v.permanent:
+        return Health(True, False, v.reason, v.message)
+    if phase in RUNNING_PHASES:
+        return Health(False, True, t.reason, t.message)
+    if not v.ok:
+        return Health(False, True, v.reason, v.message)
+    if t.reason == DEGRADED and (phase is Phase.PAUSED or obs.start_due):
+        return Health(False, True, t.reason, t.message)
+    return Health(False, False, t.reason, t.message)
+
+
 def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, Any]]:
     prev = list(obs.status.get("conditions") or [])
     v = obs.validation
@@ -252,6 +294,8 @@ def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, An
     ready_reason = t.reason if v.ok or phase is Phase.FAILED else v.reason
     ready_msg = t.message if v.ok or phase is Phase.FAILED else v.message
     degraded = phase is Phase.REBOOT or t.reason == DEGRADED
+    # kstatus' abnormal-true conditions, and Complete as a Job has it (docs/gitops.md).
+    h = health(obs, t, phase)
     scheduled = []
     if obs.next_event is not None:
         at, what = obs.next_event
@@ -260,6 +304,9 @@ def _conditions(obs: Observed, t: Transition, phase: Phase) -> list[dict[str, An
         ]
     return [
         make_condition("Ready", healthy, ready_reason, ready_msg, **kw),
+        make_condition("Reconciling", h.reconciling, h.reason, h.message, **kw),
+        make_condition("Stalled", h.stalled, h.reason, h.message, **kw),
+        make_condition("Complete", phase is Phase.FINISHED, t.reason, t.message, **kw),
         make_condition(
             "SpecValid",
             v.ok,
@@ -304,9 +351,17 @@ def with_api_problem(
     """`conditions` showing an API problem: Ready False with its reason and the API's
     message, and Degraded True as well when the worker Deployment was refused. The phase is
     left alone: the run's facts did not change, only what the operator could do about them.
+    Such an answer does not change by retrying, so the task is `Stalled` (kstatus: Failed,
+    Argo CD: Degraded) and not `Reconciling` until a person fixes it (a `retried` problem
+    the other way round).
     """
     kw: dict[str, Any] = {"generation": generation, "now": now, "previous": conditions}
-    shown = {"Ready": make_condition("Ready", False, problem.reason, problem.message, **kw)}
+    why = (problem.reason, problem.message)
+    shown = {
+        "Ready": make_condition("Ready", False, *why, **kw),
+        "Reconciling": make_condition("Reconciling", problem.retried, *why, **kw),
+        "Stalled": make_condition("Stalled", not problem.retried, *why, **kw),
+    }
     if problem.degraded:
         shown["Degraded"] = make_condition("Degraded", True, problem.reason, problem.message, **kw)
     out = [shown.pop(t) if (t := str(c.get("type"))) in shown else dict(c) for c in conditions]

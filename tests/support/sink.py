@@ -1,16 +1,24 @@
 """A local webhook sink: records every request and answers as programmed.
 
-Each request is recorded with its user, Idempotency-Key, signature (and whether it
+Each request is recorded with its user, idempotency key, signature (and whether it
 verifies against ``secret``), attempt header, arrival time and the status answered.
 Answers are programmed per user: a list of responses consumed in order (the last one
 repeats), e.g. 503 then 200, a final 400, or 429 with ``Retry-After``.
 
-With a ``secret`` the sink checks requests as a careful receiver does: the signature is
-the HMAC-SHA256 of ``<X-PushTask-Timestamp>.<raw body>`` (docs/channels.md); a bad
-signature is recorded (``signature_ok`` False, counted in ``stats()``) and answered as
-programmed, so tests can count them; a timestamp missing, unreadable or more than
-``max_age`` seconds away from the sink's clock (0: no check) is refused with 401 and a
-body saying why, before the program is consulted: that is what stops a replay.
+With a ``secret`` the sink checks requests as a careful receiver does (docs/channels.md).
+A request with Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``) is verified by the ``standardwebhooks`` package exactly as a
+receiver calls it, ``Webhook(secret).verify(body, headers)`` (a ``whsec_`` secret as text,
+any other as its bytes: the raw key); one without them by the pushtask scheme, the
+HMAC-SHA256 of ``<X-PushTask-Timestamp>.<raw body>``. ``secret`` may be a list (receivers
+on either side of a key rotation): then a standard request verifies only if it verifies
+against each of them (the pushtask scheme, one signature, is checked against the first).
+A bad signature is recorded (``signature_ok`` False, counted in
+``stats()``) and answered as programmed, so tests can count them; a timestamp missing,
+unreadable or more than ``max_age`` seconds away from the sink's clock (0: no check) is
+refused with 401 and a body saying why, before the program is consulted: that is what
+stops a replay. (The package also refuses a timestamp more than 5 minutes away: such a
+request's signature is recorded as not verified.)
 
 In-process (pytest)::
 
@@ -21,7 +29,7 @@ In-process (pytest)::
 As a process (the operator's e2e tests, the benchmark)::
 
     python -m tests.support.sink --host 127.0.0.2 --port 8099 --secret s3cret \
-        --max-age 300 --record /tmp/sink.jsonl
+        --max-age 300 --record /tmp/sink.jsonl       # --secret twice: a key rotation
     # control API: GET /_sink/stats, GET /_sink/requests, POST /_sink/program,
     #              POST /_sink/reset, GET /_sink/health
 
@@ -30,6 +38,7 @@ Program document (POST /_sink/program, or ``sink.program(...)``)::
     {"users": {"u1": [{"status": 503}, {"status": 200}]},
      "default": [{"status": 200}],             # for users without an entry
      "prefixes": {"bad-": [{"status": 400}]},  # users starting with a prefix
+     "then": {"after": 100, "answers": [{"status": 410}]},  # from the 101st answer on
      "delay": 0.0}                              # seconds before answering every request
 """
 
@@ -45,12 +54,13 @@ import socket
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.support.ownloop import OwnLoop
 from tests.support.readyfile import announce
@@ -59,6 +69,7 @@ from tests.support.readyfile import announce
 # clock skew between hosts, narrow enough that a captured request soon stops working.
 DEFAULT_MAX_AGE = 300.0
 STALE_STATUS = 401
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 Response = dict[str, Any]  # {"status": int, "retryAfter": str|number, "body": str, "delay": s}
 
@@ -67,17 +78,19 @@ Response = dict[str, Any]  # {"status": int, "retryAfter": str|number, "body": s
 class Record:
     t: float  # time.time() at arrival
     user: str | None
-    key: str | None  # Idempotency-Key
-    signature: str | None
+    key: str | None  # Idempotency-Key (webhook-id without it)
+    signature: str | None  # webhook-signature or X-PushTask-Signature
     signature_ok: bool | None  # None when the sink has no secret
     attempt: int | None
     status: int  # what the sink answered
-    timestamp: str | None  # X-PushTask-Timestamp header
+    timestamp: str | None  # webhook-timestamp or X-PushTask-Timestamp
     path: str
     run: int | None = None
     task: str | None = None
     message: Any = None
     rejected: str | None = None  # why the sink refused it before its program (stale, ...)
+    scheme: str | None = None  # "standard" (webhook-* headers) or "pushtask"
+    verify_error: str | None = None  # what the standardwebhooks package said, if it refused
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -94,19 +107,27 @@ class Sink:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        secret: str | None = None,
+        secret: str | Sequence[str] | None = None,
         record_file: str | None = None,
         keep_messages: bool = False,
         max_age: float = DEFAULT_MAX_AGE,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.secret = secret.encode() if secret else None
+        secrets = [secret] if isinstance(secret, str) else list(secret or ())
+        self.secrets = [x for x in secrets if x]
+        # The pushtask scheme has one signature: checked against the first secret.
+        self.secret = self.secrets[0].encode() if self.secrets else None
+        # A receiver's verifier per secret: whsec_ text, or a raw secret's bytes.
+        self.verifiers = [
+            Webhook(x if x.startswith("whsec_") else x.encode()) for x in self.secrets
+        ]
         self.max_age = max_age
         self.keep_messages = keep_messages
         self.requests: list[Record] = []
         self._program: dict[str, Any] = {"users": {}, "default": [{"status": 200}], "prefixes": {}}
         self._served: Counter[str] = Counter()  # per user: how many answers given
+        self._answered = 0  # programmed answers given, for the program's "then"
         # Line-buffered: a reader of the file sees every request answered so far.
         self._record_fh: IO[str] | None = (
             open(record_file, "a", buffering=1) if record_file else None
@@ -136,6 +157,7 @@ class Sink:
     def reset(self) -> None:
         self.requests.clear()
         self._served.clear()
+        self._answered = 0
 
     def _answer_for(self, user: str | None) -> Response:
         prog = self._program
@@ -149,6 +171,12 @@ class Sink:
                         break
         if seq is None:
             seq = prog.get("default") or [{"status": 200}]
+        then = prog.get("then")
+        self._answered += 1
+        if then and self._answered > int(then["after"]):
+            # The endpoint changed for everyone (e.g. deleted: 410): counted afresh per user.
+            seq = then["answers"]
+            user = f"then:{user}"
         n = self._served[user or ""]
         self._served[user or ""] += 1
         return seq[min(n, len(seq) - 1)]
@@ -160,20 +188,32 @@ class Sink:
         payload = timestamp.encode() + b"." + body
         return "sha256=" + hmac.new(self.secret, payload, hashlib.sha256).hexdigest()
 
-    def stale(self, timestamp: str | None, now: float) -> str | None:
+    def verify_standard(self, body: bytes, headers: Mapping[str, str]) -> str | None:
+        """Why the Standard Webhooks package refuses the request with one of the sink's
+        secrets (None: it verifies with every one)."""
+        for i, verifier in enumerate(self.verifiers):
+            try:
+                verifier.verify(body, dict(headers), json_parse=False)
+            except WebhookVerificationError as error:
+                return f"secret {i}: {error}"
+        return None
+
+    def stale(
+        self, timestamp: str | None, now: float, header: str = "X-PushTask-Timestamp"
+    ) -> str | None:
         """Why ``timestamp`` is refused (None: fresh enough, or the sink does not check)."""
         if self.secret is None or self.max_age <= 0:
             return None
         if not timestamp:
-            return "missing X-PushTask-Timestamp"
+            return f"missing {header}"
         try:
             sent = int(timestamp)
         except ValueError:
-            return f"unreadable X-PushTask-Timestamp {timestamp[:40]!r}"
+            return f"unreadable {header} {timestamp[:40]!r}"
         age = now - sent
         if abs(age) > self.max_age:
             return (
-                f"stale X-PushTask-Timestamp {sent}: {age:+.0f}s from the receiver's clock,"
+                f"stale {header} {sent}: {age:+.0f}s from the receiver's clock,"
                 f" more than {self.max_age:g}s (a replay, or clocks apart)"
             )
         return None
@@ -190,13 +230,24 @@ class Sink:
             run = doc.get("run")
             task = f"{doc['task']['namespace']}/{doc['task']['name']}"
             message = doc.get("message") if self.keep_messages else None
-        sig = request.headers.get("X-PushTask-Signature")
-        timestamp = request.headers.get("X-PushTask-Timestamp")
+        standard = any(h in request.headers for h in STANDARD_HEADERS)
         sig_ok: bool | None = None
-        expected = self.expected_signature(timestamp or "", body)
-        if expected is not None:
-            sig_ok = sig is not None and hmac.compare_digest(sig, expected)
-        rejected = self.stale(timestamp, t)
+        verify_error: str | None = None
+        if standard:
+            sig = request.headers.get("webhook-signature")
+            time_header = "webhook-timestamp"
+            timestamp = request.headers.get(time_header)
+            if self.verifiers:
+                verify_error = self.verify_standard(body, request.headers)
+                sig_ok = verify_error is None
+        else:
+            sig = request.headers.get("X-PushTask-Signature")
+            time_header = "X-PushTask-Timestamp"
+            timestamp = request.headers.get(time_header)
+            expected = self.expected_signature(timestamp or "", body)
+            if expected is not None:
+                sig_ok = sig is not None and hmac.compare_digest(sig, expected)
+        rejected = self.stale(timestamp, t, time_header)
         if rejected is not None:
             # Refused before the program: a replay must not consume a programmed answer.
             answer: Response = {"status": STALE_STATUS, "body": rejected}
@@ -208,7 +259,7 @@ class Sink:
         rec = Record(
             t=t,
             user=user,
-            key=request.headers.get("Idempotency-Key"),
+            key=request.headers.get("Idempotency-Key") or request.headers.get("webhook-id"),
             signature=sig,
             signature_ok=sig_ok,
             attempt=int(attempt) if attempt and attempt.isdigit() else None,
@@ -219,6 +270,8 @@ class Sink:
             task=task,
             message=message,
             rejected=rejected,
+            scheme="standard" if standard else ("pushtask" if timestamp or sig else None),
+            verify_error=verify_error,
         )
         self.requests.append(rec)
         if self._record_fh is not None:
@@ -265,6 +318,7 @@ class Sink:
             "users_with_several_keys": sum(1 for ks in keys.values() if len(ks) > 1),
             "bad_signatures": sum(1 for r in reqs if r.signature_ok is False),
             "rejected": sum(1 for r in reqs if r.rejected is not None),
+            "schemes": dict(Counter(r.scheme for r in reqs if r.scheme is not None)),
             "first": reqs[0].t if reqs else None,
             "last": reqs[-1].t if reqs else None,
         }
@@ -311,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="PushTask test webhook sink")
     p.add_argument("--host", default="127.0.0.1", help="a loopback IP to bind")
     p.add_argument("--port", type=int, default=0, help="0 = a free port (printed)")
-    p.add_argument("--secret", default=None, help="HMAC secret to verify signatures")
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=None,
+        help="signing secret to verify signatures (twice: both sides of a key rotation)",
+    )
     p.add_argument(
         "--max-age",
         type=float,

@@ -406,3 +406,50 @@ def test_bad_console_values_fail_with_a_clear_message(
     proc = run(helm, "template", "rel", str(CHART), *URI, *values)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+# Every values combination the tests above render successfully, plus the monitoring ones
+# (tests/unit/test_monitoring.py). tests/unit/test_chart_lint.py gives each one's output to
+# kube-score, tests/e2e/test_chart_dry_run_e2e.py to the API server (server-side dry run).
+# Keep it in step when a test above renders a new combination.
+MONITORING_VALUES = [
+    "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true",
+    "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
+]  # fmt: skip
+VALUE_SETS: dict[str, list[str]] = {
+    "defaults": URI,
+    "digits-only-checksum": DIGITS_ONLY_CHECKSUM,
+    "one-namespace": [*URI, "--set", "watchNamespaces={a}"],
+    "two-namespaces": [*URI, "--set", "watchNamespaces={a,b}"],
+    "bundled": ["--set", "mongodb.bundled.enabled=true"],
+    "bundled-two-namespaces": [
+        "--set", "mongodb.bundled.enabled=true", "--set", "watchNamespaces={a,b}",
+    ],
+    "bundled-persistent": [
+        "--set", "mongodb.bundled.enabled=true",
+        "--set", "mongodb.bundled.persistence.enabled=true",
+    ],
+    "existing-secret": [
+        "--set", "mongodb.existingSecret=my-mongo", "--set", "mongodb.secretKey=connection",
+    ],
+    "operator-settings": [
+        *URI, "--set", "sendBudget=500", "--set", "degradedTiers.low=graceful",
+        "--set", "worker.leaseSeconds=20", "--set", "runRetention=7",
+        "--set", "operator.peering.enabled=false",
+    ],
+    "degraded-tiers-null": [
+        *URI, "--set", "degradedTiers.low=immediate", "--set", "degradedTiers=null",
+    ],
+    "console": [*URI, *CONSOLE],
+    "console-two-namespaces": [
+        *URI, *CONSOLE, "--set", "watchNamespaces={a,b}", "--set", "console.port=8099",
+        "--set", "console.readsNeedToken=true",
+    ],
+    "monitoring": [*URI, *MONITORING_VALUES],
+    "monitoring-two-namespaces": [*URI, *MONITORING_VALUES, "--set", "watchNamespaces={a,b}"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_value_set_renders(helm: Path, name: str) -> None:
+    assert render(helm, *VALUE_SETS[name])

@@ -90,6 +90,7 @@ def test_workers_have_no_api_access_and_run_locked_down() -> None:
     pod = build()["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "pushtask-worker"
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # found on kind: links override settings
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     sc = pod["containers"][0]["securityContext"]

@@ -229,6 +229,9 @@ def test_a_refused_deployment_shows_degraded_and_not_ready() -> None:
     assert shown["Degraded"]["reason"] == "DeploymentRejected"
     assert shown["Ready"]["status"] == "False" and shown["Ready"]["message"] == problem.message
     assert shown["SpecValid"] == conditions()[1]  # untouched
+    # Retrying will not change the answer: stalled for kstatus, Flux and Argo CD.
+    assert shown["Stalled"]["status"] == "True" and shown["Reconciling"]["status"] == "False"
+    assert shown["Stalled"]["reason"] == "DeploymentRejected"
 
 
 def test_another_api_problem_shows_on_ready_only() -> None:
@@ -239,8 +242,16 @@ def test_another_api_problem_shows_on_ready_only() -> None:
     assert once == again  # nothing to patch on the next tick: the time of the flip stays
     shown = {c["type"]: c for c in once}
     assert shown["Ready"]["reason"] == "ApiForbidden" and shown["Degraded"]["status"] == "False"
-    assert [c["type"] for c in once] == ["Ready", "SpecValid", "Degraded"]
-    assert [c["type"] for c in with_api_problem([], problem, generation=1, now=NOW)] == ["Ready"]
+    assert [c["type"] for c in once] == ["Ready", "SpecValid", "Degraded", "Reconciling", "Stalled"]
+    alone = with_api_problem([], problem, generation=1, now=NOW)
+    assert [c["type"] for c in alone] == ["Ready", "Reconciling", "Stalled"]
+
+
+def test_a_problem_retried_until_it_goes_is_reconciling_not_stalled() -> None:
+    waiting = ApiProblem("LedgerNotDeleted", "deleting: MongoDB unreachable", retried=True)
+    shown = {c["type"]: c for c in with_api_problem(conditions(), waiting, generation=3, now=NOW)}
+    assert shown["Ready"]["status"] == "False" and shown["Ready"]["reason"] == "LedgerNotDeleted"
+    assert shown["Reconciling"]["status"] == "True" and shown["Stalled"]["status"] == "False"
 
 
 class Calls:

@@ -158,7 +158,9 @@ def test_docs_verification_snippet_accepts_the_channel_and_refuses_replays() -> 
     from pushtask_worker.channels.webhook import encode_body
 
     async def go(url: str) -> None:
-        ctx = ChannelContext({"url": url}, env={"PUSHTASK_WEBHOOK_SECRET": "s3cret"})
+        ctx = ChannelContext(
+            {"url": url, "signature": "pushtask"}, env={"PUSHTASK_WEBHOOK_SECRET": "s3cret"}
+        )
         async with WebhookChannel(ctx) as ch:
             assert (await ch.send(delivery("u7"))).outcome is Outcome.OK
 

@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from pymongo import errors as mongo_errors
 
+from pushtask_worker import metrics
+
 log = logging.getLogger("pushtask.worker.store")
 T = TypeVar("T")
 
@@ -161,13 +163,17 @@ class StoreGuard:
             wait = self.breaker.wait_time()
             if wait > 0:
                 await asyncio.sleep(wait)
+            t0 = time.monotonic()
             try:
                 result = await fn()
             except BaseException as exc:
                 if not is_transient(exc):
                     raise
+                metrics.STORE_LATENCY.labels(what).observe(time.monotonic() - t0)
+                metrics.STORE_ERRORS.labels(what, type(exc).__name__).inc()
                 attempt += 1
                 self.breaker.failure()
+                metrics.STORE_CIRCUIT_OPEN.set(0 if self.breaker.state == "closed" else 1)
                 elapsed = time.monotonic() - started
                 if self.stopping() or (
                     self.give_up_after is not None and elapsed > self.give_up_after
@@ -184,5 +190,7 @@ class StoreGuard:
                 self.outage_seconds += delay
                 await asyncio.sleep(delay)
                 continue
+            metrics.STORE_LATENCY.labels(what).observe(time.monotonic() - t0)
             self.breaker.success()
+            metrics.STORE_CIRCUIT_OPEN.set(0)
             return result

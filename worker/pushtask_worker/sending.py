@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,12 +42,20 @@ class Sender:
     # Set when the worker shuts down (SIGTERM): no further retries; the recipient is handed
     # back pending, for whoever holds the shard next, with the same idempotency key.
     stopping: asyncio.Event | None = None
+    # Called once, by the first send whose channel said the receiver is gone
+    # (Outcome.GONE, a webhook's 410): the worker fails the run with the reason.
+    on_gone: Callable[[str], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
+        self.gone: str | None = None  # the reason, once a channel said the receiver is gone
         self.label = f"{self.task['namespace']}/{self.task['name']}"
         channel = self.channel.name or self.spec.message.channel
         # The metric child once, not a labels() lookup per attempt.
         self.latency = metrics.SEND_LATENCY.labels(self.label, channel)
+        self.failures = {
+            r: metrics.SEND_FAILURES.labels(self.label, channel, r)
+            for r in ("template", "rejected", "exhausted")
+        }
         # Fields that only name the task or the run: rendered once here, not per recipient.
         self.compiled = bind_run(self.compiled, task=self.task, run=self.run)
 
@@ -65,6 +73,7 @@ class Sender:
                 self.compiled, build_context(user, attrs, task=self.task, run=self.run)
             )
         except TemplateRenderError as error:
+            self.failures["template"].inc()
             return Result(position, "failed", str(error)[:500], 0)
         delivery = Delivery(
             task=self.task,
@@ -78,6 +87,9 @@ class Sender:
         attempts = self.spec.delivery.max_attempts
         backoff: Backoff | None = None  # made only when a retry needs it
         for attempt in range(1, attempts + 1):
+            if self.gone is not None:  # nothing more goes out once the receiver is gone
+                detail = f"handed back: {self.gone}"
+                return Result(position, "pending", detail[:500], attempt - 1)
             if attempt > 1 or not token_taken:
                 await self.bucket.acquire()
             started = time.monotonic()
@@ -91,8 +103,18 @@ class Sender:
             if result.outcome is Outcome.OK:
                 return Result(position, "sent", None, attempt)
             if result.outcome is Outcome.FINAL:
+                self.failures["rejected"].inc()
                 return Result(position, "failed", result.detail or "rejected", attempt)
+            if result.outcome is Outcome.GONE:
+                self.failures["rejected"].inc()
+                reason = result.detail or "the receiver is gone"
+                if self.gone is None:
+                    self.gone = reason
+                    if self.on_gone is not None:
+                        await self.on_gone(reason)
+                return Result(position, "failed", reason[:500], attempt)
             if attempt == attempts:
+                self.failures["exhausted"].inc()
                 detail = f"gave up after {attempts} attempts: {result.detail}"
                 return Result(position, "failed", detail, attempt)
             backoff = backoff or self.backoff()

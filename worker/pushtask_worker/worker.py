@@ -78,6 +78,7 @@ class Worker:
             self.stopping.is_set()
             or c.state != "Started"
             or c.failure is not None
+            or self.sender.gone is not None  # the receiver is gone: known before any beat
             or not schedule.in_window(self.spec.schedule, self.store.now())
         )
 
@@ -114,6 +115,7 @@ class Worker:
             self.guard.call(lambda: store.totals(cfg.run_id), "totals"),
             self.guard.call(store.sync_clock, "read the store's clock"),
         )
+        metrics.HEARTBEAT.labels(self.label).set_to_current_time()
         # The work may have moved on while the renewal was on its way: released this unit
         # (done, or given back) and claimed another. Only the lease still in hand is
         # updated or dropped; a new unit's lease and work are left alone.
@@ -186,17 +188,21 @@ class Worker:
             self.spec = PushTaskSpec.model_validate(self.run["spec"])
             self.compiled = compile_message(self.spec.message.template)
             channel_cls = load_channel(self.spec.message.channel)
-        except (ValidationError, TemplateError, UnknownChannel, TypeError) as error:
+            m = self.spec.message
+            settings = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
+            settings_map = (
+                settings.model_dump(by_alias=True)
+                if settings is not None
+                else dict(m.settings or {})
+            )
+            # A channel refusing its settings or secret (a malformed whsec_ value) fails the
+            # run with the reason, rather than a worker that crashes at every restart.
+            self.channel = channel_cls(
+                ChannelContext(settings_map, concurrency=self.config.concurrency)
+            )
+        except (ValidationError, ValueError, TemplateError, UnknownChannel, TypeError) as error:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
             raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
-        m = self.spec.message
-        settings = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
-        settings_map = (
-            settings.model_dump(by_alias=True) if settings is not None else dict(m.settings or {})
-        )
-        self.channel = channel_cls(
-            ChannelContext(settings_map, concurrency=self.config.concurrency)
-        )
         self.readers = SourceReaders(self.config.mongo_uri)
         task = self.run["task"]
         self.label = f"{task['namespace']}/{task['name']}"
@@ -210,7 +216,17 @@ class Worker:
             channel=self.channel,
             bucket=self.share,
             stopping=self.stopping,
+            on_gone=self.receiver_gone,
         )
+
+    async def receiver_gone(self, reason: str) -> None:
+        """A channel said the receiver itself is gone (a webhook's 410): every later send
+        would fail the same way, so the run fails with the reason (the operator then stops
+        the other workers). This worker's lanes stop at once (`halted`); what is in flight
+        is recorded as it ends."""
+        self.control.failure = reason
+        log.error("run failed", extra={"reason": reason})
+        await self.guard.call(lambda: self.store.fail_run(self.config.run_id, reason), "fail run")
 
     async def run_forever(self) -> int:
         await self.guard.call(self.store.ensure_indexes, "ensure indexes")

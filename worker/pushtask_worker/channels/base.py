@@ -27,6 +27,9 @@ class Outcome(enum.Enum):
     OK = "ok"  # delivered (2xx, 250 ...)
     RETRY = "retry"  # transient: try again after a back-off (429, 5xx, timeouts, 4xx SMTP)
     FINAL = "final"  # permanent: never retried (other 4xx, 5xx SMTP)
+    # The receiver itself is gone (a webhook's 410): every later send would fail the same
+    # way, so this recipient fails and the run stops, with `detail` as the run's reason.
+    GONE = "gone"
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,29 @@
 """Webhook channel: one JSON POST per recipient over one pooled aiohttp session.
 
 Body: ``{"task": {namespace, name}, "run": n, "user": id, "message": {...}}``.
-Headers: ``Idempotency-Key`` (the same on every attempt and every worker, so a receiver
-can drop repeats), ``X-PushTask-Timestamp`` (unix seconds of the attempt),
-``X-PushTask-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` when a secret
-is configured, and ``X-PushTask-Attempt``. The timestamp is inside the signature so a
-receiver that refuses old timestamps also refuses a captured request replayed later
-(docs/channels.md has the scheme and a verification snippet).
+Signed per Standard Webhooks (standardwebhooks.com) by default: ``webhook-id`` (the
+idempotency key: the same on every attempt and every worker, so a receiver can drop
+repeats), ``webhook-timestamp`` (unix seconds of the attempt) and, with a secret,
+``webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">``, one per
+secret during a key rotation, separated by a space; any Standard Webhooks library
+verifies it. ``signature: pushtask`` keeps the earlier scheme: ``X-PushTask-Timestamp``
+and ``X-PushTask-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">``. Both
+schemes also send ``Idempotency-Key`` and ``X-PushTask-Attempt`` (docs/channels.md).
 2xx → delivered; 429, 5xx, timeouts and connection errors → retried (Retry-After is
-passed up to the worker's back-off, which caps it); any other status → a final failure.
+passed up to the worker's back-off, which caps it); 410 → the endpoint is gone and the
+run stops (Outcome.GONE); any other status → a final failure.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import time
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -24,18 +31,58 @@ import orjson
 from pushtask.retryafter import parse_retry_after
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 
+# signature: pushtask (the earlier scheme)
 SIGNATURE_HEADER = "X-PushTask-Signature"
 TIMESTAMP_HEADER = "X-PushTask-Timestamp"
+# signature: standard (Standard Webhooks)
+ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
 
 
 def signed_payload(timestamp: str, body: bytes) -> bytes:
-    """What the signature covers: the timestamp header's exact text, a dot, the raw body."""
+    """What the pushtask signature covers: the timestamp header's exact text, a dot, the
+    raw body."""
     return timestamp.encode("ascii") + b"." + body
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The pushtask scheme's X-PushTask-Signature (the secret's bytes are the key)."""
     digest = hmac.new(secret, signed_payload(timestamp, body), hashlib.sha256).hexdigest()
     return "sha256=" + digest
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of the standard scheme: the bytes a ``whsec_<base64>`` secret encodes,
+    as every Standard Webhooks library reads it; any other value's own UTF-8 bytes (what
+    the libraries take as a raw key), so a secret made for the pushtask scheme still
+    works. Raises ValueError for a ``whsec_`` value that is not base64 (never signing with
+    a key the receiver's library would read differently)."""
+    text = secret.strip()  # a Secret made with --from-file often ends with a newline
+    if not text.startswith(SECRET_PREFIX):
+        return secret.encode()
+    encoded = text[len(SECRET_PREFIX) :]
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        key = b""
+    if not key:
+        raise ValueError(
+            "the secret starts with whsec_ but the rest is not base64 of a key "
+            "(make one with: echo whsec_$(openssl rand -base64 32))"
+        )
+    return key
+
+
+def standard_signature(keys: Sequence[bytes], msg_id: str, timestamp: str, body: bytes) -> str:
+    """webhook-signature: ``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`` for each
+    key, separated by a space (a receiver accepts the request if one of them verifies)."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in keys
+    )
 
 
 def encode_body(delivery: Delivery) -> bytes:
@@ -59,9 +106,34 @@ class WebhookChannel(Channel):
         s = ctx.settings
         self.url: str = str(s["url"])
         self.timeout = float(s.get("timeoutSeconds") or s.get("timeout") or 10.0)
+        self.scheme: str = str(s.get("signature") or "standard")
+        if self.scheme not in ("standard", "pushtask"):
+            raise ValueError(f"spec.message.webhook.signature: unknown scheme {self.scheme!r}")
         secret = ctx.secret("WEBHOOK_SECRET") or s.get("secret")
         self.secret: bytes | None = secret.encode() if secret else None
+        # The standard scheme's keys: the current secret's, then the previous one's while
+        # a rotation is under way (the models allow a previous key only with this scheme).
+        self.keys: list[bytes] = []
+        if self.scheme == "standard":
+            ref: Mapping[str, Any] = s.get("secretRef") or {}
+            named = (
+                (secret, ref.get("key") or "hmac"),
+                (ctx.secret("WEBHOOK_SECRET_PREVIOUS"), ref.get("previousKey")),
+            )
+            for value, key in named:
+                if not value:
+                    continue
+                try:
+                    self.keys.append(signing_key(value))
+                except ValueError as error:  # the value itself never goes into a message
+                    where = f"Secret {ref.get('name')!r} key {key!r}" if ref else "the secret"
+                    raise ValueError(f"spec.message.webhook.secretRef: {where}: {error}") from None
         self.headers: dict[str, str] = {str(k): str(v) for k, v in (s.get("headers") or {}).items()}
+        # The endpoint as a 410's reason names it: no user:password, no query (a token).
+        parts = urlsplit(self.url)
+        self.shown_url = urlunsplit(
+            (parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -88,28 +160,50 @@ class WebhookChannel(Channel):
         body = encode_body(delivery)
         # A fresh timestamp per attempt: a retry after a long back-off is not stale.
         timestamp = str(int(time.time()))
+        key = delivery.idempotency_key
         headers = {
             **self.headers,
-            "Idempotency-Key": delivery.idempotency_key,
-            TIMESTAMP_HEADER: timestamp,
+            "Idempotency-Key": key,
             "X-PushTask-Attempt": str(delivery.attempt),
         }
-        if self.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
+        if self.scheme == "standard":
+            headers[ID_HEADER] = key
+            headers[STANDARD_TIMESTAMP_HEADER] = timestamp
+            if self.keys:
+                headers[STANDARD_SIGNATURE_HEADER] = standard_signature(
+                    self.keys, key, timestamp, body
+                )
+        else:
+            headers[TIMESTAMP_HEADER] = timestamp
+            if self.secret is not None:
+                headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
         try:
             async with self._session.post(self.url, data=body, headers=headers) as resp:
                 await resp.read()  # drain so the connection goes back to the pool
-                return classify(resp.status, resp.headers.get("Retry-After"), resp.reason)
+                return classify(
+                    resp.status, resp.headers.get("Retry-After"), resp.reason, self.shown_url
+                )
         except TimeoutError:
             return Attempt(Outcome.RETRY, f"timeout after {self.timeout:g}s")
         except aiohttp.ClientError as exc:
             return Attempt(Outcome.RETRY, f"{type(exc).__name__}: {exc}"[:300])
 
 
-def classify(status: int, retry_after: str | None = None, reason: str | None = None) -> Attempt:
+def classify(
+    status: int, retry_after: str | None = None, reason: str | None = None, url: str = ""
+) -> Attempt:
     detail = f"HTTP {status}" + (f" {reason}" if reason else "")
     if 200 <= status < 300:
         return Attempt.ok(status)
     if status == 429 or status >= 500:
         return Attempt(Outcome.RETRY, detail, parse_retry_after(retry_after), status)
+    if status == 410:
+        # The receiver says the endpoint no longer exists: retrying, or sending to the
+        # rest of the audience, only repeats the same answer.
+        gone = (
+            f"webhook endpoint {url or '(url)'} answered HTTP 410 Gone: the receiver says it "
+            "no longer exists; point spec.message.webhook.url at a live endpoint and start "
+            "a new run"
+        )
+        return Attempt(Outcome.GONE, gone, None, status)
     return Attempt(Outcome.FINAL, detail, None, status)
