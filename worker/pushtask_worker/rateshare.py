@@ -154,10 +154,6 @@ class RateShare:
 
     # -- joining and leaving ------------------------------------------------------------
 
-    @property
-    def joined(self) -> bool:
-        return self.at_join is not None
-
     async def join(self) -> None:
         """Register as a sender (a no-op when registered); sends wait for the barrier."""
         if self._loop is not None and not self._loop.done():
