@@ -12,15 +12,8 @@ the requests that queued meanwhile as a burst that no sender made.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import subprocess
-import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,48 +27,13 @@ from tests.e2e.test_operator_e2e import (
     wait_for,
 )
 from tests.support.persecond import per_second, worst_window
+from tests.support.sinkprocess import sink_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 # The issue's own measurement by hand: PUSHTASK_RATE_E2E_RATE=500 PUSHTASK_RATE_E2E_SECONDS=60
 # (30,000 recipients).
 RATE = float(os.environ.get("PUSHTASK_RATE_E2E_RATE", "300"))
 SECONDS = float(os.environ.get("PUSHTASK_RATE_E2E_SECONDS", "12"))
-
-
-@dataclass
-class SinkProcess:
-    url: str
-    record: Path
-
-    def requests(self) -> list[dict[str, object]]:
-        lines = self.record.read_text().splitlines() if self.record.exists() else []
-        return [json.loads(line) for line in lines if line.endswith("}")]
-
-    def arrivals(self) -> list[float]:
-        return [float(str(r["t"])) for r in self.requests() if r["status"] == 200]
-
-    def assert_each_once(self, audience: list[str]) -> None:
-        got = Counter(str(r["user"]) for r in self.requests() if r["status"] == 200)
-        assert set(got) == set(audience), f"{len(set(audience) - set(got))} never delivered"
-        assert max(got.values()) == 1, [u for u, n in got.items() if n > 1][:10]
-
-
-@contextlib.contextmanager
-def sink_process(tmp_path: Path) -> Iterator[SinkProcess]:
-    ready, record = tmp_path / "sink.url", tmp_path / "sink.jsonl"
-    args = [sys.executable, "-m", "tests.support.sink", "--host", SINK_HOST]
-    args += ["--record", str(record), "--ready-file", str(ready)]
-    # Ahead of the workers for the CPU: stalls of the receiver are not the senders' bursts.
-    proc = subprocess.Popen(["nice", "-n", "-10", *args], cwd=Path(__file__).parents[2])
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "sink did not start"
-            time.sleep(0.05)
-        yield SinkProcess(ready.read_text().strip(), record)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def check_seconds(label: str, times: list[float], *, used: bool = True) -> list[int]:
@@ -97,7 +55,7 @@ def test_the_rate_holds_every_second_from_the_first_send(
     env: Env, tmp_path: Path, workers: int
 ) -> None:
     audience = users(int(RATE * SECONDS), "r")
-    with sink_process(tmp_path) as sink:
+    with sink_process(tmp_path, SINK_HOST) as sink:
         task = push_task("rated", sink.url, [], workers=workers, rate=RATE)
         task["spec"]["audience"] = configmap_audience(env, tmp_path, "rated", audience)
         env.apply(task)
@@ -108,7 +66,7 @@ def test_the_rate_holds_every_second_from_the_first_send(
 
 def test_the_rate_holds_across_a_resume_and_a_scale_up(env: Env, tmp_path: Path) -> None:
     audience = users(int(RATE * 30), "s")
-    with sink_process(tmp_path) as sink:
+    with sink_process(tmp_path, SINK_HOST) as sink:
         task = push_task("resumed", sink.url, [], workers=3, rate=RATE)
         task["spec"]["audience"] = configmap_audience(env, tmp_path, "resumed", audience)
         env.apply(task)
