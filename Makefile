@@ -6,7 +6,7 @@ PYTEST := $(VENV)/bin/pytest
 export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test unit integration e2e lint crds chart-crds up down status demo bench e2e-kind kind-images clean
+.PHONY: setup test unit integration e2e lint crds chart-crds up down status demo bench e2e-kind kind-images screenshots clean
 
 # The Python environment (pip's cache lives in ~/.cache, so a second machine setup is quick).
 $(VENV)/.installed: pyproject.toml
@@ -33,6 +33,11 @@ e2e: setup
 	$(PY) -m devstack build
 	$(PY) -m devstack.kstatus
 	$(PYTEST) -m e2e tests -p no:cacheprovider
+
+## screenshots: the console's pictures in docs/, taken by its browser e2e test on devstack
+screenshots: setup
+	$(PY) -m devstack build
+	PUSHTASK_SCREENSHOTS=docs $(PYTEST) tests/e2e/test_console_e2e.py -p no:cacheprovider
 
 lint: setup
 	$(VENV)/bin/ruff check .
