@@ -105,23 +105,14 @@ def offset_in_range(value: datetime) -> bool:
 # ESC in an id or a header would corrupt whatever line-based output they reach.
 CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f"  # regex escapes: Python, Rust and RE2 read them alike
 NO_CONTROL_PATTERN = f"^[^{CONTROL_CHARS}]*$"
-_CONTROL_RE = re.compile(f"[{CONTROL_CHARS}]")
 
 # RFC 9110 field names are tokens; values may hold tabs but no other control character
 # (CR or LF would end the header line and smuggle another one in).
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 HEADER_VALUE_PATTERN = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
 _HEADER_NAME_RE = re.compile(HEADER_NAME_PATTERN)
-_HEADER_VALUE_RE = re.compile(HEADER_VALUE_PATTERN)
-
-
-def has_control_chars(text: str) -> bool:
-    return _CONTROL_RE.search(text) is not None
 
 
 def is_header_name(name: str) -> bool:
     return _HEADER_NAME_RE.match(name) is not None
 
-
-def is_header_value(value: str) -> bool:
-    return _HEADER_VALUE_RE.match(value) is not None

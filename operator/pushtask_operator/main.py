@@ -165,9 +165,8 @@ async def selftest(uri: str) -> int:
 
 
 def _quiet_routine(record: logging.LogRecord) -> bool:
-    """Drop kopf's "succeeded" line of every timer tick and probe: one per task per second."""
-    message = record.getMessage()
-    routine = message.startswith(("Timer 'progress' succeeded", "Activity 'tasks' succeeded"))
+    """Drop kopf's "succeeded" line of every liveness probe: one every few seconds."""
+    routine = record.getMessage().startswith("Activity 'tasks' succeeded")
     return not (routine and record.levelno <= logging.INFO)
 
 
@@ -198,8 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pymongo").setLevel(logging.WARNING)
     # Liveness probes every few seconds: not news.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    for name in ("kopf.objects", "kopf.activities.probe"):
-        logging.getLogger(name).addFilter(_quiet_routine)
+    logging.getLogger("kopf.activities.probe").addFilter(_quiet_routine)
     if args.command == "selftest":
         uri = os.environ.get("PUSHTASK_MONGO_URI")
         if not uri:

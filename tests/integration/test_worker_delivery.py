@@ -139,7 +139,6 @@ def test_rate_holds_at_every_second_as_workers_join(
     for name in (
         'pushtask_worker_recipients_total{result="sent"',
         "pushtask_worker_send_seconds_bucket",
-        "pushtask_worker_queue_depth",
         "pushtask_worker_lease_claims_total",
         "pushtask_worker_rate_limit",
     ):

@@ -15,9 +15,6 @@ SEND_LATENCY = Histogram(
     ["task", "channel"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-QUEUE_DEPTH = Gauge(
-    "pushtask_worker_queue_depth", "Recipients taken from the store and not yet sent", ["task"]
-)
 LEASE_CLAIMS = Counter("pushtask_worker_lease_claims_total", "Splits claimed", ["task", "kind"])
 LEASE_LOSSES = Counter(
     "pushtask_worker_lease_losses_total", "Leases lost to another worker", ["task"]

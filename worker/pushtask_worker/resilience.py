@@ -73,10 +73,6 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-class CircuitOpen(Exception):
-    pass
-
-
 class CircuitBreaker:
     """closed → (``threshold`` consecutive failures) → open for ``cooldown`` → half-open.
 
@@ -154,7 +150,6 @@ class StoreGuard:
         self.backoff = backoff or Backoff(initial=0.2, maximum=5.0)
         self.stopping = stopping
         self.give_up_after = give_up_after
-        self.outage_seconds = 0.0  # total time spent waiting for the store (for logs/metrics)
 
     async def call(self, fn: Callable[[], Awaitable[T]], what: str = "store call") -> T:
         attempt = 0
@@ -187,7 +182,6 @@ class StoreGuard:
                     delay,
                     extra={"event": "store_retry", "attempt": attempt, "op": what},
                 )
-                self.outage_seconds += delay
                 await asyncio.sleep(delay)
                 continue
             metrics.STORE_LATENCY.labels(what).observe(time.monotonic() - t0)
