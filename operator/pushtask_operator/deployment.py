@@ -188,7 +188,7 @@ def _env(run_id: str, spec: Mapping[str, Any], settings: OperatorSettings) -> li
         {"name": r.env, "valueFrom": {"secretKeyRef": {"name": r.secret, "key": r.key}}}
         for r in secret_key_refs(spec)
     ]
-    return [
+    fixed: list[dict[str, Any]] = [
         {
             "name": "PUSHTASK_MONGO_URI",
             "valueFrom": {
@@ -210,6 +210,11 @@ def _env(run_id: str, spec: Mapping[str, Any], settings: OperatorSettings) -> li
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *secrets,
     ]
+    taken = {e["name"] for e in fixed}
+    extra = [
+        {"name": k, "value": v} for k, v in sorted(settings.worker_env.items()) if k not in taken
+    ]
+    return fixed + extra
 
 
 def _num(value: float) -> str:

@@ -55,6 +55,9 @@ class OperatorSettings:
     # Extra labels/annotations for worker pods (e.g. a service mesh opt-out).
     worker_pod_labels: Mapping[str, str] = field(default_factory=dict)
     worker_pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    # More environment for every worker (a proxy, a log level); the operator's own
+    # variables (the store, the run, the pod's identity) cannot be replaced by these.
+    worker_env: Mapping[str, str] = field(default_factory=dict)
     # Operator-wide sends per second shared by every running task; 0 = no global budget.
     send_budget: float = 0.0
     # Split the budget in proportion to spec.priority (else evenly) among tasks that want
@@ -199,6 +202,10 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         worker_pod_annotations=_mapping(
             "PUSHTASK_WORKER_POD_ANNOTATIONS", env.get("PUSHTASK_WORKER_POD_ANNOTATIONS", "")
         ),
+        worker_env={
+            str(k): str(v)
+            for k, v in _mapping("PUSHTASK_WORKER_ENV", env.get("PUSHTASK_WORKER_ENV", "")).items()
+        },
         send_budget=_number(env, "PUSHTASK_SEND_BUDGET", 0.0),
         fair_share_by_priority=env.get("PUSHTASK_FAIR_SHARE_BY_PRIORITY", "").lower()
         in ("1", "true", "yes"),

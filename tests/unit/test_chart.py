@@ -286,10 +286,13 @@ def test_operator_settings_reach_the_environment(helm: Path) -> None:
         "runRetention=7",
         "--set",
         "operator.peering.enabled=false",
+        "--set",
+        "worker.env.HTTPS_PROXY=http://proxy:3128",
     )
     (c,) = operator_deployment(docs)["spec"]["template"]["spec"]["containers"]
     env = env_of(c)
     assert env["PUSHTASK_SEND_BUDGET"] == "500"
+    assert env["PUSHTASK_WORKER_ENV"] == '{"HTTPS_PROXY":"http://proxy:3128"}'
     assert env["PUSHTASK_DEGRADED_TIERS"] == '{"low":"graceful"}'
     assert env["PUSHTASK_LEASE_SECONDS"] == "20"
     assert env["PUSHTASK_RUN_RETENTION"] == "7"
@@ -318,6 +321,7 @@ def test_operator_settings_reach_the_environment(helm: Path) -> None:
         ([*URI, "--set", "operator.replicas=2"], "replicas"),
         (["--set", "mongodb.uri=postgres://x"], "/mongodb/uri"),
         ([*URI, "--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        ([*URI, "--set", "worker.env.bad-name=x"], "invalid propertyName 'bad-name'"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(helm: Path, values: list[str], message: str) -> None:

@@ -1,3 +1,4 @@
+import dataclasses
 from typing import Any
 
 from pushtask_operator.deployment import (
@@ -75,6 +76,19 @@ def test_environment_of_the_worker() -> None:
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["PUSHTASK_METRICS_PORT"] == "9100"
     assert env["PUSHTASK_LEASE_SECONDS"] == "20"
+
+
+def test_more_environment_from_the_settings_never_replaces_the_operators() -> None:
+    settings = dataclasses.replace(
+        SETTINGS,
+        worker_env={"HTTPS_PROXY": "http://proxy:3128", "PUSHTASK_RUN_ID": "someone-else"},
+    )
+    dep = build_worker_deployment(META, SPEC, RUN_ID, settings, replicas=1)
+    names = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert len(names) == len(set(names))  # one entry a name: no "last one wins" guessing
+    env = env_of(dep)
+    assert env["HTTPS_PROXY"] == "http://proxy:3128"
+    assert env["PUSHTASK_RUN_ID"] == RUN_ID
 
 
 def test_container_runs_console_script_with_settings_resources() -> None:

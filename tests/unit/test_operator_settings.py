@@ -20,8 +20,10 @@ def test_values_from_environment() -> None:
             "PUSHTASK_WORKER_RESOURCES": '{"limits": {"memory": "1Gi"}}',
             "PUSHTASK_LEASE_SECONDS": "12",
             "PUSHTASK_RUN_RETENTION": "5",
+            "PUSHTASK_WORKER_ENV": '{"HTTPS_PROXY": "http://proxy:3128", "PUSHTASK_LOG_LEVEL": 1}',
         }
     )
+    assert s.worker_env == {"HTTPS_PROXY": "http://proxy:3128", "PUSHTASK_LOG_LEVEL": "1"}
     assert s.run_retention == 5
     assert from_env({}).run_retention == 3
     assert s.namespaces == ("a", "b", "c") and not s.cluster_wide
