@@ -53,6 +53,10 @@ class StackSession:
             self._registered = True
         self.stack.up([group])
 
+    def others(self) -> bool:
+        """Another live test session uses this stack (its namespaces are its own)."""
+        return bool(self._other_users())
+
     def _other_users(self) -> list[int]:
         others = []
         for entry in self._users.glob("*"):
@@ -189,10 +193,42 @@ def helm(kubeconfig: Path) -> Helm:
 
 
 @pytest.fixture(scope="session")
-def k8s_api(kubeconfig: Path) -> Any:
+def k8s_api(kubeconfig: Path, devstack_session: StackSession) -> Any:
     from kubernetes import config
 
-    return config.new_client_from_config(config_file=str(kubeconfig))
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    if not os.environ.get("PUSHTASK_E2E_KUBECONFIG") and not devstack_session.others():
+        clear_leftovers(api)
+    return api
+
+
+def clear_leftovers(api: Any) -> None:
+    """Delete the test namespaces an interrupted session left (a killed test run leaves
+    its operators running against MongoDB databases that are gone: they restart in a loop
+    and take CPU from the timing-sensitive tests). Their PushTasks lose their finalizers
+    first: the operator that would take them off goes with the namespace."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    namespaces: list[Any] = core.list_namespace(label_selector="pushtask-test=1").items
+    for ns in namespaces:
+        name: str = ns.metadata.name
+        try:
+            listed: Any = custom.list_namespaced_custom_object(
+                "pushtask.dev", "v1alpha1", name, "pushtasks"
+            )
+            tasks: list[dict[str, Any]] = listed["items"]
+        except ApiException:
+            tasks = []  # no CRD yet
+        for task in tasks:
+            if task["metadata"].get("finalizers"):
+                custom.patch_namespaced_custom_object(
+                    "pushtask.dev", "v1alpha1", name, "pushtasks",
+                    task["metadata"]["name"], {"metadata": {"finalizers": None}},
+                )  # fmt: skip
+        if ns.metadata.deletion_timestamp is None:
+            core.delete_namespace(name, propagation_policy="Background")
 
 
 def _namespace_name(nodeid: str) -> str:
