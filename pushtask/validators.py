@@ -115,4 +115,3 @@ _HEADER_NAME_RE = re.compile(HEADER_NAME_PATTERN)
 
 def is_header_name(name: str) -> bool:
     return _HEADER_NAME_RE.match(name) is not None
-
