@@ -12,8 +12,8 @@ if ! command -v redis-server >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
 fi
 
-if ! "$venv/bin/python" -c 'import celery, redis' 2>/dev/null; then
-  echo "[bench-setup] installing the bench extra (celery[redis]) into $venv"
+if ! "$venv/bin/python" -c 'import celery, redis, matplotlib' 2>/dev/null; then
+  echo "[bench-setup] installing the bench extra (celery[redis], matplotlib) into $venv"
   "$venv/bin/python" -m pip install -q -e '.[bench]'
 fi
 echo "[bench-setup] redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2)," \

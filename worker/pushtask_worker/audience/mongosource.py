@@ -1,10 +1,10 @@
 """A MongoDB query over a users collection, cut into ranges of its id field.
 
-The first worker to claim the source counts the matches and finds range boundaries
-(every ``range_size``-th id in id order); each range becomes an audience split that any
+The first worker to claim the source reads the matching ids once, in id order, and keeps
+every ``range_size``-th as a boundary; each range becomes an audience split that any
 worker reads with ``{filter, id: {$gte: lo, $lt: hi}}`` sorted by id. The checkpoint is
-the last id read, so a reclaimer resumes with ``$gt``. Only find, sort, skip, limit and
-count: served by MongoDB and FerretDB alike.
+the last id read, so a reclaimer resumes with ``$gt``. Only find and sort: served by
+MongoDB, FerretDB and mongo-java-server alike.
 
 Defence in depth: the filter and projection are checked against the allow-list of
 `pushtask.mongoquery` here too, before anything is sent to the database, so a run
