@@ -38,8 +38,11 @@ def plugin_env(kubectl: Kubectl, extra: dict[str, str] | None = None) -> dict[st
     # The console script sits beside the interpreter of this environment.
     plugin = shutil.which("kubectl-push", path=str(Path(sys.executable).parent))
     assert plugin, "the kubectl-push console script is not installed"
+    # Not the caller's PUSHTASK_MONGO_URI (a shell after `devstack env` has one): the tests
+    # that mean one pass it in `extra`.
+    inherited = {k: v for k, v in os.environ.items() if k != "PUSHTASK_MONGO_URI"}
     return {
-        **os.environ,
+        **inherited,
         "KUBECONFIG": str(kubectl.kubeconfig),
         "PATH": f"{Path(plugin).parent}{os.pathsep}{os.environ['PATH']}",
         **(extra or {}),
