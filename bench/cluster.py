@@ -55,15 +55,28 @@ def operator_pod(env: dict[str, str], namespace: str) -> str:
               "-o=jsonpath={.items[0].metadata.name}", env=env).strip()  # fmt: skip
 
 
+def environ(pid: int) -> list[bytes]:
+    """A local process's environment as NAME=value entries ([] once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def local_pids(marker: str) -> list[int]:
     """The processes whose environment holds `marker` (devstack runs pods as processes)."""
     want = marker.encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if want in (proc / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
+    pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [pid for pid in pids if want in environ(pid)]
+
+
+def memory_mib(pid: int, field: str) -> float | None:
+    """A /proc/PID/status memory line in MiB (VmRSS: now, VmHWM: the peak); None once the
+    process has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

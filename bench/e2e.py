@@ -156,23 +156,6 @@ def manifest(name: str, url: str, workers: int) -> dict[str, Any]:
 # -- what the processes used -----------------------------------------------------------
 
 
-def _environ(pid: str) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
-def _peak_rss_mib(pid: str) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 class RssWatch:
     """Peak RSS of the processes whose environment holds one of `markers` (sampled: a
     process's VmHWM is its own peak, read before it exits)."""
@@ -185,9 +168,12 @@ class RssWatch:
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
-            environ = _environ(proc.name)
+            environ = cluster.environ(int(proc.name))
             for marker, raw in zip(markers, wanted, strict=True):
-                if raw in environ and (mib := _peak_rss_mib(proc.name)) is not None:
+                if (
+                    raw in environ
+                    and (mib := cluster.memory_mib(int(proc.name), "VmHWM")) is not None
+                ):
                     seen = self.peaks.setdefault(marker, {})
                     seen[proc.name] = max(seen.get(proc.name, 0.0), mib)
 

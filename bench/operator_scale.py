@@ -42,13 +42,13 @@ from pymongo import MongoClient  # noqa: E402
 
 from bench import cluster  # noqa: E402
 from bench.cluster import RESOURCE, sh  # noqa: E402
+from bench.worker import proc_cpu  # noqa: E402
 from devstack.demo import devstack_env  # noqa: E402
 from tests.support.sinkprocess import sink_process  # noqa: E402
 
 NAMESPACE = "pushtask-scale"
 RELEASE = "scale"
 SYSTEM_DB = "pushtask_scale"
-CLK_TCK = 100.0
 
 
 @dataclass
@@ -109,15 +109,13 @@ def operator_pid(env: dict[str, str]) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    if (used := proc_cpu(pid)) is None:
+        raise RuntimeError(f"the operator's process {pid} has gone")
+    return used
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return cluster.memory_mib(pid, "VmRSS") or 0.0
 
 
 def measure(name: str, tasks: int, pid: int, window: float) -> State:
