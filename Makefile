@@ -15,13 +15,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## test: every test (unit, integration on the MongoDB-wire servers, e2e on devstack) and lint
+## test: every test (unit, integration on the MongoDB-wire servers, e2e on devstack, then
+## the kind suite on a real node: docs/kind.md) and lint
 test: setup lint
 	$(PY) -m devstack build
 	$(PY) -m devstack.linttools   # promtool, kube-score: the chart's checkers (cached)
 	$(PY) -m devstack.kstatus     # kstatus and Flux's evaluator for the GitOps e2e (cached)
 	bash scripts/bench-setup.sh $(VENV)   # the Celery baseline of the bench smoke test
-	$(PYTEST) tests -p no:cacheprovider
+	$(PYTEST) tests --ignore=tests/kind -p no:cacheprovider --durations=25
+	bash scripts/e2e-kind.sh      # after the devstack suite: its image builds never load its timing tests
 
 unit: setup
 	$(PYTEST) tests/unit -p no:cacheprovider
@@ -83,10 +85,7 @@ e2e-kind: setup
 
 ## kind-images: only build (or find cached) the offline node, product and MongoDB images
 kind-images: setup
-	bash scripts/kind/docker.sh ensure
-	bash scripts/kind/build-node.sh
-	bash scripts/kind/build-mongo.sh
-	KIND_IMAGES=offline bash scripts/kind/build-image.sh
+	bash scripts/kind/build-all.sh
 
 clean:
 	-$(PY) -m devstack down

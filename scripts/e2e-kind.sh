@@ -59,6 +59,7 @@ if [ "$MODE" = auto ]; then
 fi
 log "images: $MODE"
 if [ "$MODE" = offline ]; then
+  [ -n "${KIND_NODE_IMAGE:-}" ] || bash scripts/kind/build-all.sh
   NODE=${KIND_NODE_IMAGE:-$(bash scripts/kind/build-node.sh)}
   MONGO=$(bash scripts/kind/build-mongo.sh)
   # Docker here cannot start --privileged containers (docs/kind.md): kind gets the docker
@@ -127,4 +128,13 @@ PUSHTASK_KIND_CLUSTER=$CLUSTER PUSHTASK_KIND_NODE=$CLUSTER-control-plane \
   "$PY" -m pytest "${KIND_SUITE:-tests/kind}" -p no:cacheprovider -v ${PYTEST_ARGS:-} || rc=$?
 log "suite finished in $(took "$t1")s (rc=$rc); all of e2e-kind $(took "$T0")s"
 kubectl get nodes,pods -A -o wide | tee "$STATE/last-run.txt"
+# A container that restarted during the run: what it said before it ended goes beside.
+kubectl get pods -A -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name} {range .status.containerStatuses[*]}{.name}={.restartCount} {end}{"\n"}{end}' \
+  | while read -r ns pod containers; do
+      for c in $containers; do
+        [ "${c#*=}" = 0 ] && continue
+        echo "--- $ns/$pod ${c%=*}: restarted ${c#*=}x; its previous container's last lines:"
+        kubectl -n "$ns" logs "$pod" -c "${c%=*}" --previous --tail=40 2>&1 || true
+      done
+    done | tee -a "$STATE/last-run.txt" || true
 exit $rc

@@ -28,8 +28,7 @@ if [ "$MODE" = stock ]; then
 fi
 
 # --- the base: Debian's Python 3.11 ------------------------------------------------------
-# python3-venv: the Dockerfile makes a virtualenv (ensurepip's bundled pip comes with it).
-BASE_PACKAGES=python3,python3-venv,ca-certificates,tzdata
+BASE_PACKAGES=$PYTHON_PACKAGES
 # Keyed by what is in it (not by this script): a new base invalidates Docker's layer cache.
 BASE_KEY=$(key "$BASE_PACKAGES" "$DEBIAN_SUITE" "${DEBIAN_MIRRORS[@]}")
 BASE_IMAGE=pushtask.local/python:3.11-$DEBIAN_SUITE-$BASE_KEY

@@ -9,7 +9,6 @@ T0=$(now)
 
 jmod=$(cd "$ROOT" && PYTHONPATH=$ROOT "$PY" "$HERE/gobuild.py" mongo-java-server | cut -d' ' -f2)
 home=$(dirname "$(dirname "$jmod")")   # <cache>/mongo-java-server-<version>/{lib,classes}
-JRE_PACKAGES=openjdk-17-jre-headless
 K=$(key "$JRE_PACKAGES" "$MONGO_JAVA_SERVER_VERSION" "$0" "$HERE/mongo/mongod" "$ROOT/devstack/mongo_java/MongoWireServer.java")
 TAR=$KIND_CACHE/images/mongo-java-server-$K.tar
 if image_cached "$MONGO_IMAGE" "$TAR" \

@@ -30,7 +30,7 @@ KIND_SRC=$(cd "$ROOT" && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -jso
 
 # Everything that shapes the node: a change to any of it makes a new image.
 NODE_KEY=$(key "$KUBE_VERSION" "$ETCD_TAG" "$COREDNS_VERSION" "$PAUSE_TAG" "$KIND_VERSION" \
-  "$DEBIAN_SUITE" "${DEBIAN_MIRRORS[@]}" "$0" "$HERE/node/pushtask-node-entrypoint" \
+  "$DEBIAN_SUITE" "${DEBIAN_MIRRORS[@]}" "$0" "$HERE/gobuild.py" "$HERE/node/pushtask-node-entrypoint" \
   "$HERE/node/10-bridge.conflist" "$HERE/node/default-cni.yaml" "$HERE/node/iptables-wrapper")
 NODE_TAR=$KIND_CACHE/images/node-$KUBE_VERSION-$NODE_KEY.tar
 if image_cached "$NODE_IMAGE" "$NODE_TAR" \
@@ -75,7 +75,7 @@ static_image "$REG/coredns/coredns:$COREDNS_VERSION" "${BIN[coredns]}" '["/usr/l
 static_image "$REG/pause:$PAUSE_TAG" "${BIN[pause]}" '["/usr/local/bin/pause"]'
 # kube-proxy programs iptables: its image is a Debian root filesystem with iptables and
 # conntrack plus the binary, and a wrapper that picks the node's iptables flavour.
-proxy_rootfs=$(rootfs kube-proxy iptables,conntrack,ipset,kmod)
+proxy_rootfs=$(rootfs kube-proxy "$PROXY_PACKAGES")
 proxy_base=pushtask.local/kube-proxy-rootfs:$(basename "$proxy_rootfs" .tar)
 docker image inspect "$proxy_base" >/dev/null 2>&1 || docker import "$proxy_rootfs" "$proxy_base" >/dev/null
 mkdir -p "$WORK/proxy"
@@ -98,10 +98,6 @@ docker save -o "$WORK/ctx-images.tar" "${PRELOAD[@]}"
 log "component images made in $(took "$t1")s"
 
 # --- 3. the node root filesystem and kind's files ---------------------------------------------
-# kind's base image package list (images/base/Dockerfile) minus the storage clients
-# (nfs, iSCSI) and fuse-overlayfs (rootless only); plus Debian's containerd, runc and CNI
-# plugins, which kind builds from source instead.
-NODE_PACKAGES=systemd,systemd-sysv,dbus,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,bash,ca-certificates,curl,jq,procps,containerd,runc,containernetworking-plugins,socat
 node_rootfs=$(rootfs node "$NODE_PACKAGES")
 t1=$(now)
 base=pushtask.local/kind-node-rootfs:$(basename "$node_rootfs" .tar)

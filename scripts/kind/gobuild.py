@@ -14,6 +14,7 @@ packages the apiserver build already compiled.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -30,9 +31,27 @@ KUBE_TOOLS = ("kubelet", "kubeadm", "kube-proxy")
 COREDNS_VERSION = "v1.14.6"
 PAUSE_VERSION = "3.10.2"
 KIND_VERSION = "v0.33.0"
+# The CoreDNS plugins a cluster's Corefile uses (kubeadm's, kind's, and the common
+# additions), in the order of CoreDNS's core/dnsserver/zdirectives.go. Leaving out the
+# cloud DNS back ends (AWS, Azure, Google), etcd, tracing, dnstap and the rest cuts the
+# cold build: measured with warm modules and an empty build cache, 153 s for the whole
+# CoreDNS against 105 s for this set, and far fewer modules to download.
+COREDNS_PLUGINS = (
+    "root", "metadata", "cancel", "timeouts", "reload", "bufsize", "bind", "debug",
+    "ready", "health", "pprof", "prometheus", "errors", "log", "local", "any", "chaos",
+    "loadbalance", "cache", "rewrite", "acl", "header", "minimal", "template", "hosts",
+    "k8s_external", "kubernetes", "file", "auto", "loop", "forward", "whoami",
+)  # fmt: skip
+
+
+def _plugin_set_key() -> str:
+    return hashlib.sha256(" ".join(COREDNS_PLUGINS).encode()).hexdigest()[:8]
+
+
 VERSIONS = {
     **{t: versions.KUBERNETES_VERSION for t in KUBE_TOOLS},
-    "coredns": COREDNS_VERSION,
+    # The plugin set is part of CoreDNS's cache key: a changed set is a new binary.
+    "coredns": f"{COREDNS_VERSION}-{_plugin_set_key()}",
     "kind": KIND_VERSION,
     "pause": PAUSE_VERSION,
 }
@@ -77,6 +96,22 @@ def _go_build(
         log,
     )
     tmp.replace(out)  # atomic: a half-written binary never looks built
+
+
+def _coredns_main() -> str:
+    """CoreDNS's documented way to choose plugins at compile time: a main of our own."""
+    # The `prometheus` directive is registered by the plugin package named `metrics`.
+    pkgs = sorted("metrics" if p == "prometheus" else p for p in COREDNS_PLUGINS)
+    imports = "\n".join(f'\t_ "github.com/coredns/coredns/plugin/{p}"' for p in pkgs)
+    directives = ", ".join(f'"{p}"' for p in COREDNS_PLUGINS)
+    return (
+        "package main\n\nimport (\n"
+        '\t"github.com/coredns/coredns/core/dnsserver"\n'
+        '\t"github.com/coredns/coredns/coremain"\n\n'
+        f"{imports}\n)\n\n"
+        f"func init() {{ dnsserver.Directives = []string{{{directives}}} }}\n\n"
+        "func main() { coremain.Run() }\n"
+    )
 
 
 def _build(tool: str, out: Path, workdir: Path, log: Path) -> None:
@@ -133,9 +168,10 @@ def _build(tool: str, out: Path, workdir: Path, log: Path) -> None:
     elif tool == "coredns":
         mod = "github.com/coredns/coredns"
         _wrapper(workdir, f"{mod} {COREDNS_VERSION}")
+        (workdir / "main.go").write_text(_coredns_main())
         _run([go, "get", f"{mod}@{COREDNS_VERSION}"], workdir, env, log)
         _go_build(
-            go, workdir, mod, f"-s -w -X {mod}/coremain.GitCommit={COREDNS_VERSION}", out, env, log
+            go, workdir, ".", f"-s -w -X {mod}/coremain.GitCommit={COREDNS_VERSION}", out, env, log
         )
     elif tool == "kind":
         mod = "sigs.k8s.io/kind"

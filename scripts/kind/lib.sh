@@ -27,6 +27,16 @@ DEBIAN_MIRRORS=(
   "deb http://deb.debian.org/debian-security $DEBIAN_SUITE-security main"
 )
 
+# What each root filesystem holds. The node: kind's base image package list
+# (images/base/Dockerfile) minus the storage clients (nfs, iSCSI) and fuse-overlayfs
+# (rootless only), plus Debian's containerd, runc and CNI plugins, which kind builds from
+# source instead. kube-proxy programs iptables. The product's base is Debian's Python
+# (python3-venv: the Dockerfile makes a virtualenv). The MongoDB-wire server needs a JRE.
+NODE_PACKAGES=systemd,systemd-sysv,dbus,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,bash,ca-certificates,curl,jq,procps,containerd,runc,containernetworking-plugins,socat
+PROXY_PACKAGES=iptables,conntrack,ipset,kmod
+PYTHON_PACKAGES=python3,python3-venv,ca-certificates,tzdata
+JRE_PACKAGES=openjdk-17-jre-headless
+
 # Image names. The node image carries the Kubernetes version like kindest/node does.
 NODE_IMAGE=pushtask.local/kind-node:$KUBE_VERSION
 PRODUCT_IMAGE=${IMAGE:-pushtask:e2e}
@@ -68,6 +78,12 @@ save_image() {
   done
 }
 
+need_mmdebstrap() {
+  command -v mmdebstrap >/dev/null && return 0
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq mmdebstrap >&2
+}
+
 # rootfs NAME PACKAGES: a Debian root filesystem tarball, built once per package list.
 # mmdebstrap needs no chroot tricks and writes the tarball directly (about a minute).
 rootfs() {
@@ -76,10 +92,7 @@ rootfs() {
   k=$(key "$DEBIAN_SUITE" "$variant" "$packages" "${DEBIAN_MIRRORS[@]}")
   out=$KIND_CACHE/rootfs/$name-$DEBIAN_SUITE-$k.tar
   if [ ! -f "$out" ]; then
-    command -v mmdebstrap >/dev/null || {
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq mmdebstrap >&2
-    }
+    need_mmdebstrap
     mkdir -p "$(dirname "$out")"
     local t0; t0=$(now)
     log "building the $name root filesystem ($DEBIAN_SUITE: $packages)"
@@ -94,4 +107,18 @@ rootfs() {
     log "built the $name root filesystem in $(took "$t0")s"
   fi
   echo "$out"
+}
+
+# all_rootfs: the four root filesystems, built side by side. Each is mostly downloads and
+# dpkg unpacking, so on a cold machine they run while the Go builds take the CPU
+# (scripts/kind/build-all.sh); a cached one returns at once.
+all_rootfs() {
+  need_mmdebstrap
+  local pids=() rc=0 pid
+  rootfs node "$NODE_PACKAGES" >/dev/null & pids+=($!)
+  rootfs kube-proxy "$PROXY_PACKAGES" >/dev/null & pids+=($!)
+  rootfs python "$PYTHON_PACKAGES" >/dev/null & pids+=($!)
+  rootfs jre "$JRE_PACKAGES" >/dev/null & pids+=($!)
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  return $rc
 }
