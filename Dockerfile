@@ -27,11 +27,12 @@ COPY pushtask ./pushtask
 COPY operator ./operator
 COPY worker ./worker
 COPY console ./console
+COPY client ./client
 # devstack/ (the local test cluster) is not copied: the image holds only the product.
 RUN if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi \
  && /opt/pushtask/bin/pip install "$@" --no-deps . \
  && /opt/pushtask/bin/pip uninstall -y -q pip \
- && /opt/pushtask/bin/python -c "import pushtask_operator, pushtask_worker, pushtask_console"
+ && /opt/pushtask/bin/python -c "import pushtask_operator, pushtask_worker, pushtask_console, pushtask_client"
 
 FROM ${BASE}
 LABEL org.opencontainers.image.title="pushtask" \

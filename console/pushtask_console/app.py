@@ -1,5 +1,5 @@
 """The console's HTTP API and page. Handlers stay thin: the cluster through
-pushtask.taskapi.Cluster (synchronous: called in a thread), the ledger through
+pushtask_client.taskapi.Cluster (synchronous: called in a thread), the ledger through
 pushtask.store.Store, what to show from views.py.
 
     GET  /                                   the page (static/)
@@ -26,10 +26,10 @@ from typing import Any
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
-from pushtask import actions
 from pushtask.planning import TaskRef, run_id_for
 from pushtask.store import Store
-from pushtask.taskapi import Cluster, ClusterError
+from pushtask_client import actions
+from pushtask_client.taskapi import Cluster, ClusterError
 from pushtask_console import views
 from pushtask_console.auth import Auth
 from pushtask_console.live import Live

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pushtask.taskapi import ClusterError
+from pushtask_client.taskapi import ClusterError
 from pushtask_console import views
 
 log = logging.getLogger("pushtask.console")

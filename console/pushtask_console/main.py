@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pushtask.taskapi import Cluster, ClusterError
+from pushtask_client.taskapi import Cluster, ClusterError
 from pushtask_console.app import Console, make_app
 from pushtask_console.auth import Auth
 

@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pushtask.actions import lookup_note, progress_line, run_over
 from pushtask.models import API_VERSION, KIND, PushTaskSpec, describe_errors
-from pushtask.taskapi import event_time
+from pushtask_client.actions import lookup_note, progress_line, run_over
+from pushtask_client.taskapi import event_time
 
 HISTORY_SECONDS = 600  # the rate chart's window
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pushtask.models import API_VERSION, GROUP, KIND
+from pushtask.naming import worker_deployment_name
 from pushtask_operator.settings import OperatorSettings
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -37,14 +38,6 @@ def label_value(text: str) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     head = re.sub(r"[^-A-Za-z0-9_.]", "-", text)[:52].strip("-_.")
     return f"{head}-{digest}" if head else digest
-
-
-def deployment_name(task_name: str) -> str:
-    # Pods get "<deployment>-<hash>-<suffix>": keep the whole name a valid DNS label chain.
-    name = f"{task_name}-worker"
-    if len(name) > 200:
-        name = f"{task_name[:189]}-{hashlib.sha256(task_name.encode()).hexdigest()[:10]}"
-    return name
 
 
 def selector_labels(task_name: str) -> dict[str, str]:
@@ -268,7 +261,7 @@ def build_worker_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": deployment_name(name),
+            "name": worker_deployment_name(name),
             "namespace": namespace,
             "labels": {**selector, "app.kubernetes.io/managed-by": "pushtask-operator"},
             "annotations": {RUN_ID_ANNOTATION: run_id},

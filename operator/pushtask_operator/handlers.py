@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 from pushtask import fairshare
 from pushtask import schedule as schedule_mod
 from pushtask.models import PushTaskSpec
+from pushtask.naming import worker_deployment_name
 from pushtask.planning import TaskRef, plan_run, run_id_for
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
@@ -36,7 +37,6 @@ from pushtask_operator.degrade import DegradeView
 from pushtask_operator.deployment import (
     RUN_ID_ANNOTATION,
     build_worker_deployment,
-    deployment_name,
     selector_string,
 )
 from pushtask_operator.kube import DeploymentRejected, Kube, KubeApiError
@@ -431,7 +431,7 @@ async def _reconcile(
     facts = await _run_facts(rt.store, run_id, running) if run_id else None
     if facts is not None and run_id is not None and running:
         await _judge_ended_run(rt.store, run_id, facts)
-    deployment = await rt.kube.read_deployment(namespace, deployment_name(name))
+    deployment = await rt.kube.read_deployment(namespace, worker_deployment_name(name))
     view = DeploymentView.from_status(deployment)
 
     progress: Progress | None = None

@@ -71,7 +71,7 @@ fi
 CTX=$(mktemp -d)
 trap 'rm -rf "$CTX"' EXIT
 cp "$ROOT/Dockerfile" "$ROOT/pyproject.toml" "$ROOT/README.md" "$CTX/"
-for d in pushtask operator worker console; do
+for d in pushtask operator worker console client; do
   # Sources only: the same things .dockerignore keeps out of a stock build stay out here.
   tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -cf - "$d" | tar -C "$CTX" -xf -
 done

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pushtask.actions import Refused, plan, run_over
+from pushtask_client.actions import Refused, plan, run_over
 
 
 def task(phase: str | None, state: str = "Started", **spec: Any) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def test_a_run_is_over_when_terminal_or_a_cron_task_waits_again() -> None:
 
 
 def test_what_a_lookup_says_instead_of_a_record() -> None:
-    from pushtask.actions import lookup_note
+    from pushtask_client.actions import lookup_note
 
     assert lookup_note(True, "delivery", 3) is None
     assert lookup_note(False, "done", 3) == "not in the audience of run 3"

@@ -333,7 +333,7 @@ def test_bad_values_fail_with_a_clear_message(helm: Path, values: list[str], mes
 # -- the web console (off by default) ------------------------------------------------------
 
 CONSOLE = ["--set", "console.enabled=true", "--set", "console.tokenSecret.name=console-token"]
-# Exactly what the console calls (pushtask/taskapi.py): read, act, create; Events to show.
+# Exactly what the console calls (pushtask_client/taskapi.py): read, act, create; Events.
 CONSOLE_RULES = grants(
     "pushtask.dev", ["pushtasks"], ["get", "list", "watch", "patch", "create"]
 ) | grants("", ["events"], ["get", "list", "watch"])

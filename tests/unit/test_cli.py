@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pushtask.actions import progress_line
-from pushtask.cli import (
+from pushtask_client.actions import progress_line
+from pushtask_client.cli import (
     DEFAULT_DATABASE,
     DEFAULT_TIERS,
     StoreSource,
@@ -33,7 +33,7 @@ from pushtask.cli import (
     watch_lines,
     with_database,
 )
-from pushtask.taskapi import api_message
+from pushtask_client.taskapi import api_message
 
 ROOT = Path(__file__).resolve().parents[2]
 

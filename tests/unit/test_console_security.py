@@ -15,7 +15,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from pushtask.taskapi import Cluster
+from pushtask_client.taskapi import Cluster
 from pushtask_console.app import STATIC, Console, make_app
 from pushtask_console.auth import Auth
 from pushtask_console.security import CSP

@@ -21,7 +21,13 @@ def test_the_wheel_holds_the_product_and_no_devstack(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("pushtask-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names if not n.startswith("pushtask-")}
-    assert tops == {"pushtask", "pushtask_operator", "pushtask_worker", "pushtask_console"}
+    assert tops == {
+        "pushtask",
+        "pushtask_operator",
+        "pushtask_worker",
+        "pushtask_console",
+        "pushtask_client",
+    }
     assert "pushtask_console/static/index.html" in names  # the console's page
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -1,9 +1,12 @@
 import dataclasses
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pushtask.naming import worker_deployment_name
 from pushtask_operator.deployment import (
     build_worker_deployment,
-    deployment_name,
     label_value,
     secret_key_refs,
     selector_string,
@@ -134,7 +137,7 @@ def test_long_names_fit_label_limits() -> None:
     value = label_value(long)
     assert len(value) <= 63 and value == label_value(long)
     assert label_value("b" * 63) == "b" * 63
-    assert len(deployment_name("x" * 253)) <= 200
+    assert len(worker_deployment_name("x" * 253)) <= 200
 
 
 def test_secrets_reach_workers_through_the_environment() -> None:
@@ -197,3 +200,29 @@ def test_mobile_credentials_reach_workers_through_the_environment() -> None:
     ]
     env = env_of(build_worker_deployment(META, apns, RUN_ID, SETTINGS, replicas=1))
     assert env["PUSHTASK_APNS_KEY"] == {"secretKeyRef": {"name": "apple", "key": "key.p8"}}
+
+
+def test_the_tools_look_up_the_deployment_the_operator_names(tmp_path: Path) -> None:
+    """`kubectl push recipient` reads the workers' MongoDB Secret through their Deployment:
+    for a long task name it must ask for the shortened name the operator gave it."""
+    from kubernetes.client.exceptions import ApiException
+
+    from pushtask_client.taskapi import Cluster, ClusterError
+    from tests.unit.test_console_security import kubeconfig_of_nothing
+
+    name = "n" * 240
+    built = build_worker_deployment(
+        {**META, "name": name}, SPEC, "r", OperatorSettings(), replicas=1, run=1
+    )
+    asked: list[str] = []
+
+    class Apps:  # records the name asked for; the API server's answer does not matter here
+        def read_namespaced_deployment(self, deployment: str, ns: str) -> None:
+            asked.append(deployment)
+            raise ApiException(status=404, reason="Not Found")
+
+    cluster = Cluster(kubeconfig_of_nothing(tmp_path))
+    cluster.apps = Apps()  # type: ignore[assignment]
+    with pytest.raises(ClusterError):
+        cluster.workers_mongo_uri("shop", name)
+    assert asked == [built["metadata"]["name"]] and len(asked[0]) == 200

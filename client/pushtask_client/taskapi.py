@@ -14,8 +14,9 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pushtask import actions
 from pushtask.models import GROUP, KIND, PLURAL, VERSION
+from pushtask.naming import worker_deployment_name
+from pushtask_client import actions
 
 RESOURCE = f"{PLURAL}.{GROUP}"
 CONFLICT_RETRIES = 5
@@ -151,7 +152,7 @@ class Cluster:
     def workers_mongo_uri(self, ns: str, name: str) -> tuple[str, str]:
         """The MongoDB URI the task's workers use and where it was read (`secret "x" key
         "uri"`): the Secret key their Deployment (which the operator owns) names."""
-        deployment = f"{name}-worker"
+        deployment = worker_deployment_name(name)
         fn = self.apps.read_namespaced_deployment
         got = self.call("get", f'deployment "{deployment}"', ns, lambda: fn(deployment, ns))
         ref = next(

@@ -35,11 +35,11 @@ from urllib.parse import unquote
 import yaml
 from pydantic import ValidationError
 
-from pushtask import actions
-from pushtask.actions import Refused, progress_line
 from pushtask.models import KIND, PushTaskSpec, describe_errors
 from pushtask.planning import TaskRef, run_id_for
-from pushtask.taskapi import MONGO_URI_ENV, Cluster, ClusterError, event_time
+from pushtask_client import actions
+from pushtask_client.actions import Refused, progress_line
+from pushtask_client.taskapi import MONGO_URI_ENV, Cluster, ClusterError, event_time
 
 COMMANDS = (
     "list", "get", "status", "pause", "resume", "stop", "restart", "scale",
