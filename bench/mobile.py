@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         fcm_env = {"PUSHTASK_FCM_SERVICE_ACCOUNT": f["service_account"]}
         apns_env = {"PUSHTASK_APNS_KEY": a["p8"], "PUSHTASK_APNS_CA_BUNDLE": a["ca"]}
         apns_settings = {
+            "keySecretRef": {"name": "apns"},  # the spec's; the key itself comes from env
             "keyId": a["key_id"],
             "teamId": a["team_id"],
             "topic": a["topic"],
@@ -231,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
             Mode(
                 FCM,
-                lambda: FcmChannel(ctx({"endpoint": f["endpoint"]}, fcm_env)),
+                lambda: FcmChannel(
+                    ctx(
+                        {"serviceAccountSecretRef": {"name": "fcm"}, "endpoint": f["endpoint"]},
+                        fcm_env,
+                    )
+                ),
                 lambda u: f"tok-{u}",
                 lambda: http_stats(f"{f['endpoint']}/_stats"),
             ),

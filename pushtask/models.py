@@ -478,29 +478,39 @@ class Webhook(ApiModel):
     )
 
 
-class Smtp(ApiModel):
-    """E-mail through an SMTP server."""
-
-    host: Name
-    """SMTP server host."""
-    port: int = Field(587, ge=1, le=65535)
-    """SMTP server port."""
-    starttls: bool = True
-    """Upgrade the connection with STARTTLS."""
-    credentials_secret_ref: SecretRef | None = None
-    """Secret with keys username and password; unset: no authentication."""
-    from_: Annotated[str, StringConstraints(min_length=3, max_length=320)] = Field(alias="from")
-    """Sender address."""
-    to_field: FieldName = "email"
-    """Recipient attribute holding the address."""
-
-
 class CaSecretRef(SecretRef):
     """A Secret key holding PEM CA certificates to trust beside the system's (a private
     gateway or a test server); unset: the system's trust store alone."""
 
     key: Name = "ca.crt"
     """Key in the Secret holding the PEM bundle."""
+
+
+class Smtp(ApiModel):
+    """E-mail through an SMTP server."""
+
+    host: Name
+    """SMTP server host."""
+    port: int | None = Field(None, ge=1, le=65535)
+    """SMTP server port; unset: 465 with tls, else 587."""
+    tls: bool = False
+    """Implicit TLS from the first byte (SMTPS, usually port 465) instead of STARTTLS."""
+    starttls: bool = True
+    """Upgrade the connection with STARTTLS (ignored with tls)."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret with keys username and password; unset: no authentication."""
+    from_: Annotated[str, StringConstraints(min_length=3, max_length=320)] = Field(alias="from")
+    """Sender address."""
+    to_field: FieldName = "email"
+    """Recipient attribute holding the address."""
+    timeout_seconds: float = Field(30, gt=0, le=300)
+    """Per-command timeout."""
+    ca_secret_ref: CaSecretRef | None = None
+    """Extra CA certificates to trust (a relay with a private CA, a test server)."""
+
+    @property
+    def server_port(self) -> int:
+        return self.port or (465 if self.tls else 587)
 
 
 class ServiceAccountSecretRef(SecretRef):

@@ -88,9 +88,9 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
 
     Workers never read Secrets from the API: the kubelet puts them in the environment,
     where the channels find them (`PUSHTASK_WEBHOOK_SECRET`, `PUSHTASK_WEBHOOK_SECRET_PREVIOUS`
-    in a key rotation, `PUSHTASK_SMTP_USERNAME`,
-    `PUSHTASK_SMTP_PASSWORD`, `PUSHTASK_FCM_SERVICE_ACCOUNT`, `PUSHTASK_APNS_KEY`,
-    `PUSHTASK_FCM_CA_BUNDLE`, `PUSHTASK_APNS_CA_BUNDLE`) and the MongoDB sources their URIs
+    in a key rotation, `PUSHTASK_SMTP_USERNAME`, `PUSHTASK_SMTP_PASSWORD`,
+    `PUSHTASK_FCM_SERVICE_ACCOUNT`, `PUSHTASK_APNS_KEY`, `PUSHTASK_FCM_CA_BUNDLE`,
+    `PUSHTASK_APNS_CA_BUNDLE`, `PUSHTASK_SMTP_CA_BUNDLE`) and the MongoDB sources their URIs
     (`PUSHTASK_AUDIENCE_SOURCES_<i>_URI`, `PUSHTASK_AUDIENCE_EXCLUDE_<i>_URI`).
     """
     refs: list[SecretKeyRef] = []
@@ -125,13 +125,14 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
                     "spec.message.smtp.credentialsSecretRef",
                 )
             )
-    # Mobile push: the credential files themselves arrive as env values (a .p8 key, a
-    # service-account JSON, a PEM CA bundle), read by the fcm and apns channels.
+    # Credential files themselves arrive as env values (a .p8 key, a service-account JSON,
+    # a PEM CA bundle), read by the fcm, apns and smtp channels.
     mobile = (
         ("fcm", "serviceAccountSecretRef", "PUSHTASK_FCM_SERVICE_ACCOUNT", "service-account.json"),
         ("fcm", "caSecretRef", "PUSHTASK_FCM_CA_BUNDLE", "ca.crt"),
         ("apns", "keySecretRef", "PUSHTASK_APNS_KEY", "key.p8"),
         ("apns", "caSecretRef", "PUSHTASK_APNS_CA_BUNDLE", "ca.crt"),
+        ("smtp", "caSecretRef", "PUSHTASK_SMTP_CA_BUNDLE", "ca.crt"),
     )
     for channel, field, env, default_key in mobile:
         ref = _get(message, channel, field)

@@ -39,7 +39,13 @@ def device(name: str) -> str:
 
 def channel(server: ApnsServerThread, key: ApnsKey = KEY, **settings: Any) -> ApnsChannel:
     env = {"PUSHTASK_APNS_KEY": key.p8, "PUSHTASK_APNS_CA_BUNDLE": server.ca_pem}
-    base = {"keyId": key.key_id, "teamId": key.team_id, "topic": TOPIC, "endpoint": server.endpoint}
+    base = {
+        "keySecretRef": {"name": "apns"},
+        "keyId": key.key_id,
+        "teamId": key.team_id,
+        "topic": TOPIC,
+        "endpoint": server.endpoint,
+    }
     return ApnsChannel(ChannelContext({**base, **settings}, env=env, concurrency=64))
 
 
@@ -148,7 +154,13 @@ def test_background_pushes(apns: ApnsServerThread) -> None:
 def test_the_test_ca_must_be_trusted(apns: ApnsServerThread) -> None:
     ch = ApnsChannel(
         ChannelContext(
-            {"keyId": KEY.key_id, "teamId": KEY.team_id, "topic": TOPIC, "endpoint": apns.endpoint},
+            {
+                "keySecretRef": {"name": "apns"},
+                "keyId": KEY.key_id,
+                "teamId": KEY.team_id,
+                "topic": TOPIC,
+                "endpoint": apns.endpoint,
+            },
             env={"PUSHTASK_APNS_KEY": KEY.p8},
         )
     )

@@ -18,6 +18,11 @@ pytestmark = pytest.mark.integration
 ACCOUNT = ServiceAccountKey.make("pushtask-test")
 
 
+# What the spec requires beside the settings a test varies: the channel reads the Secret
+# itself from the environment (PUSHTASK_FCM_SERVICE_ACCOUNT).
+SPEC: dict[str, Any] = {"serviceAccountSecretRef": {"name": "fcm"}}
+
+
 @pytest.fixture
 def fcm() -> Iterator[FcmServerThread]:
     with FcmServerThread(ACCOUNT) as server:
@@ -29,7 +34,7 @@ def channel(
 ) -> FcmChannel:
     env = {"PUSHTASK_FCM_SERVICE_ACCOUNT": account.json(server.token_uri)}
     return FcmChannel(
-        ChannelContext({"endpoint": server.endpoint, **settings}, env=env, concurrency=64)
+        ChannelContext({**SPEC, "endpoint": server.endpoint, **settings}, env=env, concurrency=64)
     )
 
 
@@ -133,7 +138,7 @@ def test_a_key_the_token_endpoint_refuses_is_final(fcm: FcmServerThread) -> None
 
 
 def test_a_missing_service_account_is_a_final_failure_with_the_reason() -> None:
-    ch = FcmChannel(ChannelContext({"projectId": "p-1234"}, env={}))
+    ch = FcmChannel(ChannelContext({**SPEC, "projectId": "p-1234"}, env={}))
     result = run(ch.send(delivery("tok-1")))
     assert result.outcome is Outcome.FINAL and "PUSHTASK_FCM_SERVICE_ACCOUNT" in result.detail
 

@@ -17,6 +17,15 @@ from tests.support.apns_server import ApnsKey
 from tests.support.fcm_server import FcmServer, ServiceAccountKey
 
 KEY = "9f" * 32  # an idempotency key: sha256 hex
+# What the spec requires beside the settings a test varies (the channels read the
+# Secrets themselves from the environment).
+FCM: dict[str, Any] = {"serviceAccountSecretRef": {"name": "fcm"}}
+APNS: dict[str, Any] = {
+    "keySecretRef": {"name": "apns"},
+    "keyId": "KEY1234567",
+    "teamId": "TEAM123456",
+    "topic": "t",
+}
 
 
 def fcm_error(status: int, rpc: str, code: str | None = None, message: str = "m") -> bytes:
@@ -94,7 +103,9 @@ def test_access_tokens_are_renewed_before_they_expire() -> None:
 
 def test_fcm_message_carries_notification_data_and_the_idempotency_key() -> None:
     ch = fcm.FcmChannel(
-        ChannelContext({"projectId": "p-123", "androidPriority": "high", "ttlSeconds": 60}, env={})
+        ChannelContext(
+            {**FCM, "projectId": "p-123", "androidPriority": "high", "ttlSeconds": 60}, env={}
+        )
     )
     d = Delivery(
         {}, 1, "r", "u1", {"title": "T", "body": "B", "link": "L", "extra": {"n": 3}}, {}, KEY
@@ -146,7 +157,7 @@ def test_apns_provider_token_is_an_es256_jwt_apns_accepts() -> None:
 
 def apns_channel(**settings: Any) -> apns.ApnsChannel:
     key = ApnsKey.make("KEY1234567", "TEAM123456")
-    base = {"keyId": key.key_id, "teamId": key.team_id, "topic": "com.example.app"}
+    base = {**APNS, "keyId": key.key_id, "teamId": key.team_id, "topic": "com.example.app"}
     return apns.ApnsChannel(ChannelContext({**base, **settings}, env={"PUSHTASK_APNS_KEY": key.p8}))
 
 
@@ -176,15 +187,11 @@ def test_apns_headers_and_payload() -> None:
 
 
 def test_apns_problems_are_final_with_the_reason() -> None:
-    ch = apns.ApnsChannel(ChannelContext({"keyId": "K", "teamId": "T", "topic": "t"}, env={}))
+    ch = apns.ApnsChannel(ChannelContext(APNS, env={}))
     d = Delivery({}, 1, "r", "u1", {"body": "B"}, {"deviceToken": "ab"}, KEY)
     attempt = asyncio.run(ch.send(d))
     assert attempt.outcome is Outcome.FINAL and "PUSHTASK_APNS_KEY" in attempt.detail
-    bad = apns.ApnsChannel(
-        ChannelContext(
-            {"keyId": "K", "teamId": "T", "topic": "t"}, env={"PUSHTASK_APNS_KEY": "not a key"}
-        )
-    )
+    bad = apns.ApnsChannel(ChannelContext(APNS, env={"PUSHTASK_APNS_KEY": "not a key"}))
     assert bad.problem is not None and bad.problem.startswith("the .p8 key does not load")
 
 

@@ -299,12 +299,13 @@ def test_smtp_starttls_and_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ctl.start()
     monkeypatch.setenv("PUSHTASK_SMTP_USERNAME", "mailer")
     monkeypatch.setenv("PUSHTASK_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("PUSHTASK_SMTP_CA_BUNDLE", (tmp_path / "cert.pem").read_text())
     try:
 
         async def go() -> list[Any]:
-            # Self-signed here, so no verification; production keeps validateCerts on.
+            # The server's self-signed certificate is trusted as a caSecretRef would be.
             settings = {"host": "127.0.0.1", "port": port, "from": "p@x.test"}
-            ch = SmtpChannel(ChannelContext({**settings, "validateCerts": False}))
+            ch = SmtpChannel(ChannelContext(settings))
             assert ch.starttls  # the default
             async with ch:
                 return [await ch.send(delivery(f"u{i}@x.test")) for i in range(3)]

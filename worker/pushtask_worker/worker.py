@@ -189,16 +189,13 @@ class Worker:
             self.compiled = compile_message(self.spec.message.template)
             channel_cls = load_channel(self.spec.message.channel)
             m = self.spec.message
-            settings = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
-            settings_map = (
-                settings.model_dump(by_alias=True)
-                if settings is not None
-                else dict(m.settings or {})
-            )
+            # A built-in channel gets its settings model; a plugin the plain mapping.
+            builtin = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
+            settings = builtin if builtin is not None else dict(m.settings or {})
             # A channel refusing its settings or secret (a malformed whsec_ value) fails the
             # run with the reason, rather than a worker that crashes at every restart.
             self.channel = channel_cls(
-                ChannelContext(settings_map, concurrency=self.config.concurrency)
+                ChannelContext(settings, concurrency=self.config.concurrency)
             )
         except (ValidationError, ValueError, TemplateError, UnknownChannel, TypeError) as error:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")

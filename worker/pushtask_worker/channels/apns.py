@@ -32,6 +32,7 @@ import httpcore
 import jwt
 import orjson
 
+from pushtask.models import Apns
 from pushtask.retryafter import parse_retry_after
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 from pushtask_worker.channels.credentials import (
@@ -106,19 +107,17 @@ class ApnsChannel(Channel):
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        s = ctx.settings
-        self.key_id = str(s.get("keyId") or "")
-        self.team_id = str(s.get("teamId") or "")
-        self.topic = str(s.get("topic") or "")
-        self.push_type = str(s.get("pushType") or "alert")
-        self.priority = int(s.get("priority") or (5 if self.push_type == "background" else 10))
-        expiration = s.get("expirationSeconds")
-        self.expiration: int | None = int(expiration) if expiration is not None else None
-        self.collapse_id = str(s["collapseId"]) if s.get("collapseId") else None
-        environment = str(s.get("environment") or "production")
-        self.endpoint = str(s.get("endpoint") or ENDPOINTS[environment]).rstrip("/")
-        self.token_attribute = str(s.get("tokenAttribute") or "deviceToken")
-        self.timeout = float(s.get("timeoutSeconds") or 10.0)
+        s = ctx.settings_as(Apns)
+        self.key_id = s.key_id
+        self.team_id = s.team_id
+        self.topic = s.topic
+        self.push_type: str = s.push_type
+        self.priority: int = s.priority
+        self.expiration = s.expiration_seconds
+        self.collapse_id = s.collapse_id
+        self.endpoint = str(s.endpoint or ENDPOINTS[s.environment]).rstrip("/")
+        self.token_attribute = s.token_attribute
+        self.timeout = s.timeout_seconds
         self.max_payload = MAX_VOIP_PAYLOAD if self.push_type == "voip" else MAX_PAYLOAD
         self.ca_pem = ctx.secret("APNS_CA_BUNDLE")
         self.key_pem = ctx.secret("APNS_KEY") or ""

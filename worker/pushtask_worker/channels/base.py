@@ -18,9 +18,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel
 
 GROUP = "pushtask.channels"
+M = TypeVar("M", bound=BaseModel)
 
 
 class Outcome(enum.Enum):
@@ -60,13 +63,27 @@ class Attempt:
 
 @dataclass
 class ChannelContext:
-    """What the worker gives a channel: its settings from the frozen spec and secrets."""
+    """What the worker gives a channel: its settings from the frozen spec and secrets.
 
-    settings: Mapping[str, Any]
+    A built-in channel's settings are its spec model (``message.webhook`` ...), read with
+    :meth:`settings_as`; a plugin's are the plain mapping of ``message.settings``.
+    """
+
+    settings: Mapping[str, Any] | BaseModel
     # Secrets arrive through the environment (the operator maps Secret keys to env vars):
     # channels read them with ``secret("NAME")`` → env ``PUSHTASK_<NAME>``.
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     concurrency: int = 32
+
+    def settings_as(self, model: type[M]) -> M:
+        """The settings as `model`: the defaults live only in the model, and a key it does
+        not have is never read. A mapping (a test, a caller outside the worker) is
+        validated into it, with the spec's own error messages."""
+        if isinstance(self.settings, model):
+            return self.settings
+        if isinstance(self.settings, BaseModel):
+            return model.model_validate(self.settings.model_dump(by_alias=True))
+        return model.model_validate(self.settings)
 
     def secret(self, name: str, default: str | None = None) -> str | None:
         return self.env.get(f"PUSHTASK_{name}", default)

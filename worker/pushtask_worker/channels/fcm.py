@@ -33,6 +33,7 @@ import aiohttp
 import jwt
 import orjson
 
+from pushtask.models import Fcm
 from pushtask.retryafter import parse_retry_after
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 from pushtask_worker.channels.credentials import (
@@ -45,7 +46,6 @@ from pushtask_worker.channels.credentials import (
 )
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_SECONDS = 3600  # Google accepts assertions valid for at most an hour
@@ -155,15 +155,15 @@ class FcmChannel(Channel):
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        s = ctx.settings
-        self.token_attribute = str(s.get("tokenAttribute") or "deviceToken")
-        self.endpoint = str(s.get("endpoint") or DEFAULT_ENDPOINT).rstrip("/")
-        self.timeout = float(s.get("timeoutSeconds") or 10.0)
+        s = ctx.settings_as(Fcm)
+        self.token_attribute = s.token_attribute
+        self.endpoint = str(s.endpoint).rstrip("/")
+        self.timeout = s.timeout_seconds
         self.android: dict[str, Any] = {}
-        if s.get("androidPriority"):
-            self.android["priority"] = str(s["androidPriority"])
-        if s.get("ttlSeconds") is not None:
-            self.android["ttl"] = f"{int(s['ttlSeconds'])}s"
+        if s.android_priority:
+            self.android["priority"] = s.android_priority
+        if s.ttl_seconds is not None:
+            self.android["ttl"] = f"{s.ttl_seconds}s"
         self.ca_pem = ctx.secret("FCM_CA_BUNDLE")
         # A bad or missing credential is every recipient's final failure with the reason
         # (the error budget then fails the run), not a worker that crashes and restarts.
@@ -177,12 +177,12 @@ class FcmChannel(Channel):
                 self.account = ServiceAccount.from_json(raw)
             except ValueError as error:
                 self.problem = str(error)
-        project = s.get("projectId") or (self.account.project_id if self.account else None)
+        project = s.project_id or (self.account.project_id if self.account else None)
         if project is None and self.problem is None:
             self.problem = "no projectId in the spec nor project_id in the service account"
         self.project = str(project or "")
         self.token_uri = str(
-            s.get("tokenUri") or (self.account.token_uri if self.account else DEFAULT_TOKEN_URI)
+            s.token_uri or (self.account.token_uri if self.account else DEFAULT_TOKEN_URI)
         )
         self.url = f"{self.endpoint}/v1/projects/{self.project}/messages:send"
         self.tokens = TokenCache(self._new_token)

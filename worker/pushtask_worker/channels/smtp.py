@@ -1,10 +1,10 @@
 """SMTP channel: one aiosmtplib connection reused for many messages.
 
-Settings (``message.smtp`` in the spec): ``host``, ``port`` (587), ``starttls`` (true),
-``tls`` (implicit TLS, port 465), ``from``, ``toField`` (the row attribute holding the
-address, default ``email``; a user id that looks like an address is used otherwise),
-``timeoutSeconds``. Credentials come from the environment: ``PUSHTASK_SMTP_USERNAME`` and
-``PUSHTASK_SMTP_PASSWORD`` (the operator maps the credentials Secret there).
+Settings: the ``message.smtp`` model (host, port, tls or starttls, from, toField: the row
+attribute holding the address; a user id that looks like an address is used otherwise).
+Credentials and an extra CA come from the environment: ``PUSHTASK_SMTP_USERNAME``,
+``PUSHTASK_SMTP_PASSWORD`` and ``PUSHTASK_SMTP_CA_BUNDLE`` (the operator maps the Secrets
+there).
 
 The subject is the rendered ``title`` (or ``extra.subject``), the text body is ``body``
 followed by ``link``. ``Message-ID`` is derived from the idempotency key, so a mail system
@@ -20,15 +20,9 @@ from typing import Any, ClassVar
 
 import aiosmtplib
 
+from pushtask.models import Smtp
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
-
-
-def _truthy(value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
+from pushtask_worker.channels.credentials import ssl_context
 
 
 class SmtpChannel(Channel):
@@ -36,17 +30,18 @@ class SmtpChannel(Channel):
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        s = ctx.settings
-        self.host = str(s.get("host") or "localhost")
-        self.tls = _truthy(s.get("tls"), False)
-        self.port = int(s.get("port") or (465 if self.tls else 587))
-        self.starttls = _truthy(s.get("starttls", s.get("startTLS")), not self.tls)
-        self.sender = str(s.get("from") or "pushtask@localhost")
-        self.to_attribute = str(s.get("toField") or s.get("toAttribute") or "email")
-        self.timeout = float(s.get("timeoutSeconds") or 30.0)
-        self.validate_certs = _truthy(s.get("validateCerts"), True)
-        self.username = ctx.secret("SMTP_USERNAME") or s.get("username")
-        self.password = ctx.secret("SMTP_PASSWORD") or s.get("password")
+        s = ctx.settings_as(Smtp)
+        self.host = s.host
+        self.tls = s.tls
+        self.port = s.server_port
+        self.starttls = s.starttls and not s.tls
+        self.sender = s.from_
+        self.to_attribute = s.to_field
+        self.timeout = s.timeout_seconds
+        # Verified always: the system's CAs plus the Secret's, if one is given.
+        self.tls_context = ssl_context(ctx.secret("SMTP_CA_BUNDLE"))
+        self.username = ctx.secret("SMTP_USERNAME")
+        self.password = ctx.secret("SMTP_PASSWORD")
         self._smtp: aiosmtplib.SMTP | None = None
         # One connection carries one transaction at a time: sends queue on this lock.
         self._lock = asyncio.Lock()
@@ -58,7 +53,7 @@ class SmtpChannel(Channel):
             use_tls=self.tls,
             # None lets aiosmtplib upgrade when offered; False never; True requires it.
             start_tls=True if self.starttls else False,
-            validate_certs=self.validate_certs,
+            tls_context=self.tls_context,
             timeout=self.timeout,
             username=self.username,
             password=self.password,

@@ -21,13 +21,14 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
+from pushtask.models import Webhook
 from pushtask.retryafter import parse_retry_after
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 
@@ -103,22 +104,20 @@ class WebhookChannel(Channel):
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        s = ctx.settings
-        self.url: str = str(s["url"])
-        self.timeout = float(s.get("timeoutSeconds") or s.get("timeout") or 10.0)
-        self.scheme: str = str(s.get("signature") or "standard")
-        if self.scheme not in ("standard", "pushtask"):
-            raise ValueError(f"spec.message.webhook.signature: unknown scheme {self.scheme!r}")
-        secret = ctx.secret("WEBHOOK_SECRET") or s.get("secret")
+        s = ctx.settings_as(Webhook)
+        self.url: str = str(s.url)
+        self.timeout = s.timeout_seconds
+        self.scheme: str = s.signature
+        secret = ctx.secret("WEBHOOK_SECRET")
         self.secret: bytes | None = secret.encode() if secret else None
         # The standard scheme's keys: the current secret's, then the previous one's while
         # a rotation is under way (the models allow a previous key only with this scheme).
         self.keys: list[bytes] = []
         if self.scheme == "standard":
-            ref: Mapping[str, Any] = s.get("secretRef") or {}
+            ref = s.secret_ref
             named = (
-                (secret, ref.get("key") or "hmac"),
-                (ctx.secret("WEBHOOK_SECRET_PREVIOUS"), ref.get("previousKey")),
+                (secret, ref.key if ref else "hmac"),
+                (ctx.secret("WEBHOOK_SECRET_PREVIOUS"), ref.previous_key if ref else None),
             )
             for value, key in named:
                 if not value:
@@ -126,9 +125,9 @@ class WebhookChannel(Channel):
                 try:
                     self.keys.append(signing_key(value))
                 except ValueError as error:  # the value itself never goes into a message
-                    where = f"Secret {ref.get('name')!r} key {key!r}" if ref else "the secret"
+                    where = f"Secret {ref.name!r} key {key!r}" if ref else "the secret"
                     raise ValueError(f"spec.message.webhook.secretRef: {where}: {error}") from None
-        self.headers: dict[str, str] = {str(k): str(v) for k, v in (s.get("headers") or {}).items()}
+        self.headers: dict[str, str] = dict(s.headers)
         # The endpoint as a 410's reason names it: no user:password, no query (a token).
         parts = urlsplit(self.url)
         self.shown_url = urlunsplit(
