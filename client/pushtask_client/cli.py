@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from pushtask.models import KIND, PushTaskSpec, describe_errors
 from pushtask.planning import TaskRef, run_id_for
+from pushtask.records import RecipientState
 from pushtask_client import actions
 from pushtask_client.actions import Refused, progress_line
 from pushtask_client.taskapi import MONGO_URI_ENV, Cluster, ClusterError, event_time
@@ -427,7 +428,7 @@ def store_source(
 
 @dataclass(frozen=True)
 class Lookup:
-    state: Any  # store.RecipientState or None
+    state: RecipientState | None
     stage: str | None  # the run's stage; None: the run is not in the store
     current_stored: bool  # the task's current run is in the store
     database: str

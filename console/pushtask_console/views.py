@@ -89,7 +89,7 @@ def worker_rows(heartbeats: Sequence[Mapping[str, Any]], now: datetime) -> list[
 
 
 def recipient_view(state: Any, stage: str | None, user: str, run: int) -> dict[str, Any]:
-    """The answer to "what happened to this user" (state: store.RecipientState or None;
+    """The answer to "what happened to this user" (state: records.RecipientState or None;
     stage None: the run is not in the store)."""
     note = lookup_note(state is not None, stage, run)
     if note is not None or state is None:

@@ -51,6 +51,7 @@ from pushtask_operator.reconcile import (
     decide,
     effective_rate,
     read_spec,
+    status_fields,
     status_patch,
     with_api_problem,
 )
@@ -441,8 +442,7 @@ async def _reconcile(
             run_doc=facts.run_doc,
             heartbeats=facts.heartbeats,
             leased_splits=facts.leased,
-            deployment=deployment,
-            desired_workers=view.desired,
+            deployment=view,
             tracker=state.tracker,
             run_id=run_id,
             now=facts.now,
@@ -590,7 +590,7 @@ async def _reconcile(
     patch = status_patch(status, new_status)
     if patch:
         await rt.kube.patch_status(namespace, name, patch)
-        state.status = {**state.status, **new_status}
+        state.status = {**state.status, **status_fields(new_status)}
 
     for ev in plan.events:
         rt.events(body, ev.type, ev.reason, ev.message)
@@ -616,7 +616,7 @@ async def _reconcile(
         plan.phase,
         spec.schedule,
         now=now,
-        since=_last_firing(new_status, meta) or since,
+        since=_last_firing(status_fields(new_status), meta) or since,
         tick=settings.progress_interval,
         revalidate=REVALIDATE_SECONDS if waiting else None,
     )

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from prometheus_client import Gauge, start_http_server
 
+from pushtask.models import PushTaskStatus
 from pushtask.states import Phase
 
 log = logging.getLogger("pushtask.operator")
@@ -60,7 +60,7 @@ def observe(
     namespace: str,
     name: str,
     phase: str,
-    status: Mapping[str, Any],
+    status: PushTaskStatus,
     *,
     limit: float | None = None,
     allocation: float | None = None,
@@ -68,13 +68,15 @@ def observe(
     in_window: bool = True,
 ) -> None:
     _known.add((namespace, name))
-    for result, value in (status.get("counts") or {}).items():
-        RECIPIENTS.labels(namespace, name, result).set(value)
-    RATE.labels(namespace, name).set(float(status.get("rate") or 0))
+    if status.counts is not None:
+        for result, value in status.counts.model_dump().items():
+            RECIPIENTS.labels(namespace, name, result).set(value)
+    RATE.labels(namespace, name).set(status.rate or 0.0)
     for p in Phase:
         PHASE.labels(namespace, name, p.value).set(1 if p.value == phase else 0)
-    for kind, value in (status.get("workers") or {}).items():
-        WORKERS.labels(namespace, name, kind).set(value)
+    if status.workers is not None:
+        for kind, value in status.workers.model_dump().items():
+            WORKERS.labels(namespace, name, kind).set(value)
     if limit is not None:
         LIMIT.labels(namespace, name).set(limit)
     ALLOCATION.labels(namespace, name).set(allocation or 0)

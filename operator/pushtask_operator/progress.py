@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pushtask.models import Counts
+from pushtask.records import RunTotals
 
 # How far back the send rate looks: long enough to smooth batches, short enough that
 # a pause shows as a falling rate within a few ticks.
@@ -26,19 +27,15 @@ def done(counts: Counts) -> int:
     return counts.sent + counts.failed + counts.unknown
 
 
-def counts_from_totals(totals: Any) -> Counts:
-    """status.counts from the store's RunTotals (or anything with the same attributes)."""
-    skipped = int(totals.skipped)
-    sent, failed, unknown = int(totals.sent), int(totals.failed), int(totals.unknown)
-    audience = int(totals.audience)
-    pending = max(0, audience - skipped - sent - failed - unknown)
+def counts_from_totals(totals: RunTotals) -> Counts:
+    """status.counts from the run's totals (the pending formula is RunTotals' own)."""
     return Counts(
-        audience=audience,
-        pending=pending,
-        sent=sent,
-        failed=failed,
-        skipped=skipped,
-        unknown=unknown,
+        audience=totals.audience,
+        pending=totals.pending,
+        sent=totals.sent,
+        failed=totals.failed,
+        skipped=totals.skipped,
+        unknown=totals.unknown,
     )
 
 
@@ -209,12 +206,11 @@ class Progress:
 
 def compute_progress(
     *,
-    totals: Any,
+    totals: RunTotals,
     run_doc: Mapping[str, Any] | None,
     heartbeats: Sequence[Mapping[str, Any]],
     leased_splits: Sequence[Mapping[str, Any]],
-    deployment: Mapping[str, Any] | None,
-    desired_workers: int,
+    deployment: DeploymentView,
     tracker: RateTracker,
     run_id: str,
     now: datetime,
@@ -225,17 +221,16 @@ def compute_progress(
     tracker.add(run_id, now, done(counts))
     rate = tracker.rate()
     run_doc = run_doc or {}
-    stage = str(run_doc.get("stage") or getattr(totals, "stage", "audience"))
+    stage = str(run_doc.get("stage") or totals.stage)
     failure = (run_doc.get("failure") or {}).get("reason") if run_doc.get("failure") else None
     health = worker_health(heartbeats, leased_splits, now=now, lease_seconds=lease_seconds)
-    view = DeploymentView.from_status(deployment)
     return Progress(
         counts=counts,
         rate=rate,
         # While the audience is still being read its size is not final: no eta yet.
         eta=eta_seconds(counts.pending, rate) if stage != "audience" else None,
-        workers_desired=desired_workers,
-        workers_ready=view.ready,
+        workers_desired=deployment.desired,
+        workers_ready=deployment.ready,
         workers_live=len(health.live),
         finished=stage == "done",
         failure=failure,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from pushtask.models import Counts, PushTaskSpec
+from pushtask.models import Counts, PushTaskSpec, PushTaskStatus
 from pushtask.states import (
     ACTIVE_PHASES,
     DEGRADED,
@@ -493,8 +493,10 @@ def compose_status(
     *,
     recurring: bool,
     now: datetime,
-) -> dict[str, Any]:
-    """The whole status after this reconcile (fields left out keep their current value).
+) -> PushTaskStatus:
+    """The whole status after this reconcile, as the model the CRD's schema is generated
+    from. Its set fields are what this reconcile writes (see `status_fields`); fields
+    left unset keep their current value, and a field set to None is deleted.
 
     `progress` describes the run the status described so far: a run started now shows
     zero counts instead. A run that ends keeps the time it first ended at.
@@ -524,9 +526,19 @@ def compose_status(
         new["conditions"] = with_api_problem(
             new["conditions"], applied.refused, generation=new["observedGeneration"], now=now
         )
-    return new
+    # The API server silently prunes what its schema lacks: a field the model does not
+    # declare is a bug here, not something to drop quietly.
+    declared = {info.alias or name for name, info in PushTaskStatus.model_fields.items()}
+    if undeclared := sorted(set(new) - declared):
+        raise ValueError(f"status fields the PushTask schema does not declare: {undeclared}")
+    return PushTaskStatus.model_validate(new)
 
 
-def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def status_fields(status: PushTaskStatus) -> dict[str, Any]:
+    """The fields `status` sets, as the API server stores them (None: delete the field)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def status_patch(current: Mapping[str, Any], new: PushTaskStatus) -> dict[str, Any]:
     """The fields of `new` that differ from `current` (a merge patch: None deletes)."""
-    return {k: v for k, v in new.items() if current.get(k) != v}
+    return {k: v for k, v in status_fields(new).items() if current.get(k) != v}

@@ -18,7 +18,8 @@ from pymongo.errors import DuplicateKeyError
 
 from pushtask.leases import LeaseLost
 from pushtask.models import Guarantee
-from pushtask.store import Result, Store
+from pushtask.records import Result
+from pushtask.store import Store
 from pushtask_worker.delivery import ChunkDelivery
 from pushtask_worker.ratelimit import TokenBucket
 from pushtask_worker.resilience import StoreGuard

@@ -25,7 +25,8 @@ from pymongo import MongoClient
 from pushtask import ledger
 from pushtask.leases import LeaseLost, now_utc
 from pushtask.planning import TaskRef, plan_run
-from pushtask.store import Result, Store
+from pushtask.records import Result
+from pushtask.store import Store
 from tests.support.ledger_steps import record, seal_all, stage_audience
 
 pytestmark = pytest.mark.integration

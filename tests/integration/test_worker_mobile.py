@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from pushtask.models import PushTaskSpec
-from pushtask.store import RecipientState, Store
+from pushtask.records import RecipientState
+from pushtask.store import Store
 from tests.support.apns_server import ApnsKey, ApnsServerThread, local_pki
 from tests.support.fcm_server import FcmServerThread, ServiceAccountKey
 from tests.support.workers import WorkerProcs, create_run, spec_for, totals

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pushtask import ledger
 from pushtask.leases import Lease
-from pushtask.store import Result, Store
+from pushtask.records import Result
+from pushtask.store import Store
 
 
 async def stage_audience(store: Store, run_id: str, owner: str = "w", *, done: bool = True) -> None:

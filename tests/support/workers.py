@@ -22,7 +22,8 @@ from typing import Any
 
 from pushtask.models import PushTaskSpec
 from pushtask.planning import TaskRef, plan_run
-from pushtask.store import RunTotals, Store
+from pushtask.records import RunTotals
+from pushtask.store import Store
 from tests.support.sink import free_port
 
 WORKER_BIN = str(Path(sys.executable).with_name("pushtask-worker"))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pushtask.store import RecipientState
+from pushtask.records import RecipientState
 from pushtask_console import views
 
 

@@ -21,6 +21,7 @@ from pushtask_operator.reconcile import (
     Validation,
     compose_status,
     decide,
+    status_fields,
 )
 from tests.support.argocd import HEALTH_DIR, argocd_health
 from tests.support.status import check_status_patch
@@ -241,8 +242,9 @@ def test_phase_conditions_kstatus_and_argocd(row: Row) -> None:
     observed = row.observe()
     plan = decide(observed)
     applied = Applied("app=w", plan.replicas, refused=row.refused)
-    status = compose_status(
-        observed.status, plan, None, applied, recurring=observed.recurring, now=NOW
+    check_status_patch(plan.status)
+    status = status_fields(
+        compose_status(observed.status, plan, None, applied, recurring=observed.recurring, now=NOW)
     )
     check_status_patch(status)
     assert status["phase"] == row.phase

@@ -8,6 +8,7 @@ import asyncio
 from prometheus_client import REGISTRY
 from pymongo import errors as mongo_errors
 
+from pushtask.models import PushTaskStatus
 from pushtask_operator import metrics as op_metrics
 from pushtask_worker.resilience import Backoff, CircuitBreaker, StoreGuard
 
@@ -18,7 +19,9 @@ def value(name: str, **labels: str) -> float | None:
 
 def test_operator_gauges_follow_the_task_and_go_with_it() -> None:
     task = {"namespace": "shop", "task": "metered"}
-    status = {"counts": {"sent": 5, "pending": 95}, "rate": 12.5, "workers": {"live": 2}}
+    status = PushTaskStatus.model_validate(
+        {"counts": {"sent": 5, "pending": 95}, "rate": 12.5, "workers": {"live": 2}}
+    )
     op_metrics.observe(
         "shop", "metered", "Started", status,
         limit=50, allocation=20, delivering=True, in_window=False,

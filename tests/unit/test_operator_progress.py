@@ -1,6 +1,7 @@
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from pushtask.records import RunTotals
 from pushtask_operator.progress import (
     DeploymentView,
     RateTracker,
@@ -14,19 +15,9 @@ from pushtask_operator.progress import (
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-@dataclass
-class Totals:
-    stage: str = "delivery"
-    inserted: int = 0
-    skipped: int = 0
-    sent: int = 0
-    failed: int = 0
-    unknown: int = 0
-    total: int = 0
-
-    @property
-    def audience(self) -> int:
-        return (self.total if self.stage != "audience" else self.inserted) + self.skipped
+def Totals(**counters: Any) -> RunTotals:
+    zero = dict(stage="delivery", inserted=0, skipped=0, sent=0, failed=0, unknown=0)
+    return RunTotals(**{**zero, "attempted": 0, "total": 0, "splits_open": 0, **counters})
 
 
 def test_counts_balance() -> None:
@@ -104,8 +95,9 @@ def test_compute_progress() -> None:
         run_doc={"stage": "delivery", "failure": None},
         heartbeats=[hb("w1", 1)],
         leased_splits=[lease("w1", 10)],
-        deployment={"spec": {"replicas": 3}, "status": {"readyReplicas": 2}},
-        desired_workers=3,
+        deployment=DeploymentView.from_status(
+            {"spec": {"replicas": 3}, "status": {"readyReplicas": 2}}
+        ),
         tracker=tracker,
         run_id="r",
         lease_seconds=30,
@@ -145,8 +137,7 @@ def test_no_eta_while_audience_is_read() -> None:
         run_doc={"stage": "audience"},
         heartbeats=[],
         leased_splits=[],
-        deployment=None,
-        desired_workers=1,
+        deployment=DeploymentView.from_status(None),
         tracker=RateTracker(),
         run_id="r",
         now=NOW,

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from pushtask.models import Counts, PushTaskSpec
+from pushtask.models import Counts, PushTaskSpec, PushTaskStatus
 from pushtask.states import DesiredState, Phase
 from pushtask_operator.progress import DeploymentView, Progress, WorkerHealth
 from pushtask_operator.reconcile import (
@@ -22,6 +22,7 @@ from pushtask_operator.reconcile import (
     make_condition,
     next_run_number,
     read_spec,
+    status_fields,
     status_patch,
 )
 from tests.support.status import check_status_patch
@@ -335,10 +336,17 @@ def compose(
     *,
     recurring: bool = False,
 ) -> dict[str, Any]:
+    check_status_patch(plan.status)  # every field declared, at every level
     status = compose_status(current, plan, progress, applied, recurring=recurring, now=NOW)
-    check_status_patch(status)  # every field declared, every value of its type
+    fields = status_fields(status)
+    check_status_patch(fields)  # every value of its type
     check_status_patch(status_patch(current, status))
-    return status
+    return fields
+
+
+def patch(current: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """status_patch of a status composed as `fields`."""
+    return status_patch(current, PushTaskStatus.model_validate(fields))
 
 
 def test_a_new_run_starts_from_zero_counts_and_records_its_start() -> None:
@@ -352,7 +360,7 @@ def test_a_new_run_starts_from_zero_counts_and_records_its_start() -> None:
     assert status["counts"] == Counts().model_dump() and status["rate"] == 0.0
     assert status["workers"] == {"ready": 0, "live": 0, "desired": 3}
     assert status["reason"] == "NewRun" and status["selector"] == "app=w"
-    assert status_patch(before, status)["finishedAt"] is None  # a merge patch deletes it
+    assert patch(before, status)["finishedAt"] is None  # a merge patch deletes it
 
 
 def test_progress_fills_counts_rate_eta_and_workers() -> None:
@@ -364,7 +372,7 @@ def test_progress_fills_counts_rate_eta_and_workers() -> None:
     assert status["counts"]["sent"] == 40 and status["rate"] == 12.35 and status["eta"] == "5s"
     assert status["workers"] == {"desired": 3, "ready": 2, "live": 2}
     assert status["replicas"] == 3 and status["skipSamples"] == ["bad row"]
-    assert "finishedAt" not in status and "runId" not in status_patch(current, status)
+    assert "finishedAt" not in status and "runId" not in patch(current, status)
 
 
 def test_a_run_that_ends_stops_the_clock_once() -> None:
@@ -376,7 +384,7 @@ def test_a_run_that_ends_stops_the_clock_once() -> None:
     later = compose_status(
         done, decide(obs(done)), None, APPLIED, recurring=False, now=NOW.replace(hour=13)
     )
-    assert later["finishedAt"] == done["finishedAt"]
+    assert status_fields(later)["finishedAt"] == done["finishedAt"]
     assert "finishedAt" not in status_patch(done, later)
 
 
@@ -395,8 +403,8 @@ def test_the_patch_holds_only_what_changed() -> None:
     current = {"phase": "Started", "run": 1, "runId": "r"}
     plan = decide(obs(current, progress=running_progress()))
     status = compose(current, plan, running_progress())
-    assert status_patch(status, status) == {}
-    assert status_patch({**status, "rate": 1.0}, status) == {"rate": status["rate"]}
+    assert patch(status, status) == {}
+    assert patch({**status, "rate": 1.0}, status) == {"rate": status["rate"]}
 
 
 @pytest.mark.parametrize("phase", list(Phase))
@@ -416,7 +424,7 @@ def test_a_cron_firing_during_a_run_is_skipped_with_an_event() -> None:
     assert event.reason == "FiringSkipped" and "run 4 is still under way" in event.message
     assert plan.status["lastSkippedAt"] == "2026-01-01T12:01:00Z"
     status = compose(running, plan, running_progress(), recurring=True)
-    assert "lastFiredAt" not in status_patch(running, status)  # no run fired
+    assert "lastFiredAt" not in patch(running, status)  # no run fired
     # A firing that starts a run is not a skipped one.
     ready = {"phase": "Ready", "run": 4, "runId": "r4"}
     plan = decide(obs(ready, recurring=True, start_due=True, due_firing=firing))

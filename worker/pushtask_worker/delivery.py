@@ -25,7 +25,8 @@ from typing import Any, Literal, TypeVar
 from pushtask import ledger
 from pushtask.leases import Lease
 from pushtask.models import Guarantee
-from pushtask.store import Result, Store
+from pushtask.records import Result
+from pushtask.store import Store
 from pushtask_worker import metrics
 from pushtask_worker.resilience import StoreGuard
 from pushtask_worker.sending import Sender

@@ -14,7 +14,7 @@ from typing import Any
 
 from pushtask.models import PushTaskSpec
 from pushtask.planning import idempotency_key
-from pushtask.store import Result
+from pushtask.records import Result
 from pushtask.templates import (
     CompiledMessage,
     TemplateRenderError,

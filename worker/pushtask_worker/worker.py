@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from pushtask import ledger, schedule
 from pushtask.leases import Lease, LeaseLost
 from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
-from pushtask.store import STAGES, RunTotals, Store
+from pushtask.records import RunTotals
+from pushtask.store import STAGES, Store
 from pushtask.templates import TemplateError, compile_message
 from pushtask_worker import metrics
 from pushtask_worker.audience.build import SourceReaders, SplitBuilder, describe_source

@@ -1,0 +1,73 @@
+"""What the ledger gives back, as plain records (pure: no store, no I/O).
+
+A recipient's `Result` after its sends, a run's `RunTotals` summed over its splits and
+chunks, and one user's `RecipientState` in a run. The store makes them from its
+documents; the operator's progress, the tools and the console read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Result:
+    """A recipient's result after its sends: final (sent, failed), or pending again when
+    its retries were cut short by the worker shutting down (a later holder retries it)."""
+
+    position: int
+    status: Literal["sent", "failed", "pending"]
+    error: str | None = None
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """Counters of a run summed over its splits and chunks (what status.counts is made of)."""
+
+    stage: str
+    inserted: int  # rows staged by the audience splits (before deduplication)
+    skipped: int
+    sent: int
+    failed: int
+    unknown: int
+    attempted: int
+    total: int  # distinct recipients after exclusions, known shard by shard as they seal
+    splits_open: int
+
+    @property
+    def audience(self) -> int:
+        recipients = self.inserted if self.stage in ("audience", "seal") else self.total
+        return recipients + self.skipped
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.audience - self.skipped - self.sent - self.failed - self.unknown)
+
+    def budget_spent(self, ratio: float, min_sample: int) -> str | None:
+        """Why the run's error budget is spent (more than `ratio` of the attempted sends
+        failed, once `min_sample` were attempted), or None while it is not."""
+        if self.attempted < min_sample or self.failed / self.attempted <= ratio:
+            return None
+        return (
+            f"failure budget spent: {self.failed} of {self.attempted} sends failed "
+            f"(more than {ratio:.0%})"
+        )
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    """What happened to one user in one run (`kubectl push recipient`)."""
+
+    run: str
+    user: str
+    status: str  # pending | in flight | in doubt | sent | failed | unknown | handed back
+    attempts: int
+    error: str | None
+    at: datetime | None
+    worker: str | None
+    chunk: str
+    position: int
+    due: datetime | None
