@@ -22,13 +22,13 @@ class LeaseLost(Exception):
     """The unit was reclaimed by another worker (or finished): drop its work at once."""
 
     def __init__(self, lease: Lease) -> None:
-        super().__init__(f"lease lost on {lease.split_id} (token {lease.token})")
+        super().__init__(f"lease lost on {lease.unit_id} (token {lease.token})")
         self.lease = lease
 
 
 @dataclass(frozen=True)
 class Lease:
-    split_id: str
+    unit_id: str  # a split's or a chunk's _id: the unit of work the lease holds
     owner: str
     token: int
     until: datetime
@@ -38,7 +38,7 @@ class Lease:
 
     def fence(self) -> dict[str, Any]:
         """The filter every write of this holder goes through."""
-        return {"_id": self.split_id, "token": self.token, "status": "leased"}
+        return {"_id": self.unit_id, "token": self.token, "status": "leased"}
 
     def remaining(self, now: datetime) -> float:
         return (self.until - now).total_seconds()

@@ -437,7 +437,7 @@ class Store:
             self._skips,
             [
                 {
-                    "_id": f"{lease.split_id}/{pos}",
+                    "_id": f"{lease.unit_id}/{pos}",
                     "run": run_id,
                     "reason": reason,
                     "row": row[:500],
@@ -529,7 +529,7 @@ class Store:
         result = await self._chunks.update_one(lease.fence(), change)
         if result.matched_count == 0:
             raise LeaseLost(lease)
-        return Lease(lease.split_id, lease.owner, lease.token, until, lease.ttl, lease.collection)
+        return Lease(lease.unit_id, lease.owner, lease.token, until, lease.ttl, lease.collection)
 
     async def recipient(self, run_id: str, user: str) -> RecipientState | None:
         """What happened to `user` in `run_id`; None when the user is not in its audience

@@ -121,7 +121,7 @@ def test_a_re_read_flush_is_refused_and_counted_once(uri: str, db_name: str) -> 
         flush = ledger.Flush(4)
         for u in ("a", "b", "c"):
             flush.add(u, None, None)
-        staging = flush.documents(run_id, got[1].split_id, 0)
+        staging = flush.documents(run_id, got[1].unit_id, 0)
         # The old holder wrote part of its flush, then stalled before its checkpoint.
         await store.flush_staging(got[1], run_id, staging[:1], [], cursor=None, counters={})
         await asyncio.sleep(0.5)
@@ -230,7 +230,7 @@ def test_each_chunk_goes_to_one_holder_and_an_old_holder_changes_nothing(
         store = await new_store(uri, db_name)
         run_id = await sealed_run(store, [[f"u{i}" for i in range(30)]], chunk_size=10)
         got = [await store.claim_chunk(run_id, f"w{i}", 30) for i in range(4)]
-        ids = [g[1].split_id for g in got if g]
+        ids = [g[1].unit_id for g in got if g]
         assert len(ids) == 3 and len(set(ids)) == 3
         assert got[3] is None  # nothing left to claim while the leases are fresh
         assert all(len(g[0]["users"]) == 10 for g in got if g)  # the reply carries them
@@ -246,7 +246,7 @@ def test_each_chunk_goes_to_one_holder_and_an_old_holder_changes_nothing(
         second = await store2.claim_chunk(run2, "new", 30)
         assert second is not None
         doc, new = second
-        assert new.split_id == old.split_id and new.token == old.token + 1
+        assert new.unit_id == old.unit_id and new.token == old.token + 1
         assert doc["hi"] == 6 and ledger.in_doubt(doc) == [2, 3, 4, 5]
         with pytest.raises(LeaseLost):
             await record(store2, old, results=[Result(2, "sent")], hi=8)

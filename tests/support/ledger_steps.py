@@ -26,7 +26,7 @@ async def stage_audience(store: Store, run_id: str, owner: str = "w", *, done: b
             user = u["id"] if isinstance(u, dict) else u
             attrs = {k: v for k, v in u.items() if k != "id"} if isinstance(u, dict) else None
             flush.add(user, attrs, None)
-        staging = flush.documents(run_id, lease.split_id, 0)
+        staging = flush.documents(run_id, lease.unit_id, 0)
         counters = {"inserted": 0 if flush.exclude else flush.rows, "skipped": 0}
         await store.flush_staging(lease, run_id, staging, [], cursor={"seq": 1}, counters=counters)
         assert await store.release(lease, done=done)

@@ -104,7 +104,7 @@ class Worker:
             except LeaseLost:
                 return None
 
-        lease_field = {"lease": getattr(held, "split_id", None)}
+        lease_field = {"lease": getattr(held, "unit_id", None)}
         # Only the control fields: a beat never re-reads the spec (an inline audience is big).
         control_fields = ("control", "failure", "stage")
         renewed, _, run, totals, _ = await asyncio.gather(
@@ -125,7 +125,7 @@ class Worker:
                 self.lease = renewed
             elif work is not None and not work.done():
                 metrics.LEASE_LOSSES.labels(self.label).inc()
-                log.warning("lease lost: dropping the work", extra={"split": held.split_id})
+                log.warning("lease lost: dropping the work", extra={"unit": held.unit_id})
                 self.lease = None
                 work.cancel()
         if run is None:
@@ -333,7 +333,7 @@ class Worker:
         # The unit is ended (done or given back) by its own last write: its lease is out of
         # our hands now, and a renewal that crossed that write must not read as a loss.
         held = self.lease  # the heartbeat replaces it with each renewed copy
-        if held is not None and (held.split_id, held.token) == (lease.split_id, lease.token):
+        if held is not None and (held.unit_id, held.token) == (lease.unit_id, lease.token):
             self.lease = None
         if finished and kind == "chunk":
             await self.advance(self.control.stage)  # the last chunk: exit now, not at a beat

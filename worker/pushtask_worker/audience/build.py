@@ -176,7 +176,7 @@ class SplitBuilder:
                 "bad rows in an exclusion source", extra={"n": len(skips), "sample": skips[0][1]}
             )
             skips = []
-        staging = flush.documents(self.run_id, lease.split_id, seq)
+        staging = flush.documents(self.run_id, lease.unit_id, seq)
         counters = {
             "inserted": self.counters.get("inserted", 0) + (0 if flush.exclude else flush.rows),
             "skipped": self.counters.get("skipped", 0) + len(skips),
