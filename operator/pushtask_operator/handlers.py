@@ -26,10 +26,10 @@ import kopf
 from pymongo.errors import PyMongoError
 
 from pushtask import fairshare
-from pushtask import schedule as schedule_mod
 from pushtask.models import PushTaskSpec
 from pushtask.naming import worker_deployment_name
 from pushtask.planning import TaskRef, plan_run, run_id_for
+from pushtask.records import RunTotals
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
 from pushtask_operator import degrade, metrics
@@ -49,8 +49,11 @@ from pushtask_operator.reconcile import (
     Validation,
     compose_status,
     decide,
+    demand,
     effective_rate,
+    next_transition,
     read_spec,
+    schedule_facts,
     status_fields,
     status_patch,
     with_api_problem,
@@ -208,7 +211,7 @@ async def _validate_if_due(
 @dataclass(frozen=True)
 class RunFacts:
     run_doc: dict[str, Any] | None
-    totals: Any
+    totals: RunTotals
     heartbeats: list[dict[str, Any]]
     leased: list[dict[str, Any]]
     # The store's time when the facts were read: heartbeats and leases are judged on the
@@ -258,16 +261,6 @@ def _last_firing(status: Mapping[str, Any], meta: Mapping[str, Any]) -> datetime
     after it are due."""
     handled = [_parse(status.get(k)) for k in ("lastFiredAt", "lastSkippedAt")]
     return max((t for t in handled if t), default=None) or _parse(meta.get("creationTimestamp"))
-
-
-def _schedule_facts(spec: PushTaskSpec, since: datetime, now: datetime) -> tuple[bool, bool, bool]:
-    """(start_due, in_window, recurring) from spec.schedule; `since`: the last firing."""
-    sched = spec.schedule
-    return (
-        schedule_mod.start_due(sched, now, since),
-        schedule_mod.in_window(sched, now),
-        sched.cron is not None,
-    )
 
 
 def _fair_rate(
@@ -391,117 +384,197 @@ async def _apply_worker_deployment(
     return None
 
 
+@dataclass
+class Snapshot:
+    """What one reconcile read, beside the `Observed` it decides on: what applying the
+    plan needs (the spec as stored, the run's facts, the Deployment as it is)."""
+
+    meta: Mapping[str, Any]
+    raw: dict[str, Any]  # the spec as stored (JSON form): what validation checks, a run freezes
+    spec: PushTaskSpec
+    status: dict[str, Any]
+    now: datetime
+    since: datetime  # the last cron firing handled (schedule facts count from it)
+    validation: Validation = field(default_factory=Validation)
+    fresh: bool = False  # validated by this reconcile
+    run: RunFacts | None = None
+    deployment: dict[str, Any] | None = None
+    inline: dict[str, str] | None = None  # the ConfigMaps a run starting now freezes
+
+    @property
+    def key(self) -> str:
+        return task_key(self.meta)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.status.get("runId")
+
+    @property
+    def running(self) -> bool:
+        return self.status.get("phase") in RUNNING_PHASES
+
+    @property
+    def stage(self) -> str | None:
+        return ((self.run.run_doc if self.run else None) or {}).get("stage")
+
+
+@dataclass(frozen=True)
+class Share:
+    """This task's part of the operator-wide send budget, as this reconcile settled it."""
+
+    fair: float | None  # what decide gives the run's control block (None: no budget)
+    allocated: float | None  # the rate in force while running (metrics)
+    handing_over: bool  # its due share is still in other tasks' hands
+    releasing: bool  # its senders still report more than it is allocated
+
+
 async def _reconcile(
     rt: Runtime,
     body: Mapping[str, Any],
     state: TaskState,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> Plan | None:
-    settings = rt.settings
+    """Gather the facts, decide once, apply: one small step each."""
+    snap = _read_body(body, state)
+    if _settled(snap.spec, snap.status, snap.meta):
+        _rest(rt, state, snap)
+        return None
+    observed = await _gather(rt, state, snap)
+    observed = await _ready_for_a_new_run(rt, state, snap, observed)
+    share = _share_budget(rt, state, snap, observed)
+    plan = decide(dataclasses.replace(observed, fair_rate=share.fair))
+    applied = await _apply(rt, state, snap, plan, logger)
+    await _publish(rt, state, body, snap, observed, plan, applied, share, logger)
+    return plan
+
+
+# -- 1. gather the facts --------------------------------------------------------------------
+
+
+def _read_body(body: Mapping[str, Any], state: TaskState) -> Snapshot:
     meta = body["metadata"]
-    # The spec as stored (JSON form): what validation checks and a new run freezes.
     raw: dict[str, Any] = json.loads(json.dumps(dict(body["spec"]), default=str))
-    spec = read_spec(raw)
-    name, namespace = meta["name"], meta["namespace"]
     # Ours first: the watch stream may not have echoed our last status patch yet.
     status: dict[str, Any] = {**dict(body.get("status") or {}), **state.status}
     now = datetime.now(UTC)
-    key = task_key(meta)
+    return Snapshot(
+        meta=meta,
+        raw=raw,
+        spec=read_spec(raw),
+        status=status,
+        now=now,
+        since=_last_firing(status, meta) or now,
+    )
 
-    since = _last_firing(status, meta) or now
-    if _settled(spec, status, meta):
-        # A settled task takes no part in the budget: neither its demand nor its weight.
-        rt.demands.pop(key, None)
-        rt.weights.pop(key, None)
-        rt.in_force.pop(key, None)
-        phase_now = Phase(status["phase"])
-        state.wakeup = next_wakeup(
-            phase_now,
-            spec.schedule,
-            now=now,
-            since=since,
-            tick=settings.progress_interval,
-            settled=True,
-        )
-        return None
 
-    validation, fresh = await _validate_if_due(rt, state, raw, meta)
+def _rest(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
+    """A settled task takes no part in the budget and sleeps until its next event."""
+    rt.demands.pop(snap.key, None)
+    rt.weights.pop(snap.key, None)
+    rt.in_force.pop(snap.key, None)
+    state.wakeup = next_wakeup(
+        Phase(snap.status["phase"]),
+        snap.spec.schedule,
+        now=snap.now,
+        since=snap.since,
+        tick=rt.settings.progress_interval,
+        settled=True,
+    )
 
-    run_id: str | None = status.get("runId")
-    running = status.get("phase") in RUNNING_PHASES
-    facts = await _run_facts(rt.store, run_id, running) if run_id else None
-    if facts is not None and run_id is not None and running:
-        await _judge_ended_run(rt.store, run_id, facts)
-    deployment = await rt.kube.read_deployment(namespace, worker_deployment_name(name))
-    view = DeploymentView.from_status(deployment)
 
+async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
+    """The independent reads side by side (the API server's validation facts, the run's
+    facts in MongoDB, the worker Deployment), then what the decision observes."""
+    settings = rt.settings
+    name = snap.meta["name"]
+    (snap.validation, snap.fresh), snap.run, snap.deployment = await asyncio.gather(
+        _validate_if_due(rt, state, snap.raw, snap.meta),
+        _run_facts_judged(rt.store, snap.run_id, snap.running),
+        rt.kube.read_deployment(snap.meta["namespace"], worker_deployment_name(name)),
+    )
+    view = DeploymentView.from_status(snap.deployment)
     progress: Progress | None = None
-    if facts is not None and run_id is not None:
+    if snap.run is not None and snap.run_id is not None:
         progress = compute_progress(
-            totals=facts.totals,
-            run_doc=facts.run_doc,
-            heartbeats=facts.heartbeats,
-            leased_splits=facts.leased,
+            totals=snap.run.totals,
+            run_doc=snap.run.run_doc,
+            heartbeats=snap.run.heartbeats,
+            leased_splits=snap.run.leased,
             deployment=view,
             tracker=state.tracker,
-            run_id=run_id,
-            now=facts.now,
+            run_id=snap.run_id,
+            now=snap.run.now,
             lease_seconds=settings.lease_seconds,
         )
-
-    start_due, in_window, recurring = _schedule_facts(spec, since, now)
-    rate = spec.rate.per_second
-    observed = Observed(
-        generation=int(meta.get("generation") or 0),
-        spec=spec,
-        status=status,
-        validation=validation,
+    sched = schedule_facts(snap.spec, snap.since, snap.now)
+    return Observed(
+        generation=int(snap.meta.get("generation") or 0),
+        spec=snap.spec,
+        status=snap.status,
+        validation=snap.validation,
         progress=progress,
         deployment=view,
-        start_due=start_due,
-        in_window=in_window,
-        recurring=recurring,
-        degrade=settings.degrade_for(spec.priority),
-        tier=settings.tier_of(spec.priority),
-        next_event=schedule_mod.next_event(spec.schedule, now, since),
-        due_firing=schedule_mod.due_firing(spec.schedule, since, now),
-        now=now,
+        start_due=sched.start_due,
+        in_window=sched.in_window,
+        recurring=sched.recurring,
+        degrade=settings.degrade_for(snap.spec.priority),
+        tier=settings.tier_of(snap.spec.priority),
+        next_event=sched.next_event,
+        due_firing=sched.due_firing,
+        now=snap.now,
     )
-    plan = decide(observed)
-    inline: dict[str, str] | None = None
-    if plan.new_run:
-        # A run starts: the API facts it needs are read now, and its ConfigMaps copied;
-        # one that is gone holds the run with the same condition as at creation.
-        if not fresh:
-            validation, _ = await _validate_if_due(rt, state, raw, meta, run_starts=True)
-        if validation.ok:
-            try:
-                inline = await configmap_contents(raw, namespace, rt.kube)
-            except SourceGone as gone:  # deleted since it was validated, a moment ago
-                validation = state.validation = gone.validation
-        observed = dataclasses.replace(observed, validation=validation)
-        plan = decide(observed)
-    # The budget share of the phase the task is entering (a run starting or resuming now
-    # gets its share in its first control block), then the plan again with it.
-    stage = ((facts.run_doc if facts else None) or {}).get("stage")
-    demand: float | None = None
-    if plan.phase in RUNNING_PHASES:
-        if not running:  # resumed: the paused stretch says nothing of what it achieves
-            state.tracker = RateTracker()
-        measured = state.tracker.measured() and not plan.new_run
-        demand = fairshare.demand_now(
-            rate,
-            in_window=in_window,
-            sending=stage == "delivery" and not plan.new_run,
-            achieved=state.tracker.rate() if measured else None,
-            allocated=state.allocated,
-        )
-    prospective = demand if demand else rate
-    weight = float(max(1, spec.priority))
-    fair = _fair_rate(rt, key, demand=demand, prospective=prospective, weight=weight)
-    # No await from here to the bookkeeping below: two tasks must not both be granted the
-    # same budget that a third is still giving up.
-    reported = _sending_rates(facts) if facts is not None else []
+
+
+async def _run_facts_judged(store: Store, run_id: str | None, running: bool) -> RunFacts | None:
+    if not run_id:
+        return None
+    facts = await _run_facts(store, run_id, running)
+    if running:
+        await _judge_ended_run(store, run_id, facts)
+    return facts
+
+
+async def _ready_for_a_new_run(
+    rt: Runtime, state: TaskState, snap: Snapshot, observed: Observed
+) -> Observed:
+    """A run about to start reads the API facts it needs again and copies its ConfigMaps;
+    one that is gone holds the run with the same condition as at creation."""
+    if not next_transition(observed).new_run:
+        return observed
+    validation = snap.validation
+    if not snap.fresh:
+        validation, _ = await _validate_if_due(rt, state, snap.raw, snap.meta, run_starts=True)
+    if validation.ok:
+        try:
+            snap.inline = await configmap_contents(snap.raw, snap.meta["namespace"], rt.kube)
+        except SourceGone as gone:  # deleted since it was validated, a moment ago
+            validation = state.validation = gone.validation
+    snap.validation = validation
+    return dataclasses.replace(observed, validation=validation)
+
+
+# -- 2. the budget share, then decide -------------------------------------------------------
+
+
+def _share_budget(rt: Runtime, state: TaskState, snap: Snapshot, observed: Observed) -> Share:
+    """This task's share of the budget in the phase it is entering (a run starting or
+    resuming now gets its share in its first control block). No await in here: two tasks
+    must not both be granted the same budget that a third is still giving up."""
+    settings, key, rate = rt.settings, snap.key, snap.spec.rate.per_second
+    entering = next_transition(observed)
+    if entering.phase in RUNNING_PHASES and not snap.running:
+        state.tracker = RateTracker()  # resumed: the paused stretch says nothing
+    wants = demand(
+        entering,
+        snap.spec,
+        in_window=observed.in_window,
+        sending=snap.stage == "delivery",
+        achieved=state.tracker.rate() if state.tracker.measured() else None,
+        allocated=state.allocated,
+    )
+    weight = float(max(1, snap.spec.priority))
+    fair = _fair_rate(rt, key, demand=wants, prospective=wants or rate, weight=weight)
+    reported = _sending_rates(snap.run) if snap.run is not None else []
     handing_over = False
     if fair is not None:
         others = [v for k, v in rt.in_force.items() if k != key]
@@ -509,9 +582,7 @@ async def _reconcile(
         handing_over = granted < fair
         fair = granted
     state.allocated = fair
-    if fair is not None:
-        plan = decide(dataclasses.replace(observed, fair_rate=fair))
-    allocated = effective_rate(rate, fair) if plan.phase in RUNNING_PHASES else None
+    allocated = effective_rate(rate, fair) if entering.phase in RUNNING_PHASES else None
     releasing = settings.send_budget > 0 and max(reported, default=0.0) > (allocated or 0.0)
     if settings.send_budget > 0 and (allocated is not None or reported):
         rt.in_force[key] = fairshare.in_force(allocated, reported)
@@ -524,77 +595,141 @@ async def _reconcile(
             if other_key != key and other_key in rt.in_force:
                 other.due_now = True
                 other.rearm.set()
+    return Share(fair, allocated, handing_over, releasing)
 
-    frozen: Mapping[str, Any] | None = (facts.run_doc or {}).get("spec") if facts else None
-    started_run: str | None = None
+
+# -- 3. apply the plan ----------------------------------------------------------------------
+
+
+async def _apply(
+    rt: Runtime,
+    state: TaskState,
+    snap: Snapshot,
+    plan: Plan,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> Applied:
+    run_id, frozen, started_run = snap.run_id, None, None
+    if snap.run is not None:
+        frozen = (snap.run.run_doc or {}).get("spec")
     if plan.new_run and plan.run is not None:
-        task = TaskRef(namespace=namespace, name=name, uid=meta["uid"])
-        new_id = run_id_for(task, plan.run)
-        if run_id and run_id != new_id:
-            # The old run is over: its workers stop at their next heartbeat.
-            await rt.store.set_control(run_id, state="Stopped", cancelInflight=False)
-        if inline is None:  # not read above (cannot happen: decided from the same facts)
-            inline = await configmap_contents(raw, namespace, rt.kube)
-        rate_now = plan.control["ratePerSecond"] if plan.control else rate
-        planned = plan_run(task, plan.run, raw, inline=inline, rate_per_second=rate_now, now=now)
-        created = await rt.store.create_run(planned.run, planned.splits)
-        logger.info("run %s %s", new_id, "created" if created else "already existed")
-        pruned = await rt.store.prune_runs(task.uid, keep=settings.run_retention)
-        if pruned:
-            logger.info("ledgers of older runs deleted: %s", ", ".join(pruned))
-        run_id, frozen, started_run = new_id, raw, new_id
-        state.tracker = RateTracker()
-        state.control = None
-
-    # The run's control block: desired state, live rate, cancellation of in-flight sends.
-    if run_id and plan.control is not None and plan.control != state.control:
-        await rt.store.set_control(run_id, **plan.control)
-        state.control = dict(plan.control)
-
+        run_id = await _start_run(rt, state, snap, plan, logger)
+        frozen, started_run = snap.raw, run_id
+    if run_id:
+        await _write_control(rt, state, run_id, plan)
     for worker in plan.forget_workers:
         await rt.store.forget_worker(worker)
-
-    # The worker Deployment: created with the first run, patched only when it changes.
-    replicas = plan.replicas
-    refused: ApiProblem | None = None
-    if run_id:
-        desired = build_worker_deployment(
-            meta, frozen or raw, run_id, settings, replicas=replicas, run=plan.run
-        )
-        thash = _template_hash(desired)
-        desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = thash
-        annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
-        if (
-            deployment is None
-            or view.desired != replicas
-            or annotations.get(TEMPLATE_HASH_ANNOTATION) != thash
-            or annotations.get(RUN_ID_ANNOTATION) != run_id
-        ):
-            refused = await _apply_worker_deployment(rt, state, desired, (thash, replicas))
-        else:
-            state.rejected = None
-
+    refused = await _own_deployment(rt, state, snap, plan, run_id, frozen)
     skip_samples: list[str] | None = None
-    if started_run is None and progress is not None and progress.counts.skipped and run_id:
+    if started_run is None and run_id and snap.run is not None and snap.run.totals.skipped:
         skip_samples = await rt.store.skip_samples(run_id)
-    applied = Applied(
-        selector=selector_string(name),
-        deployment_replicas=int(((deployment or {}).get("status") or {}).get("replicas") or 0),
+    return Applied(
+        selector=selector_string(snap.meta["name"]),
+        deployment_replicas=int(((snap.deployment or {}).get("status") or {}).get("replicas") or 0),
         started_run=started_run,
         skip_samples=skip_samples,
         refused=refused,
     )
-    new_status = compose_status(status, plan, progress, applied, recurring=recurring, now=now)
 
+
+async def _start_run(
+    rt: Runtime,
+    state: TaskState,
+    snap: Snapshot,
+    plan: Plan,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> str:
+    """Freeze the spec into a new run in MongoDB (idempotent: the id is the run's own)."""
+    assert plan.run is not None
+    meta = snap.meta
+    task = TaskRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
+    new_id = run_id_for(task, plan.run)
+    if snap.run_id and snap.run_id != new_id:
+        # The old run is over: its workers stop at their next heartbeat.
+        await rt.store.set_control(snap.run_id, state="Stopped", cancelInflight=False)
+    inline = snap.inline
+    if inline is None:  # not read before deciding (cannot happen: decided from the same facts)
+        inline = await configmap_contents(snap.raw, meta["namespace"], rt.kube)
+    rate_now = plan.control["ratePerSecond"] if plan.control else snap.spec.rate.per_second
+    planned = plan_run(
+        task, plan.run, snap.raw, inline=inline, rate_per_second=rate_now, now=snap.now
+    )
+    created = await rt.store.create_run(planned.run, planned.splits)
+    logger.info("run %s %s", new_id, "created" if created else "already existed")
+    pruned = await rt.store.prune_runs(task.uid, keep=rt.settings.run_retention)
+    if pruned:
+        logger.info("ledgers of older runs deleted: %s", ", ".join(pruned))
+    state.tracker = RateTracker()
+    state.control = None
+    return new_id
+
+
+async def _write_control(rt: Runtime, state: TaskState, run_id: str, plan: Plan) -> None:
+    """The run's control block: desired state, live rate, cancellation of in-flight sends;
+    written only when it changes."""
+    if plan.control is not None and plan.control != state.control:
+        await rt.store.set_control(run_id, **plan.control)
+        state.control = dict(plan.control)
+
+
+async def _own_deployment(
+    rt: Runtime,
+    state: TaskState,
+    snap: Snapshot,
+    plan: Plan,
+    run_id: str | None,
+    frozen: Mapping[str, Any] | None,
+) -> ApiProblem | None:
+    """The worker Deployment: created with the first run, patched only when it changes."""
+    if not run_id:
+        return None
+    desired = build_worker_deployment(
+        snap.meta, frozen or snap.raw, run_id, rt.settings, replicas=plan.replicas, run=plan.run
+    )
+    thash = _template_hash(desired)
+    desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = thash
+    current = snap.deployment
+    annotations = ((current or {}).get("metadata") or {}).get("annotations") or {}
+    if (
+        current is None
+        or DeploymentView.from_status(current).desired != plan.replicas
+        or annotations.get(TEMPLATE_HASH_ANNOTATION) != thash
+        or annotations.get(RUN_ID_ANNOTATION) != run_id
+    ):
+        return await _apply_worker_deployment(rt, state, desired, (thash, plan.replicas))
+    state.rejected = None
+    return None
+
+
+# -- 4. publish: the status, Events, metrics, the next wake-up -------------------------------
+
+
+async def _publish(
+    rt: Runtime,
+    state: TaskState,
+    body: Mapping[str, Any],
+    snap: Snapshot,
+    observed: Observed,
+    plan: Plan,
+    applied: Applied,
+    share: Share,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    meta, settings = snap.meta, rt.settings
+    namespace, name = meta["namespace"], meta["name"]
+    new_status = compose_status(
+        snap.status, plan, observed.progress, applied, recurring=observed.recurring, now=snap.now
+    )
     # ONE status patch, and only when something changed.
-    patch = status_patch(status, new_status)
+    patch = status_patch(snap.status, new_status)
+    written = status_fields(new_status)
     if patch:
         await rt.kube.patch_status(namespace, name, patch)
-        state.status = {**state.status, **status_fields(new_status)}
+        state.status = {**state.status, **written}
 
     for ev in plan.events:
         rt.events(body, ev.type, ev.reason, ev.message)
         logger.info("%s: %s", ev.reason, ev.message)
+    refused = applied.refused
     if refused is not None and refused != state.api_problem:
         rt.events(body, "Warning", refused.reason, refused.message)
         log.warning("%s", refused.message)  # not kopf's logger: it would post a 2nd Event
@@ -605,27 +740,26 @@ async def _reconcile(
         name,
         plan.phase.value,
         new_status,
-        limit=rate,
-        allocation=allocated,
-        delivering=stage == "delivery",
-        in_window=in_window,
+        limit=snap.spec.rate.per_second,
+        allocation=share.allocated,
+        delivering=snap.stage == "delivery",
+        in_window=observed.in_window,
     )
     metrics.observe_budget(settings.send_budget, rt.demands)
-    waiting = not validation.ok and not validation.permanent
+    waiting = not snap.validation.ok and not snap.validation.permanent
     state.wakeup = next_wakeup(
         plan.phase,
-        spec.schedule,
-        now=now,
-        since=_last_firing(status_fields(new_status), meta) or since,
+        snap.spec.schedule,
+        now=snap.now,
+        since=_last_firing(written, meta) or snap.since,
         tick=settings.progress_interval,
         revalidate=REVALIDATE_SECONDS if waiting else None,
     )
-    if handing_over or releasing:
+    if share.handing_over or share.releasing:
         # Budget changing hands: the senders report within a rate beat; look again soon.
-        soon = Wakeup(now + timedelta(seconds=HANDOVER_SECONDS), "BudgetHandover")
+        soon = Wakeup(snap.now + timedelta(seconds=HANDOVER_SECONDS), "BudgetHandover")
         if state.wakeup.at is None or (soon.at is not None and state.wakeup.at > soon.at):
             state.wakeup = soon
-    return plan
 
 
 # -- entry points (called from main.py's registrations) ------------------------------------

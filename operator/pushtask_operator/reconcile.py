@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from pushtask import fairshare, schedule
 from pushtask.models import Counts, PushTaskSpec, PushTaskStatus
 from pushtask.states import (
     ACTIVE_PHASES,
@@ -368,18 +369,65 @@ def with_api_problem(
     return out + list(shown.values())
 
 
-def decide(obs: Observed) -> Plan:
+@dataclass(frozen=True)
+class ScheduleFacts:
+    """What spec.schedule says at `now`, given the last firing handled (`since`)."""
+
+    start_due: bool
+    in_window: bool
+    recurring: bool
+    next_event: tuple[datetime, str] | None
+    due_firing: datetime | None
+
+
+def schedule_facts(spec: PushTaskSpec, since: datetime, now: datetime) -> ScheduleFacts:
+    sched = spec.schedule
+    return ScheduleFacts(
+        start_due=schedule.start_due(sched, now, since),
+        in_window=schedule.in_window(sched, now),
+        recurring=sched.cron is not None,
+        next_event=schedule.next_event(sched, now, since),
+        due_firing=schedule.due_firing(sched, since, now),
+    )
+
+
+def demand(
+    t: Transition,
+    spec: PushTaskSpec,
+    *,
+    in_window: bool,
+    sending: bool,
+    achieved: float | None,
+    allocated: float | None,
+) -> float | None:
+    """The sends per second the task can use in the phase it enters (fairshare.demand_now);
+    None when it is not running and takes no part in the budget. A run starting now is not
+    sending yet and has achieved nothing."""
+    if t.phase not in RUNNING_PHASES:
+        return None
+    return fairshare.demand_now(
+        spec.rate.per_second,
+        in_window=in_window,
+        sending=sending and not t.new_run,
+        achieved=None if t.new_run else achieved,
+        allocated=allocated,
+    )
+
+
+def next_transition(obs: Observed) -> Transition:
+    """The phase the task enters and whether a run starts: the state machine's answer,
+    with validation gating what starts. Pure; `decide` builds the plan around it, and the
+    handler asks it first (a run about to start re-reads its API facts; the budget share
+    depends on the phase entered)."""
     status = obs.status
     phase_now = current_phase(status)
-    status_run: int | None = status.get("run")
     v = obs.validation
-
     # First sight, or a Failed caused by a spec that now validates: start from Ready.
     start_phase = phase_now or Phase.READY
     if phase_now is Phase.FAILED and _condition_reason(status, "Ready") == INVALID_SPEC and v.ok:
         start_phase = Phase.READY
 
-    t = transition(start_phase, obs.spec.state, _facts(obs, status_run))
+    t = transition(start_phase, obs.spec.state, _facts(obs, status.get("run")))
     if t.phase is phase_now and t.reason == RUN_OVER and status.get("message"):
         # Resting in a terminal phase: keep the cause it ended with, the one thing the
         # user needs (a later reconcile must not replace it with a generic line). A spec
@@ -398,7 +446,16 @@ def decide(obs: Observed) -> Plan:
     elif not v.ok and v.permanent and t.phase is Phase.READY:
         # Not started yet (waiting for startAt, held): fail now rather than at the start.
         t = Transition(Phase.FAILED, INVALID_SPEC, v.message)
+    return t
 
+
+def decide(obs: Observed) -> Plan:
+    """The plan: phase, run, replicas, control block, events and the decided status."""
+    status = obs.status
+    phase_now = current_phase(status)
+    status_run: int | None = status.get("run")
+    v = obs.validation
+    t = next_transition(obs)
     phase = t.phase
     run = next_run_number(obs.spec.run, status_run) if t.new_run else status_run
     rate = effective_rate(obs.spec.rate.per_second, obs.fair_rate)

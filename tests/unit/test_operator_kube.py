@@ -269,6 +269,9 @@ class Calls:
             raise self.refuse
         return None
 
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None  # read beside the validation (the reconcile gathers side by side)
+
     async def apply_deployment(self, body: Any) -> None:
         self.applied += 1
         if self.fail is not None:
