@@ -2,11 +2,17 @@
 
 Every entry point (create, resume, update, the timer) ends in `reconcile()`, which runs
 under a per-task lock so an update and a timer tick never act on the same task at once.
-One reconcile: validate (when due) → read the run's progress from MongoDB and the worker
-Deployment → `reconcile.decide()` → create the run document if a run starts → write the
-run's control block → own the Deployment → `reconcile.compose_status()` → ONE status
-patch → an Event per transition. The decisions and the status are the pure modules'; this
-one only reads facts and applies what they return.
+One reconcile (`_reconcile`), in steps:
+
+1. gather: the validation (when due), the run's facts in MongoDB and the worker
+   Deployment, read side by side; a run about to start reads its API facts again;
+2. the task's share of the send budget, then `reconcile.decide()`, once;
+3. apply: start the run, write its control block, own the Deployment;
+4. publish: `reconcile.compose_status()` → ONE status patch, an Event per transition,
+   metrics, the next wake-up.
+
+The decisions and the status are the pure modules'; this one only reads facts and
+applies what they return.
 """
 
 from __future__ import annotations
