@@ -272,6 +272,32 @@ def extend_to(hi: int, doubt: int, window: int, limit: int) -> int:
     return max(hi, min(limit, hi + window - doubt))
 
 
+@dataclass
+class SendWindow:
+    """A chunk holder's window bookkeeping, kept by the rule above (`extend_to`).
+
+    `hi`: positions below it may be started (it is recorded before any of them is);
+    `doubt`: positions below the recorded `hi` without a recorded result, what a holder
+    that dies now would leave in doubt. `hi` only moves so far that `doubt` stays within
+    `size`."""
+
+    hi: int
+    size: int
+    doubt: int = 0
+
+    def has_room(self) -> bool:
+        return self.doubt < self.size
+
+    def next_hi(self, recording: int, limit: int) -> int:
+        """The `hi` to record beside `recording` more results (never past `limit`)."""
+        return extend_to(self.hi, self.doubt - recording, self.size, limit)
+
+    def moved(self, recorded: int, hi: int) -> None:
+        """A write landed: `recorded` results and `hi`."""
+        self.doubt = self.doubt - recorded + (hi - self.hi)
+        self.hi = hi
+
+
 # -- results -------------------------------------------------------------------------------
 #
 # Most recipients are sent at the first attempt, and every result of one write shares the

@@ -208,3 +208,18 @@ def test_failures_are_read_from_res_in_position_order() -> None:
     }
     assert ledger.failures(doc) == [(2, "UNREGISTERED"), (7, "HTTP 410 Gone")]
     assert ledger.failures({"ok": {"3_0": {"p": [0]}}}) == []
+
+
+def test_a_send_window_never_lets_doubt_past_its_size() -> None:
+    """The holder's bookkeeping: each write moves `hi` by what was recorded, no further."""
+    mark = ledger.SendWindow(hi=0, size=64)
+    assert mark.has_room()
+    hi = mark.next_hi(0, limit=1000)  # the first write opens one window
+    mark.moved(0, hi)
+    assert (mark.hi, mark.doubt) == (64, 64) and not mark.has_room()
+    hi = mark.next_hi(24, limit=1000)  # 24 results: 24 more may start
+    mark.moved(24, hi)
+    assert (mark.hi, mark.doubt) == (88, 64)
+    hi = mark.next_hi(64, limit=100)  # everything recorded, but only 12 are due
+    mark.moved(64, hi)
+    assert (mark.hi, mark.doubt) == (100, 12) and mark.has_room()

@@ -72,11 +72,11 @@ class ChunkDelivery:
         self.users: list[str] = list(chunk["users"])
         self.attrs: list[dict[str, Any]] | None = chunk.get("attrs")
         self.dues: list[datetime] | None = chunk.get("dues")
-        self.hi = int(chunk.get("hi") or 0)  # as recorded: lanes start positions below it
-        self.next = self.hi  # the next position never started by anyone
+        # `hi` as recorded (lanes start positions below it) and the doubt it allows.
+        self.mark = ledger.SendWindow(hi=int(chunk.get("hi") or 0), size=self.window)
+        self.next = self.mark.hi  # the next position never started by anyone
         self.retry: list[int] = []  # positions below `hi` this holder sends (again)
         self.handed: set[int] = set()  # of those, the ones handed back at a shutdown
-        self.doubt = 0  # positions below the recorded `hi` without a recorded result
         self.unrecorded: list[Result] = []
         self.sending: set[int] = set()  # positions a lane is sending right now
         self.waiting = 0  # lanes waiting for a rate token, each for a position still left
@@ -167,7 +167,7 @@ class ChunkDelivery:
         if unknown:
             log.info("chunk in doubt settled", extra={"chunk": self.id, "n": len(unknown)})
             metrics.RESULTS.labels(self.sender.label, "unknown").inc(len(unknown))
-        self.doubt = len(self.retry)
+        self.mark.doubt = len(self.retry)
         await self._write(unknown=unknown, reopen=sorted(self.handed))
 
     async def _end(self) -> bool:
@@ -221,7 +221,7 @@ class ChunkDelivery:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
-            if self.next < self.hi:
+            if self.next < self.mark.hi:
                 p, self.next = self.next, self.next + 1
                 return p
             self.starved = True
@@ -297,7 +297,7 @@ class ChunkDelivery:
         # just move `hi` if the window has room.
         if not self.starved or self.sending:
             return False
-        return bool(n or self.doubt < self.window)
+        return bool(n or self.mark.has_room())
 
     async def _writer(self) -> None:
         while not self.closing:
@@ -315,9 +315,8 @@ class ChunkDelivery:
         self, unknown: list[int] | None = None, reopen: list[int] | None = None
     ) -> None:
         results, self.unrecorded = self.unrecorded, []
-        doubt = self.doubt - len(results)
-        limit = ledger.first_not_due(self.dues, self.hi, self.size, self.store.due_by())
-        hi = ledger.extend_to(self.hi, doubt, self.window, limit)
+        limit = ledger.first_not_due(self.dues, self.mark.hi, self.size, self.store.due_by())
+        hi = self.mark.next_hi(len(results), limit)
         counters = ledger.tally(self.counters, (r.status for r in results), len(unknown or ()))
         try:
             self.lease = await self._call(
@@ -336,8 +335,7 @@ class ChunkDelivery:
             raise
         self._count(results)
         self.counters = counters
-        self.doubt = doubt + (hi - self.hi)
-        self.hi = hi
+        self.mark.moved(len(results), hi)
         self.last_write = time.monotonic()
         self.starved = False
         self.moved.set()
