@@ -61,7 +61,7 @@ class RunTotals:
 class RecipientState:
     """What happened to one user in one run (`kubectl push recipient`)."""
 
-    run: str
+    run_id: str
     user: str
     status: str  # pending | in flight | in doubt | sent | failed | unknown | handed back
     attempts: int

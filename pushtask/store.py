@@ -560,10 +560,10 @@ class Store:
 
     async def lookup(self, run_id: str, user: str) -> tuple[RecipientState | None, str | None]:
         """`user`'s state in a run and the run's stage (None: the run is not stored)."""
-        state, run = await asyncio.gather(
+        state, run_doc = await asyncio.gather(
             self.recipient(run_id, user), self.get_run(run_id, ("stage",))
         )
-        return state, None if run is None else str(run.get("stage") or "")
+        return state, None if run_doc is None else str(run_doc.get("stage") or "")
 
     async def statuses(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
         """(user, status) of every recipient of a run, chunk by chunk (exports, tests)."""

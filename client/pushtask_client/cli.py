@@ -181,7 +181,7 @@ def recipient_lines(state: Any, run: int, database: str, via: str) -> list[str]:
     at = state.at.isoformat() if state.at else "-"
     return [
         f"user:      {state.user}",
-        f"run:       {run} ({state.run})",
+        f"run:       {run} ({state.run_id})",
         f"status:    {state.status}",
         f"attempts:  {state.attempts}",
         f"error:     {state.error or '-'}",
