@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import kopf
+from pymongo.errors import PyMongoError
 
 from pushtask.models import GROUP, PLURAL, VERSION
 from pushtask.store import Store
@@ -76,7 +77,7 @@ def register(
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings, config, peering=peering)
         store = Store.connect(config.mongo_uri)
-        await store.ensure_indexes()
+        await wait_for_store(store)
         kube = Kube()
         kube.probe_timeout = config.url_probe_timeout
         rt = handlers.Runtime(
@@ -151,6 +152,28 @@ async def follow_degrade(rt: handlers.Runtime, kube: Kube, ref: str) -> DegradeW
         await handlers.on_degrade(rt, first)
     watcher.start(first)
     return watcher
+
+
+# How long the operator waits between two tries of a MongoDB that does not answer yet.
+STORE_WAIT_FIRST, STORE_WAIT_MAX = 1.0, 10.0
+
+
+async def wait_for_store(store: Store) -> None:
+    """Make the indexes, waiting for MongoDB as long as it takes. The chart starts the
+    operator and its bundled MongoDB together: on a real node the operator asked first,
+    kopf's startup failed on the 5 s server selection and the container restarted
+    (seen on kind, found by its restart log). Waiting, and saying so, is what a user
+    expects. kopf serves the liveness endpoint only once the startup is done: a MongoDB
+    away longer than the chart's probe allows (about 70 s) still restarts the pod."""
+    delay = STORE_WAIT_FIRST
+    while True:
+        try:
+            await store.ensure_indexes()
+            return
+        except PyMongoError as exc:
+            log.warning("MongoDB does not answer yet (%s); trying again in %.0fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_WAIT_MAX)
 
 
 async def selftest(uri: str) -> int:
