@@ -15,6 +15,12 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The operator scenarios tests/kind runs unchanged on the real node: `make test` runs them
+# there only (one path where one serves; `make e2e` still runs them on devstack).
+ON_KIND_TOO := $(foreach t,campaign_finishes_each_user_exactly_once pause_stops_sending_and_resume_finishes \
+  scale_subresource_drives_the_deployment stop_then_a_new_run_counts_from_zero,\
+  --deselect tests/e2e/test_operator_e2e.py::test_$(t))
+
 ## test: every test (unit, integration on the MongoDB-wire servers, e2e on devstack, then
 ## the kind suite on a real node: docs/kind.md) and lint
 test: setup lint
@@ -22,7 +28,7 @@ test: setup lint
 	$(PY) -m devstack.linttools   # promtool, kube-score: the chart's checkers (cached)
 	$(PY) -m devstack.kstatus     # kstatus and Flux's evaluator for the GitOps e2e (cached)
 	bash scripts/bench-setup.sh $(VENV)   # the Celery baseline of the bench smoke test
-	$(PYTEST) tests --ignore=tests/kind -p no:cacheprovider --durations=25
+	$(PYTEST) tests --ignore=tests/kind $(ON_KIND_TOO) -p no:cacheprovider --durations=25
 	bash scripts/e2e-kind.sh      # after the devstack suite: its image builds never load its timing tests
 
 unit: setup
