@@ -49,6 +49,13 @@ CONSOLE_SECRET = "pushtask-console-token"
 console = Console()
 
 
+def interruptible() -> None:
+    """In a child: SIGINT back to its default. A shell starts background jobs with SIGINT
+    ignored, and a Python started that way never raises KeyboardInterrupt: the sink would
+    not stop on the SIGINT below (seen when `make test` ran as a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def sh(*cmd: str, env: dict[str, str], input: str | None = None) -> str:
     proc = subprocess.run(cmd, env=env, input=input, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 20

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.demo import interruptible
 from devstack.testing import Kubectl
 from tests.bad_specs import valid_manifest
 from tests.e2e.test_operator_e2e import (
@@ -233,6 +234,7 @@ def test_list_watch_prints_each_change_until_interrupted(
     proc = subprocess.Popen(
         [str(kubectl.binary), "push", "list", "-w", "-n", namespace],
         env=plugin_env(k),
+        preexec_fn=interruptible,  # the Ctrl-C below reaches it even from a background job
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
