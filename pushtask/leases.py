@@ -10,12 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final, Literal
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# A unit's status: waiting for a holder, held under a lease, or finished.
+QUEUED: Final = "queued"
+LEASED: Final = "leased"
+DONE: Final = "done"
+# What versions up to 0.1.0 stored for QUEUED. Claims still take it, so a run started
+# before an upgrade (or a worker not upgraded yet, in a rolling update) goes on.
+LEGACY_QUEUED = "pending"
+UnitEnd = Literal["done", "queued"]  # how a holder leaves a unit
 
 
 class LeaseLost(Exception):
@@ -38,7 +47,7 @@ class Lease:
 
     def fence(self) -> dict[str, Any]:
         """The filter every write of this holder goes through."""
-        return {"_id": self.unit_id, "token": self.token, "status": "leased"}
+        return {"_id": self.unit_id, "token": self.token, "status": LEASED}
 
     def remaining(self, now: datetime) -> float:
         return (self.until - now).total_seconds()
@@ -51,11 +60,11 @@ def now_utc() -> datetime:
 def claimable(
     now: datetime, due_field: str = "notBefore", due_by: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Pending and due (by `due_by`, default now), or leased by a holder that stopped
+    """Queued and due (by `due_by`, default now), or leased by a holder that stopped
     renewing."""
     return [
-        {"status": "pending", due_field: {"$lte": due_by or now}},
-        {"status": "leased", "leaseUntil": {"$lt": now}},
+        {"status": {"$in": [QUEUED, LEGACY_QUEUED]}, due_field: {"$lte": due_by or now}},
+        {"status": LEASED, "leaseUntil": {"$lt": now}},
     ]
 
 
@@ -81,7 +90,7 @@ async def claim(
     doc = await coll.find_one_and_update(
         {**match, "$or": claimable(now, due_field, due_by)},
         {
-            "$set": {"status": "leased", "owner": owner, "leaseUntil": until, "claimedAt": now},
+            "$set": {"status": LEASED, "owner": owner, "leaseUntil": until, "claimedAt": now},
             "$inc": {"token": 1},
         },
         sort=list(sort),
@@ -113,14 +122,14 @@ async def release(
     not_before: datetime | None = None,
     fields: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Give the split back (pending again, due at `not_before`) or mark it done.
+    """Give the split back (queued again, due at `not_before`) or mark it done.
 
     Returns False when the lease had already been lost: the caller's work on it is void.
     A done release also counts itself in `completions`, so a split completed twice would
     show in the data. (Chunks end through their own fenced write: store.write_chunk.)
     """
     update: dict[str, Any] = {
-        "status": "done" if done else "pending",
+        "status": DONE if done else QUEUED,
         "owner": None,
         "leaseUntil": None,
         "notBefore": not_before or EPOCH,

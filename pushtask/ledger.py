@@ -30,7 +30,8 @@ from typing import Any
 
 import bson
 
-from pushtask.leases import EPOCH
+from pushtask.leases import EPOCH, QUEUED
+from pushtask.records import HANDED_BACK
 
 # Recipients per shard: a seal holds its shard in memory, a flush FLUSH_ROWS rows, so a
 # worker's peak is the same whatever the audience (tests/integration/test_worker_memory.py).
@@ -232,7 +233,7 @@ def new_chunk(run_id: str, shard: int, n: int, part: Sequence[Recipient]) -> dic
         "run": run_id,
         "shard": shard,
         "n": n,
-        "status": "pending",
+        "status": QUEUED,
         "owner": None,
         "token": 0,
         "leaseUntil": None,
@@ -308,6 +309,14 @@ class SendWindow:
 # A list of ints costs a fraction of a sub-document per recipient, to encode in the
 # worker and to apply in the store (measured: docs/benchmarks.md).
 
+# Versions up to 0.1.0 recorded a hand-back as "pending": read as HANDED_BACK everywhere.
+_LEGACY_RESULT = {"pending": HANDED_BACK}
+
+
+def _status(entry: Mapping[str, Any]) -> str:
+    s = str(entry["s"])
+    return _LEGACY_RESULT.get(s, s)
+
 
 def result_entry(status: str, attempts: int, at: datetime, worker: str, error: str | None) -> dict:
     entry: dict[str, Any] = {"s": status, "n": attempts, "t": at, "w": worker}
@@ -324,7 +333,7 @@ def result_at(doc: Mapping[str, Any], position: int) -> dict[str, Any] | None:
     """The recorded result of one position (in either encoding), None if there is none."""
     entry = (doc.get("res") or {}).get(str(position))
     if entry is not None:
-        return dict(entry)
+        return {**entry, "s": _status(entry)}
     for batch in (doc.get("ok") or {}).values():
         if position in batch["p"]:
             return {"s": "sent", "n": 1, "t": batch.get("t"), "w": batch.get("w")}
@@ -333,9 +342,9 @@ def result_at(doc: Mapping[str, Any], position: int) -> dict[str, Any] | None:
 
 def recorded(doc: Mapping[str, Any]) -> dict[int, str]:
     """Position → recorded status, for every position of a chunk with a result (a
-    hand-back, recorded as "pending", included)."""
+    hand-back included)."""
     out = {p: "sent" for batch in (doc.get("ok") or {}).values() for p in batch["p"]}
-    out.update({int(p): str(e["s"]) for p, e in (doc.get("res") or {}).items()})
+    out.update({int(p): _status(e) for p, e in (doc.get("res") or {}).items()})
     return out
 
 
@@ -360,7 +369,7 @@ def tally(counters: Mapping[str, int], statuses: Iterable[str], unknown: int = 0
     """
     out = {k: int(v) for k, v in counters.items()}
     for status in statuses:
-        if status == "pending":  # handed back, not a result: nothing to count
+        if status == HANDED_BACK:  # not a result: nothing to count
             continue
         out[status] = out.get(status, 0) + 1
         out["attempted"] = out.get("attempted", 0) + 1
@@ -372,4 +381,4 @@ def tally(counters: Mapping[str, int], statuses: Iterable[str], unknown: int = 0
 def handed_back(doc: Mapping[str, Any]) -> list[int]:
     """Positions handed back unsent at a shutdown (a retry cut short): to be sent again."""
     res = doc.get("res") or {}
-    return sorted(int(p) for p, r in res.items() if r.get("s") == "pending")
+    return sorted(int(p) for p, r in res.items() if _status(r) == HANDED_BACK)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from pushtask import ledger
-from pushtask.leases import EPOCH
+from pushtask.leases import EPOCH, QUEUED
 
 # An inline list is cut into blocks of this many users so several workers share it.
 INLINE_BLOCK = 5000
@@ -32,7 +32,7 @@ class TaskRef:
 
 @dataclass(frozen=True)
 class RunPlan:
-    run: dict[str, Any]
+    run_doc: dict[str, Any]
     splits: list[dict[str, Any]]
 
 
@@ -56,7 +56,7 @@ def new_split(run_id: str, split_id: str, kind: str, index: int, **extra: Any) -
         "run": run_id,
         "kind": kind,
         "index": index,
-        "status": "pending",
+        "status": QUEUED,
         "owner": None,
         "token": 0,
         "leaseUntil": None,
@@ -143,4 +143,4 @@ def plan_run(
         "audienceDoneAt": None,
         "doneAt": None,
     }
-    return RunPlan(run=doc, splits=audience_splits(run_id, spec))
+    return RunPlan(run_doc=doc, splits=audience_splits(run_id, spec))

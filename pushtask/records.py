@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
+
+# A recipient whose retries a shutdown cut short, given back unsent for the next holder to
+# send again: not a result, so counted nowhere.
+HANDED_BACK: Final = "handed back"
 
 
 @dataclass(frozen=True)
 class Result:
-    """A recipient's result after its sends: final (sent, failed), or pending again when
-    its retries were cut short by the worker shutting down (a later holder retries it)."""
+    """A recipient's result after its sends: final (sent, failed), or handed back when its
+    retries were cut short by the worker shutting down (a later holder sends it again)."""
 
     position: int
-    status: Literal["sent", "failed", "pending"]
+    status: Literal["sent", "failed", "handed back"]
     error: str | None = None
     attempts: int = 1
 
@@ -63,7 +67,8 @@ class RecipientState:
 
     run_id: str
     user: str
-    status: str  # pending | in flight | in doubt | sent | failed | unknown | handed back
+    # pending (not started) | in flight | in doubt | sent | failed | unknown | handed back
+    status: str
     attempts: int
     error: str | None
     at: datetime | None

@@ -27,6 +27,7 @@ from pushtask.clock import StoreClock
 from pushtask.leases import (
     Lease,
     LeaseLost,
+    UnitEnd,
     claim,
     fenced_update,
     release,
@@ -76,7 +77,7 @@ def _position_status(
     out) or pending."""
     status = done.get(position)
     if status is not None:
-        return status  # "pending": handed back at a shutdown, to be sent again
+        return status
     if position >= int(doc.get("hi") or 0):
         return "pending"
     alive = doc.get("status") == "leased" and (doc.get("leaseUntil") or now) > now
@@ -190,11 +191,11 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------
 
-    async def create_run(self, run: dict[str, Any], splits: Sequence[dict[str, Any]]) -> bool:
+    async def create_run(self, run_doc: dict[str, Any], splits: Sequence[dict[str, Any]]) -> bool:
         """Insert a planned run; True if it is new. Safe to repeat after a crash midway."""
         created = True
         try:
-            await self._runs.insert_one(run)
+            await self._runs.insert_one(run_doc)
         except DuplicateKeyError:
             created = False
         await self.add_splits(splits)
@@ -233,16 +234,16 @@ class Store:
         """
         now = now or self.now()
         fields = {"stage": 1, "buckets": 1, "spec.workers": 1, "spec.audience.sources": 1}
-        run = await self._runs.find_one({"_id": run_id}, fields)
-        if run is None:
+        run_doc = await self._runs.find_one({"_id": run_id}, fields)
+        if run_doc is None:
             return "audience"
-        stage = str(run.get("stage") or "audience")
+        stage = str(run_doc.get("stage") or "audience")
         if stage == "audience":
             if await self._exists(
                 self._splits, {"run": run_id, "kind": "audience", "status": {"$ne": "done"}}
             ):
                 return stage
-            await self.add_splits(await self._plan_shards(run_id, run))
+            await self.add_splits(await self._plan_shards(run_id, run_doc))
             await self._runs.update_one(
                 {"_id": run_id, "stage": "audience"},
                 {"$set": {"stage": "seal", "audienceDoneAt": now}},
@@ -269,15 +270,15 @@ class Store:
             stage = "done"
         return stage
 
-    async def _plan_shards(self, run_id: str, run: Mapping[str, Any]) -> list[dict[str, Any]]:
-        buckets = int(run["buckets"])
+    async def _plan_shards(self, run_id: str, run_doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+        buckets = int(run_doc["buckets"])
         sizes: dict[int, int] = defaultdict(int)
         # Summed here rather than by a $group: every server answers a plain projection alike.
         async for doc in self._staging.find(
             {"run": run_id, "exclude": False}, {"bucket": 1, "n": 1}
         ):
             sizes[int(doc["bucket"])] += int(doc.get("n") or 0)
-        spec = run.get("spec") or {}
+        spec = run_doc.get("spec") or {}
         timed = any(s.get("sendAtField") for s in (spec.get("audience") or {}).get("sources", []))
         target = ledger.shard_target(sum(sizes.values()), int(spec.get("workers") or 1), timed)
         return [
@@ -293,7 +294,7 @@ class Store:
         Summed here rather than with one `$group` of several accumulators: FerretDB 1.24
         returns 0 for every accumulator after the first.
         """
-        run = await self._runs.find_one({"_id": run_id}, {"stage": 1})
+        run_doc = await self._runs.find_one({"_id": run_id}, {"stage": 1})
         sums: dict[str, int] = defaultdict(int)
         projection = {"status": 1, "total": 1, "counters": 1}
         async for doc in self._splits.find({"run": run_id}, projection):
@@ -301,7 +302,7 @@ class Store:
         async for doc in self._chunks.find({"run": run_id}, projection):
             self._add(sums, doc)
         return RunTotals(
-            stage=(run or {}).get("stage", "audience"),
+            stage=(run_doc or {}).get("stage", "audience"),
             total=sums["total"],
             splits_open=sums["open"],
             **{f: sums[f] for f in COUNTER_FIELDS},
@@ -489,7 +490,7 @@ class Store:
         unknown: Sequence[int] = (),
         reopen: Sequence[int] = (),
         hi: int,
-        end: Literal["done", "pending"] | None = None,
+        end: UnitEnd | None = None,
         due: datetime | None = None,
         now: datetime | None = None,
     ) -> Lease:
@@ -543,8 +544,6 @@ class Store:
         due = dues[position] if dues else None
         done = {position: str(entry["s"])} if entry is not None else {}
         status = _position_status(doc, position, self.now(), done)
-        if entry is not None and status == "pending":
-            status = "handed back"  # a person reading it wants to know it was tried
         if entry is None:
             attempts, error, at, worker = 0, None, None, doc.get("owner")
         else:
@@ -620,12 +619,12 @@ class Store:
         if until is None:
             return {}, None
         query = {"run": run_id, "sendingUntil": {"$gt": now}}
-        docs, run = await asyncio.gather(
+        docs, run_doc = await asyncio.gather(
             self._workers.find(query, {"rateBeat": 1}).to_list(),
             self._runs.find_one({"_id": run_id}, {"control.ratePerSecond": 1}),
         )
         senders = {str(d["_id"]): int(d.get("rateBeat") or 0) for d in docs}
-        rate = ((run or {}).get("control") or {}).get("ratePerSecond")
+        rate = ((run_doc or {}).get("control") or {}).get("ratePerSecond")
         # 0 is a rate (hold: no budget granted yet), not "unlimited".
         return senders, float(rate) if rate is not None else None
 

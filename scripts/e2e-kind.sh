@@ -46,7 +46,7 @@ trap 'exit 130' INT TERM
 # --- tools: kind, kubectl and helm at the pinned versions (built once, cached) -------------
 declare -A BIN
 while read -r tool path; do BIN[$tool]=$path; done < <(
-  PYTHONPATH=$PWD "$PY" scripts/kind/gobuild.py kind kubectl helm)
+  PYTHONPATH=$PWD "$PY" scripts/kind/gobuild.py "${HOST_TOOLS[@]}")
 KIND=${BIN[kind]}
 PATH=$(dirname "${BIN[kubectl]}"):$(dirname "${BIN[helm]}"):$PATH
 export PATH
@@ -59,9 +59,13 @@ if [ "$MODE" = auto ]; then
 fi
 log "images: $MODE"
 if [ "$MODE" = offline ]; then
-  [ -n "${KIND_NODE_IMAGE:-}" ] || bash scripts/kind/build-all.sh
-  NODE=${KIND_NODE_IMAGE:-$(bash scripts/kind/build-node.sh)}
-  MONGO=$(bash scripts/kind/build-mongo.sh)
+  if [ -n "${KIND_NODE_IMAGE:-}" ]; then
+    NODE=$KIND_NODE_IMAGE
+    MONGO=$(bash scripts/kind/build-mongo.sh)
+    KIND_IMAGES=offline bash scripts/kind/build-image.sh
+  else
+    read -r NODE MONGO <<<"$(bash scripts/kind/build-all.sh)"  # the product image too
+  fi
   # Docker here cannot start --privileged containers (docs/kind.md): kind gets the docker
   # wrapper first on its PATH, and the offline node's entrypoint makes /sys writable.
   if ! docker run --rm --privileged --entrypoint true "$NODE" >/dev/null 2>&1; then
@@ -71,8 +75,8 @@ if [ "$MODE" = offline ]; then
 else
   NODE=${KIND_NODE_IMAGE:-kindest/node:$KUBE_VERSION}
   MONGO=mongo:7.0
+  KIND_IMAGES=stock bash scripts/kind/build-image.sh
 fi
-KIND_IMAGES=$MODE bash scripts/kind/build-image.sh
 
 # --- the cluster -------------------------------------------------------------------------------
 t1=$(now)

@@ -107,6 +107,11 @@ class Runtime:
     # The chart's degradedTiers, which the degrade ConfigMap overrides tier by tier.
     degrade_base: Mapping[str, Degrade] = field(default_factory=dict)
 
+    def forget_share(self, key: str) -> None:
+        """The task takes no part in the send budget any more (settled, or deleted)."""
+        for part in (self.demands, self.weights, self.in_force):
+            part.pop(key, None)
+
 
 @dataclass
 class TaskState:
@@ -449,7 +454,7 @@ async def _reconcile(
     observed = await _ready_for_a_new_run(rt, state, snap, observed)
     share = _share_budget(rt, state, snap, observed)
     plan = decide(dataclasses.replace(observed, fair_rate=share.fair))
-    applied = await _apply(rt, state, snap, plan, logger)
+    applied = await _apply(rt, state, snap, observed, plan, logger)
     await _publish(rt, state, body, snap, observed, plan, applied, share, logger)
     return plan
 
@@ -475,9 +480,7 @@ def _read_body(body: Mapping[str, Any], state: TaskState) -> Snapshot:
 
 def _rest(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
     """A settled task takes no part in the budget and sleeps until its next event."""
-    rt.demands.pop(snap.key, None)
-    rt.weights.pop(snap.key, None)
-    rt.in_force.pop(snap.key, None)
+    rt.forget_share(snap.key)
     state.wakeup = next_wakeup(
         Phase(snap.status["phase"]),
         snap.spec.schedule,
@@ -611,6 +614,7 @@ async def _apply(
     rt: Runtime,
     state: TaskState,
     snap: Snapshot,
+    observed: Observed,
     plan: Plan,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> Applied:
@@ -624,7 +628,7 @@ async def _apply(
         await _write_control(rt, state, run_id, plan)
     for worker in plan.forget_workers:
         await rt.store.forget_worker(worker)
-    refused = await _own_deployment(rt, state, snap, plan, run_id, frozen)
+    refused = await _own_deployment(rt, state, snap, observed.deployment, plan, run_id, frozen)
     skip_samples: list[str] | None = None
     if started_run is None and run_id and snap.run is not None and snap.run.totals.skipped:
         skip_samples = await rt.store.skip_samples(run_id)
@@ -659,7 +663,7 @@ async def _start_run(
     planned = plan_run(
         task, plan.run, snap.raw, inline=inline, rate_per_second=rate_now, now=snap.now
     )
-    created = await rt.store.create_run(planned.run, planned.splits)
+    created = await rt.store.create_run(planned.run_doc, planned.splits)
     logger.info("run %s %s", new_id, "created" if created else "already existed")
     pruned = await rt.store.prune_runs(task.uid, keep=rt.settings.run_retention)
     if pruned:
@@ -681,6 +685,7 @@ async def _own_deployment(
     rt: Runtime,
     state: TaskState,
     snap: Snapshot,
+    view: DeploymentView,
     plan: Plan,
     run_id: str | None,
     frozen: Mapping[str, Any] | None,
@@ -697,7 +702,7 @@ async def _own_deployment(
     annotations = ((current or {}).get("metadata") or {}).get("annotations") or {}
     if (
         current is None
-        or DeploymentView.from_status(current).desired != plan.replicas
+        or view.desired != plan.replicas
         or annotations.get(TEMPLATE_HASH_ANNOTATION) != thash
         or annotations.get(RUN_ID_ANNOTATION) != run_id
     ):
@@ -726,8 +731,8 @@ async def _publish(
         snap.status, plan, observed.progress, applied, recurring=observed.recurring, now=snap.now
     )
     # ONE status patch, and only when something changed.
-    patch = status_patch(snap.status, new_status)
     written = status_fields(new_status)
+    patch = status_patch(snap.status, written)
     if patch:
         await rt.kube.patch_status(namespace, name, patch)
         state.status = {**state.status, **written}
@@ -869,9 +874,7 @@ async def on_delete(body: Mapping[str, Any], memo: kopf.Memo) -> None:
     rt = runtime_of(memo)
     meta = body["metadata"]
     key = task_key(meta)
-    rt.demands.pop(key, None)
-    rt.weights.pop(key, None)
-    rt.in_force.pop(key, None)
+    rt.forget_share(key)
     rt.tasks.pop(key, None)
     try:
         await rt.store.delete_task_runs(str(meta["uid"]))

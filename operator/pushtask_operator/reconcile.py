@@ -585,10 +585,14 @@ def compose_status(
         )
     # The API server silently prunes what its schema lacks: a field the model does not
     # declare is a bug here, not something to drop quietly.
-    declared = {info.alias or name for name, info in PushTaskStatus.model_fields.items()}
-    if undeclared := sorted(set(new) - declared):
+    if undeclared := sorted(set(new) - _DECLARED_STATUS):
         raise ValueError(f"status fields the PushTask schema does not declare: {undeclared}")
     return PushTaskStatus.model_validate(new)
+
+
+_DECLARED_STATUS = frozenset(
+    info.alias or name for name, info in PushTaskStatus.model_fields.items()
+)
 
 
 def status_fields(status: PushTaskStatus) -> dict[str, Any]:
@@ -596,6 +600,7 @@ def status_fields(status: PushTaskStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def status_patch(current: Mapping[str, Any], new: PushTaskStatus) -> dict[str, Any]:
-    """The fields of `new` that differ from `current` (a merge patch: None deletes)."""
-    return {k: v for k, v in status_fields(new).items() if current.get(k) != v}
+def status_patch(current: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The `fields` (status_fields of the new status) that differ from `current` (a merge
+    patch: None deletes)."""
+    return {k: v for k, v in fields.items() if current.get(k) != v}

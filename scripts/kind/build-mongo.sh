@@ -7,7 +7,7 @@ source "$(dirname "$0")/lib.sh"
 HERE=$ROOT/scripts/kind
 T0=$(now)
 
-jmod=$(cd "$ROOT" && PYTHONPATH=$ROOT "$PY" "$HERE/gobuild.py" mongo-java-server | cut -d' ' -f2)
+jmod=$(cd "$ROOT" && PYTHONPATH=$ROOT "$PY" "$HERE/gobuild.py" "${MONGO_TOOLS[@]}" | cut -d' ' -f2)
 home=$(dirname "$(dirname "$jmod")")   # <cache>/mongo-java-server-<version>/{lib,classes}
 K=$(key "$JRE_PACKAGES" "$MONGO_JAVA_SERVER_VERSION" "$0" "$HERE/mongo/mongod" "$ROOT/devstack/mongo_java/MongoWireServer.java")
 TAR=$KIND_CACHE/images/mongo-java-server-$K.tar

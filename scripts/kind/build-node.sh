@@ -22,9 +22,7 @@ T0=$(now)
 # --- 1. binaries ----------------------------------------------------------------------------
 declare -A BIN
 while read -r tool path; do BIN[$tool]=$path; done < <(
-  cd "$ROOT" && PYTHONPATH=$ROOT "$PY" "$HERE/gobuild.py" \
-    kube-apiserver kube-controller-manager kube-scheduler kubectl etcd \
-    kubelet kubeadm kube-proxy coredns pause kind)
+  cd "$ROOT" && PYTHONPATH=$ROOT "$PY" "$HERE/gobuild.py" "${NODE_TOOLS[@]}")
 KIND_SRC=$(cd "$ROOT" && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" \
   | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 

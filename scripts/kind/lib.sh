@@ -36,6 +36,12 @@ NODE_PACKAGES=systemd,systemd-sysv,dbus,conntrack,iptables,nftables,iproute2,eth
 PROXY_PACKAGES=iptables,conntrack,ipset,kmod
 PYTHON_PACKAGES=python3,python3-venv,ca-certificates,tzdata
 JRE_PACKAGES=openjdk-17-jre-headless
+# The pinned Go tools (scripts/kind/gobuild.py) each image needs, and the host's own: one
+# list each, which build-all.sh compiles together while the root filesystems are built.
+NODE_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd
+  kubelet kubeadm kube-proxy coredns pause kind)
+MONGO_TOOLS=(mongo-java-server)
+HOST_TOOLS=(kind kubectl helm)
 
 # Image names. The node image carries the Kubernetes version like kindest/node does.
 NODE_IMAGE=pushtask.local/kind-node:$KUBE_VERSION

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from pushtask import ledger
 from pushtask.leases import LeaseLost, now_utc
@@ -81,8 +82,8 @@ async def planned(
     plan = plan_run(
         task, kw.pop("run", 1), spec(sources, exclude, **kw), now=now_utc(), chunk_size=chunk_size
     )
-    assert await store.create_run(plan.run, plan.splits) is True
-    return str(plan.run["_id"])
+    assert await store.create_run(plan.run_doc, plan.splits) is True
+    return str(plan.run_doc["_id"])
 
 
 async def sealed_run(store: Store, sources: list[list[Any]], **kw: Any) -> str:
@@ -103,9 +104,9 @@ def test_indexes_and_run_creation_are_idempotent(uri: str, db_name: str) -> None
         store = await new_store(uri, db_name)
         await store.ensure_indexes()  # a second start must not fail
         plan = plan_run(TaskRef("ns", "t", "uid-1234567"), 1, spec([["a", "b"]]), now=now_utc())
-        assert await store.create_run(plan.run, plan.splits) is True
-        assert await store.create_run(plan.run, plan.splits) is False
-        totals = await store.totals(plan.run["_id"])
+        assert await store.create_run(plan.run_doc, plan.splits) is True
+        assert await store.create_run(plan.run_doc, plan.splits) is False
+        totals = await store.totals(plan.run_doc["_id"])
         assert totals.splits_open == len(plan.splits) == 1
         await store.close()
 
@@ -300,7 +301,7 @@ def test_a_chunk_resting_until_its_next_recipient_is_due_is_not_claimed(
         _, lease = await store.claim_chunk(run_id, "w", 30) or (None, None)
         assert lease is not None
         later = now_utc() + timedelta(hours=1)
-        await record(store, lease, results=[Result(0, "sent")], hi=1, end="pending", due=later)
+        await record(store, lease, results=[Result(0, "sent")], hi=1, end="queued", due=later)
         assert await store.claim_chunk(run_id, "w", 30) is None
         soon = later - timedelta(seconds=1)
         assert await store.claim_chunk(run_id, "w", 30, now=soon) is None
@@ -320,9 +321,9 @@ def test_hand_backs_are_reopened_for_the_next_holder(uri: str, db_name: str) -> 
         await record(
             store,
             lease,
-            results=[Result(0, "sent"), Result(1, "pending", "handed back at shutdown", 2)],
+            results=[Result(0, "sent"), Result(1, "handed back", "handed back at shutdown", 2)],
             hi=2,
-            end="pending",
+            end="queued",
         )
         state = await store.recipient(run_id, "b")
         assert state is not None and (state.status, state.attempts) == ("handed back", 2)
@@ -331,6 +332,32 @@ def test_hand_backs_are_reopened_for_the_next_holder(uri: str, db_name: str) -> 
         await record(store, again[1], again[0]["counters"], reopen=[1], hi=3)
         reread = await store.claim_chunk(run_id, "w3", 30, now=now_utc() + timedelta(minutes=1))
         assert reread is not None and ledger.in_doubt(reread[0]) == [1, 2]
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_run_left_by_version_0_1_0_goes_on_after_an_upgrade(uri: str, db_name: str) -> None:
+    """0.1.0 stored "pending" for a queued unit and for a hand-back: a claim still takes
+    such a chunk, and its hand-back is sent again (a rolling upgrade loses nothing)."""
+
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        run_id = await sealed_run(store, [["a", "b", "c"]])
+        chunks: Collection[dict[str, Any]] = MongoClient(uri)[db_name]["chunks"]
+        legacy = {"s": "pending", "n": 2, "t": now_utc(), "w": "old", "e": "handed back"}
+        changed = chunks.update_many(
+            {"run": run_id},
+            {"$set": {"status": "pending", "hi": 2, "res.1": legacy, "ok.1_0": {"p": [0]}}},
+        )
+        assert changed.modified_count == 1
+        got = await store.claim_chunk(run_id, "new", 30)
+        assert got is not None and ledger.handed_back(got[0]) == [1]
+        state = await store.recipient(run_id, "b")
+        assert state is not None and (state.status, state.attempts) == ("handed back", 2)
+        await record(store, got[1], got[0]["counters"], reopen=[1], hi=2, end="queued")
+        after = chunks.find_one({"run": run_id}, {"status": 1})
+        assert after is not None and after["status"] == "queued"
         await store.close()
 
     run(scenario())

@@ -145,8 +145,8 @@ def test_sigterm_during_a_long_back_off_hands_the_recipient_back(
         took = time.monotonic() - term_at
         assert took < 10, f"the back-off held the worker {took:.1f}s after SIGTERM"
         statuses = recipient_statuses(uri, run_id)
-        assert statuses["slow-0"] == statuses["slow-1"] == "pending"
-        assert Counter(statuses.values()) == {"sent": 50, "pending": 2}
+        assert statuses["slow-0"] == statuses["slow-1"] == "handed back"
+        assert Counter(statuses.values()) == {"sent": 50, "handed back": 2}
         workers.start("w1")
         assert workers.wait(120)["w1"] == 0, workers.logs()
     by_user = sink.by_user()

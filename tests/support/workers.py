@@ -142,8 +142,8 @@ async def _create(
         await store.ensure_indexes()
         extra = {"chunk_size": chunk_size} if chunk_size else {}
         plan = plan_run(task, 1, spec, inline=inline, now=datetime.now(UTC), **extra)
-        await store.create_run(plan.run, plan.splits)
-        return str(plan.run["_id"])
+        await store.create_run(plan.run_doc, plan.splits)
+        return str(plan.run_doc["_id"])
     finally:
         await store.close()
 

@@ -154,10 +154,21 @@ def test_the_window_bounds_what_a_crash_leaves_in_doubt(
 
 
 def test_doubt_and_hand_backs_of_a_chunk() -> None:
-    doc = {"hi": 5, "res": {"0": {"s": "sent"}, "2": {"s": "pending"}, "3": {"s": "failed"}}}
+    doc = {"hi": 5, "res": {"0": {"s": "sent"}, "2": {"s": "handed back"}, "3": {"s": "failed"}}}
     assert ledger.in_doubt(doc) == [1, 4]
     assert ledger.handed_back(doc) == [2]
     assert ledger.in_doubt({"hi": 0, "res": {}}) == []
+
+
+def test_a_hand_back_recorded_by_version_0_1_0_reads_as_one() -> None:
+    """0.1.0 stored a hand-back as "pending": read the same, counted nowhere, sent again."""
+    old = {"hi": 3, "res": {"1": {"s": "pending", "n": 2, "e": "handed back at shutdown"}}}
+    assert ledger.handed_back(old) == [1]
+    assert ledger.recorded(old) == {1: "handed back"}
+    assert ledger.in_doubt(old) == [0, 2]
+    entry = ledger.result_at(old, 1)
+    assert entry is not None and entry["s"] == "handed back" and entry["n"] == 2
+    assert ledger.tally({"sent": 4}, ledger.recorded(old).values()) == {"sent": 4}
 
 
 def test_first_attempt_sends_are_one_list_per_write() -> None:
@@ -202,7 +213,7 @@ def test_failures_are_read_from_res_in_position_order() -> None:
         "res": {
             "7": {"s": "failed", "e": "HTTP 410 Gone"},
             "2": {"s": "failed", "e": "UNREGISTERED"},
-            "4": {"s": "pending", "e": "handed back"},
+            "4": {"s": "handed back", "e": "handed back"},
             "5": {"s": "sent", "n": 2},
         },
     }

@@ -340,13 +340,13 @@ def compose(
     status = compose_status(current, plan, progress, applied, recurring=recurring, now=NOW)
     fields = status_fields(status)
     check_status_patch(fields)  # every value of its type
-    check_status_patch(status_patch(current, status))
+    check_status_patch(status_patch(current, fields))
     return fields
 
 
 def patch(current: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """status_patch of a status composed as `fields`."""
-    return status_patch(current, PushTaskStatus.model_validate(fields))
+    return status_patch(current, status_fields(PushTaskStatus.model_validate(fields)))
 
 
 def test_a_new_run_starts_from_zero_counts_and_records_its_start() -> None:
@@ -385,7 +385,7 @@ def test_a_run_that_ends_stops_the_clock_once() -> None:
         done, decide(obs(done)), None, APPLIED, recurring=False, now=NOW.replace(hour=13)
     )
     assert status_fields(later)["finishedAt"] == done["finishedAt"]
-    assert "finishedAt" not in status_patch(done, later)
+    assert "finishedAt" not in status_patch(done, status_fields(later))
 
 
 def test_a_refused_deployment_shows_in_the_conditions_not_the_phase() -> None:

@@ -300,7 +300,7 @@ def test_sender_reports_gone_once_and_sends_nothing_after_it() -> None:
         return [await sender.send(p, f"u{p}", {}) for p in range(5)]
 
     results = asyncio.run(go())
-    assert [r.status for r in results] == ["sent", "sent", "failed", "pending", "pending"]
+    assert [r.status for r in results] == ["sent", "sent", "failed", "handed back", "handed back"]
     assert results[2].error and "410" in results[2].error and results[2].attempts == 1
     # Never retried, never sent again: the later recipients are handed back unsent.
     assert channel.calls == 3 and [r.attempts for r in results[3:]] == [0, 0]

@@ -20,12 +20,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pushtask import ledger
-from pushtask.leases import Lease
+from pushtask.leases import DONE, QUEUED, Lease, UnitEnd
 from pushtask.models import Guarantee
-from pushtask.records import Result
+from pushtask.records import HANDED_BACK, Result
 from pushtask.store import Store
 from pushtask_worker import metrics
 from pushtask_worker.resilience import StoreGuard
@@ -176,9 +176,9 @@ class ChunkDelivery:
         left = [p for p in self.retry if p in self.handed]
         # Hand-backs not resent yet stay hand-backs; doubt not resent stays in doubt, and so
         # do sends cancelled mid-way (still in `sending`).
-        results = self.unrecorded + [Result(p, "pending", "handed back", 0) for p in left]
+        results = self.unrecorded + [Result(p, HANDED_BACK, "handed back", 0) for p in left]
         self.unrecorded = []
-        open_left = any(r.status == "pending" for r in results) or self.retry or self.sending
+        open_left = any(r.status == HANDED_BACK for r in results) or self.retry or self.sending
         done = started >= self.size and not open_left
         due: datetime | None = None
         if not done:
@@ -188,7 +188,7 @@ class ChunkDelivery:
                 due = self.dues[started]
             else:
                 due = self.store.now()
-        end: Literal["done", "pending"] = "done" if done else "pending"
+        end: UnitEnd = DONE if done else QUEUED
         counters = ledger.tally(self.counters, (r.status for r in results))
         self.lease = await self._call(
             lambda: self.store.write_chunk(
@@ -343,7 +343,7 @@ class ChunkDelivery:
     def _count(self, results: list[Result]) -> None:
         counted: dict[str, int] = {}
         for r in results:
-            if r.status != "pending":
+            if r.status != HANDED_BACK:
                 counted[r.status] = counted.get(r.status, 0) + 1
         for status, n in counted.items():
             metrics.RESULTS.labels(self.sender.label, status).inc(n)

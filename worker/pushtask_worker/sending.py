@@ -14,7 +14,7 @@ from typing import Any
 
 from pushtask.models import PushTaskSpec
 from pushtask.planning import idempotency_key
-from pushtask.records import Result
+from pushtask.records import HANDED_BACK, Result
 from pushtask.templates import (
     CompiledMessage,
     TemplateRenderError,
@@ -89,7 +89,7 @@ class Sender:
         for attempt in range(1, attempts + 1):
             if self.gone is not None:  # nothing more goes out once the receiver is gone
                 detail = f"handed back: {self.gone}"
-                return Result(position, "pending", detail[:500], attempt - 1)
+                return Result(position, HANDED_BACK, detail[:500], attempt - 1)
             if attempt > 1 or not token_taken:
                 await self.bucket.acquire()
             started = time.monotonic()
@@ -120,7 +120,7 @@ class Sender:
             backoff = backoff or self.backoff()
             if await self._stopped_within(backoff.retry_delay(attempt, result.retry_after)):
                 detail = f"handed back at shutdown after attempt {attempt}: {result.detail}"
-                return Result(position, "pending", detail[:500], attempt)
+                return Result(position, HANDED_BACK, detail[:500], attempt)
         raise AssertionError("unreachable")
 
     async def _stopped_within(self, seconds: float) -> bool:

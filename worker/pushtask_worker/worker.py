@@ -184,9 +184,9 @@ class Worker:
     # -- the work -------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        self.run = await self.load_run()
+        self.run_doc = await self.load_run()
         try:
-            self.spec = PushTaskSpec.model_validate(self.run["spec"])
+            self.spec = PushTaskSpec.model_validate(self.run_doc["spec"])
             self.compiled = compile_message(self.spec.message.template)
             channel_cls = load_channel(self.spec.message.channel)
             m = self.spec.message
@@ -202,12 +202,12 @@ class Worker:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
             raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
         self.readers = SourceReaders(self.config.mongo_uri)
-        task = self.run["task"]
+        task = self.run_doc["task"]
         self.label = f"{task['namespace']}/{task['name']}"
         self.share.label = self.label
         self.sender = Sender(
             task=task,
-            run=int(self.run["run"]),
+            run=int(self.run_doc["run"]),
             run_id=self.config.run_id,
             spec=self.spec,
             compiled=self.compiled,
@@ -318,7 +318,7 @@ class Worker:
         except SourceMissing as error:
             # Permanent too (a collection that does not exist); the split stays undone, so
             # the audience is never whole and no shard is sealed: nothing is ever sent.
-            reason = f"{describe_source(self.run, doc['source'])} unreadable: {error}"
+            reason = f"{describe_source(self.run_doc, doc['source'])} unreadable: {error}"
             log.error("run failed", extra={"reason": reason})
             await self.guard.call(lambda: store.fail_run(cfg.run_id, reason), "fail run")
         except (SourceError, OSError) as error:
@@ -352,11 +352,11 @@ class Worker:
     async def _work_on(self, kind: str, doc: dict[str, Any], lease: Lease) -> bool:
         if kind == "audience":
             builder = SplitBuilder(
-                self.store, self.guard, self.readers, self.run, doc, lease, self.halted
+                self.store, self.guard, self.readers, self.run_doc, doc, lease, self.halted
             )
             return await builder.build()
         if kind == "seal":
-            chunk_size = int(self.run.get("chunkSize") or ledger.CHUNK_SIZE)
+            chunk_size = int(self.run_doc.get("chunkSize") or ledger.CHUNK_SIZE)
             sealed = await self.guard.call(
                 lambda: self.store.seal_shard(lease, self.config.run_id, doc, chunk_size), "seal"
             )
@@ -394,7 +394,7 @@ class Worker:
             # The split was never done, so the audience is not whole and nothing was sealed
             # or sent: an unreadable exclusion stops the run before its first send.
             source = doc.get("source")
-            what = describe_source(self.run, source) if source else f"unit {doc['_id']}"
+            what = describe_source(self.run_doc, source) if source else f"unit {doc['_id']}"
             reason = f"{what} unreadable after {n} attempts: {error}"
             log.error("run failed", extra={"reason": reason})
             await self.guard.call(lambda: self.store.fail_run(self.config.run_id, reason), "fail")
