@@ -329,36 +329,36 @@ def ok_key(token: int, first: int) -> str:
     return f"{token}_{first}"
 
 
-def result_at(doc: Mapping[str, Any], position: int) -> dict[str, Any] | None:
+def result_at(chunk: Mapping[str, Any], position: int) -> dict[str, Any] | None:
     """The recorded result of one position (in either encoding), None if there is none."""
-    entry = (doc.get("res") or {}).get(str(position))
+    entry = (chunk.get("res") or {}).get(str(position))
     if entry is not None:
         return {**entry, "s": _status(entry)}
-    for batch in (doc.get("ok") or {}).values():
+    for batch in (chunk.get("ok") or {}).values():
         if position in batch["p"]:
             return {"s": "sent", "n": 1, "t": batch.get("t"), "w": batch.get("w")}
     return None
 
 
-def recorded(doc: Mapping[str, Any]) -> dict[int, str]:
+def recorded(chunk: Mapping[str, Any]) -> dict[int, str]:
     """Position → recorded status, for every position of a chunk with a result (a
     hand-back included)."""
-    out = {p: "sent" for batch in (doc.get("ok") or {}).values() for p in batch["p"]}
-    out.update({int(p): _status(e) for p, e in (doc.get("res") or {}).items()})
+    out = {p: "sent" for batch in (chunk.get("ok") or {}).values() for p in batch["p"]}
+    out.update({int(p): _status(e) for p, e in (chunk.get("res") or {}).items()})
     return out
 
 
-def failures(doc: Mapping[str, Any]) -> list[tuple[int, str]]:
+def failures(chunk: Mapping[str, Any]) -> list[tuple[int, str]]:
     """(position, error) of every failed recipient of a chunk, in position order (failed
     results are never in the compact `ok` lists)."""
-    res = doc.get("res") or {}
+    res = chunk.get("res") or {}
     return sorted((int(p), str(e.get("e") or "")) for p, e in res.items() if e.get("s") == "failed")
 
 
-def in_doubt(doc: Mapping[str, Any]) -> list[int]:
+def in_doubt(chunk: Mapping[str, Any]) -> list[int]:
     """Positions a chunk's earlier holders may have started but have no result for."""
-    done = recorded(doc)
-    return [p for p in range(int(doc.get("hi") or 0)) if p not in done]
+    done = recorded(chunk)
+    return [p for p in range(int(chunk.get("hi") or 0)) if p not in done]
 
 
 def tally(counters: Mapping[str, int], statuses: Iterable[str], unknown: int = 0) -> dict[str, int]:
@@ -378,7 +378,7 @@ def tally(counters: Mapping[str, int], statuses: Iterable[str], unknown: int = 0
     return out
 
 
-def handed_back(doc: Mapping[str, Any]) -> list[int]:
+def handed_back(chunk: Mapping[str, Any]) -> list[int]:
     """Positions handed back unsent at a shutdown (a retry cut short): to be sent again."""
-    res = doc.get("res") or {}
+    res = chunk.get("res") or {}
     return sorted(int(p) for p, r in res.items() if _status(r) == HANDED_BACK)
