@@ -22,6 +22,7 @@ Sources come only from the Go module proxy:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -57,8 +58,17 @@ def tool_version(tool: str) -> str:
         "etcd": versions.ETCD_VERSION,
         "helm": versions.HELM_VERSION,
         "ferretdb": versions.FERRETDB_VERSION,
-        "mongo-java-server": versions.MONGO_JAVA_SERVER_VERSION,
+        # The server's own main class is part of the build: a change to it is a new build.
+        "mongo-java-server": f"{versions.MONGO_JAVA_SERVER_VERSION}-{_source_key(MONGO_JAVA_DIR)}",
     }[tool]
+
+
+def _source_key(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def tool_path(tool: str) -> Path:
