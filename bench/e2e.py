@@ -286,7 +286,27 @@ def campaign(
     )
     if result.delivered != recipients or result.duplicates:
         raise RuntimeError(f"{name}: the sink saw {got}, not {recipients:,} users once each")
+    print(store_time(writes), flush=True)
     return result
+
+
+def store_time(stats_file: Path, top: int = 8) -> str:
+    """Where the workers' store calls spent their time, summed over the workers (their
+    PUSHTASK_STORE_STATS_FILE lines): the commands that took longest in all, per collection."""
+    rows: dict[str, list[float]] = {}
+    for line in stats_file.read_text().splitlines():
+        for key, v in (json.loads(line).get("latency") or {}).items():
+            row = rows.setdefault(key, [0, 0.0, 0.0])
+            row[0] += v["calls"]
+            row[1] += v["ms"]
+            row[2] = max(row[2], v["max_ms"])
+    out = ["store time of the workers, by command and collection (waiting included):"]
+    for key, (calls, ms, worst) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]:
+        out.append(
+            f"  {key:26s} {int(calls):7,} calls {ms / 1000:8.1f} s in all"
+            f" {ms / max(calls, 1):8.1f} ms mean {worst / 1000:6.1f} s at most"
+        )
+    return "\n".join(out)
 
 
 # -- the report ---------------------------------------------------------------------------

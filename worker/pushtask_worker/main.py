@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import gc
+import heapq
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -44,19 +46,40 @@ async def amain(config: WorkerConfig) -> int:
 
 
 class _StoreWrites(monitoring.CommandListener):
-    """Documents this process wrote, per write command (the benchmark's store-cost figure)."""
+    """Documents this process wrote, per write command (the benchmark's store-cost figure),
+    and how long each command took on each collection (where a slow store spends it)."""
 
     def __init__(self) -> None:
         self.commands: Counter[str] = Counter()
         self.documents: Counter[str] = Counter()
+        self.on: dict[int, str] = {}  # request id -> "command collection"
+        # "command collection" -> [calls, total ms, max ms]
+        self.latency: dict[str, list[float]] = {}
+        self.slowest: list[tuple[float, float, str]] = []  # a heap of (ms, ended at, key)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        pass
+        target = event.command.get(event.command_name)
+        where = target if isinstance(target, str) else ""
+        self.on[event.request_id] = f"{event.command_name} {where}".strip()
+
+    def _timed(
+        self, event: monitoring.CommandSucceededEvent | monitoring.CommandFailedEvent
+    ) -> None:
+        key = self.on.pop(event.request_id, event.command_name)
+        ms = event.duration_micros / 1000
+        row = self.latency.setdefault(key, [0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += ms
+        row[2] = max(row[2], ms)
+        heapq.heappush(self.slowest, (ms, time.time(), key))
+        if len(self.slowest) > 30:
+            heapq.heappop(self.slowest)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+        self._timed(event)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self._timed(event)
         name, reply = event.command_name, event.reply
         if name == "findAndModify":
             n = int(reply.get("lastErrorObject", {}).get("n", 0))
@@ -74,7 +97,19 @@ class _StoreWrites(monitoring.CommandListener):
         self.documents[name] += n
 
     def dump(self, path: str) -> None:
-        doc: dict[str, Any] = {"commands": self.commands, "documents": self.documents}
+        latency = {
+            k: {"calls": int(c), "ms": round(t), "max_ms": round(m)}
+            for k, (c, t, m) in self.latency.items()
+        }
+        doc: dict[str, Any] = {
+            "commands": self.commands,
+            "documents": self.documents,
+            "latency": latency,
+            "slowest": [
+                {"ms": round(ms), "ended": round(at, 1), "command": key}
+                for ms, at, key in sorted(self.slowest, reverse=True)
+            ],
+        }
         # One short line per process, appended: workers sharing the file do not clobber it.
         with open(path, "a") as fh:
             fh.write(json.dumps(doc) + "\n")
