@@ -104,6 +104,15 @@ class Flush:
     def full(self) -> bool:
         return self.rows >= FLUSH_ROWS or self.nbytes >= FLUSH_BYTES
 
+    def sizes_after(self, sizes: Mapping[str, int]) -> dict[str, int]:
+        """A split's staged rows per bucket once this flush is in (`sizes`: before it).
+        What the shards are planned from, so planning never reads the staging back."""
+        out = {k: int(v) for k, v in sizes.items()}
+        if not self.exclude:
+            for bucket, rows in self.by_bucket.items():
+                out[str(bucket)] = out.get(str(bucket), 0) + len(rows)
+        return out
+
     def documents(self, run_id: str, split_id: str, seq: int) -> list[dict[str, Any]]:
         return [
             {

@@ -84,6 +84,9 @@ def _position_status(
     return "in flight" if alive else "in doubt"
 
 
+STAGING_READ_IDS = 1000  # ids per staging read of a seal (a bounded request)
+
+
 class Store:
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str = DEFAULT_DB) -> None:
         self.client = client
@@ -254,12 +257,16 @@ class Store:
                 self._splits, {"run": run_id, "kind": "seal", "status": {"$ne": "done"}}
             ):
                 return stage
-            await self._runs.update_one(
+            moved = await self._runs.update_one(
                 {"_id": run_id, "stage": "seal"}, {"$set": {"stage": "delivery", "sealedAt": now}}
             )
             # Every shard is sealed and a sealed shard is never sealed again (a stale sealer's
-            # renewal fails before it writes): the staging has served its purpose.
-            await self._staging.delete_many({"run": run_id})
+            # renewal fails before it writes): the staging has served its purpose. Deleted
+            # once, by whoever moved the stage (several parties deleting a million staged
+            # rows at once held up the first claims); one that dies first leaves it to the
+            # run's deletion.
+            if moved.modified_count:
+                await self._staging.delete_many({"run": run_id})
             stage = "delivery"
         if stage == "delivery":
             if await self._exists(self._chunks, {"run": run_id, "status": {"$ne": "done"}}):
@@ -272,12 +279,7 @@ class Store:
 
     async def _plan_shards(self, run_id: str, run_doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         buckets = int(run_doc["buckets"])
-        sizes: dict[int, int] = defaultdict(int)
-        # Summed here rather than by a $group: every server answers a plain projection alike.
-        async for doc in self._staging.find(
-            {"run": run_id, "exclude": False}, {"bucket": 1, "n": 1}
-        ):
-            sizes[int(doc["bucket"])] += int(doc.get("n") or 0)
+        sizes = await self._staged_sizes(run_id)
         spec = run_doc.get("spec") or {}
         timed = any(s.get("sendAtField") for s in (spec.get("audience") or {}).get("sources", []))
         target = ledger.shard_target(sum(sizes.values()), int(spec.get("workers") or 1), timed)
@@ -287,6 +289,31 @@ class Store:
             )
             for k, (lo, hi) in enumerate(ledger.group_buckets(sizes, buckets, target=target))
         ]
+
+    async def _staged_sizes(self, run_id: str) -> dict[int, int]:
+        """Rows staged per bucket, summed over the audience splits' own counts (a few
+        documents), not over the staging: at a million recipients that is thousands of
+        documents to load, a whole scan where the server has no index for it. A split of
+        a run staged by an older version, which did not count them, sends the sum back to
+        the staging."""
+        sizes: dict[int, int] = defaultdict(int)
+        fields = {"sizes": 1, "counters.inserted": 1, "source.exclude": 1}
+        async for doc in self._splits.find({"run": run_id, "kind": "audience"}, fields):
+            staged = int((doc.get("counters") or {}).get("inserted") or 0)
+            if "sizes" not in doc and staged and not (doc.get("source") or {}).get("exclude"):
+                return await self._staged_sizes_from_staging(run_id)
+            for bucket, n in (doc.get("sizes") or {}).items():
+                sizes[int(bucket)] += int(n)
+        return sizes
+
+    async def _staged_sizes_from_staging(self, run_id: str) -> dict[int, int]:
+        sizes: dict[int, int] = defaultdict(int)
+        # Summed here rather than by a $group: every server answers a plain projection alike.
+        async for doc in self._staging.find(
+            {"run": run_id, "exclude": False}, {"bucket": 1, "n": 1}
+        ):
+            sizes[int(doc["bucket"])] += int(doc.get("n") or 0)
+        return sizes
 
     async def totals(self, run_id: str) -> RunTotals:
         """Sum the counters of a run's splits and chunks.
@@ -423,6 +450,7 @@ class Store:
         *,
         cursor: Any,
         counters: Mapping[str, int],
+        sizes: Mapping[str, int] | None = None,
     ) -> None:
         """Write one flush of an audience split, then checkpoint it.
 
@@ -430,7 +458,9 @@ class Store:
         the ones the new holder writes anyway). Staging and skips are insert-only with
         deterministic ids; the split's counters (absolute: the holder's count since its
         claim added to what the claim found) move with the checkpoint in one fenced write,
-        so each flush is counted exactly once however often it is read or retried.
+        so each flush is counted exactly once however often it is read or retried. So are
+        its rows per bucket (`sizes`, absolute like the counters), which the shards are
+        planned from.
         """
         await self.renew(lease)
         await _insert_new(self._staging, staging)
@@ -446,11 +476,10 @@ class Store:
                 for pos, reason, row in skips
             ],
         )
-        await fenced_update(
-            self._splits,
-            lease,
-            {"$set": {"cursor": cursor, **{f"counters.{k}": int(v) for k, v in counters.items()}}},
-        )
+        sets: dict[str, Any] = {"cursor": cursor}
+        sets.update({f"counters.{k}": int(v) for k, v in counters.items()})
+        sets.update({f"sizes.{k}": int(v) for k, v in (sizes or {}).items()})
+        await fenced_update(self._splits, lease, {"$set": sets})
 
     async def seal_shard(
         self, lease: Lease, run_id: str, split: Mapping[str, Any], chunk_size: int
@@ -461,10 +490,7 @@ class Store:
         midway and run again writes the same chunks under the same ids: those already there
         are kept (they may be under delivery already)."""
         lo, hi = split["buckets"]
-        docs = self._staging.find(
-            {"run": run_id, "bucket": {"$gte": lo, "$lt": hi}}, {"exclude": 1, "rows": 1}
-        ).sort("_id", ASCENDING)
-        sealed = ledger.seal([doc async for doc in docs])
+        sealed = ledger.seal(await self._staged(run_id, range(lo, hi)))
         chunks = ledger.cut_chunks(run_id, int(split["index"]), sealed.recipients, size=chunk_size)
         await self.renew(lease)
         for i in range(0, len(chunks), 16):  # bounded requests whatever the chunk size
@@ -478,6 +504,28 @@ class Store:
         if not await self.release(lease, done=True, fields=fields):
             raise LeaseLost(lease)
         return sealed
+
+    async def _staged(self, run_id: str, buckets: range) -> list[dict[str, Any]]:
+        """The staging of these buckets, in `_id` order, read by id: every staging id is
+        known from the audience splits' flush counts (ledger.staging_id), so the read is
+        index lookups on any server. A query on the bucket range needs an index on
+        (run, bucket), and a server without one (mongo-java-server) scans all the staging
+        for every shard: at a million recipients, 40 scans of a thousand documents."""
+        flushes = self._splits.find({"run": run_id, "kind": "audience"}, {"cursor.seq": 1})
+        ids = sorted(
+            [
+                ledger.staging_id(str(doc["_id"]), seq, bucket)
+                async for doc in flushes
+                for seq in range(int((doc.get("cursor") or {}).get("seq") or 0))
+                for bucket in buckets
+            ]
+        )
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(ids), STAGING_READ_IDS):
+            part = {"_id": {"$in": ids[i : i + STAGING_READ_IDS]}}
+            cursor = self._staging.find(part, {"exclude": 1, "rows": 1}).sort("_id", ASCENDING)
+            out += [doc async for doc in cursor]
+        return out
 
     # -- delivery ---------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """A `mongo` source cut into ranges on the MongoDB-wire servers: the ranges cover every
-matching id once, hold about `range_size` ids each, and stay within MAX_RANGES."""
+matching id once, hold about `range_size` ids each, and stay within MAX_RANGES and two
+per worker of the run."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def server_uri(request: pytest.FixtureRequest) -> str:
     return uri
 
 
-def cut_and_read(uri: str, docs: list[dict[str, Any]], query: dict[str, Any], size: int) -> Any:
+def cut_and_read(
+    uri: str, docs: list[dict[str, Any]], query: dict[str, Any], size: int, most: int | None = None
+) -> Any:
     db_name = f"t_{secrets.token_hex(4)}"
     client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
     client[db_name].users.insert_many(docs)
@@ -31,7 +34,7 @@ def cut_and_read(uri: str, docs: list[dict[str, Any]], query: dict[str, Any], si
         aclient: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
         try:
             coll = aclient[db_name].users
-            ranges = await mongosource.plan_ranges(coll, query, "_id", size)
+            ranges = await mongosource.plan_ranges(coll, query, "_id", size, most)
             read = []
             for rng in ranges:
                 rows = mongosource.read_range(coll, query, None, "_id", Columns(), rng, None)
@@ -70,3 +73,13 @@ def test_past_max_ranges_the_ranges_widen(server_uri: str, monkeypatch: Any) -> 
     ranges, read = cut_and_read(server_uri, docs, {}, 100)  # 10 of 100 would be too many
     assert len(ranges) <= 4
     assert sorted(k for part in read for k in part) == [d["_id"] for d in docs]
+
+
+def test_no_more_ranges_than_two_per_worker(server_uri: str) -> None:
+    """Each range read is a whole scan on a server without the id index: 20 ranges of 100
+    for 2 workers would scan the collection 20 times; 4 wider ones scan it 4 times."""
+    docs = [{"_id": f"u{i:04d}", "active": i % 2 == 0} for i in range(4_000)]
+    ranges, read = cut_and_read(server_uri, docs, {"active": True}, 100, mongosource.most_ranges(2))
+    assert len(ranges) == 4
+    assert [k for part in read for k in part] == [d["_id"] for d in docs if d["active"]]
+    assert max(len(part) for part in read) - min(len(part) for part in read) <= 100

@@ -113,6 +113,31 @@ def test_indexes_and_run_creation_are_idempotent(uri: str, db_name: str) -> None
     run(scenario())
 
 
+@pytest.mark.parametrize("sizes", [True, False], ids=["split sizes", "staged by 0.1.0"])
+def test_shards_are_planned_from_the_splits_own_bucket_counts(
+    uri: str, db_name: str, sizes: bool
+) -> None:
+    """The audience splits count their staged rows per bucket, so planning the shards
+    reads those few documents, not the staging; a run staged by 0.1.0 (no counts on its
+    splits) is planned from the staging as before. Both give the same sizes."""
+
+    async def scenario() -> None:
+        store = await new_store(uri, db_name)
+        users = [f"u{i:03d}" for i in range(300)]
+        run_id = await planned(store, [users[:200], users[100:]], exclude=[users[:10]])
+        await stage_audience(store, run_id, sizes=sizes)
+        from_staging = await store._staged_sizes_from_staging(run_id)
+        assert sum(from_staging.values()) == 400  # both sources, duplicates included
+        assert await store._staged_sizes(run_id) == from_staging
+        splits = store.db["splits"].find({"run": run_id, "kind": "audience"})
+        assert all(
+            ("sizes" in d) == sizes for d in await splits.to_list() if not d["source"]["exclude"]
+        )
+        await store.close()
+
+    run(scenario())
+
+
 def test_a_re_read_flush_is_refused_and_counted_once(uri: str, db_name: str) -> None:
     async def scenario() -> None:
         store = await new_store(uri, db_name)

@@ -12,8 +12,11 @@ from pushtask.records import Result
 from pushtask.store import Store
 
 
-async def stage_audience(store: Store, run_id: str, owner: str = "w", *, done: bool = True) -> None:
-    """Read every inline audience split the way a worker does (one flush each)."""
+async def stage_audience(
+    store: Store, run_id: str, owner: str = "w", *, done: bool = True, sizes: bool = True
+) -> None:
+    """Read every inline audience split the way a worker does (one flush each); without
+    `sizes`, as versions up to 0.1.0 did (no rows per bucket on the split)."""
     run_doc = await store.get_run(run_id)
     assert run_doc is not None
     while got := await store.claim_split(run_id, "audience", owner, 30):
@@ -28,7 +31,15 @@ async def stage_audience(store: Store, run_id: str, owner: str = "w", *, done: b
             flush.add(user, attrs, None)
         staging = flush.documents(run_id, lease.unit_id, 0)
         counters = {"inserted": 0 if flush.exclude else flush.rows, "skipped": 0}
-        await store.flush_staging(lease, run_id, staging, [], cursor={"seq": 1}, counters=counters)
+        await store.flush_staging(
+            lease,
+            run_id,
+            staging,
+            [],
+            cursor={"seq": 1},
+            counters=counters,
+            sizes=flush.sizes_after({}) if sizes else None,
+        )
         assert await store.release(lease, done=done)
 
 

@@ -131,6 +131,7 @@ class SplitBuilder:
         )
         # As of the last checkpoint: this holder counts on from there (see flush_staging).
         self.counters: dict[str, int] = {k: int(v) for k, v in (doc.get("counters") or {}).items()}
+        self.sizes: dict[str, int] = {k: int(v) for k, v in (doc.get("sizes") or {}).items()}
 
     async def build(self) -> bool:
         """Read the split; True when it was finished (released as done).
@@ -181,6 +182,7 @@ class SplitBuilder:
             "inserted": self.counters.get("inserted", 0) + (0 if flush.exclude else flush.rows),
             "skipped": self.counters.get("skipped", 0) + len(skips),
         }
+        sizes = flush.sizes_after(self.sizes)
         await self.guard.call(
             lambda: store.flush_staging(
                 lease,
@@ -189,10 +191,11 @@ class SplitBuilder:
                 skips,
                 cursor={"at": after, "seq": seq + 1},
                 counters=counters,
+                sizes=sizes,
             ),
             "stage rows",
         )
-        self.counters = counters
+        self.counters, self.sizes = counters, sizes
         if skips:
             task = self.run.get("task") or {}
             label = f"{task.get('namespace')}/{task.get('name')}"
@@ -309,6 +312,7 @@ class SplitBuilder:
                 self.source.get("filter") or {},
                 self.source.get("idField", "_id"),
                 self.readers.setting("PUSHTASK_MONGO_RANGE_SIZE", MONGO_RANGE_SIZE),
+                mongosource.most_ranges(int((self.run.get("spec") or {}).get("workers") or 1)),
             )
         url = self.source["url"]
         fmt = detect_format(url, self.source.get("format"))

@@ -24,6 +24,16 @@ from pushtask_worker.audience.rows import Columns, Row, Skip, to_recipient
 from pushtask_worker.audience.urlsource import SourceError
 
 MAX_RANGES = 256
+# Ranges per worker of the run, at most. On MongoDB a range read walks the id index, so
+# its cost is its length and fewer, longer ranges cost nothing more; on a server that
+# cannot (mongo-java-server, FerretDB where it does not push the filter down) every range
+# read scans the whole collection, so each range more is one whole scan more. Two per
+# worker keeps every worker reading while the last ranges finish.
+RANGES_PER_WORKER = 2
+
+
+def most_ranges(workers: int) -> int:
+    return max(1, RANGES_PER_WORKER * workers)
 
 
 class QueryNotAllowed(SourceError):
@@ -81,8 +91,9 @@ async def plan_ranges(
     query: Mapping[str, Any],
     id_field: str,
     range_size: int,
+    most: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Boundaries every ``range_size`` matching ids (fewer, wider ranges past MAX_RANGES):
+    """Boundaries every ``range_size`` matching ids (fewer, wider ranges past ``most``):
     [{gte, lt}, ...] covering all ids.
 
     One pass over the matching ids in id order, the id alone read. A count and then a
@@ -101,8 +112,9 @@ async def plan_ranges(
             if value is not None and (not bounds or value != bounds[-1]):
                 bounds.append(value)
         seen += 1
-    if len(bounds) >= MAX_RANGES:
-        every = -(-(len(bounds) + 1) // MAX_RANGES)
+    limit = min(MAX_RANGES, most or MAX_RANGES)
+    if len(bounds) >= limit:
+        every = -(-(len(bounds) + 1) // limit)
         bounds = bounds[every - 1 :: every]
     edges: list[Any] = [None, *bounds, None]
     return [{"gte": edges[i], "lt": edges[i + 1]} for i in range(len(edges) - 1)]
