@@ -25,6 +25,8 @@ from pymongo.uri_parser import parse_uri
 from pushtask import ledger
 from pushtask.clock import StoreClock
 from pushtask.leases import (
+    DONE,
+    LEASED,
     Lease,
     LeaseLost,
     UnitEnd,
@@ -80,7 +82,7 @@ def _position_status(
         return status
     if position >= int(doc.get("hi") or 0):
         return "pending"
-    alive = doc.get("status") == "leased" and (doc.get("leaseUntil") or now) > now
+    alive = doc.get("status") == LEASED and (doc.get("leaseUntil") or now) > now
     return "in flight" if alive else "in doubt"
 
 
@@ -243,7 +245,7 @@ class Store:
         stage = str(run_doc.get("stage") or "audience")
         if stage == "audience":
             if await self._exists(
-                self._splits, {"run": run_id, "kind": "audience", "status": {"$ne": "done"}}
+                self._splits, {"run": run_id, "kind": "audience", "status": {"$ne": DONE}}
             ):
                 return stage
             await self.add_splits(await self._plan_shards(run_id, run_doc))
@@ -254,7 +256,7 @@ class Store:
             stage = "seal"
         if stage == "seal":
             if await self._exists(
-                self._splits, {"run": run_id, "kind": "seal", "status": {"$ne": "done"}}
+                self._splits, {"run": run_id, "kind": "seal", "status": {"$ne": DONE}}
             ):
                 return stage
             moved = await self._runs.update_one(
@@ -269,7 +271,7 @@ class Store:
                 await self._staging.delete_many({"run": run_id})
             stage = "delivery"
         if stage == "delivery":
-            if await self._exists(self._chunks, {"run": run_id, "status": {"$ne": "done"}}):
+            if await self._exists(self._chunks, {"run": run_id, "status": {"$ne": DONE}}):
                 return stage
             await self._runs.update_one(
                 {"_id": run_id, "stage": "delivery"}, {"$set": {"stage": "done", "doneAt": now}}
@@ -341,7 +343,7 @@ class Store:
         for f in COUNTER_FIELDS:
             sums[f] += int(counters.get(f) or 0)
         sums["total"] += int(doc.get("total") or 0)
-        sums["open"] += doc.get("status") != "done"
+        sums["open"] += doc.get("status") != DONE
 
     async def skip_samples(self, run_id: str, limit: int = 5) -> list[str]:
         cursor = self._skips.find({"run": run_id}, {"reason": 1}).limit(limit)
@@ -570,7 +572,7 @@ class Store:
             sets["leaseUntil"] = until
         else:
             sets.update(status=end, owner=None, leaseUntil=None)
-            if end == "done":
+            if end == DONE:
                 sets["doneBy"] = lease.owner
                 change["$inc"] = {"completions": 1}
             if due is not None:
@@ -684,7 +686,7 @@ class Store:
 
     async def leases(self, run_id: str) -> list[dict[str, Any]]:
         """Units held under a lease right now (splits and chunks): owner, until, since."""
-        query = {"run": run_id, "status": "leased"}
+        query = {"run": run_id, "status": LEASED}
         fields = {"owner": 1, "leaseUntil": 1, "claimedAt": 1}
         held = [doc async for doc in self._splits.find(query, fields)]
         held += [doc async for doc in self._chunks.find(query, fields)]
@@ -692,7 +694,7 @@ class Store:
 
     async def stale_leases(self, run_id: str, now: datetime | None = None) -> int:
         """Leases whose holder stopped renewing: work waiting to be reclaimed."""
-        query = {"run": run_id, "status": "leased", "leaseUntil": {"$lt": now or self.now()}}
+        query = {"run": run_id, "status": LEASED, "leaseUntil": {"$lt": now or self.now()}}
         return await self._splits.count_documents(query) + await self._chunks.count_documents(query)
 
 

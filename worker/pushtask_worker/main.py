@@ -45,7 +45,7 @@ async def amain(config: WorkerConfig) -> int:
         log.info("worker stopped", extra={"run": config.run_id})
 
 
-class _StoreWrites(monitoring.CommandListener):
+class _StoreStats(monitoring.CommandListener):
     """Documents this process wrote, per write command (the benchmark's store-cost figure),
     and how long each command took on each collection (where a slow store spends it)."""
 
@@ -115,12 +115,12 @@ class _StoreWrites(monitoring.CommandListener):
             fh.write(json.dumps(doc) + "\n")
 
 
-def _count_store_writes(path: str) -> None:
+def _record_store_stats(path: str) -> None:
     """Off unless PUSHTASK_STORE_STATS_FILE is set: then every MongoDB client of this process
-    counts its writes, appended to that file as one JSON line at exit."""
-    writes = _StoreWrites()
-    monitoring.register(writes)
-    atexit.register(writes.dump, path)
+    counts its writes and times its commands, appended to that file as one JSON line at exit."""
+    stats = _StoreStats()
+    monitoring.register(stats)
+    atexit.register(stats.dump, path)
 
 
 def main() -> None:
@@ -131,7 +131,7 @@ def main() -> None:
         sys.exit(2)
     logs.setup(os.environ.get("PUSHTASK_LOG_LEVEL", "info"), worker=config.worker_id)
     if stats_file := os.environ.get("PUSHTASK_STORE_STATS_FILE"):
-        _count_store_writes(stats_file)
+        _record_store_stats(stats_file)
     tune_gc()
     sys.exit(run(amain(config)))
 
