@@ -159,6 +159,8 @@ def test_repro_b_mongo_exclusion_with_a_typo_fails_and_sends_nothing(env: Env) -
     exclude = [{"kind": "mongo", "collection": "optouts"}]
     audience = {**task["spec"]["audience"], "exclude": exclude}
     env.patch_spec("typo", audience=audience, run=2)
+    # Until the operator has started run 2, the status still shows run 1's failure.
+    wait_for("run 2 started", lambda: env.status("typo").get("run") == 2, 60)
     env.wait_phase("typo", "Finished", 180)
     assert received(env, OPTED_OUT) == 0
     assert sorted(u for u in env.delivered(2) if u) == AUDIENCE[100:]
