@@ -11,9 +11,10 @@ Dump a spec for the API with `model_dump(by_alias=True, mode="json", exclude_non
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -24,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     ValidationError,
     WithJsonSchema,
@@ -387,8 +389,124 @@ class UrlSource(ApiModel):
     """Column holding the recipient's own send time; unset: send at once."""
 
 
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LabelKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=316, pattern=LABEL_KEY_PATTERN)
+]
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+MAX_SELECTOR_TERMS = 32
+MAX_CAP_WINDOW = timedelta(days=90)
+
+
+class LabelSelectorRequirement(ApiModel):
+    """One requirement of a label selector, as Kubernetes defines it."""
+
+    key: LabelKey
+    """Label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """In / NotIn: the label's value among `values`; Exists / DoesNotExist: the key only."""
+    values: list[LabelValue] = Field([], max_length=MAX_SELECTOR_TERMS)
+    """Values for In and NotIn (at least one); empty for Exists and DoesNotExist."""
+
+    __cel__ = (
+        Rule(
+            "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+            "a label selector requirement with In or NotIn needs values; Exists and "
+            "DoesNotExist take none",
+            lambda m: (m.operator in ("In", "NotIn")) == bool(m.values),
+        ),
+    )
+
+
+class LabelSelector(ApiModel):
+    """Tasks by their labels (Kubernetes label selector); empty: every task."""
+
+    match_labels: dict[str, LabelValue] = Field({}, max_length=MAX_SELECTOR_TERMS)
+    """Labels a task must carry, with these values."""
+    match_expressions: list[LabelSelectorRequirement] = Field([], max_length=MAX_SELECTOR_TERMS)
+    """Further requirements, all of which must hold."""
+
+    __cel__ = (
+        Rule(
+            f'self.all(k, size(k) <= 316 && k.matches(r"{LABEL_KEY_PATTERN}"))',
+            "matchLabels: a key is a label key ([prefix/]name: letters, digits, -, _ and .)",
+            lambda m: all(
+                len(k) <= 316 and re.fullmatch(LABEL_KEY_PATTERN, k) for k in m.match_labels
+            ),
+            on="matchLabels",
+        ),
+    )
+
+
+def _window(value: Any) -> Any:
+    # "24h", "90m", "7d", "1d12h": Go-like, days allowed (a cap is counted in days).
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+def _window_bounds(value: timedelta) -> timedelta:
+    # The CRD's pattern checks the form; the bounds are checked here (CEL has no days),
+    # so the operator's validation and `kubectl push validate` report them.
+    if not timedelta(minutes=1) <= value <= MAX_CAP_WINDOW:
+        raise ValueError("must be between 1m and 90d")
+    return value
+
+
+def parse_duration(text: str) -> timedelta:
+    """`1d12h`, `24h`, `90m`, `30s` as a timedelta; ValueError for anything else."""
+    parts = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    if not text.strip() or parts is None:
+        raise ValueError(f"{text!r} is not a duration such as 24h, 90m or 7d")
+    d, h, m, s = (int(g or 0) for g in parts.groups())
+    return timedelta(days=d, hours=h, minutes=m, seconds=s)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out += f"{seconds // size}{unit}"
+            seconds %= size
+    return out or "0s"
+
+
+WindowLength = Annotated[
+    timedelta,
+    BeforeValidator(_window),
+    AfterValidator(_window_bounds),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
+            "minLength": 2,
+            "maxLength": 32,
+            "description": "A duration: 24h, 90m, 7d, 1d12h.",
+        }
+    ),
+]
+
+
+class RecentlySentSource(ApiModel):
+    """An exclusion only (a frequency cap across campaigns): the users that runs of the
+    tasks matching `selector`, in this namespace, sent anything to in the last `within`,
+    read from those runs' ledgers. A run still sending counts with what it has sent so
+    far; a run the operator has pruned (PUSHTASK_RUN_RETENTION) no longer counts
+    (docs/audiences.md, Frequency cap)."""
+
+    kind: Literal["recentlySent"]
+    within: WindowLength
+    """How far back a send counts, from when this run's audience is read: 24h, 7d, 90m
+    (at least a minute, at most 90 days)."""
+    selector: LabelSelector = LabelSelector()
+    """Which tasks' runs count (this task's own earlier runs too, when it matches); empty:
+    every task of the namespace."""
+
+
 Source = Annotated[
-    InlineSource | MongoSource | ConfigMapSource | UrlSource,
+    InlineSource | MongoSource | ConfigMapSource | UrlSource | RecentlySentSource,
     Field(discriminator="kind"),
 ]
 
@@ -409,7 +527,16 @@ class Audience(ApiModel):
     sources: list[Source] = Field(min_length=1, max_length=64)
     """Where users come from; overlapping sources are deduplicated."""
     exclude: list[Source] = Field([], max_length=64)
-    """Users to leave out (same kinds as sources)."""
+    """Users to leave out (the same kinds as sources, and recentlySent: a frequency cap)."""
+
+    __cel__ = (
+        Rule(
+            "self.sources.all(s, s.kind != 'recentlySent')",
+            "spec.audience.sources: recentlySent is an exclusion only (spec.audience.exclude)",
+            lambda m: all(s.kind != "recentlySent" for s in m.sources),
+            field_path=".sources",
+        ),
+    )
 
 
 # --- message --------------------------------------------------------------------------

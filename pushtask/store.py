@@ -363,6 +363,32 @@ class Store:
                 break
         return out[:limit]
 
+    # -- frequency cap ----------------------------------------------------------------
+
+    async def runs_sending_since(
+        self, namespace: str, since: datetime, *, besides: str
+    ) -> list[dict[str, Any]]:
+        """Runs of a namespace that may have sent at or after `since` (not ended, or ended
+        since), with their task (labels included), in id order; `besides` is left out."""
+        query = {
+            "task.namespace": namespace,
+            "_id": {"$ne": besides},
+            "$or": [{"doneAt": None}, {"doneAt": {"$gte": since}}],
+        }
+        cursor = self._runs.find(query, {"task": 1}).sort("_id", ASCENDING)
+        return [doc async for doc in cursor]
+
+    async def chunks_from(self, run_id: str, first: str | None) -> AsyncIterator[dict[str, Any]]:
+        """A run's chunks in id order from `first` on (all: None), users and results only,
+        a few at a time (a chunk of a thousand results is about 100 KB)."""
+        query: dict[str, Any] = {"run": run_id}
+        if first is not None:
+            query["_id"] = {"$gte": first}
+        fields = {"users": 1, "ok": 1, "res": 1, "hi": 1, "status": 1}
+        cursor = self._chunks.find(query, fields).sort("_id", ASCENDING).batch_size(16)
+        async for doc in cursor:
+            yield doc
+
     # -- retention --------------------------------------------------------------------
 
     async def delete_run(self, run_id: str) -> None:

@@ -661,7 +661,13 @@ async def _start_run(
         inline = await configmap_contents(snap.raw, meta["namespace"], rt.kube)
     rate_now = plan.control["ratePerSecond"] if plan.control else snap.spec.rate.per_second
     planned = plan_run(
-        task, plan.run, snap.raw, inline=inline, rate_per_second=rate_now, now=snap.now
+        task,
+        plan.run,
+        snap.raw,
+        inline=inline,
+        labels=meta.get("labels") or {},
+        rate_per_second=rate_now,
+        now=snap.now,
     )
     created = await rt.store.create_run(planned.run_doc, planned.splits)
     logger.info("run %s %s", new_id, "created" if created else "already existed")
