@@ -494,7 +494,7 @@ class RecentlySentSource(ApiModel):
     tasks matching `selector`, in this namespace, sent anything to in the last `within`,
     read from those runs' ledgers. A run still sending counts with what it has sent so
     far; a run the operator has pruned (PUSHTASK_RUN_RETENTION) no longer counts
-    (docs/audiences.md, Frequency cap)."""
+    (docs/operations.md, A frequency cap across campaigns)."""
 
     kind: Literal["recentlySent"]
     within: WindowLength
