@@ -166,7 +166,7 @@ def test_a_campaign_stopped_midway_caps_what_it_sent_and_nothing_else(
     assert 40 <= len(sent) < len(USERS), statuses
     assert received(slow) == sent, "the ledger and the sink agree on who was sent to"
     t = totals(uri, run_id)
-    assert t.stage == "delivery" and t.pending > 0, t  # the stopped run never ended
+    assert t.stage != "done" and t.pending > 0, t  # the stopped run never ended
 
     capped = new_sink(sinks)
     campaign(uri, tmp_path, capped, USERS, exclude=[cap(matchLabels=GROWTH)], name="capped")
