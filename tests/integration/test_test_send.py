@@ -1,0 +1,174 @@
+"""`pushtask-worker test-send` as the test pod runs it: a real process, the real webhook
+sink and a real SMTP server (aiosmtpd), and a MongoDB URI that points at a listening
+socket which must never be connected to (a test send touches no store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+import pushtask
+import pushtask_worker
+from pushtask import testsend
+from pushtask.planning import idempotency_key
+from tests.support.sink import SinkThread, free_port
+from tests.unit.test_worker_channels import Recorder
+
+pytestmark = pytest.mark.integration
+TASK = {"namespace": "shop", "name": "promo", "uid": "8d6f7a52-2b1e-4c55-9a0e-1f2e3d4c5b6a"}
+
+
+class Listener:
+    """A TCP port that counts the connections made to it (a store nobody may use)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def spec(message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "run": 3,
+        "audience": {"sources": [{"kind": "inline", "users": ["x"]}]},
+        "message": message,
+        "delivery": {"maxAttempts": 10, "backoff": {"initialSeconds": 0.05, "maxSeconds": 600}},
+        **extra,
+    }
+
+
+def run_pod_command(
+    request: testsend.TestSend, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """What the test pod's container runs, with this checkout's packages."""
+    roots = {Path(m.__file__ or "").resolve().parents[1] for m in (pushtask, pushtask_worker)}
+    environ = {
+        **os.environ,
+        **env,
+        testsend.ENV: request.to_json(),
+        "PYTHONPATH": os.pathsep.join([*map(str, roots), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pushtask_worker.main", "test-send"],
+        env=environ, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store() -> Any:
+    listener = Listener()
+    yield listener
+    listener.close()
+
+
+def test_webhook_test_send_is_marked_and_writes_no_store(store: Listener) -> None:
+    with SinkThread(secret="s3cret", keep_messages=True) as sink:
+        # b fails twice then passes (retried as a worker retries); c is refused for good.
+        sink.program({"b": [{"status": 503}, {"status": 503}, {"status": 200}],
+                      "c": [{"status": 400}]})  # fmt: skip
+        message = {
+            "channel": "webhook",
+            "webhook": {"url": sink.url, "timeoutSeconds": 5, "secretRef": {"name": "hook"}},
+            "template": {"title": "Hi {{ name }}", "body": "{{ user }}: 20% off, run {{ run }}"},
+        }
+        request = testsend.TestSend(
+            task=TASK,
+            spec=spec(message),
+            recipients=[
+                testsend.Recipient("a", {"name": "Ann"}),
+                testsend.Recipient("b", {"name": "Bo"}),
+                testsend.Recipient("c", {"name": "Cy"}),
+            ],
+            nonce="n0nce",
+        )
+        proc = run_pod_command(
+            request,
+            {"PUSHTASK_WEBHOOK_SECRET": "s3cret", "PUSHTASK_MONGO_URI":
+             f"mongodb://127.0.0.1:{store.port}/pushtask", "PUSHTASK_RUN_ID": "r"},
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr  # c failed
+        found = {o.user: o for o in testsend.outcomes(proc.stdout)}
+        assert found["a"] == testsend.Outcome("a", "sent", 1, 200, "")
+        assert (found["b"].outcome, found["b"].attempts, found["b"].status) == ("sent", 3, 200)
+        assert (found["c"].outcome, found["c"].status, found["c"].detail) == (
+            "failed", 400, "HTTP 400 Bad Request"
+        )  # fmt: skip
+        assert [r.user for r in sink.requests] == ["a", "b", "b", "b", "c"]
+        for rec in sink.requests:
+            assert rec.test is True and rec.signature_ok is True
+            # Never the run's key for that user, and one key for all attempts of a user.
+            assert rec.key == testsend.idempotency_key("n0nce", rec.user or "")
+            assert rec.key != idempotency_key(TASK["uid"], 3, rec.user or "")
+        assert sink.requests[0].message == {"title": "Hi Ann", "body": "a: 20% off, run 3"}
+        assert sink.requests[0].run == 3 and sink.requests[0].task == "shop/promo"
+    assert store.accepted == 0, "the test send connected to the store"
+
+
+def test_smtp_test_send_carries_the_header(store: Listener) -> None:
+    rec = Recorder()
+    port = free_port()
+    ctl = Controller(rec, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        message = {
+            "channel": "smtp",
+            "smtp": {"host": "127.0.0.1", "port": port, "starttls": False, "from": "p@x.test"},
+            "template": {"title": "Sale", "body": "Hello {{ name }}"},
+        }
+        request = testsend.TestSend(
+            task=TASK,
+            spec=spec(message),
+            recipients=[testsend.Recipient("u1", {"email": "ann@x.test", "name": "Ann"})],
+            nonce="n1",
+        )
+        proc = run_pod_command(
+            request, {"PUSHTASK_MONGO_URI": f"mongodb://127.0.0.1:{store.port}/pushtask"}
+        )
+    finally:
+        ctl.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert testsend.outcomes(proc.stdout) == [testsend.Outcome("u1", "sent", 1, 250, "")]
+    ((_, to, content),) = rec.messages
+    assert to == ["ann@x.test"]
+    mail = message_from_bytes(content)
+    assert mail["X-PushTask-Test"] == "true"
+    # (a long header is folded on the wire: unfolded here)
+    key = "".join(mail["X-PushTask-Idempotency-Key"].split())
+    assert key == testsend.idempotency_key("n1", "u1")
+    assert "Hello Ann" in str(mail.get_payload())
+    assert store.accepted == 0
+
+
+def test_a_channel_that_cannot_start_fails_every_recipient_with_the_reason() -> None:
+    message = {"channel": "pigeon", "settings": {}, "template": {"body": "hi"}}
+    request = testsend.TestSend(TASK, spec(message), [testsend.Recipient("a")], "n2")
+    proc = run_pod_command(request, {})
+    assert proc.returncode == 2
+    (outcome,) = testsend.outcomes(proc.stdout)
+    assert outcome.outcome == "failed" and "no channel 'pigeon'" in outcome.detail
+    assert json.loads(proc.stdout.splitlines()[-1])["user"] == "a"
