@@ -129,3 +129,166 @@ def test_outcome_lines_are_found_among_the_logs() -> None:
 def test_the_request_survives_its_trip_through_the_environment() -> None:
     request = testsend.TestSend(TASK, spec("x"), [testsend.Recipient("a", {"n": 1})], "n0")
     assert testsend.TestSend.from_json(request.to_json()) == request
+
+
+# -- the people's side: the pod, the command line ------------------------------------------
+
+HOOKED: dict[str, Any] = {
+    **spec("Hi {{ user }}"),
+    "run": 2,
+    "workers": 3,
+}
+HOOKED["message"]["webhook"]["secretRef"] = {"name": "hook", "key": "hmac"}
+
+
+def task_object(spec_doc: dict[str, Any]) -> dict[str, Any]:
+    meta = {**TASK, "resourceVersion": "7"}
+    return {"apiVersion": "pushtask.dev/v1alpha1", "kind": "PushTask", "metadata": meta,
+            "spec": spec_doc, "status": {"phase": "Finished", "counts": {"sent": 10}}}  # fmt: skip
+
+
+def worker_deployment() -> dict[str, Any]:
+    from pushtask_operator.deployment import build_worker_deployment
+    from tests.unit.test_operator_deployment import SETTINGS
+
+    return build_worker_deployment(TASK, HOOKED, "shop.promo.2.8d6f7a52", SETTINGS, replicas=0)
+
+
+def test_the_pod_is_made_like_the_workers_without_the_store() -> None:
+    from pushtask_client.testsend import build_pod, request_for
+
+    deployment = worker_deployment()
+    recipients = [testsend.Recipient("a", {"name": "Ann"})]
+    request = request_for(task_object(HOOKED), recipients, "ab12cd34ef")
+    pod = build_pod(deployment, request)
+    template = deployment["spec"]["template"]
+    assert pod["metadata"]["name"] == "promo-worker-test-ab12cd34ef"
+    assert pod["metadata"]["namespace"] == "shop"
+    assert pod["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "pushtask-test-send",
+        "pushtask.dev/task": "promo",
+        "pushtask.dev/test-send": "true",
+    }
+    assert pod["metadata"]["ownerReferences"] == [
+        {"apiVersion": "pushtask.dev/v1alpha1", "kind": "PushTask", "name": "promo",
+         "uid": TASK["uid"]}
+    ]  # fmt: skip
+    spec_ = pod["spec"]
+    assert spec_["restartPolicy"] == "Never"
+    assert spec_["activeDeadlineSeconds"] == testsend.DEADLINE_SECONDS
+    for same in ("serviceAccountName", "automountServiceAccountToken", "securityContext",
+                 "volumes", "enableServiceLinks"):  # fmt: skip
+        assert spec_[same] == template["spec"][same], same
+    (container,) = spec_["containers"]
+    worker = template["spec"]["containers"][0]
+    assert container["image"] == worker["image"]
+    assert container["securityContext"] == worker["securityContext"]
+    assert container["command"] == ["pushtask-worker", "test-send"]
+    assert "ports" not in container
+    env = {e["name"]: e for e in container["env"]}
+    # The channel's Secret as the workers get it; no store, no run.
+    assert env["PUSHTASK_WEBHOOK_SECRET"] == {
+        "name": "PUSHTASK_WEBHOOK_SECRET",
+        "valueFrom": {"secretKeyRef": {"name": "hook", "key": "hmac"}},
+    }
+    assert not {"PUSHTASK_MONGO_URI", "PUSHTASK_RUN_ID", "POD_IP"} & set(env)
+    sent = testsend.TestSend.from_json(env[testsend.ENV]["value"])
+    assert sent.recipients == recipients and sent.nonce == "ab12cd34ef"
+    assert sent.task == {k: TASK[k] for k in ("namespace", "name", "uid")}
+    # The task's message as it is now; its audience (maybe a million) is not carried.
+    assert sent.spec["message"] == HOOKED["message"]
+    assert sent.spec["audience"] == {"sources": [{"kind": "inline", "users": ["a"]}]}
+    # The Deployment itself is not changed by building the pod.
+    assert deployment == worker_deployment()
+
+
+def test_a_pod_that_cannot_run_says_why() -> None:
+    from pushtask_client.testsend import pod_failure
+
+    waiting = {"state": {"waiting": {"reason": "CreateContainerConfigError",
+                                     "message": 'secret "hook" not found'}}}  # fmt: skip
+    assert pod_failure({"status": {"containerStatuses": [waiting]}}) == (
+        'CreateContainerConfigError: secret "hook" not found'
+    )
+    pending = {"state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert pod_failure({"status": {"containerStatuses": [pending]}}) is None
+    assert pod_failure({"status": {"phase": "Pending"}}) is None
+
+
+class RecordingCluster:
+    """The Cluster calls a test send makes, recorded; the pod "runs" nothing."""
+
+    def __init__(self, task: dict[str, Any]) -> None:
+        self.task = task
+        self.calls: list[str] = []
+
+    def get(self, ns: str, name: str) -> dict[str, Any]:
+        self.calls.append(f"get {ns}/{name}")
+        return self.task
+
+    def worker_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("deployment")
+        return None
+
+    def create_pod(self, ns: str, pod: dict[str, Any]) -> str:
+        raise AssertionError("no pod may be made")
+
+
+def test_cli_reports_template_errors_as_validate_does_and_makes_no_pod(
+    capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    from pushtask_client.cli import cmd_test
+
+    broken = spec("{{ user }} {{ code }}")
+    cluster: Any = RecordingCluster(task_object(broken))
+    attrs = tmp_path / "attrs.yaml"
+    attrs.write_text("- {id: a, name: Ann, code: X1}\n- {id: b, name: Bo}\n")
+    assert cmd_test(cluster, "shop", "promo", "a,b", str(attrs)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "pushtask/promo: spec.message.template field 'body', line 1: 'code' is undefined (user b)"
+    ]
+    assert cluster.calls == ["get shop/promo"]
+
+
+def test_cli_says_a_task_without_workers_yet_cannot_be_tested() -> None:
+    from pushtask_client.cli import CliError, cmd_test
+    from pushtask_client.taskapi import ClusterError
+
+    plain = spec("{{ user }}")
+    plain["message"]["template"]["title"] = "Hi"
+    cluster: Any = RecordingCluster(task_object(plain))
+    with pytest.raises(ClusterError, match="has no worker Deployment yet"):
+        cmd_test(cluster, "shop", "promo", "a", None)
+    with pytest.raises(CliError, match="names no user"):
+        cmd_test(cluster, "shop", "promo", ",", None)
+
+
+def test_cli_parses_the_test_command() -> None:
+    from pushtask_client.cli import completions, parser, resolve_flags
+
+    args = parser().parse_args(["test", "promo", "--to", "a,b", "--attrs", "f.json", "-n", "shop"])
+    assert (args.command, args.name, args.to, args.attrs) == ("test", "promo", "a,b", "f.json")
+    assert resolve_flags("test", vars(args)).namespace == "shop"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["test", "promo"])  # --to is required
+    with pytest.raises(ValueError, match="-o json: test has no output formats"):
+        resolve_flags("test", {"output": "json"})
+    names = lambda: ["promo"]  # noqa: E731
+    assert completions(["te"], names, list) == ["test"]
+    assert completions(["test", ""], names, list) == ["promo"]
+    assert completions(["test", "promo", "--"], names, list)[-2:] == ["--to", "--attrs"]
+    assert completions(["test", "promo", "--to", ""], names, list) == []
+
+
+def test_outcome_table() -> None:
+    from pushtask_client.cli import format_table
+    from pushtask_client.testsend import TestSendReport, outcome_rows
+
+    report = TestSendReport("p", [testsend.Outcome("a", "sent", 1, 200),
+                                  testsend.Outcome("b", "failed", 3, 503, "gave up")])  # fmt: skip
+    assert not report.delivered
+    assert format_table(outcome_rows(report)).splitlines() == [
+        "USER   RESULT   ATTEMPTS   STATUS   DETAIL",
+        "a      sent     1          200      -",
+        "b      failed   3          503      gave up",
+    ]

@@ -172,3 +172,102 @@ def test_a_channel_that_cannot_start_fails_every_recipient_with_the_reason() -> 
     (outcome,) = testsend.outcomes(proc.stdout)
     assert outcome.outcome == "failed" and "no channel 'pigeon'" in outcome.detail
     assert json.loads(proc.stdout.splitlines()[-1])["user"] == "a"
+
+
+class LocalCluster:
+    """The Cluster calls of a test send, with the pod run here as the kubelet would run
+    it: its command, its literal env and its Secret keys resolved (from `secrets`)."""
+
+    def __init__(self, task: dict[str, Any], deployment: dict[str, Any], secrets: dict[str, str]):
+        self.task, self.deployment, self.secrets = task, deployment, secrets
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.ran: dict[str, subprocess.CompletedProcess[str]] = {}
+        self.deleted: list[str] = []
+
+    def get(self, ns: str, name: str) -> dict[str, Any]:
+        return self.task
+
+    def worker_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.deployment
+
+    def create_pod(self, ns: str, pod: dict[str, Any]) -> str:
+        name = pod["metadata"]["name"]
+        self.pods[name] = pod
+        (container,) = pod["spec"]["containers"]
+        env: dict[str, str] = {}
+        for e in container["env"]:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif ref := e["valueFrom"].get("secretKeyRef"):
+                env[e["name"]] = self.secrets[f"{ref['name']}/{ref['key']}"]
+            else:
+                field = e["valueFrom"]["fieldRef"]["fieldPath"]
+                env[e["name"]] = {"metadata.name": name, "metadata.namespace": ns}[field]
+        assert container["command"] == ["pushtask-worker", "test-send"]
+        self.ran[name] = run_command(["test-send"], env)
+        return str(name)
+
+    def read_pod(self, ns: str, name: str) -> dict[str, Any]:
+        phase = "Succeeded" if self.ran[name].returncode == 0 else "Failed"
+        return {"status": {"phase": phase}}
+
+    def pod_log(self, ns: str, name: str) -> str:
+        return self.ran[name].stderr + self.ran[name].stdout
+
+    def delete_pod(self, ns: str, name: str) -> None:
+        self.deleted.append(name)
+
+
+def run_command(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    roots = {Path(m.__file__ or "").resolve().parents[1] for m in (pushtask, pushtask_worker)}
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        **env,
+        "PYTHONPATH": os.pathsep.join([*map(str, roots), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pushtask_worker.main", *args],
+        env=environ, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_plugin_sends_through_a_pod_made_from_the_worker_deployment(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`kubectl push test` end to end but for the cluster: the pod built from the
+    operator's own worker Deployment runs as is and reaches the sink, signed with the
+    task's Secret, marked, and the plugin prints the table and deletes the pod."""
+    from pushtask_client.cli import cmd_test
+    from pushtask_operator.deployment import build_worker_deployment
+    from tests.unit.test_operator_deployment import SETTINGS
+
+    with SinkThread(secret="s3cret", keep_messages=True) as sink:
+        sink.program({"bad": [{"status": 400}]})
+        spec_doc = spec(
+            {
+                "channel": "webhook",
+                "webhook": {"url": sink.url, "secretRef": {"name": "hook", "key": "hmac"}},
+                "template": {"body": "Hi {{ name }}"},
+            },
+            workers=2,
+        )
+        task = {"metadata": {**TASK, "resourceVersion": "5"}, "spec": spec_doc}
+        deployment = build_worker_deployment(TASK, spec_doc, "run-id", SETTINGS, replicas=0)
+        cluster: Any = LocalCluster(task, deployment, {"hook/hmac": "s3cret"})
+        assert cmd_test(cluster, "shop", "promo", "a", None) == 2  # no `name`: nothing made
+        assert not cluster.pods and not sink.requests
+        capsys.readouterr()
+        attrs = tmp_path / "attrs.json"
+        attrs.write_text(json.dumps({"name": "Ann"}))
+        assert cmd_test(cluster, "shop", "promo", "a,bad", str(attrs)) == 1
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split() == ["USER", "RESULT", "ATTEMPTS", "STATUS", "DETAIL"]
+        assert table[1].split() == ["a", "sent", "1", "200", "-"]
+        assert table[2].split()[:4] == ["bad", "failed", "1", "400"]
+        assert [(r.user, r.test, r.signature_ok) for r in sink.requests] == [
+            ("a", True, True),
+            ("bad", True, True),
+        ]
+        assert sink.requests[0].message == {"body": "Hi Ann"}
+        (pod,) = cluster.pods
+        assert cluster.deleted == [pod]
