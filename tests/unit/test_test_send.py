@@ -292,3 +292,47 @@ def test_outcome_table() -> None:
         "a      sent     1          200      -",
         "b      failed   3          503      gave up",
     ]
+
+
+# -- the console's "Send a test" ----------------------------------------------------------
+
+
+def test_console_form_and_its_errors(tmp_path: Any) -> None:
+    """Over a real socket: the token is required, the form's errors come back by field, a
+    message that does not render comes back as the validation errors do (422, each
+    line), and no pod is made for either."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pushtask_console.app import Console, make_app
+    from pushtask_console.auth import Auth
+    from pushtask_console.views import parse_test_form
+
+    assert parse_test_form(" a, b ,", '{"name": "Ann"}') == (["a", "b"], {"name": "Ann"})
+    assert parse_test_form(["a"], "") == (["a"], None)
+    broken = spec("{{ user }} {{ code }}")
+    cluster: Any = RecordingCluster(task_object(broken))
+    console = Console(cluster=cluster, auth=Auth("the-token"), namespaces=["shop"])
+    path = "/api/tasks/shop/promo/test"
+    auth = {"Authorization": "Bearer the-token"}
+
+    async def run() -> None:
+        async with TestClient(TestServer(make_app(console), host="127.0.0.1")) as client:
+            got = await client.post(path, json={"to": "a"})
+            assert got.status == 401
+            got = await client.post(path, json={"to": " ", "attrs": "{"}, headers=auth)
+            assert got.status == 400
+            assert [f["field"] for f in (await got.json())["fields"]] == ["to", "attrs"]
+            got = await client.post(path, json={"to": "a", "attrs": '{"name": "A"}'}, headers=auth)
+            assert got.status == 422
+            answer = await got.json()
+            assert answer["error"] == "pushtask/promo: the message does not render; nothing sent"
+            assert [f["message"] for f in answer["fields"]] == [
+                "spec.message.template field 'body', line 1: 'code' is undefined (user a)"
+            ]
+            got = await client.post("/api/tasks/other/promo/test", json={"to": "a"}, headers=auth)
+            assert got.status == 404
+
+    asyncio.run(run())
+    assert cluster.calls == ["get shop/promo"]
