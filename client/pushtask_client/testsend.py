@@ -4,8 +4,9 @@ The message is rendered here first, for each recipient, with the given attribute
 template error is reported as `kubectl push validate` reports one, and nothing is made.
 Then the send happens inside the cluster, exactly as a worker's would: a one-shot pod
 from the task's worker Deployment's pod template (the same image, ServiceAccount,
-security context and Secret environment variables, so the same channel credentials and
-network), without the store's URI, running `pushtask-worker test-send`. Its log holds
+security context and settings, so the same network), with the channel's Secret keys of
+the spec as it is now mapped into its environment as the operator maps them, without the
+store's URI, running `pushtask-worker test-send`. Its log holds
 one outcome per recipient; the pod is deleted once read (and owned by the PushTask, so
 the garbage collector takes it in any case). Nothing is written to any run's ledger or
 counters: neither this module nor the pod opens the store.
@@ -23,6 +24,7 @@ from typing import Any
 from pushtask import testsend
 from pushtask.models import API_VERSION, KIND
 from pushtask.naming import worker_deployment_name
+from pushtask.secretrefs import secret_key_refs
 from pushtask_client.taskapi import Cluster, ClusterError
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -85,10 +87,22 @@ def build_pod(deployment: Mapping[str, Any], request: testsend.TestSend) -> dict
     spec: dict[str, Any] = template["spec"]
     containers = spec["containers"]
     container = next((c for c in containers if c.get("name") == "worker"), containers[0])
-    env = [e for e in container.get("env") or [] if e.get("name") not in WORKER_ONLY_ENV]
+    # The Secret keys of the spec as it is now, mapped as the operator maps them: the
+    # template's are those of the spec its run froze, and the message may name others
+    # since (a new signing key, say).
+    env = [
+        e
+        for e in container.get("env") or []
+        if e.get("name") not in WORKER_ONLY_ENV
+        and not (e.get("valueFrom") or {}).get("secretKeyRef")
+    ]
+    secrets_now = [
+        {"name": r.env, "valueFrom": {"secretKeyRef": {"name": r.secret, "key": r.key}}}
+        for r in secret_key_refs(request.spec)
+    ]
     container.update(
         command=list(testsend.COMMAND),
-        env=[*env, {"name": testsend.ENV, "value": request.to_json()}],
+        env=[*env, *secrets_now, {"name": testsend.ENV, "value": request.to_json()}],
     )
     for key in ("args", "ports", *PROBES):
         container.pop(key, None)

@@ -202,6 +202,22 @@ def test_the_pod_is_made_like_the_workers_without_the_store() -> None:
     assert deployment == worker_deployment()
 
 
+def test_the_pod_takes_the_secrets_of_the_spec_as_it_is_now() -> None:
+    """A run froze its spec (and its Deployment's Secret env); the message edited since
+    names another key: the test uses that one, as the next run would."""
+    from pushtask_client.testsend import build_pod, request_for
+
+    now = json.loads(json.dumps(HOOKED))
+    now["message"]["webhook"]["secretRef"] = {"name": "hook-2026", "key": "current"}
+    pod = build_pod(worker_deployment(), request_for(task_object(now), [], "n"))
+    refs = [
+        (e["name"], e["valueFrom"]["secretKeyRef"])
+        for e in pod["spec"]["containers"][0]["env"]
+        if "secretKeyRef" in (e.get("valueFrom") or {})
+    ]
+    assert refs == [("PUSHTASK_WEBHOOK_SECRET", {"name": "hook-2026", "key": "current"})]
+
+
 def test_a_pod_that_cannot_run_says_why() -> None:
     from pushtask_client.testsend import pod_failure
 
