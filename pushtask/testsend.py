@@ -1,7 +1,7 @@
 """A test send (`kubectl push test`): what the people's tools hand the one-shot pod, and
 what the pod answers, in one place for both sides.
 
-The tools put a `TestSend` in the pod's environment (`ENV`, JSON); the pod's
+The tools put a `TestSend` in the pod's environment (`ENV`, base64 of JSON); the pod's
 `pushtask-worker test-send` renders the task's message for each recipient, sends it
 through the task's channel marked as a test, and prints one `Outcome` per recipient as a
 JSON line on stdout, among its logs. No store is involved on either side: a test send is
@@ -10,6 +10,7 @@ in no run's ledger and no counter.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from pushtask.models import GROUP, PushTaskSpec, describe_errors
 from pushtask.templates import TemplateError, build_context, compile_message, render
 
-ENV = "PUSHTASK_TEST_SEND"  # the request, as JSON, in the pod's environment
+ENV = "PUSHTASK_TEST_SEND"  # the request in the pod's environment (TestSend.encode)
 COMMAND = ("pushtask-worker", "test-send")
 # The pod's labels: not the workers' app name (no selector, PodMonitor or alert of the
 # workers counts it), and a label of its own to find test pods by.
@@ -61,12 +62,18 @@ class TestSend:
     recipients: list[Recipient]
     nonce: str
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+    def encode(self) -> str:
+        """The environment variable's value: base64 of the JSON. The API server and the
+        kubelet expand `$(NAME)` in an env value with the variables before it, the channel's
+        Secrets among them: a message or an attribute holding `$(PUSHTASK_WEBHOOK_SECRET)`
+        would be sent with the secret in it. Base64 holds no `$`."""
+        text = json.dumps(asdict(self), separators=(",", ":"))
+        return base64.b64encode(text.encode()).decode("ascii")
 
     @classmethod
-    def from_json(cls, text: str) -> TestSend:
-        doc = json.loads(text)
+    def decode(cls, value: str) -> TestSend:
+        """Raises ValueError (binascii.Error, json.JSONDecodeError), KeyError or TypeError."""
+        doc = json.loads(base64.b64decode(value, validate=True))
         recipients = [
             Recipient(str(r["user"]), dict(r.get("attrs") or {})) for r in doc["recipients"]
         ]

@@ -102,7 +102,7 @@ def build_pod(deployment: Mapping[str, Any], request: testsend.TestSend) -> dict
     ]
     container.update(
         command=list(testsend.COMMAND),
-        env=[*env, *secrets_now, {"name": testsend.ENV, "value": request.to_json()}],
+        env=[*env, *secrets_now, {"name": testsend.ENV, "value": request.encode()}],
     )
     for key in ("args", "ports", *PROBES):
         container.pop(key, None)

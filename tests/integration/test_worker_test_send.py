@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def run_pod_command(
     environ = {
         **os.environ,
         **env,
-        testsend.ENV: request.to_json(),
+        testsend.ENV: request.encode(),
         "PYTHONPATH": os.pathsep.join([*map(str, roots), os.environ.get("PYTHONPATH", "")]),
     }
     return subprocess.run(
@@ -197,7 +198,12 @@ class LocalCluster:
         env: dict[str, str] = {}
         for e in container["env"]:
             if "value" in e:
-                env[e["name"]] = e["value"]
+                # As Kubernetes does: $(NAME) of a variable defined before is expanded.
+                env[e["name"]] = re.sub(
+                    r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                    lambda m: env.get(m.group(1), m.group(0)),
+                    e["value"],
+                )
             elif ref := e["valueFrom"].get("secretKeyRef"):
                 env[e["name"]] = self.secrets[f"{ref['name']}/{ref['key']}"]
             else:
@@ -247,7 +253,8 @@ def test_the_plugin_sends_through_a_pod_made_from_the_worker_deployment(
             {
                 "channel": "webhook",
                 "webhook": {"url": sink.url, "secretRef": {"name": "hook", "key": "hmac"}},
-                "template": {"body": "Hi {{ name }}"},
+                # $(NAME) is text here: never the pod's variable of that name.
+                "template": {"body": "Hi {{ name }} $(PUSHTASK_WEBHOOK_SECRET)"},
             },
             workers=2,
         )
@@ -268,6 +275,6 @@ def test_the_plugin_sends_through_a_pod_made_from_the_worker_deployment(
             ("a", True, True),
             ("bad", True, True),
         ]
-        assert sink.requests[0].message == {"body": "Hi Ann"}
+        assert sink.requests[0].message == {"body": "Hi Ann $(PUSHTASK_WEBHOOK_SECRET)"}
         (pod,) = cluster.pods
         assert cluster.deleted == [pod]

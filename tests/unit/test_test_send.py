@@ -128,7 +128,7 @@ def test_outcome_lines_are_found_among_the_logs() -> None:
 
 def test_the_request_survives_its_trip_through_the_environment() -> None:
     request = testsend.TestSend(TASK, spec("x"), [testsend.Recipient("a", {"n": 1})], "n0")
-    assert testsend.TestSend.from_json(request.to_json()) == request
+    assert testsend.TestSend.decode(request.encode()) == request
 
 
 # -- the people's side: the pod, the command line ------------------------------------------
@@ -192,7 +192,7 @@ def test_the_pod_is_made_like_the_workers_without_the_store() -> None:
         "valueFrom": {"secretKeyRef": {"name": "hook", "key": "hmac"}},
     }
     assert not {"PUSHTASK_MONGO_URI", "PUSHTASK_RUN_ID", "POD_IP"} & set(env)
-    sent = testsend.TestSend.from_json(env[testsend.ENV]["value"])
+    sent = testsend.TestSend.decode(env[testsend.ENV]["value"])
     assert sent.recipients == recipients and sent.nonce == "ab12cd34ef"
     assert sent.task == {k: TASK[k] for k in ("namespace", "name", "uid")}
     # The task's message as it is now; its audience (maybe a million) is not carried.

@@ -105,9 +105,10 @@ async def send_all(
 
 
 def run(text: str, env: Mapping[str, str] | None = None) -> int:
-    """The whole command on a request's JSON: outcome lines on stdout, the exit status."""
+    """The whole command on the request (its env value): outcome lines on stdout, the exit
+    status."""
     try:
-        request = testsend.TestSend.from_json(text)
+        request = testsend.TestSend.decode(text)
     except (ValueError, KeyError, TypeError) as error:
         print(f"pushtask-worker test-send: bad {testsend.ENV}: {error}", file=sys.stderr)
         return CANNOT_SEND
