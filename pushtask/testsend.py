@@ -33,6 +33,11 @@ LABEL = f"{GROUP}/test-send"
 DEADLINE_SECONDS = 120
 MAX_ATTEMPTS = 3
 MAX_BACKOFF_SECONDS = 5.0
+# A test is for a few people: a long list would be a run without its ledger (nothing would
+# keep a user from getting it twice), and it must fit the pod's deadline.
+MAX_RECIPIENTS = 20
+# The request must fit one environment variable (Linux takes at most 128 KiB per string).
+MAX_REQUEST_BYTES = 120_000
 # Each outcome line carries this key, so it stands out among the pod's JSON logs.
 KIND_KEY = "pushtaskTestSend"
 
@@ -130,6 +135,11 @@ def recipients_from(users: Iterable[str], attrs: Any) -> list[Recipient]:
     users = list(dict.fromkeys(u.strip() for u in users if u.strip()))
     if not users:
         raise ValueError("--to names no user")
+    if len(users) > MAX_RECIPIENTS:
+        raise ValueError(
+            f"--to names {len(users)} users; a test goes to at most {MAX_RECIPIENTS} "
+            "(a run sends to an audience)"
+        )
     if attrs is None:
         return [Recipient(u) for u in users]
     if isinstance(attrs, Mapping):

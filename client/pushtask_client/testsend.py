@@ -168,6 +168,11 @@ def send_test(
     problems = testsend.problems(request.task, request.spec, recipients)
     if problems:
         raise TestSendProblems(problems)
+    if len(request.encode()) > testsend.MAX_REQUEST_BYTES:
+        raise ValueError(
+            f"the message and attributes are too large for a test pod's environment (more "
+            f"than {testsend.MAX_REQUEST_BYTES} bytes encoded)"
+        )
     deployment = cluster.worker_deployment(ns, name)
     if deployment is None:
         raise ClusterError(

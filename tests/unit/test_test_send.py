@@ -80,6 +80,9 @@ def test_recipients_with_shared_or_own_attributes() -> None:
         testsend.recipients_from(["a"], "text")
     with pytest.raises(ValueError, match="names no user"):
         testsend.recipients_from([" "], None)
+    many = [f"u{i}" for i in range(testsend.MAX_RECIPIENTS + 1)]
+    with pytest.raises(ValueError, match="a test goes to at most 20"):
+        testsend.recipients_from(many, None)
 
 
 def spec(body: str, **message: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import ValidationError
 
@@ -70,10 +70,14 @@ def bounded(spec: PushTaskSpec) -> PushTaskSpec:
 
 
 async def send_all(
-    request: testsend.TestSend, env: Mapping[str, str] | None = None
+    request: testsend.TestSend,
+    env: Mapping[str, str] | None = None,
+    on_outcome: Callable[[testsend.Outcome], None] | None = None,
 ) -> list[testsend.Outcome]:
-    """Send the test to each recipient, one after the other, at the task's rate. Raises
-    ValueError (ValidationError, TemplateError) or UnknownChannel when nothing can be sent."""
+    """Send the test to each recipient, one after the other, at the task's rate;
+    `on_outcome` hears each as soon as it is known (a pod ended by its deadline has
+    reported those before). Raises ValueError (ValidationError, TemplateError) or
+    UnknownChannel when nothing can be sent."""
     spec = bounded(PushTaskSpec.model_validate(request.spec))
     compiled = compile_message(spec.message.template)
     channel = _Recording(make_channel(spec, concurrency=1, env=env))
@@ -92,15 +96,16 @@ async def send_all(
         for position, r in enumerate(request.recipients):
             result = await sender.send(position, r.user, r.attrs)
             last = channel.last.get(r.user)
-            found.append(
-                testsend.Outcome(
-                    user=r.user,
-                    outcome="sent" if result.status == "sent" else "failed",
-                    attempts=result.attempts,
-                    status=last.status if last is not None else None,
-                    detail=result.error or "",
-                )
+            outcome = testsend.Outcome(
+                user=r.user,
+                outcome="sent" if result.status == "sent" else "failed",
+                attempts=result.attempts,
+                status=last.status if last is not None else None,
+                detail=result.error or "",
             )
+            found.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     return found
 
 
@@ -112,15 +117,21 @@ def run(text: str, env: Mapping[str, str] | None = None) -> int:
     except (ValueError, KeyError, TypeError) as error:
         print(f"pushtask-worker test-send: bad {testsend.ENV}: {error}", file=sys.stderr)
         return CANNOT_SEND
-    try:
-        found = asyncio.run(send_all(request, env))
-    except (ValidationError, TemplateError, UnknownChannel, ValueError, TypeError) as error:
-        # Nothing was sent: the same outcome for every recipient, with the reason.
-        for r in request.recipients:
-            print(testsend.Outcome(r.user, "failed", 0, None, f"cannot send: {error}").line())
-        return CANNOT_SEND
-    for outcome in found:
+    reported: set[str] = set()
+
+    def report(outcome: testsend.Outcome) -> None:
+        reported.add(outcome.user)
         print(outcome.line(), flush=True)
+
+    try:
+        found = asyncio.run(send_all(request, env, report))
+    except (ValidationError, TemplateError, UnknownChannel, ValueError, TypeError) as error:
+        # The channel could not be made (or closed): every recipient not yet reported
+        # gets the reason.
+        for r in request.recipients:
+            if r.user not in reported:
+                report(testsend.Outcome(r.user, "failed", 0, None, f"cannot send: {error}"))
+        return CANNOT_SEND
     return ALL_SENT if all(o.delivered for o in found) else SOME_FAILED
 
 
