@@ -199,8 +199,13 @@ class Cluster:
         return dict(self.api.sanitize_for_serialization(got))
 
     def pod_log(self, ns: str, name: str) -> str:
+        """The pod's log as the raw text: not through the client's decoding, which may
+        read a log that is one JSON line as JSON and hand back its Python repr."""
         fn = self.core.read_namespaced_pod_log
-        return str(self.call("get", f'the log of pod "{name}"', ns, lambda: fn(name, ns)))
+        got = self.call(
+            "get", f'the log of pod "{name}"', ns, lambda: fn(name, ns, _preload_content=False)
+        )
+        return bytes(got.data).decode("utf-8", "replace")
 
     def delete_pod(self, ns: str, name: str) -> None:
         """Delete a pod at once (a pod already gone is fine)."""

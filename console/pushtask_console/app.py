@@ -283,8 +283,9 @@ async def test_send(request: web.Request) -> web.Response:
     except testsend.TestSendProblems as problems:
         fields = [views.split_line(line) for line in problems.lines]
         return failure(422, f"pushtask/{name}: the message does not render; nothing sent", fields)
-    except ValueError as error:  # the recipients against the attributes
-        return failure(400, str(error), [{"field": "attrs", "message": str(error)}])
+    except ValueError as error:  # too many recipients, attributes that do not fit them
+        field = "to" if str(error).startswith("--to") else "attrs"
+        return failure(400, str(error), [{"field": field, "message": str(error)}])
     except ClusterError as error:
         return cluster_failure(error)
     log.info("test send %s/%s to %s: %s", ns, name, ",".join(users), report.delivered)
