@@ -4,6 +4,7 @@ socket which must never be connected to (a test send touches no store)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiosmtpd.controller import Controller
 
 import pushtask
 import pushtask_worker
 from pushtask import testsend
 from pushtask.planning import idempotency_key
+from tests.support.ownloop import OwnLoop
 from tests.support.sink import SinkThread, free_port
 from tests.unit.test_worker_channels import Recorder
 
@@ -175,24 +178,79 @@ def test_a_channel_that_cannot_start_fails_every_recipient_with_the_reason() -> 
     assert json.loads(proc.stdout.splitlines()[-1])["user"] == "a"
 
 
-class LocalCluster:
-    """The Cluster calls of a test send, with the pod run here as the kubelet would run
-    it: its command, its literal env and its Secret keys resolved (from `secrets`)."""
+class MiniApi(OwnLoop):
+    """The few Kubernetes API paths a test send uses, served over HTTP to the real
+    kubernetes client (kubectl push's own Cluster), with a kubelet's part: a created pod's
+    command runs here as a process, its literal env expanded as Kubernetes expands it and
+    its Secret keys resolved from `secrets`; its phase follows the process, its log is
+    the process's output (text/plain, as the API server serves it)."""
 
-    def __init__(self, task: dict[str, Any], deployment: dict[str, Any], secrets: dict[str, str]):
+    thread_name = "mini-api"
+
+    def __init__(
+        self, task: dict[str, Any], deployment: dict[str, Any] | None, secrets: dict[str, str]
+    ) -> None:
         self.task, self.deployment, self.secrets = task, deployment, secrets
         self.pods: dict[str, dict[str, Any]] = {}
-        self.ran: dict[str, subprocess.CompletedProcess[str]] = {}
+        self.done: dict[str, subprocess.CompletedProcess[str]] = {}
         self.deleted: list[str] = []
+        self.port = free_port()
+        self.app = web.Application()
+        r = self.app.router
+        r.add_get("/apis/pushtask.dev/v1alpha1/namespaces/{ns}/pushtasks/{name}", self._task)
+        r.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._deployment)
+        r.add_post("/api/v1/namespaces/{ns}/pods", self._create)
+        r.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._pod)
+        r.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
+        r.add_delete("/api/v1/namespaces/{ns}/pods/{name}", self._delete)
+        self._runner: web.AppRunner | None = None
 
-    def get(self, ns: str, name: str) -> dict[str, Any]:
-        return self.task
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
-    def worker_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.deployment
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
-    def create_pod(self, ns: str, pod: dict[str, Any]) -> str:
-        name = pod["metadata"]["name"]
+    def kubeconfig(self, path: Path) -> str:
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {"name": "c", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}
+                    ],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [
+                        {"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "shop"}}
+                    ],
+                    "current-context": "c",
+                }
+            )
+        )
+        return str(path)
+
+    @staticmethod
+    def _missing(kind: str, name: str) -> web.Response:
+        status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                  "reason": "NotFound", "message": f'{kind} "{name}" not found',
+                  "details": {"name": name, "kind": kind}}  # fmt: skip
+        return web.json_response(status, status=404)
+
+    async def _task(self, request: web.Request) -> web.Response:
+        return web.json_response(self.task)
+
+    async def _deployment(self, request: web.Request) -> web.Response:
+        if self.deployment is None:
+            return self._missing("deployments", request.match_info["name"])
+        return web.json_response(self.deployment)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        pod = await request.json()
+        ns, name = request.match_info["ns"], pod["metadata"]["name"]
         self.pods[name] = pod
         (container,) = pod["spec"]["containers"]
         env: dict[str, str] = {}
@@ -210,18 +268,30 @@ class LocalCluster:
                 field = e["valueFrom"]["fieldRef"]["fieldPath"]
                 env[e["name"]] = {"metadata.name": name, "metadata.namespace": ns}[field]
         assert container["command"] == ["pushtask-worker", "test-send"]
-        self.ran[name] = run_command(["test-send"], env)
-        return str(name)
 
-    def read_pod(self, ns: str, name: str) -> dict[str, Any]:
-        phase = "Succeeded" if self.ran[name].returncode == 0 else "Failed"
-        return {"status": {"phase": phase}}
+        async def kubelet() -> None:
+            self.done[name] = await asyncio.to_thread(run_command, ["test-send"], env)
 
-    def pod_log(self, ns: str, name: str) -> str:
-        return self.ran[name].stderr + self.ran[name].stdout
+        self._kubelet = asyncio.ensure_future(kubelet())
+        return web.json_response({**pod, "status": {"phase": "Pending"}}, status=201)
 
-    def delete_pod(self, ns: str, name: str) -> None:
+    async def _pod(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.pods:
+            return self._missing("pods", name)
+        ran = self.done.get(name)
+        phase = "Running" if ran is None else "Succeeded" if ran.returncode == 0 else "Failed"
+        return web.json_response({**self.pods[name], "status": {"phase": phase}})
+
+    async def _log(self, request: web.Request) -> web.Response:
+        ran = self.done[request.match_info["name"]]
+        return web.Response(text=ran.stderr + ran.stdout, content_type="text/plain")
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        assert request.query.get("gracePeriodSeconds") == "0"
         self.deleted.append(name)
+        return web.json_response(self.pods.pop(name))
 
 
 def run_command(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -240,10 +310,12 @@ def run_command(args: list[str], env: dict[str, str]) -> subprocess.CompletedPro
 def test_the_plugin_sends_through_a_pod_made_from_the_worker_deployment(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """`kubectl push test` end to end but for the cluster: the pod built from the
-    operator's own worker Deployment runs as is and reaches the sink, signed with the
-    task's Secret, marked, and the plugin prints the table and deletes the pod."""
-    from pushtask_client.cli import cmd_test
+    """`kubectl push test` end to end but for the cluster: the plugin (its real API client)
+    reads the task and the operator's own worker Deployment, makes the pod, which runs as
+    is and reaches the sink signed with the task's Secret and marked; the plugin prints the
+    table from the pod's log and deletes the pod. A task that never ran has no Deployment:
+    said so, nothing made."""
+    from pushtask_client.cli import main
     from pushtask_operator.deployment import build_worker_deployment
     from tests.unit.test_operator_deployment import SETTINGS
 
@@ -258,23 +330,34 @@ def test_the_plugin_sends_through_a_pod_made_from_the_worker_deployment(
             },
             workers=2,
         )
-        task = {"metadata": {**TASK, "resourceVersion": "5"}, "spec": spec_doc}
+        task = {"apiVersion": "pushtask.dev/v1alpha1", "kind": "PushTask",
+                "metadata": {**TASK, "resourceVersion": "5"}, "spec": spec_doc}  # fmt: skip
         deployment = build_worker_deployment(TASK, spec_doc, "run-id", SETTINGS, replicas=0)
-        cluster: Any = LocalCluster(task, deployment, {"hook/hmac": "s3cret"})
-        assert cmd_test(cluster, "shop", "promo", "a", None) == 2  # no `name`: nothing made
-        assert not cluster.pods and not sink.requests
-        capsys.readouterr()
-        attrs = tmp_path / "attrs.json"
-        attrs.write_text(json.dumps({"name": "Ann"}))
-        assert cmd_test(cluster, "shop", "promo", "a,bad", str(attrs)) == 1
-        table = capsys.readouterr().out.splitlines()
-        assert table[0].split() == ["USER", "RESULT", "ATTEMPTS", "STATUS", "DETAIL"]
-        assert table[1].split() == ["a", "sent", "1", "200", "-"]
-        assert table[2].split()[:4] == ["bad", "failed", "1", "400"]
-        assert [(r.user, r.test, r.signature_ok) for r in sink.requests] == [
-            ("a", True, True),
-            ("bad", True, True),
-        ]
-        assert sink.requests[0].message == {"body": "Hi Ann $(PUSHTASK_WEBHOOK_SECRET)"}
-        (pod,) = cluster.pods
-        assert cluster.deleted == [pod]
+        with MiniApi(task, deployment, {"hook/hmac": "s3cret"}) as api:
+            config = ["--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig")]
+            assert main(["test", "promo", "--to", "a", *config]) == 2  # no `name`: nothing made
+            assert not api.pods and not sink.requests
+            capsys.readouterr()
+            attrs = tmp_path / "attrs.json"
+            attrs.write_text(json.dumps({"name": "Ann"}))
+            assert main(["test", "promo", "--to", "a,bad", "--attrs", str(attrs), *config]) == 1
+            table = capsys.readouterr().out.splitlines()
+            assert table[0].split() == ["USER", "RESULT", "ATTEMPTS", "STATUS", "DETAIL"]
+            assert table[1].split() == ["a", "sent", "1", "200", "-"]
+            assert table[2].split()[:4] == ["bad", "failed", "1", "400"]
+            assert [(r.user, r.test, r.signature_ok) for r in sink.requests] == [
+                ("a", True, True),
+                ("bad", True, True),
+            ]
+            assert sink.requests[0].message == {"body": "Hi Ann $(PUSHTASK_WEBHOOK_SECRET)"}
+            assert len(api.deleted) == 1 and not api.pods
+            # One recipient: the pod's log is one JSON line, still read as text.
+            assert main(["test", "promo", "--to", "a", "--attrs", str(attrs), *config]) == 0
+            assert capsys.readouterr().out.splitlines()[1].split() == ["a", "sent", "1", "200", "-"]
+            # A task that never ran.
+            api.deployment = None
+            with pytest.raises(SystemExit) as exit_:
+                main(["test", "promo", "--to", "a", "--attrs", str(attrs), *config])
+            assert exit_.value.code == 1
+            assert "pushtask/promo has no worker Deployment yet" in capsys.readouterr().err
+            assert len(api.deleted) == 2 and not api.pods
