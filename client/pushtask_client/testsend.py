@@ -6,9 +6,9 @@ Then the send happens inside the cluster, exactly as a worker's would: a one-sho
 from the task's worker Deployment's pod template (the same image, ServiceAccount,
 security context and settings, so the same network), with the channel's Secret keys of
 the spec as it is now mapped into its environment as the operator maps them, without the
-store's URI, running `pushtask-worker test-send`. Its log holds
-one outcome per recipient; the pod is deleted once read (and owned by the PushTask, so
-the garbage collector takes it in any case). Nothing is written to any run's ledger or
+store's URI, running `pushtask-worker test-send`. Its log holds one outcome per
+recipient; the pod is deleted once read (and owned by the PushTask, so the garbage
+collector takes it in any case). Nothing is written to any run's ledger or
 counters: neither this module nor the pod opens the store.
 """
 
@@ -176,10 +176,9 @@ def send_test(
     deployment = cluster.worker_deployment(ns, name)
     if deployment is None:
         raise ClusterError(
-            f"pushtask/{name} has no worker Deployment yet: the operator makes it with the "
-            "task's first run, and a test is sent from a pod made like its workers (their "
-            "image, ServiceAccount and Secrets); start a run first (kubectl push restart, or "
-            "wait for schedule.startAt)"
+            f"pushtask/{name} has no worker Deployment yet: the operator makes it when the "
+            "task's first run starts, and a test is sent from a pod made like its workers "
+            "(their image, ServiceAccount and network); it can be tested once a run has begun"
         )
     pod = build_pod(deployment, request)
     created = cluster.create_pod(ns, pod)
