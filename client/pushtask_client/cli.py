@@ -9,13 +9,17 @@
     kubectl push events NAME                   the task's Events
     kubectl push degrade TIER [--mode M]       pause a priority tier at a peak (undegrade)
     kubectl push validate FILE...              the models' checks, then a server dry run
+    kubectl push test NAME --to U[,U...] [--attrs FILE]  send the message to a few users,
+                                               marked as a test, outside any run
 
 Every action is one patch of the PushTask carrying the resourceVersion it was computed
 from (retried on a conflict), and prints what it changed. Errors are one line on stderr:
-exit 1 (refused, not found, forbidden, API error), 2 (usage). As with kubectl, the flags
--n/--namespace, --context, --kubeconfig, -A, -o and -w go before or after the command and
-its arguments, and KUBECONFIG works. Completion: kubectl calls the `kubectl_complete-push`
-script installed beside this one.
+exit 1 (refused, not found, forbidden, API error), 2 (usage). `test` exits 0 when every
+recipient got the message, 1 when one did not, 2 when the message does not render with
+the given attributes (nothing sent; each problem on stderr, as `validate` says them).
+As with kubectl, the flags -n/--namespace, --context, --kubeconfig, -A, -o and -w go
+before or after the command and its arguments, and KUBECONFIG works. Completion: kubectl
+calls the `kubectl_complete-push` script installed beside this one.
 """
 
 from __future__ import annotations
@@ -38,13 +42,13 @@ from pydantic import ValidationError
 from pushtask.models import KIND, PushTaskSpec, describe_errors
 from pushtask.planning import TaskRef, run_id_for
 from pushtask.records import RecipientState
-from pushtask_client import actions
+from pushtask_client import actions, testsend
 from pushtask_client.actions import Refused, progress_line
 from pushtask_client.taskapi import MONGO_URI_ENV, Cluster, ClusterError, event_time
 
 COMMANDS = (
     "list", "get", "status", "pause", "resume", "stop", "restart", "scale",
-    "recipient", "events", "degrade", "undegrade", "validate",
+    "recipient", "events", "degrade", "undegrade", "validate", "test",
 )  # fmt: skip
 # The chart's defaults: release `pushtask` in namespace `pushtask`.
 DEGRADE_NAMESPACE = os.environ.get("PUSHTASK_RELEASE_NAMESPACE", "pushtask")
@@ -64,6 +68,11 @@ WATCH_WIDTHS = {"PHASE": len("Finished"), "SENT": 7, "FAILED": 6, "TOTAL": 7, "R
 DEFAULT_TIERS = ("low", "normal", "critical")
 # Where the Store reads when the URI names no database (pushtask.store.DEFAULT_DB).
 DEFAULT_DATABASE = "pushtask"
+
+
+# `test`: the message does not render for these recipients, nothing was sent (distinct
+# from 1, a send that failed).
+TEST_NOT_SENT = 2
 
 
 class CliError(Exception):
@@ -556,6 +565,30 @@ def cmd_validate(cluster_fn: Callable[[], Cluster], files: Sequence[str], local:
     return 1 if problems else 0
 
 
+def read_attrs(path: str | None) -> Any:
+    """--attrs FILE: JSON or YAML (an object for every recipient, or a list of {id, ...})."""
+    if path is None:
+        return None
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise CliError(f"--attrs {path}: {error}") from None
+
+
+def cmd_test(cluster: Cluster, ns: str, name: str, to: str, attrs_file: str | None) -> int:
+    attrs = read_attrs(attrs_file)
+    try:
+        report = testsend.send_test(cluster, ns, name, to.split(","), attrs)
+    except testsend.TestSendProblems as problems:
+        for line in problems.lines:
+            print(f"pushtask/{name}: {line}", file=sys.stderr)
+        return TEST_NOT_SENT
+    except ValueError as error:  # --to, --attrs
+        raise CliError(str(error)) from None
+    print(format_table(testsend.outcome_rows(report)))
+    return 0 if report.delivered else 1
+
+
 def server_dry_run(
     cluster: Cluster, source: str, doc: Mapping[str, Any], ns_arg: str | None
 ) -> list[str]:
@@ -674,6 +707,13 @@ def parser() -> argparse.ArgumentParser:
     val = command("validate", "check manifests: models, then a server dry run")
     val.add_argument("files", nargs="+")
     val.add_argument("--local", action="store_true", help="no API server: the models only")
+    test = command("test", "send the task's message to a few users, marked as a test")
+    test.add_argument("name")
+    test.add_argument("--to", required=True, metavar="USER[,USER...]", help="the recipients")
+    test.add_argument(
+        "--attrs", metavar="FILE",
+        help="their attributes, JSON or YAML: an object for all, or a list of {id, ...}",
+    )  # fmt: skip
     return top
 
 
@@ -726,6 +766,8 @@ def run(args: argparse.Namespace, flags: Flags) -> int:
         return cmd_events(cluster, ns, args.name)
     if command in ("degrade", "undegrade"):
         return cmd_degrade(cluster, args, args.mode if command == "degrade" else "off")
+    if command == "test":
+        return cmd_test(cluster, ns, args.name, args.to, args.attrs)
     raise AssertionError(command)
 
 
@@ -734,8 +776,9 @@ def run(args: argparse.Namespace, flags: Flags) -> int:
 NO_FILE_COMPLETION = 4  # cobra's ShellCompDirectiveNoFileComp
 SHORT = {"-n": "--namespace", "-o": "--output", "-A": "--all-namespaces", "-w": "--watch"}
 VALUE_FLAGS = ("--namespace", "--context", "--kubeconfig", "--output", "--run", "--mode",
-               "--mongo-uri", "--release-namespace", "--configmap")  # fmt: skip
-TAKES_NAME = ("status", "pause", "resume", "stop", "restart", "scale", "recipient", "events")
+               "--mongo-uri", "--release-namespace", "--configmap", "--to", "--attrs")  # fmt: skip
+TAKES_NAME = ("status", "pause", "resume", "stop", "restart", "scale", "recipient", "events",
+              "test")  # fmt: skip
 KUBE_FLAGS = ("--namespace", "--context", "--kubeconfig")
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "list": ("--all-namespaces", "--output", "--watch"),
@@ -745,6 +788,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "degrade": ("--mode", "--release-namespace", "--configmap"),
     "undegrade": ("--release-namespace", "--configmap"),
     "validate": ("--local",),
+    "test": ("--to", "--attrs"),
 }
 
 

@@ -9,6 +9,7 @@ pushtask.store.Store, what to show from views.py.
     GET  /api/tasks/{ns}/{name}              a task's page: counts, rate history, workers,
                                              Events, skip and failure samples
     GET  /api/tasks/{ns}/{name}/recipient    ?user=U[&run=R]: what happened to one user
+    POST /api/tasks/{ns}/{name}/test         {to, attrs}: send a test (as `kubectl push test`)
     POST /api/tasks/{ns}/{name}/{action}     pause | resume | stop | restart | scale {workers}
     POST /api/manifests                      {yaml, namespace, dryRun}: create a PushTask
 """
@@ -28,7 +29,7 @@ from pymongo.errors import PyMongoError
 
 from pushtask.planning import TaskRef, run_id_for
 from pushtask.store import Store
-from pushtask_client import actions
+from pushtask_client import actions, testsend
 from pushtask_client.taskapi import Cluster, ClusterError
 from pushtask_console import views
 from pushtask_console.auth import Auth
@@ -257,6 +258,40 @@ async def act(request: web.Request) -> web.Response:
     return web.json_response({"message": said})
 
 
+async def test_send(request: web.Request) -> web.Response:
+    """ "Send a test": the same call as `kubectl push test`, its results per recipient. A
+    message that does not render comes back as the form's errors do, by field."""
+    console = console_of(request)
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    if refused := check_write(request):
+        return refused
+    if not served(console, ns):
+        return failure(404, f"namespace {ns} is not served by this console")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return failure(400, "expected a JSON body {to, attrs}")
+    try:
+        users, attrs = views.parse_test_form(body.get("to"), body.get("attrs"))
+        report = await asyncio.to_thread(
+            testsend.send_test, console.cluster, ns, name, users, attrs
+        )
+    except views.FormError as error:
+        return failure(400, "the test has errors", error.errors)
+    except testsend.TestSendProblems as problems:
+        fields = [views.split_line(line) for line in problems.lines]
+        return failure(422, f"pushtask/{name}: the message does not render; nothing sent", fields)
+    except ValueError as error:  # too many recipients, attributes that do not fit them
+        field = "to" if str(error).startswith("--to") else "attrs"
+        return failure(400, str(error), [{"field": field, "message": str(error)}])
+    except ClusterError as error:
+        return cluster_failure(error)
+    log.info("test send %s/%s to %s: %s", ns, name, ",".join(users), report.delivered)
+    return web.json_response(views.report_view(report))
+
+
 async def create(request: web.Request) -> web.Response:
     """The form: YAML → local checks (field by field) → the API server's dry run → create."""
     console = console_of(request)
@@ -310,6 +345,8 @@ def make_app(console: Console) -> web.Application:
     app.router.add_post("/api/manifests", create)
     app.router.add_get("/api/tasks/{ns}/{name}", task_page)
     app.router.add_get("/api/tasks/{ns}/{name}/recipient", recipient)
+    # Before {action}: the first route that matches serves.
+    app.router.add_post("/api/tasks/{ns}/{name}/test", test_send)
     app.router.add_post("/api/tasks/{ns}/{name}/{action}", act)
     app.router.add_get("/healthz", healthz)
 

@@ -91,6 +91,9 @@ class Record:
     rejected: str | None = None  # why the sink refused it before its program (stale, ...)
     scheme: str | None = None  # "standard" (webhook-* headers) or "pushtask"
     verify_error: str | None = None  # what the standardwebhooks package said, if it refused
+    # A test send (`kubectl push test`): the PushTask-Test header, and `"test": true` in
+    # the body; True only when both say so.
+    test: bool = False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -224,9 +227,11 @@ class Sink:
         body = await request.read()
         user: str | None = None
         run = task = message = None
+        marked = False
         with contextlib.suppress(ValueError, AttributeError):
             doc = json.loads(body)
             user = doc.get("user")
+            marked = doc.get("test") is True
             run = doc.get("run")
             task = f"{doc['task']['namespace']}/{doc['task']['name']}"
             message = doc.get("message") if self.keep_messages else None
@@ -272,6 +277,7 @@ class Sink:
             rejected=rejected,
             scheme="standard" if standard else ("pushtask" if timestamp or sig else None),
             verify_error=verify_error,
+            test=marked and request.headers.get("PushTask-Test") == "true",
         )
         self.requests.append(rec)
         if self._record_fh is not None:

@@ -333,10 +333,17 @@ def test_bad_values_fail_with_a_clear_message(helm: Path, values: list[str], mes
 # -- the web console (off by default) ------------------------------------------------------
 
 CONSOLE = ["--set", "console.enabled=true", "--set", "console.tokenSecret.name=console-token"]
-# Exactly what the console calls (pushtask_client/taskapi.py): read, act, create; Events.
-CONSOLE_RULES = grants(
+# Exactly what the console calls (pushtask_client/taskapi.py): read, act, create; Events;
+# and a test send's (pushtask_client/testsend.py), unless console.testSends is off.
+CONSOLE_RULES_WITHOUT_TESTS = grants(
     "pushtask.dev", ["pushtasks"], ["get", "list", "watch", "patch", "create"]
 ) | grants("", ["events"], ["get", "list", "watch"])
+CONSOLE_RULES = (
+    CONSOLE_RULES_WITHOUT_TESTS
+    | grants("apps", ["deployments"], ["get"])
+    | grants("", ["pods"], ["create", "get", "delete"])
+    | grants("", ["pods/log"], ["get"])
+)
 
 
 def test_nothing_of_the_console_renders_when_disabled(helm: Path) -> None:
@@ -360,6 +367,10 @@ def test_console_rbac_is_least_privilege(helm: Path) -> None:
         assert rules_of(role) == CONSOLE_RULES
         (binding,) = find(docs, "RoleBinding", "rel-pushtask-console", ns)
         assert binding["subjects"][0]["name"] == "rel-pushtask-console"
+    docs = render(helm, *URI, *CONSOLE, "--set", "console.testSends=false")
+    (role,) = find(docs, "ClusterRole", "rel-pushtask-console")
+    assert rules_of(role) == CONSOLE_RULES_WITHOUT_TESTS
+    docs = render(helm, *URI, *CONSOLE, "--set", "watchNamespaces={a,b}")
     # Its account is bound to its own roles and nothing else.
     bound = [
         b["roleRef"]["name"]

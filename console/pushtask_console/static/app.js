@@ -329,6 +329,30 @@ async function lookup(ev) {
   out.appendChild(dl);
 }
 
+async function sendTest(ev) {
+  ev.preventDefault();
+  const route = state.route;
+  const errors = $("test-errors");
+  clear(errors);
+  $("test-results").hidden = true;
+  pending($("test-message"));
+  const path = "/api/tasks/" + encodeURIComponent(route.ns) + "/" + encodeURIComponent(route.name) + "/test";
+  const { ok, data } = await api("POST", path, { to: $("test-to").value, attrs: $("test-attrs").value });
+  if (!ok) {
+    say($("test-message"), data.error, false);
+    for (const f of data.fields || []) {
+      const li = el("li", null, { "data-field": f.field || "" });
+      if (f.field) li.appendChild(el("span", f.field, { class: "field" }));
+      li.appendChild(document.createTextNode((f.field ? ": " : "") + f.message));
+      errors.appendChild(li);
+    }
+    return;
+  }
+  say($("test-message"), data.delivered ? "Every test was delivered" : "Not every test was delivered", data.delivered);
+  rows("test-results", data.results, (r) => [r.user, r.outcome, r.attempts, r.status === null ? "-" : r.status, r.detail || "-"]);
+  $("test-results").hidden = false;
+}
+
 // -- routing ------------------------------------------------------------------------------
 
 function route() {
@@ -341,6 +365,9 @@ function route() {
     $("list-view").hidden = true;
     $("task-view").hidden = false;
     clear($("lookup-result"));
+    clear($("test-errors"));
+    $("test-results").hidden = true;
+    $("test-message").textContent = "";
     $("action-message").textContent = "";
     loadDetail();
     state.detailTimer = setInterval(loadDetail, 3000);
@@ -370,6 +397,7 @@ async function start() {
     b.addEventListener("click", () => act(b.getAttribute("data-action")));
   }
   $("lookup-form").addEventListener("submit", lookup);
+  $("test-form").addEventListener("submit", sendTest);
   window.addEventListener("hashchange", route);
   route();
   drawChart();

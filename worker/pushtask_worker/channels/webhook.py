@@ -1,6 +1,7 @@
 """Webhook channel: one JSON POST per recipient over one pooled aiohttp session.
 
-Body: ``{"task": {namespace, name}, "run": n, "user": id, "message": {...}}``.
+Body: ``{"task": {namespace, name}, "run": n, "user": id, "message": {...}}``; a test
+send (``kubectl push test``) adds ``"test": true`` and the header ``PushTask-Test: true``.
 Signed per Standard Webhooks (standardwebhooks.com) by default: ``webhook-id`` (the
 idempotency key: the same on every attempt and every worker, so a receiver can drop
 repeats), ``webhook-timestamp`` (unix seconds of the attempt) and, with a secret,
@@ -40,6 +41,8 @@ ID_HEADER = "webhook-id"
 STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
 STANDARD_SIGNATURE_HEADER = "webhook-signature"
 SECRET_PREFIX = "whsec_"
+# A test send (Delivery.test): this header and `"test": true` in the body.
+TEST_HEADER = "PushTask-Test"
 
 
 def signed_payload(timestamp: str, body: bytes) -> bytes:
@@ -94,6 +97,8 @@ def encode_body(delivery: Delivery) -> bytes:
         "user": delivery.user,
         "message": delivery.message,
     }
+    if delivery.test:  # only then: a real send's body stays as receivers know it
+        payload["test"] = True
     # orjson: compact UTF-8 like json.dumps(separators=(",", ":"), ensure_ascii=False), at a
     # fraction of the CPU (measured on the worker's hot path).
     return orjson.dumps(payload, default=str)
@@ -165,6 +170,8 @@ class WebhookChannel(Channel):
             "Idempotency-Key": key,
             "X-PushTask-Attempt": str(delivery.attempt),
         }
+        if delivery.test:
+            headers[TEST_HEADER] = "true"
         if self.scheme == "standard":
             headers[ID_HEADER] = key
             headers[STANDARD_TIMESTAMP_HEADER] = timestamp
