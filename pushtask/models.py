@@ -921,7 +921,8 @@ class PushTaskSpec(ApiModel):
             "!has(self.notify) || self.notify.all(n, !has(n.email)) || has(self.message.smtp)",
             "spec.notify[].email needs spec.message.smtp: notifications are mailed through "
             "the task's SMTP server",
-            lambda m: m.message.smtp is not None or all(n.email is None for n in m.notify),
+            # notify first: read_spec's partial spec (live fields only) has no message.
+            lambda m: all(n.email is None for n in m.notify) or m.message.smtp is not None,
             field_path=".notify",
         ),
     )

@@ -45,7 +45,9 @@ COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
 # Everything a run owns besides its run document, each keyed by `run`.
-RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers")
+RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers", "notifications")
+# A notification's delivery state (the operator's outbox): pending until sent or given up.
+PENDING, SENT, GAVE_UP = "pending", "sent", "failed"
 
 
 def _inserted_count(error: BulkWriteError, attempted: int) -> int:
@@ -99,6 +101,7 @@ class Store:
         self._chunks = self.db["chunks"]
         self._skips = self.db["skips"]
         self._workers = self.db["workers"]
+        self._notifications = self.db["notifications"]
         # Every time this store writes or judges (leases, heartbeats, due times) is on the
         # server's clock, never this machine's (pushtask/clock.py).
         self.clock = StoreClock()
@@ -184,6 +187,7 @@ class Store:
             self._runs.create_index(
                 [("task.uid", asc), ("created", DESCENDING)], name="task_created"
             ),
+            self._notifications.create_index([("state", asc), ("nextAt", asc)], name="due"),
             self._drop_superseded(),
         )
 
@@ -362,6 +366,73 @@ class Store:
             if len(out) >= limit:
                 break
         return out[:limit]
+
+    # -- notifications: the operator's outbox ------------------------------------------
+    #
+    # A phase change is recorded here, one document per (run, phase, target) with a
+    # deterministic id, before the status that shows it is written; a sender delivers the
+    # pending ones. A document is claimed with a lease (one sender at a time, even with a
+    # second operator replica), and every later write is filtered by the claim.
+
+    async def record_notifications(self, docs: Sequence[dict[str, Any]]) -> int:
+        """Insert the notifications not recorded yet (a repeat of the same phase change is
+        a no-op); how many are new. Each starts pending, due at its `nextAt`."""
+        fresh = [{**d, "state": PENDING, "attempts": 0, "claimUntil": None} for d in docs]
+        return await _insert_new(self._notifications, fresh)
+
+    async def claim_notification(
+        self, owner: str, ttl: float, now: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """The earliest due pending notification no live claim holds, now claimed by
+        `owner` for `ttl` seconds (None: nothing is due)."""
+        now = now or self.now()
+        return await self._notifications.find_one_and_update(
+            {
+                "state": PENDING,
+                "nextAt": {"$lte": now},
+                "$or": [{"claimUntil": None}, {"claimUntil": {"$lte": now}}],
+            },
+            {"$set": {"owner": owner, "claimUntil": now + timedelta(seconds=ttl)}},
+            sort=[("nextAt", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def notification_retry(
+        self, notification_id: str, owner: str, next_at: datetime, error: str
+    ) -> bool:
+        """An attempt failed and another is due at `next_at`; False if the claim was lost."""
+        result = await self._notifications.update_one(
+            {"_id": notification_id, "owner": owner, "state": PENDING},
+            {
+                "$set": {"nextAt": next_at, "claimUntil": None, "lastError": error},
+                "$inc": {"attempts": 1},
+            },
+        )
+        return result.modified_count == 1
+
+    async def notification_done(
+        self, notification_id: str, owner: str, state: str, error: str | None = None
+    ) -> bool:
+        """Sent (SENT) or given up (GAVE_UP): never tried again; False if the claim was lost."""
+        fields: dict[str, Any] = {"state": state, "doneAt": self.now(), "claimUntil": None}
+        if error is not None:
+            fields["lastError"] = error
+        result = await self._notifications.update_one(
+            {"_id": notification_id, "owner": owner, "state": PENDING},
+            {"$set": fields, "$inc": {"attempts": 1}},
+        )
+        return result.modified_count == 1
+
+    async def next_notification_at(self) -> datetime | None:
+        """When the earliest pending notification is due (None: none is pending)."""
+        doc = await self._notifications.find_one(
+            {"state": PENDING}, {"nextAt": 1}, sort=[("nextAt", ASCENDING)]
+        )
+        return None if doc is None else doc.get("nextAt")
+
+    async def notifications(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's notifications, oldest first (tests, `kubectl push`)."""
+        return [d async for d in self._notifications.find({"run": run_id}).sort("created", 1)]
 
     # -- retention --------------------------------------------------------------------
 
