@@ -27,6 +27,7 @@ from pushtask.clock import StoreClock
 from pushtask.leases import (
     DONE,
     LEASED,
+    QUEUED,
     Lease,
     LeaseLost,
     UnitEnd,
@@ -46,8 +47,9 @@ DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
 # Everything a run owns besides its run document, each keyed by `run`.
 RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers", "notifications")
-# A notification's delivery state (the operator's outbox): pending until sent or given up.
-PENDING, SENT, GAVE_UP = "pending", "sent", "failed"
+# A notification's state (the operator's outbox): `queued` (leases.QUEUED: waiting for a
+# sender, due at `nextAt`) until `sent` or `given up`.
+SENT, GAVE_UP = "sent", "given up"
 
 
 def _inserted_count(error: BulkWriteError, attempted: int) -> int:
@@ -376,19 +378,19 @@ class Store:
 
     async def record_notifications(self, docs: Sequence[dict[str, Any]]) -> int:
         """Insert the notifications not recorded yet (a repeat of the same phase change is
-        a no-op); how many are new. Each starts pending, due at its `nextAt`."""
-        fresh = [{**d, "state": PENDING, "attempts": 0, "claimUntil": None} for d in docs]
+        a no-op); how many are new. Each starts queued, due at its `nextAt`."""
+        fresh = [{**d, "state": QUEUED, "attempts": 0, "claimUntil": None} for d in docs]
         return await _insert_new(self._notifications, fresh)
 
     async def claim_notification(
         self, owner: str, ttl: float, now: datetime | None = None
     ) -> dict[str, Any] | None:
-        """The earliest due pending notification no live claim holds, now claimed by
+        """The earliest due queued notification no live claim holds, now claimed by
         `owner` for `ttl` seconds (None: nothing is due)."""
         now = now or self.now()
         return await self._notifications.find_one_and_update(
             {
-                "state": PENDING,
+                "state": QUEUED,
                 "nextAt": {"$lte": now},
                 "$or": [{"claimUntil": None}, {"claimUntil": {"$lte": now}}],
             },
@@ -402,7 +404,7 @@ class Store:
     ) -> bool:
         """An attempt failed and another is due at `next_at`; False if the claim was lost."""
         result = await self._notifications.update_one(
-            {"_id": notification_id, "owner": owner, "state": PENDING},
+            {"_id": notification_id, "owner": owner, "state": QUEUED},
             {
                 "$set": {"nextAt": next_at, "claimUntil": None, "lastError": error},
                 "$inc": {"attempts": 1},
@@ -418,15 +420,15 @@ class Store:
         if error is not None:
             fields["lastError"] = error
         result = await self._notifications.update_one(
-            {"_id": notification_id, "owner": owner, "state": PENDING},
+            {"_id": notification_id, "owner": owner, "state": QUEUED},
             {"$set": fields, "$inc": {"attempts": 1}},
         )
         return result.modified_count == 1
 
     async def next_notification_at(self) -> datetime | None:
-        """When the earliest pending notification is due (None: none is pending)."""
+        """When the earliest queued notification is due (None: none is queued)."""
         doc = await self._notifications.find_one(
-            {"state": PENDING}, {"nextAt": 1}, sort=[("nextAt", ASCENDING)]
+            {"state": QUEUED}, {"nextAt": 1}, sort=[("nextAt", ASCENDING)]
         )
         return None if doc is None else doc.get("nextAt")
 

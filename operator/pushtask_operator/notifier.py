@@ -1,4 +1,4 @@
-"""The notification sender: delivers the store's pending notifications, in the background.
+"""The notification sender: delivers the store's queued notifications, in the background.
 
 The reconcile only records a phase change's notifications in the store's outbox
 (`notify.py` decides them); this loop, started with the operator, sends them. So a dead

@@ -91,6 +91,9 @@ class Record:
     rejected: str | None = None  # why the sink refused it before its program (stale, ...)
     scheme: str | None = None  # "standard" (webhook-* headers) or "pushtask"
     verify_error: str | None = None  # what the standardwebhooks package said, if it refused
+    # The whole JSON body of a request that is not a recipient's (no "user"): the
+    # operator's completion notifications (spec.notify).
+    notification: Any = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -223,10 +226,11 @@ class Sink:
         t = time.time()
         body = await request.read()
         user: str | None = None
-        run = task = message = None
+        run = task = message = notification = None
         with contextlib.suppress(ValueError, AttributeError):
             doc = json.loads(body)
             user = doc.get("user")
+            notification = None if "user" in doc else doc
             run = doc.get("run")
             task = f"{doc['task']['namespace']}/{doc['task']['name']}"
             message = doc.get("message") if self.keep_messages else None
@@ -272,6 +276,7 @@ class Sink:
             rejected=rejected,
             scheme="standard" if standard else ("pushtask" if timestamp or sig else None),
             verify_error=verify_error,
+            notification=notification,
         )
         self.requests.append(rec)
         if self._record_fh is not None:
