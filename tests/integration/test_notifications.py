@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from email import message_from_bytes
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from pymongo import MongoClient
 
 from pushtask.leases import QUEUED
@@ -24,7 +27,7 @@ from pushtask_operator.notifier import Notifier
 from pushtask_operator.settings import OperatorSettings
 from tests.integration.test_operator_handlers import Cluster, read_audience, run, task_spec
 from tests.support.ledger_steps import deliver, record
-from tests.support.sink import SinkThread
+from tests.support.sink import SinkThread, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +284,89 @@ def test_the_background_loop_sends_when_nudged(mongo_uri: str, db_name: str) -> 
         waited = run(scenario(sink))
         assert len(sink.requests) == 1
     assert waited < 5
+
+
+def test_a_pause_by_a_degraded_tier_is_reported_a_pause_by_a_person_is_not(
+    mongo_uri: str, db_name: str
+) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(lease_seconds=10))
+        notify = [{"webhook": {"url": "http://ops.example/hook"}}]
+        c.apply("peak", **task_spec([f"u{i}" for i in range(50)], notify=notify))
+        run_id = (await c.tick("peak"))["runId"]
+        normal = c.rt.settings
+        c.rt.settings = dataclasses.replace(normal, degraded_tiers={"normal": "graceful"})
+        status = await c.tick("peak")
+        assert (status["phase"], status["reason"]) == ("Paused", "Degraded")
+        c.rt.settings = normal
+        assert (await c.tick("peak"))["phase"] == "Started"
+        c.patch("peak", state="Paused")
+        status = await c.tick("peak")
+        assert (status["phase"], status["reason"]) == ("Paused", "PausedByUser")
+        c.patch("peak", state="Stopped")
+        assert (await c.tick("peak"))["phase"] == "Stopped"
+        docs = await store.notifications(run_id)
+        await store.close()
+        return docs
+
+    docs = run(scenario())
+    assert [(d["phase"], d["payload"]["reason"]) for d in docs] == [
+        ("Paused", "Degraded"),
+        ("Stopped", "StoppedByUser"),
+    ]
+    assert docs[1]["payload"]["previousPhase"] == "Paused"
+
+
+class Mailbox:
+    """A real SMTP server's handler: says 451 (try later) to the first message."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.refused = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self.refused:
+            self.refused += 1
+            return "451 try again later"
+        self.messages.append(envelope.content)
+        return "250 Message accepted"
+
+
+def test_an_email_is_retried_after_a_451_and_sent_once(mongo_uri: str, db_name: str) -> None:
+    box, port = Mailbox(), free_port()
+    ctl = Controller(box, hostname="127.0.0.1", port=port)
+    ctl.start()
+
+    async def scenario() -> list[str]:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(lease_seconds=10))
+        smtp = {"host": "127.0.0.1", "port": port, "starttls": False, "from": "pt@x.test"}
+        message = {"smtp": smtp, **task_spec([])["message"]}  # e-mail needs message.smtp
+        notify = [{"email": {"to": ["ops@x.test"]}}]
+        status = await finish(c, store, "mailed", 30, notify=notify, message=message)
+        assert status["phase"] == "Finished"
+        events = Events()
+        sender = notifier(store, events, "op-1")
+        assert await sender.drain() == 1  # 451: later
+        await come_due(store)
+        assert await sender.drain() == 1
+        await come_due(store)
+        assert await notifier(store, events, "op-2").drain() == 0
+        (doc,) = await store.notifications(status["runId"])
+        assert doc["state"] == SENT and doc["attempts"] == 2
+        await store.close()
+        return [f"<{doc['_id']}@pushtask>", *events.reasons()]
+
+    try:
+        message_id, *reasons = run(scenario())
+    finally:
+        ctl.stop()
+    assert reasons == ["NotificationSent"]
+    (raw,) = box.messages
+    mail = message_from_bytes(raw)
+    assert mail["Subject"] == "PushTask shop/mailed run 1: Finished"
+    assert mail["Message-ID"] == message_id and mail["To"] == "ops@x.test"
+    assert "sent 30" in mail.get_payload()
