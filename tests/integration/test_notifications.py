@@ -112,7 +112,20 @@ def test_a_finished_run_is_reported_once_after_a_500_and_never_again(
             {"webhook": {"url": f"{sink.url}/ops", "secretRef": {"name": "ops-hook"}}},
             {"webhook": {"url": f"{sink.url}/failures"}, "phases": ["Failed"]},
         ]
+        # The outbox holds the notification before the status shows Finished (a crash in
+        # between records it again; never the other way round, which would lose it).
+        patch_status = c.kube.patch_status
+        queued_at_patch: list[int] = []
+
+        async def watched(namespace: str, name: str, patch: dict[str, Any]) -> None:
+            if patch.get("phase") == "Finished":
+                queued = await store.db["notifications"].count_documents({"phase": "Finished"})
+                queued_at_patch.append(queued)
+            await patch_status(namespace, name, patch)
+
+        c.kube.patch_status = watched  # type: ignore[method-assign,assignment]
         status = await finish(c, store, "sale", 300, notify=notify)
+        assert queued_at_patch == [1]
         assert status["phase"] == "Finished"
         # Recorded, not sent: the reconcile never waits on a receiver.
         assert sink.requests == []
