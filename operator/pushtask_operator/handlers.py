@@ -8,8 +8,9 @@ One reconcile (`_reconcile`), in steps:
    Deployment, read side by side; a run about to start reads its API facts again;
 2. the task's share of the send budget, then `reconcile.decide()`, once;
 3. apply: start the run, write its control block, own the Deployment;
-4. publish: `reconcile.compose_status()` → ONE status patch, an Event per transition,
-   metrics, the next wake-up.
+4. publish: `reconcile.compose_status()`; the run's completion notifications recorded
+   in the store's outbox (`notify.py`; sent in the background by `notifier.py`); ONE
+   status patch, an Event per transition, metrics, the next wake-up.
 
 The decisions and the status are the pure modules'; this one only reads facts and
 applies what they return.
