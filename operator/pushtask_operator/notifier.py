@@ -191,7 +191,7 @@ class Notifier:
         attempts = int(doc.get("attempts") or 0) + 1
         name = f"{task['namespace']}/{task['name']}"
         if attempt.ok:
-            if await self.store.notification_done(doc["_id"], self.owner, SENT):
+            if await self.store.notification_done(doc, SENT):
                 metrics.NOTIFICATIONS.labels(kind, "sent").inc()
                 log.info("%s: %s notification sent (%s)", name, doc["phase"], what)
                 await self._event(
@@ -207,7 +207,7 @@ class Notifier:
             else notify.next_attempt(doc["created"], attempts, self.store.now())
         )
         if next_at is None:
-            if await self.store.notification_done(doc["_id"], self.owner, GAVE_UP, attempt.detail):
+            if await self.store.notification_done(doc, GAVE_UP, attempt.detail):
                 metrics.NOTIFICATIONS.labels(kind, "failed").inc()
                 why = "refused" if attempt.final else f"given up after {attempts} attempts"
                 log.warning(
@@ -227,7 +227,7 @@ class Notifier:
                     f"{attempt.detail}",
                 )
             return
-        if await self.store.notification_retry(doc["_id"], self.owner, next_at, attempt.detail):
+        if await self.store.notification_retry(doc, next_at, attempt.detail):
             metrics.NOTIFICATIONS.labels(kind, "retried").inc()
             wait = (next_at - self.store.now()).total_seconds()
             log.info(

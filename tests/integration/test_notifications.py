@@ -383,3 +383,35 @@ def test_an_email_is_retried_after_a_451_and_sent_once(mongo_uri: str, db_name: 
     assert mail["Subject"] == "PushTask shop/mailed run 1: Finished"
     assert mail["Message-ID"] == message_id and mail["To"] == "ops@x.test"
     assert "sent 30" in mail.get_payload()
+
+
+def test_a_dead_senders_claim_is_taken_over_once_it_runs_out(mongo_uri: str, db_name: str) -> None:
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        await store.sync_clock()
+        now = store.now()
+        doc = {"_id": "r1.finished.abc", "run": "r1", "phase": "Finished", "created": now}
+        assert await store.record_notifications([{**doc, "nextAt": now}]) == 1
+        dead = await store.claim_notification("op-dead", ttl=360)
+        assert dead is not None and dead["_id"] == doc["_id"]
+        assert await store.claim_notification("op-new", ttl=360) is None  # claimed
+        # Time passes: the dead sender's claim runs out; another sender takes it over.
+        await store.db["notifications"].update_one(
+            {"_id": doc["_id"]}, {"$set": {"claimUntil": store.now() - timedelta(seconds=1)}}
+        )
+        taken = await store.claim_notification("op-new", ttl=360)
+        assert taken is not None and taken["_id"] == doc["_id"]
+        assert await store.notification_done(taken, SENT)
+        # The first holder was only slow: its outcome no longer counts.
+        assert not await store.notification_done(dead, SENT)
+        assert not await store.notification_retry(dead, store.now(), "HTTP 500")
+        (after,) = await store.notifications("r1")
+        assert (after["state"], after["attempts"]) == (SENT, 1)
+        # Deleted with the run, claims included.
+        await store.delete_run("r1")
+        assert await store.notifications("r1") == []
+        assert await store.db["notification_claims"].count_documents({"run": "r1"}) == 0
+        await store.close()
+
+    run(scenario())
