@@ -149,7 +149,12 @@ def measure(
     )
     run_id, _ = create_run(uri, spec, mode)
     started = time.monotonic()
-    with WorkerProcs(uri, run_id, logs / mode, env={"PUSHTASK_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning")}) as procs:
+    with WorkerProcs(
+        uri,
+        run_id,
+        logs / mode,
+        env={"PUSHTASK_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning")},
+    ) as procs:
         procs.start_many(workers)
         peak = 0
         while True:

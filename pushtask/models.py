@@ -554,7 +554,7 @@ class HmacSecretRef(SecretRef):
     __cel__ = (
         Rule(
             "!has(self.previousKey) || self.previousKey != self.key",
-            "spec.message.webhook.secretRef.previousKey must name another key than key",
+            "secretRef.previousKey must name another key than key",
             lambda m: m.previous_key is None or m.previous_key != m.key,
             field_path=".previousKey",
         ),
@@ -940,6 +940,71 @@ class Schedule(ApiModel):
     )
 
 
+# --- notify ---------------------------------------------------------------------------
+
+# The phases a notification can report: the ends of a run, and a pause the person did not
+# ask for (a degraded tier; a spent failure budget fails the run: Failed).
+NotifyPhase = Literal["Finished", "Failed", "Paused", "Stopped"]
+NOTIFY_PHASES: tuple[NotifyPhase, ...] = ("Finished", "Failed", "Paused", "Stopped")
+MAX_NOTIFY = 16
+MAX_NOTIFY_ADDRESSES = 50
+EmailAddress = Annotated[
+    str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+]
+
+
+class NotifyWebhook(ApiModel):
+    """A JSON POST per notification, signed per Standard Webhooks as the webhook channel
+    signs (webhook-id is the notification's id: the same on every attempt)."""
+
+    url: HttpUrl
+    """Endpoint (http or https)."""
+    secret_ref: HmacSecretRef | None = None
+    """Secret with the signing secret (whsec_<base64> or any text); unset: not signed."""
+    timeout_seconds: float = Field(10, gt=0, le=300)
+    """Per-request timeout."""
+
+
+class NotifyEmail(ApiModel):
+    """A plain-text e-mail per notification, sent through spec.message.smtp's server."""
+
+    to: list[EmailAddress] = Field(min_length=1, max_length=MAX_NOTIFY_ADDRESSES)
+    """Recipient addresses."""
+
+
+class Notification(ApiModel):
+    """Where to report a run's phase changes: exactly one of webhook or email."""
+
+    webhook: NotifyWebhook | None = None
+    """A webhook endpoint."""
+    email: NotifyEmail | None = None
+    """E-mail addresses (through spec.message.smtp)."""
+    phases: list[NotifyPhase] = Field(
+        default_factory=lambda: list(NOTIFY_PHASES),
+        min_length=1,
+        max_length=len(NOTIFY_PHASES),
+        json_schema_extra={"default": list(NOTIFY_PHASES), "x-kubernetes-list-type": "set"},
+    )
+    """Phases to report: Finished, Failed, Stopped, and Paused when not asked for by a person
+    (a degraded tier). One notification per phase change per run."""
+
+    __cel__ = (
+        Rule(
+            "has(self.webhook) != has(self.email)",
+            "spec.notify[]: give exactly one of webhook or email",
+            lambda m: (m.webhook is None) != (m.email is None),
+        ),
+    )
+
+    @field_validator("phases")
+    @classmethod
+    def _unique_phases(cls, phases: list[str]) -> list[str]:
+        # The CRD declares a set (the API server rejects duplicates the same way).
+        if len(set(phases)) != len(phases):
+            raise ValueError("spec.notify[].phases must not repeat a phase")
+        return phases
+
+
 # --- spec -----------------------------------------------------------------------------
 
 RUN_RULE = Rule(
@@ -973,8 +1038,21 @@ class PushTaskSpec(ApiModel):
     """Retries and guarantees."""
     schedule: Schedule = Field(default_factory=Schedule, json_schema_extra=_default_of(Schedule))
     """When to send."""
+    notify: list[Notification] = Field([], max_length=MAX_NOTIFY)
+    """Completion notifications: webhooks and e-mail addresses told of a run's end (or
+    of a pause nobody asked for), with its counts and top failure reasons."""
 
-    __cel__ = (RUN_RULE,)
+    __cel__ = (
+        RUN_RULE,
+        Rule(
+            "!has(self.notify) || self.notify.all(n, !has(n.email)) || has(self.message.smtp)",
+            "spec.notify[].email needs spec.message.smtp: notifications are mailed through "
+            "the task's SMTP server",
+            # notify first: read_spec's partial spec (live fields only) has no message.
+            lambda m: all(n.email is None for n in m.notify) or m.message.smtp is not None,
+            field_path=".notify",
+        ),
+    )
 
 
 _SOURCE_KINDS = frozenset({"inline", "mongo", "configMap", "url"})
@@ -1142,6 +1220,7 @@ __all__ = [
     "CATEGORIES",
     "GROUP",
     "KIND",
+    "NOTIFY_PHASES",
     "PLURAL",
     "SHORT_NAMES",
     "SINGULAR",
@@ -1166,6 +1245,10 @@ __all__ = [
     "Message",
     "MongoSecretRef",
     "MongoSource",
+    "Notification",
+    "NotifyEmail",
+    "NotifyPhase",
+    "NotifyWebhook",
     "Phase",
     "PushTask",
     "PushTaskSpec",

@@ -27,6 +27,7 @@ from pushtask.clock import StoreClock
 from pushtask.leases import (
     DONE,
     LEASED,
+    QUEUED,
     Lease,
     LeaseLost,
     UnitEnd,
@@ -45,7 +46,18 @@ COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
 # Everything a run owns besides its run document, each keyed by `run`.
-RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers")
+RUN_COLLECTIONS = (
+    "splits",
+    "staging",
+    "chunks",
+    "skips",
+    "workers",
+    "notifications",
+    "notification_claims",
+)
+# A notification's state (the operator's outbox): `queued` (leases.QUEUED: waiting for a
+# sender, due at `nextAt`) until `sent` or `given up`.
+SENT, GAVE_UP = "sent", "given up"
 
 
 def _inserted_count(error: BulkWriteError, attempted: int) -> int:
@@ -99,6 +111,8 @@ class Store:
         self._chunks = self.db["chunks"]
         self._skips = self.db["skips"]
         self._workers = self.db["workers"]
+        self._notifications = self.db["notifications"]
+        self._notification_claims = self.db["notification_claims"]
         # Every time this store writes or judges (leases, heartbeats, due times) is on the
         # server's clock, never this machine's (pushtask/clock.py).
         self.clock = StoreClock()
@@ -184,6 +198,7 @@ class Store:
             self._runs.create_index(
                 [("task.uid", asc), ("created", DESCENDING)], name="task_created"
             ),
+            self._notifications.create_index([("state", asc), ("nextAt", asc)], name="due"),
             self._drop_superseded(),
         )
 
@@ -388,6 +403,96 @@ class Store:
         cursor = self._chunks.find(query, fields).sort("_id", ASCENDING).batch_size(16)
         async for doc in cursor:
             yield doc
+
+    # -- notifications: the operator's outbox ------------------------------------------
+    #
+    # A phase change is recorded here, one document per (run, phase, target) with a
+    # deterministic id, before the status that shows it is written; a sender delivers the
+    # pending ones. A document is claimed with a lease (one sender at a time, even with a
+    # second operator replica), and every later write is filtered by the claim.
+
+    async def record_notifications(self, docs: Sequence[dict[str, Any]]) -> int:
+        """Insert the notifications not recorded yet (a repeat of the same phase change is
+        a no-op); how many are new. Each starts queued, due at its `nextAt`."""
+        fresh = [{**d, "state": QUEUED, "attempts": 0, "claimUntil": None} for d in docs]
+        return await _insert_new(self._notifications, fresh)
+
+    async def claim_notification(
+        self, owner: str, ttl: float, now: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """The earliest due queued notification no live claim holds, now claimed by
+        `owner` for `ttl` seconds, as it was before the claim (None: nothing is due).
+
+        A server whose find-and-modify is not atomic (FerretDB: two senders at once were
+        both handed the same notification) is made safe by a unique id: each claim also
+        inserts `<id>@<attempts>@<previous claimUntil>`, the state it claimed from, so of
+        two senders that read the same state only one gets the notification; a sender
+        that took over an expired claim (its holder died) claims from another state."""
+        now = now or self.now()
+        while True:
+            before = await self._notifications.find_one_and_update(
+                {
+                    "state": QUEUED,
+                    "nextAt": {"$lte": now},
+                    "$or": [{"claimUntil": None}, {"claimUntil": {"$lte": now}}],
+                },
+                {"$set": {"owner": owner, "claimUntil": now + timedelta(seconds=ttl)}},
+                sort=[("nextAt", ASCENDING)],
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is None:
+                return None
+            previous = before.get("claimUntil")
+            mark = f"{before['_id']}@{before.get('attempts') or 0}@{previous or '-'}"
+            try:
+                await self._notification_claims.insert_one({"_id": mark, "run": before["run"]})
+            except DuplicateKeyError:
+                continue  # another sender has it; look for the next one
+            return before
+
+    async def notification_retry(
+        self, claimed: Mapping[str, Any], next_at: datetime, error: str
+    ) -> bool:
+        """The attempt on `claimed` (as claim_notification returned it) failed; another is
+        due at `next_at`. False if it was recorded otherwise meanwhile."""
+        result = await self._notifications.update_one(
+            self._attempt_of(claimed),
+            {
+                "$set": {"nextAt": next_at, "claimUntil": None, "lastError": error},
+                "$inc": {"attempts": 1},
+            },
+        )
+        return result.modified_count == 1
+
+    async def notification_done(
+        self, claimed: Mapping[str, Any], state: str, error: str | None = None
+    ) -> bool:
+        """Sent (SENT) or given up (GAVE_UP): never tried again. False if it was recorded
+        otherwise meanwhile (a sender that took over a claim it thought dead)."""
+        fields: dict[str, Any] = {"state": state, "doneAt": self.now(), "claimUntil": None}
+        if error is not None:
+            fields["lastError"] = error
+        result = await self._notifications.update_one(
+            self._attempt_of(claimed), {"$set": fields, "$inc": {"attempts": 1}}
+        )
+        return result.modified_count == 1
+
+    @staticmethod
+    def _attempt_of(claimed: Mapping[str, Any]) -> dict[str, Any]:
+        # The attempt count, not the owner, fences the outcome: two senders on a server
+        # whose find-and-modify is not atomic may both have written `owner`.
+        return {"_id": claimed["_id"], "state": QUEUED, "attempts": claimed.get("attempts") or 0}
+
+    async def next_notification_at(self) -> datetime | None:
+        """When the earliest queued notification is due (None: none is queued)."""
+        doc = await self._notifications.find_one(
+            {"state": QUEUED}, {"nextAt": 1}, sort=[("nextAt", ASCENDING)]
+        )
+        return None if doc is None else doc.get("nextAt")
+
+    async def notifications(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's notifications, oldest first (tests, `kubectl push`)."""
+        return [d async for d in self._notifications.find({"run": run_id}).sort("created", 1)]
 
     # -- retention --------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ One reconcile (`_reconcile`), in steps:
    Deployment, read side by side; a run about to start reads its API facts again;
 2. the task's share of the send budget, then `reconcile.decide()`, once;
 3. apply: start the run, write its control block, own the Deployment;
-4. publish: `reconcile.compose_status()` → ONE status patch, an Event per transition,
-   metrics, the next wake-up.
+4. publish: `reconcile.compose_status()`; the run's completion notifications recorded
+   in the store's outbox (`notify.py`; sent in the background by `notifier.py`); ONE
+   status patch, an Event per transition, metrics, the next wake-up.
 
 The decisions and the status are the pure modules'; this one only reads facts and
 applies what they return.
@@ -32,13 +33,13 @@ import kopf
 from pymongo.errors import PyMongoError
 
 from pushtask import fairshare
-from pushtask.models import PushTaskSpec
+from pushtask.models import Counts, PushTaskSpec, PushTaskStatus
 from pushtask.naming import worker_deployment_name
 from pushtask.planning import TaskRef, plan_run, run_id_for
 from pushtask.records import RunTotals
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
-from pushtask_operator import degrade, metrics
+from pushtask_operator import degrade, metrics, notify
 from pushtask_operator.degrade import DegradeView
 from pushtask_operator.deployment import (
     RUN_ID_ANNOTATION,
@@ -54,6 +55,7 @@ from pushtask_operator.reconcile import (
     Plan,
     Validation,
     compose_status,
+    current_phase,
     decide,
     demand,
     effective_rate,
@@ -106,6 +108,8 @@ class Runtime:
     tasks: dict[str, TaskState] = field(default_factory=dict)
     # The chart's degradedTiers, which the degrade ConfigMap overrides tier by tier.
     degrade_base: Mapping[str, Degrade] = field(default_factory=dict)
+    # Nudges the notification sender (notifier.py) when notifications were recorded.
+    wake_notifier: Callable[[], None] = lambda: None
 
     def forget_share(self, key: str) -> None:
         """The task takes no part in the send budget any more (settled, or deleted)."""
@@ -736,8 +740,10 @@ async def _publish(
     new_status = compose_status(
         snap.status, plan, observed.progress, applied, recurring=observed.recurring, now=snap.now
     )
-    # ONE status patch, and only when something changed.
     written = status_fields(new_status)
+    # Before the status shows the change: a crash in between records it again next time.
+    await _record_notifications(rt, snap, plan, written)
+    # ONE status patch, and only when something changed.
     patch = status_patch(snap.status, written)
     if patch:
         await rt.kube.patch_status(namespace, name, patch)
@@ -777,6 +783,32 @@ async def _publish(
         soon = Wakeup(snap.now + timedelta(seconds=HANDOVER_SECONDS), "BudgetHandover")
         if state.wakeup.at is None or (soon.at is not None and state.wakeup.at > soon.at):
             state.wakeup = soon
+
+
+async def _record_notifications(
+    rt: Runtime, snap: Snapshot, plan: Plan, written: Mapping[str, Any]
+) -> None:
+    """A run's phase change that spec.notify asks to hear of goes into the store's outbox
+    (notify.py decides what; ids are per run, phase and target, so recording it again is
+    a no-op). The sender delivers it in the background: nothing here waits on a receiver."""
+    before = current_phase(snap.status)
+    run_id = snap.run_id
+    if plan.run is None or not run_id or before is None:
+        return
+    if not notify.wanted(snap.spec, before, plan.transition):
+        return
+    status = PushTaskStatus.model_validate({**snap.status, **written})
+    counts = status.counts or Counts()
+    samples: list[tuple[str, str]] = []
+    if counts.failed:
+        samples = await rt.store.failure_samples(run_id, limit=notify.FAILURE_SAMPLE)
+    summary = notify.RunSummary(counts, status.started_at, status.finished_at, samples)
+    task = {k: str(snap.meta[k]) for k in ("namespace", "name", "uid")}
+    docs = notify.notifications(
+        task, snap.spec, plan.run, run_id, before, plan.transition, summary, snap.now
+    )
+    if await rt.store.record_notifications(docs):
+        rt.wake_notifier()
 
 
 # -- entry points (called from main.py's registrations) ------------------------------------

@@ -17,12 +17,9 @@ run stops (Outcome.GONE); any other status → a final failure.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,16 +28,36 @@ import orjson
 
 from pushtask.models import Webhook
 from pushtask.retryafter import parse_retry_after
+from pushtask.signing import (  # re-exported: the channel's scheme, shared with notifications
+    ID_HEADER,
+    SECRET_PREFIX,
+    STANDARD_SIGNATURE_HEADER,
+    STANDARD_TIMESTAMP_HEADER,
+    signing_key,
+    standard_headers,
+    standard_signature,
+)
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
+
+__all__ = [
+    "ID_HEADER",
+    "SECRET_PREFIX",
+    "SIGNATURE_HEADER",
+    "STANDARD_SIGNATURE_HEADER",
+    "STANDARD_TIMESTAMP_HEADER",
+    "TIMESTAMP_HEADER",
+    "WebhookChannel",
+    "classify",
+    "encode_body",
+    "sign",
+    "signed_payload",
+    "signing_key",
+    "standard_signature",
+]
 
 # signature: pushtask (the earlier scheme)
 SIGNATURE_HEADER = "X-PushTask-Signature"
 TIMESTAMP_HEADER = "X-PushTask-Timestamp"
-# signature: standard (Standard Webhooks)
-ID_HEADER = "webhook-id"
-STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
-STANDARD_SIGNATURE_HEADER = "webhook-signature"
-SECRET_PREFIX = "whsec_"
 # A test send (Delivery.test): this header and `"test": true` in the body.
 TEST_HEADER = "PushTask-Test"
 
@@ -55,38 +72,6 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     """The pushtask scheme's X-PushTask-Signature (the secret's bytes are the key)."""
     digest = hmac.new(secret, signed_payload(timestamp, body), hashlib.sha256).hexdigest()
     return "sha256=" + digest
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key of the standard scheme: the bytes a ``whsec_<base64>`` secret encodes,
-    as every Standard Webhooks library reads it; any other value's own UTF-8 bytes (what
-    the libraries take as a raw key), so a secret made for the pushtask scheme still
-    works. Raises ValueError for a ``whsec_`` value that is not base64 (never signing with
-    a key the receiver's library would read differently)."""
-    text = secret.strip()  # a Secret made with --from-file often ends with a newline
-    if not text.startswith(SECRET_PREFIX):
-        return secret.encode()
-    encoded = text[len(SECRET_PREFIX) :]
-    try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except binascii.Error:
-        key = b""
-    if not key:
-        raise ValueError(
-            "the secret starts with whsec_ but the rest is not base64 of a key "
-            "(make one with: echo whsec_$(openssl rand -base64 32))"
-        )
-    return key
-
-
-def standard_signature(keys: Sequence[bytes], msg_id: str, timestamp: str, body: bytes) -> str:
-    """webhook-signature: ``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`` for each
-    key, separated by a space (a receiver accepts the request if one of them verifies)."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        for key in keys
-    )
 
 
 def encode_body(delivery: Delivery) -> bytes:
@@ -173,12 +158,7 @@ class WebhookChannel(Channel):
         if delivery.test:
             headers[TEST_HEADER] = "true"
         if self.scheme == "standard":
-            headers[ID_HEADER] = key
-            headers[STANDARD_TIMESTAMP_HEADER] = timestamp
-            if self.keys:
-                headers[STANDARD_SIGNATURE_HEADER] = standard_signature(
-                    self.keys, key, timestamp, body
-                )
+            headers.update(standard_headers(self.keys, key, timestamp, body))
         else:
             headers[TIMESTAMP_HEADER] = timestamp
             if self.secret is not None:
