@@ -624,6 +624,37 @@ class Template(ApiModel):
     """More templated fields, sent as they are named."""
 
 
+class TrackerKeySecretRef(SecretRef):
+    """The Secret holding the tracker key that signs tracked links (the same key the
+    chart's tracker verifies them with: `tracker.keySecret`)."""
+
+    key: Name = "key"
+    """Key in the Secret holding the tracker key."""
+
+
+class Tracking(ApiModel):
+    """spec.message.tracking: what the tracker (`pushtask-tracker`) records of a run."""
+
+    links: bool = False
+    """Rewrite each link written in the templates into a tracked redirect through the
+    tracker, which counts unique clicks (status.clicks, status.clickThrough)."""
+    base_url: HttpUrl | None = None
+    """The tracker's public URL, as recipients reach it (https://t.example.com)."""
+    secret_ref: TrackerKeySecretRef | None = None
+    """The Secret holding the tracker key (in the PushTask's namespace)."""
+
+    __cel__ = (
+        Rule(
+            "!self.links || (has(self.baseUrl) && has(self.secretRef))",
+            "spec.message.tracking.links needs baseUrl (the tracker's public URL) and "
+            "secretRef (the tracker key)",
+            lambda m: not m.links or (m.base_url is not None and m.secret_ref is not None),
+            field_path=".baseUrl",
+            reason="FieldValueRequired",
+        ),
+    )
+
+
 # Channels whose settings have a model of their own here (a plugin's are free-form).
 BUILTIN_CHANNELS = ("webhook", "smtp", "fcm", "apns")
 
@@ -658,6 +689,8 @@ class Message(ApiModel):
     """Settings of a plugin channel (free-form)."""
     template: Template
     """The message templates."""
+    tracking: Tracking | None = None
+    """Link click tracking through the tracker (off when unset)."""
 
     __cel__ = tuple(_settings_required(channel) for channel in BUILTIN_CHANNELS)
 
@@ -994,6 +1027,12 @@ class PushTaskStatus(StatusModel):
     """Last cron firing that started a run."""
     last_skipped_at: AwareDatetime | None = None
     """Last cron firing skipped because a run was still under way (an Event says so)."""
+    clicks: int | None = None
+    """Tracked links clicked: unique (recipient, link) pairs (spec.message.tracking.links)."""
+    clickers: int | None = None
+    """Recipients who clicked at least one tracked link."""
+    click_through: str | None = None
+    """clickers / sent, as a percentage ("2.5%")."""
 
 
 class PushTask(BaseModel):
@@ -1051,6 +1090,8 @@ __all__ = [
     "Smtp",
     "Source",
     "Template",
+    "TrackerKeySecretRef",
+    "Tracking",
     "UrlSource",
     "Webhook",
     "Weekday",

@@ -76,3 +76,16 @@ class RecipientState:
     chunk: str
     position: int
     due: datetime | None
+
+
+@dataclass(frozen=True)
+class ClickTotals:
+    """A run's tracked clicks, summed over its click counters (status.clicks)."""
+
+    clicks: int  # unique (user, link) pairs
+    clickers: int  # unique users
+    by_link: dict[int, int]  # link index -> unique users who clicked it
+
+    def click_through(self, sent: int) -> str:
+        """Clickers per delivered message, as status shows it: "2.5%"."""
+        return f"{100 * self.clickers / sent:.1f}%" if sent > 0 else "0.0%"

@@ -36,7 +36,7 @@ from pushtask.leases import (
     renew,
 )
 from pushtask.planning import new_split
-from pushtask.records import RecipientState, Result, RunTotals
+from pushtask.records import ClickTotals, RecipientState, Result, RunTotals
 
 DEFAULT_DB = "pushtask"
 Stage = Literal["audience", "seal", "delivery", "done"]
@@ -45,7 +45,11 @@ COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
 # Everything a run owns besides its run document, each keyed by `run`.
-RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers")
+RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers", "clicks", "clickcounts")
+# A run's click counters are spread over this many documents (by the user's hash), so no
+# single document is every click's hot spot and the totals are a sum of a few.
+CLICK_BUCKETS = 16
+ALL_LINKS = "*"  # the link part of a click marker that stands for "the user clicked"
 
 
 def _inserted_count(error: BulkWriteError, attempted: int) -> int:
@@ -99,6 +103,8 @@ class Store:
         self._chunks = self.db["chunks"]
         self._skips = self.db["skips"]
         self._workers = self.db["workers"]
+        self._clicks = self.db["clicks"]
+        self._clickcounts = self.db["clickcounts"]
         # Every time this store writes or judges (leases, heartbeats, due times) is on the
         # server's clock, never this machine's (pushtask/clock.py).
         self.clock = StoreClock()
@@ -181,6 +187,8 @@ class Store:
             self._staging.create_index([("run", asc), ("bucket", asc)], name="run_bucket"),
             self._skips.create_index([("run", asc)], name="run"),
             self._workers.create_index([("run", asc), ("lastSeen", asc)], name="run_seen"),
+            self._clicks.create_index([("run", asc), ("user", asc)], name="run_user"),
+            self._clickcounts.create_index([("run", asc)], name="run"),
             self._runs.create_index(
                 [("task.uid", asc), ("created", DESCENDING)], name="task_created"
             ),
@@ -362,6 +370,52 @@ class Store:
             if len(out) >= limit:
                 break
         return out[:limit]
+
+    # -- clicks -----------------------------------------------------------------------
+
+    async def record_click(self, run_id: str, user: str, link: int) -> bool:
+        """Count `user`'s click on link `link` of `run_id` once; True if it was the first.
+
+        Unique by construction: a marker per (run, link, user) and one per (run, user), with
+        deterministic ids, inserted (a duplicate key is a click already counted). Only a
+        first insert moves the user's bucket counter, so the counters sum to the markers.
+        A tracker killed between the two writes loses that one count (never counts twice).
+        """
+        now = self.now()
+        marker = {"run": run_id, "user": user, "t": now}
+        try:
+            await self._clicks.insert_one({"_id": f"{run_id}|{link}|{user}", "link": link, **marker})
+        except DuplicateKeyError:
+            return False
+        inc = {"clicks": 1, f"links.{link}": 1}
+        try:
+            await self._clicks.insert_one({"_id": f"{run_id}|{ALL_LINKS}|{user}", **marker})
+            inc["clickers"] = 1
+        except DuplicateKeyError:
+            pass
+        bucket = ledger.bucket_of(user, CLICK_BUCKETS)
+        await self._clickcounts.update_one(
+            {"_id": f"{run_id}|{bucket}"},
+            {"$inc": inc, "$set": {"run": run_id, "lastClick": now}},
+            upsert=True,
+        )
+        return True
+
+    async def click_totals(self, run_id: str) -> ClickTotals:
+        """A run's clicks: the sum of its few bucket counters."""
+        clicks = clickers = 0
+        by_link: dict[int, int] = defaultdict(int)
+        async for doc in self._clickcounts.find({"run": run_id}):
+            clicks += int(doc.get("clicks") or 0)
+            clickers += int(doc.get("clickers") or 0)
+            for link, n in (doc.get("links") or {}).items():
+                by_link[int(link)] += int(n)
+        return ClickTotals(clicks, clickers, dict(sorted(by_link.items())))
+
+    async def clicked(self, run_id: str, user: str) -> list[int]:
+        """The links `user` clicked in `run_id` (`kubectl push recipient`), by index."""
+        cursor = self._clicks.find({"run": run_id, "user": user}, {"link": 1})
+        return sorted([int(d["link"]) async for d in cursor if "link" in d])
 
     # -- retention --------------------------------------------------------------------
 

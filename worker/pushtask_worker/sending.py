@@ -15,6 +15,7 @@ from typing import Any
 from pushtask.models import PushTaskSpec
 from pushtask.planning import idempotency_key
 from pushtask.records import HANDED_BACK, Result
+from pushtask.tracking import LinkRewriter
 from pushtask.templates import (
     CompiledMessage,
     TemplateRenderError,
@@ -45,6 +46,9 @@ class Sender:
     # Called once, by the first send whose channel said the receiver is gone
     # (Outcome.GONE, a webhook's 410): the worker fails the run with the reason.
     on_gone: Callable[[str], Awaitable[None]] | None = None
+    # spec.message.tracking.links: each link of the templates becomes the recipient's own
+    # tracked redirect, after rendering (so what the channel sends is what is clicked).
+    links: LinkRewriter | None = None
 
     def __post_init__(self) -> None:
         self.gone: str | None = None  # the reason, once a channel said the receiver is gone
@@ -75,6 +79,8 @@ class Sender:
         except TemplateRenderError as error:
             self.failures["template"].inc()
             return Result(position, "failed", str(error)[:500], 0)
+        if self.links is not None:
+            message = self.links.rewrite(message, user)
         delivery = Delivery(
             task=self.task,
             run=self.run,

@@ -13,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from pushtask import ledger, schedule
+from pushtask import ledger, schedule, tracking
 from pushtask.leases import Lease, LeaseLost
 from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
 from pushtask.records import RunTotals
 from pushtask.store import STAGES, Store
 from pushtask.templates import TemplateError, compile_message
+from pushtask.tracking import LinkRewriter
 from pushtask_worker import metrics
 from pushtask_worker.audience.build import SourceReaders, SplitBuilder, describe_source
 from pushtask_worker.audience.mongosource import QueryNotAllowed
@@ -198,6 +200,8 @@ class Worker:
             self.channel = channel_cls(
                 ChannelContext(settings, concurrency=self.config.concurrency)
             )
+            key = os.environ.get(tracking.KEY_ENV, "").strip().encode()
+            self.links = LinkRewriter.for_run(self.config.run_id, self.run_doc["spec"], key)
         except (ValidationError, ValueError, TemplateError, UnknownChannel, TypeError) as error:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
             raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
@@ -215,6 +219,7 @@ class Worker:
             bucket=self.share,
             stopping=self.stopping,
             on_gone=self.receiver_gone,
+            links=self.links,
         )
 
     async def receiver_gone(self, reason: str) -> None:
