@@ -187,12 +187,18 @@ class Store:
             self._staging.create_index([("run", asc), ("bucket", asc)], name="run_bucket"),
             self._skips.create_index([("run", asc)], name="run"),
             self._workers.create_index([("run", asc), ("lastSeen", asc)], name="run_seen"),
-            self._clicks.create_index([("run", asc), ("user", asc)], name="run_user"),
-            self._clickcounts.create_index([("run", asc)], name="run"),
+            self.ensure_click_indexes(),
             self._runs.create_index(
                 [("task.uid", asc), ("created", DESCENDING)], name="task_created"
             ),
             self._drop_superseded(),
+        )
+
+    async def ensure_click_indexes(self) -> None:
+        """The clicks' indexes (the tracker needs only these)."""
+        await asyncio.gather(
+            self._clicks.create_index([("run", ASCENDING), ("user", ASCENDING)], name="run_user"),
+            self._clickcounts.create_index([("run", ASCENDING)], name="run"),
         )
 
     async def _drop_superseded(self) -> None:
