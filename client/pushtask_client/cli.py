@@ -162,9 +162,10 @@ def watch_lines(
 
 
 def detail_of(p: Mapping[str, Any]) -> str:
+    clicks = "" if p.get("clicks") is None else f"clicks {p['clicks']} ({p['clickThrough']})  "
     return (
         f"{p['rate']:.0f}/s  eta {p['eta']}  {p['phase']}  run {p['run']}  "
-        f"workers {p['workers']}  {p['message']}"
+        f"workers {p['workers']}  {clicks}{p['message']}"
     ).rstrip()
 
 
@@ -177,9 +178,12 @@ def status_line(p: Mapping[str, Any], width: int = 30) -> str:
     return f"{p['name']}  [{bar}] {share:4.0%}  {done}/{total}  {detail_of(p)}"
 
 
-def recipient_lines(state: Any, run: int, database: str, via: str) -> list[str]:
+def recipient_lines(
+    state: Any, run: int, database: str, via: str, clicked: Sequence[int] | None = None
+) -> list[str]:
+    """`clicked`: the tracked links the user clicked, by index (None: not tracked)."""
     at = state.at.isoformat() if state.at else "-"
-    return [
+    lines = [
         f"user:      {state.user}",
         f"run:       {run} ({state.run_id})",
         f"status:    {state.status}",
@@ -188,8 +192,11 @@ def recipient_lines(state: Any, run: int, database: str, via: str) -> list[str]:
         f"time:      {at}",
         f"worker:    {state.worker or '-'}",
         f"chunk:     {state.chunk} #{state.position}",
-        f"database:  {database} ({via})",
     ]
+    if clicked is not None:
+        links = ", ".join(f"#{i}" for i in clicked) if clicked else "none"
+        lines.append(f"clicked:   {links}")
+    return [*lines, f"database:  {database} ({via})"]
 
 
 @dataclass(frozen=True)
@@ -432,9 +439,12 @@ class Lookup:
     stage: str | None  # the run's stage; None: the run is not in the store
     current_stored: bool  # the task's current run is in the store
     database: str
+    clicked: list[int] | None = None  # tracked links the user clicked (None: not tracked)
 
 
-async def _lookup(uri: str, run_id: str, user: str, current_id: str) -> Lookup:
+async def _lookup(
+    uri: str, run_id: str, user: str, current_id: str, tracked: bool = False
+) -> Lookup:
     from pushtask.store import Store
 
     store = Store.connect(uri, serverSelectionTimeoutMS=5000)
@@ -444,7 +454,8 @@ async def _lookup(uri: str, run_id: str, user: str, current_id: str) -> Lookup:
             current_stored = stage is not None
         else:  # only asked when needed: pruned (the current run is there) or absent
             current_stored = await store.get_run(current_id, ("_id",)) is not None
-        return Lookup(state, stage, current_stored, store.db.name)
+        clicked = await store.clicked(run_id, user) if tracked and state is not None else None
+        return Lookup(state, stage, current_stored, store.db.name, clicked)
     finally:
         await store.close()
 
@@ -466,8 +477,12 @@ def cmd_recipient(
     source = store_source(cluster, ns, name, uri, os.environ)
     ref = TaskRef(ns, name, task["metadata"]["uid"])
     try:
+        # Clicks are shown for a run whose status counts them (it tracks links).
+        tracked = (task.get("status") or {}).get("clicks") is not None
         found = asyncio.run(
-            _lookup(source.uri, run_id_for(ref, number), user, run_id_for(ref, int(current)))
+            _lookup(
+                source.uri, run_id_for(ref, number), user, run_id_for(ref, int(current)), tracked
+            )
         )
     except PyMongoError as exc:
         raise CliError(
@@ -481,7 +496,8 @@ def cmd_recipient(
     if note is not None:
         print(f"{user}: {note}")
         return 0
-    print("\n".join(recipient_lines(found.state, number, found.database, source.via)))
+    lines = recipient_lines(found.state, number, found.database, source.via, found.clicked)
+    print("\n".join(lines))
     return 0
 
 

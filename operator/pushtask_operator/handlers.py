@@ -35,7 +35,7 @@ from pushtask import fairshare
 from pushtask.models import PushTaskSpec
 from pushtask.naming import worker_deployment_name
 from pushtask.planning import TaskRef, plan_run, run_id_for
-from pushtask.records import RunTotals
+from pushtask.records import ClickTotals, RunTotals
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
 from pushtask_operator import degrade, metrics
@@ -46,7 +46,16 @@ from pushtask_operator.deployment import (
     selector_string,
 )
 from pushtask_operator.kube import DeploymentRejected, Kube, KubeApiError
-from pushtask_operator.progress import DeploymentView, Progress, RateTracker, compute_progress
+from pushtask_operator.progress import (
+    CLICKS_REFRESH_SECONDS,
+    DeploymentView,
+    Progress,
+    RateTracker,
+    click_fields,
+    clicks_still_counted,
+    compute_progress,
+    tracks_links,
+)
 from pushtask_operator.reconcile import (
     ApiProblem,
     Applied,
@@ -228,6 +237,7 @@ class RunFacts:
     # The store's time when the facts were read: heartbeats and leases are judged on the
     # clock they were written on, never the operator's own (pushtask/clock.py).
     now: datetime
+    clicks: ClickTotals | None = None  # a run that tracks link clicks
 
 
 async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
@@ -239,7 +249,8 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
         run_doc["stage"] = await store.advance(run_id)
     totals = await store.totals(run_id)
     beats, leased = await store.heartbeats(run_id), await store.leases(run_id)
-    return RunFacts(run_doc, totals, beats, leased, store.now())
+    clicks = await store.click_totals(run_id) if tracks_links(run_doc) else None
+    return RunFacts(run_doc, totals, beats, leased, store.now(), clicks)
 
 
 async def _judge_ended_run(store: Store, run_id: str, facts: RunFacts) -> None:
@@ -449,6 +460,8 @@ async def _reconcile(
     snap = _read_body(body, state)
     if _settled(snap.spec, snap.status, snap.meta):
         _rest(rt, state, snap)
+        if clicks_still_counted(snap.status, snap.now):
+            await _refresh_clicks(rt, state, snap)
         return None
     observed = await _gather(rt, state, snap)
     observed = await _ready_for_a_new_run(rt, state, snap, observed)
@@ -491,6 +504,21 @@ def _rest(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
     )
 
 
+async def _refresh_clicks(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
+    """A settled run that tracks links: its clicks, which keep coming after the run
+    ended, are all this reads (a few counter documents) and all it may write."""
+    run_id = str(snap.status["runId"])
+    clicks = await rt.store.click_totals(run_id)
+    sent = int((snap.status.get("counts") or {}).get("sent") or 0)
+    patch = status_patch(snap.status, click_fields(clicks, sent))
+    if patch:
+        await rt.kube.patch_status(snap.meta["namespace"], snap.meta["name"], patch)
+        state.status = {**state.status, **patch}
+    soon = Wakeup(snap.now + timedelta(seconds=CLICKS_REFRESH_SECONDS), "Clicks")
+    if state.wakeup is None or state.wakeup.at is None or (soon.at and state.wakeup.at > soon.at):
+        state.wakeup = soon
+
+
 async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
     """The independent reads side by side (the API server's validation facts, the run's
     facts in MongoDB, the worker Deployment), then what the decision observes."""
@@ -514,6 +542,7 @@ async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
             run_id=snap.run_id,
             now=snap.run.now,
             lease_seconds=settings.lease_seconds,
+            clicks=snap.run.clicks,
         )
     sched = schedule_facts(snap.spec, snap.since, snap.now)
     return Observed(

@@ -15,11 +15,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pushtask.models import Counts
-from pushtask.records import RunTotals
+from pushtask.records import ClickTotals, RunTotals
 
 # How far back the send rate looks: long enough to smooth batches, short enough that
 # a pause shows as a falling rate within a few ticks.
 RATE_WINDOW_SECONDS = 30.0
+# Clicks keep coming after a run ends: the operator keeps reading a tracked run's click
+# counters this long after it ended, this often (a few small documents a read).
+CLICKS_WINDOW = timedelta(days=7)
+CLICKS_REFRESH_SECONDS = 10.0
 
 
 def done(counts: Counts) -> int:
@@ -37,6 +41,34 @@ def counts_from_totals(totals: RunTotals) -> Counts:
         skipped=totals.skipped,
         unknown=totals.unknown,
     )
+
+
+def tracks_links(run_doc: Mapping[str, Any] | None) -> bool:
+    """The run's frozen spec tracks link clicks."""
+    message = ((run_doc or {}).get("spec") or {}).get("message") or {}
+    return bool((message.get("tracking") or {}).get("links"))
+
+
+def click_fields(clicks: ClickTotals, sent: int) -> dict[str, Any]:
+    """status.clicks, clickers and clickThrough (clickers per delivered message)."""
+    return {
+        "clicks": clicks.clicks,
+        "clickers": clicks.clickers,
+        "clickThrough": clicks.click_through(sent),
+    }
+
+
+def clicks_still_counted(status: Mapping[str, Any], now: datetime) -> bool:
+    """A run that ended is still read for clicks: it tracked links (its status shows
+    clicks) and ended less than CLICKS_WINDOW ago."""
+    if status.get("clicks") is None or not status.get("runId"):
+        return False
+    finished = status.get("finishedAt")
+    if not finished:
+        return True
+    if not isinstance(finished, datetime):
+        finished = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
+    return now - finished < CLICKS_WINDOW
 
 
 @dataclass
@@ -189,10 +221,11 @@ class Progress:
     failure: str | None
     stage: str
     health: WorkerHealth
+    clicks: ClickTotals | None = None  # a run that tracks link clicks
 
     def status_fields(self) -> dict[str, Any]:
         """The part of `status` progress owns (phase and conditions are the reconciler's)."""
-        return {
+        fields: dict[str, Any] = {
             "counts": self.counts.model_dump(),
             "rate": round(self.rate, 2),
             "eta": format_eta(self.eta),
@@ -202,6 +235,9 @@ class Progress:
                 "live": self.workers_live,
             },
         }
+        if self.clicks is not None:
+            fields.update(click_fields(self.clicks, self.counts.sent))
+        return fields
 
 
 def compute_progress(
@@ -215,6 +251,7 @@ def compute_progress(
     run_id: str,
     now: datetime,
     lease_seconds: float,
+    clicks: ClickTotals | None = None,
 ) -> Progress:
     """Everything the status shows about a run at `now` (updates `tracker`)."""
     counts = counts_from_totals(totals)
@@ -236,4 +273,5 @@ def compute_progress(
         failure=failure,
         stage=stage,
         health=health,
+        clicks=clicks,
     )
