@@ -390,7 +390,9 @@ class Store:
         now = self.now()
         marker = {"run": run_id, "user": user, "t": now}
         try:
-            await self._clicks.insert_one({"_id": f"{run_id}|{link}|{user}", "link": link, **marker})
+            await self._clicks.insert_one(
+                {"_id": f"{run_id}|{link}|{user}", "link": link, **marker}
+            )
         except DuplicateKeyError:
             return False
         inc = {"clicks": 1, f"links.{link}": 1}

@@ -79,7 +79,8 @@ def _run(uri: str, body: Callable[[Store, str, Client], Awaitable[T]]) -> T:
 
 
 def _docs(uri: str, collection: str) -> list[dict[str, Any]]:
-    with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    with client:
         return list(client.get_default_database()[collection].find())
 
 
@@ -157,4 +158,3 @@ def test_a_deleted_run_takes_its_clicks_with_it(uri: str) -> None:
 
     _run(uri, body)
     assert _docs(uri, "clicks") == [] and _docs(uri, "clickcounts") == []
-

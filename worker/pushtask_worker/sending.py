@@ -15,7 +15,6 @@ from typing import Any
 from pushtask.models import PushTaskSpec
 from pushtask.planning import idempotency_key
 from pushtask.records import HANDED_BACK, Result
-from pushtask.tracking import LinkRewriter
 from pushtask.templates import (
     CompiledMessage,
     TemplateRenderError,
@@ -23,6 +22,7 @@ from pushtask.templates import (
     build_context,
     render,
 )
+from pushtask.tracking import LinkRewriter
 from pushtask_worker import metrics
 from pushtask_worker.channels import Attempt, Channel, Delivery, Outcome
 from pushtask_worker.ratelimit import Limiter
