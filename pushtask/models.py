@@ -34,6 +34,7 @@ from pydantic.alias_generators import to_camel
 
 from pushtask import mongoquery
 from pushtask.states import DesiredState, Phase
+from pushtask.tracking import DEFAULT_WINDOW, WINDOW_PATTERN, parse_window
 from pushtask.validators import (
     CRON_PATTERN,
     DATE_TIME_OFFSET_PATTERN,
@@ -624,6 +625,18 @@ class Template(ApiModel):
     """More templated fields, sent as they are named."""
 
 
+def _window(text: str) -> str:
+    parse_window(text)  # the CRD's twin: WINDOW_PATTERN, and the bound in Python
+    return text
+
+
+ConversionWindow = Annotated[
+    str,
+    StringConstraints(pattern=WINDOW_PATTERN, max_length=8),
+    AfterValidator(_window),
+]
+
+
 class TrackerKeySecretRef(SecretRef):
     """The Secret holding the tracker key that signs tracked links (the same key the
     chart's tracker verifies them with: `tracker.keySecret`)."""
@@ -633,7 +646,8 @@ class TrackerKeySecretRef(SecretRef):
 
 
 class Tracking(ApiModel):
-    """spec.message.tracking: what the tracker (`pushtask-tracker`) records of a run."""
+    """spec.message.tracking: what the tracker (`pushtask-tracker`) records of a run: link
+    clicks (`links`), and conversions posted to it within `conversionWindow` of the send."""
 
     links: bool = False
     """Rewrite each link written in the templates into a tracked redirect through the
@@ -642,6 +656,9 @@ class Tracking(ApiModel):
     """The tracker's public URL, as recipients reach it (https://t.example.com)."""
     secret_ref: TrackerKeySecretRef | None = None
     """The Secret holding the tracker key (in the PushTask's namespace)."""
+    conversion_window: ConversionWindow = DEFAULT_WINDOW
+    """How long after a recipient's send the tracker accepts their conversions
+    (POST /v1/conversions): minutes, hours or days, such as 30m, 48h or 7d (at most 365d)."""
 
     __cel__ = (
         Rule(
@@ -982,6 +999,17 @@ class Condition(StatusModel):
     """metadata.generation this condition was computed from."""
 
 
+class ConversionCount(StatusModel):
+    """One conversion event of a run."""
+
+    event: str
+    """The event's name, as posted to the tracker."""
+    count: int = 0
+    """Recipients who converted (each counted once per event)."""
+    rate: str = "0.0%"
+    """count / sent, as a percentage ("1.2%")."""
+
+
 class PushTaskStatus(StatusModel):
     """Observed state of a PushTask (one writer: the operator)."""
 
@@ -1033,6 +1061,19 @@ class PushTaskStatus(StatusModel):
     """Recipients who clicked at least one tracked link."""
     click_through: str | None = None
     """clickers / sent, as a percentage ("2.5%")."""
+    conversions: (
+        Annotated[
+            list[ConversionCount],
+            Field(
+                json_schema_extra={
+                    "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["event"],
+                }
+            ),
+        ]
+        | None
+    ) = None
+    """Conversions by event name (spec.message.tracking): recipients and rate per sent."""
 
 
 class PushTask(BaseModel):
@@ -1066,6 +1107,7 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "ConfigMapSource",
+    "ConversionCount",
     "Counts",
     "DeliveryPolicy",
     "DesiredState",

@@ -89,3 +89,17 @@ class ClickTotals:
     def click_through(self, sent: int) -> str:
         """Clickers per delivered message, as status shows it: "2.5%"."""
         return f"{100 * self.clickers / sent:.1f}%" if sent > 0 else "0.0%"
+
+
+@dataclass(frozen=True)
+class ConversionTotals:
+    """A run's conversions, summed over its conversion counters (status.conversions)."""
+
+    by_event: dict[str, int]  # event name -> recipients who converted
+
+    def status(self, sent: int) -> list[dict[str, object]]:
+        """status.conversions: each event's count and rate per sent message, by name."""
+        return [
+            {"event": event, "count": n, "rate": f"{100 * n / sent:.1f}%" if sent else "0.0%"}
+            for event, n in sorted(self.by_event.items())
+        ]

@@ -36,7 +36,7 @@ from pushtask.leases import (
     renew,
 )
 from pushtask.planning import new_split
-from pushtask.records import ClickTotals, RecipientState, Result, RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RecipientState, Result, RunTotals
 
 DEFAULT_DB = "pushtask"
 Stage = Literal["audience", "seal", "delivery", "done"]
@@ -45,10 +45,14 @@ COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
 # Everything a run owns besides its run document, each keyed by `run`.
-RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers", "clicks", "clickcounts")
-# A run's click counters are spread over this many documents (by the user's hash), so no
-# single document is every click's hot spot and the totals are a sum of a few.
-CLICK_BUCKETS = 16
+RUN_COLLECTIONS = (
+    "splits", "staging", "chunks", "skips", "workers",
+    "clicks", "clickcounts", "conversions", "conversioncounts",
+)  # fmt: skip
+# A run's click and conversion counters are spread over this many documents (by the
+# user's hash), so no single document is every click's hot spot and the totals are a sum
+# of a few.
+TRACKING_BUCKETS = 16
 ALL_LINKS = "*"  # the link part of a click marker that stands for "the user clicked"
 
 
@@ -105,6 +109,8 @@ class Store:
         self._workers = self.db["workers"]
         self._clicks = self.db["clicks"]
         self._clickcounts = self.db["clickcounts"]
+        self._conversions = self.db["conversions"]
+        self._conversioncounts = self.db["conversioncounts"]
         # Every time this store writes or judges (leases, heartbeats, due times) is on the
         # server's clock, never this machine's (pushtask/clock.py).
         self.clock = StoreClock()
@@ -195,10 +201,14 @@ class Store:
         )
 
     async def ensure_click_indexes(self) -> None:
-        """The clicks' indexes (the tracker needs only these)."""
+        """The indexes of clicks and conversions (the tracker needs only these)."""
         await asyncio.gather(
             self._clicks.create_index([("run", ASCENDING), ("user", ASCENDING)], name="run_user"),
             self._clickcounts.create_index([("run", ASCENDING)], name="run"),
+            self._conversions.create_index(
+                [("run", ASCENDING), ("user", ASCENDING)], name="run_user"
+            ),
+            self._conversioncounts.create_index([("run", ASCENDING)], name="run"),
         )
 
     async def _drop_superseded(self) -> None:
@@ -401,7 +411,7 @@ class Store:
             inc["clickers"] = 1
         except DuplicateKeyError:
             pass
-        bucket = ledger.bucket_of(user, CLICK_BUCKETS)
+        bucket = ledger.bucket_of(user, TRACKING_BUCKETS)
         await self._clickcounts.update_one(
             {"_id": f"{run_id}|{bucket}"},
             {"$inc": inc, "$set": {"run": run_id, "lastClick": now}},
@@ -424,6 +434,47 @@ class Store:
         """The links `user` clicked in `run_id` (`kubectl push recipient`), by index."""
         cursor = self._clicks.find({"run": run_id, "user": user}, {"link": 1})
         return sorted([int(d["link"]) async for d in cursor if "link" in d])
+
+    # -- conversions ------------------------------------------------------------------
+
+    async def find_run(self, namespace: str, name: str, run: int) -> str | None:
+        """The id of run `run` of the task `namespace/name` (the newest, should a task of
+        that name have been deleted and made again); None when it is not stored."""
+        query = {"task.namespace": namespace, "task.name": name, "run": run}
+        cursor = self._runs.find(query, {"_id": 1}).sort("created", DESCENDING).limit(1)
+        found = [doc["_id"] async for doc in cursor]
+        return str(found[0]) if found else None
+
+    async def record_conversion(self, run_id: str, user: str, event: str) -> bool:
+        """Count `user`'s conversion `event` in `run_id` once; True if it was the first.
+        Unique by construction, as a click: a marker per (run, event, user), then the
+        user's bucket counter for a first one only."""
+        now = self.now()
+        doc = {"_id": f"{run_id}|{event}|{user}", "run": run_id, "user": user, "event": event}
+        try:
+            await self._conversions.insert_one({**doc, "t": now})
+        except DuplicateKeyError:
+            return False
+        bucket = ledger.bucket_of(user, TRACKING_BUCKETS)
+        await self._conversioncounts.update_one(
+            {"_id": f"{run_id}|{bucket}"},
+            {"$inc": {f"events.{event}": 1}, "$set": {"run": run_id, "last": now}},
+            upsert=True,
+        )
+        return True
+
+    async def conversion_totals(self, run_id: str) -> ConversionTotals:
+        """A run's conversions by event: the sum of its few bucket counters."""
+        by_event: dict[str, int] = defaultdict(int)
+        async for doc in self._conversioncounts.find({"run": run_id}):
+            for event, n in (doc.get("events") or {}).items():
+                by_event[str(event)] += int(n)
+        return ConversionTotals(dict(by_event))
+
+    async def converted(self, run_id: str, user: str) -> list[str]:
+        """The conversion events `user` has in `run_id` (`kubectl push recipient`)."""
+        cursor = self._conversions.find({"run": run_id, "user": user}, {"event": 1})
+        return sorted([str(d["event"]) async for d in cursor])
 
     # -- retention --------------------------------------------------------------------
 

@@ -20,15 +20,21 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 __all__ = [
     "CLICK_PATH",
     "BadToken",
     "Click",
+    "Conversion",
     "LinkRewriter",
+    "conversion_window",
+    "is_event_name",
     "is_prefetcher",
     "link_targets",
+    "parse_conversion",
+    "parse_window",
     "rewrite_links",
     "rewrite_message",
     "run_targets",
@@ -248,3 +254,80 @@ def is_prefetcher(user_agent: str | None) -> bool:
         return False
     ua = user_agent.lower()
     return any(p in ua for p in PREFETCHERS)
+
+
+# -- conversions ---------------------------------------------------------------------------
+
+# spec.message.tracking.conversionWindow: minutes, hours or days ("30m", "48h", "7d").
+WINDOW_PATTERN = r"^[1-9][0-9]{0,5}[mhd]$"
+DEFAULT_WINDOW = "7d"
+MAX_WINDOW = timedelta(days=365)
+_WINDOW_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
+# A conversion event's name: also a key of the store's counters and of status.conversions,
+# so no dots, no dollar signs, nothing to escape.
+EVENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_EVENT_RE = re.compile(EVENT_PATTERN)
+
+
+def parse_window(text: str) -> timedelta:
+    """A conversion window ("7d") as a timedelta; ValueError when malformed or too long."""
+    if not re.match(WINDOW_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration such as 30m, 48h or 7d")
+    window = int(text[:-1]) * _WINDOW_UNITS[text[-1]]
+    if window > MAX_WINDOW:
+        raise ValueError(f"{text!r} is longer than {MAX_WINDOW.days} days")
+    return window
+
+
+def conversion_window(spec: Mapping[str, Any]) -> timedelta:
+    """The run's conversion window, from its frozen spec (by alias)."""
+    tracking = (spec.get("message") or {}).get("tracking") or {}
+    return parse_window(str(tracking.get("conversionWindow") or DEFAULT_WINDOW))
+
+
+def is_event_name(name: Any) -> bool:
+    return isinstance(name, str) and _EVENT_RE.match(name) is not None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A conversion posted to the tracker: an event for a tracked link's token, or for a
+    recipient named by (task namespace, task name, run, user)."""
+
+    event: str
+    token: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    run: int | None = None
+    user: str | None = None
+
+
+def parse_conversion(body: Any) -> Conversion:
+    """The conversion a request body asks for; ValueError saying what is wrong.
+
+    {"event": "purchase", "token": "<a tracked link's token>"}, or
+    {"event": "purchase", "task": "<namespace>/<name>", "run": 3, "user": "u-42"}.
+    """
+    if not isinstance(body, Mapping):
+        raise ValueError("the body must be a JSON object")
+    event = body.get("event")
+    if not isinstance(event, str) or not is_event_name(event):
+        raise ValueError(
+            "event: a name of 1-63 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    token = body.get("token")
+    if token is not None:
+        if not isinstance(token, str) or not token or len(token) > 2048:
+            raise ValueError("token: the token of a tracked link (the part after /c/)")
+        if any(k in body for k in ("task", "run", "user")):
+            raise ValueError("give either token, or task, run and user")
+        return Conversion(event, token=token)
+    task, run, user = body.get("task"), body.get("run"), body.get("user")
+    if not isinstance(task, str) or task.count("/") != 1 or "" in task.split("/"):
+        raise ValueError("task: namespace/name of the PushTask (or give a token)")
+    if isinstance(run, bool) or not isinstance(run, int) or run < 1:
+        raise ValueError("run: the run number, an integer from 1")
+    if not isinstance(user, str) or not user or len(user) > 256:
+        raise ValueError("user: the recipient's user id")
+    namespace, name = task.split("/")
+    return Conversion(event, namespace=namespace, name=name, run=run, user=user)

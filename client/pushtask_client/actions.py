@@ -117,6 +117,8 @@ def progress_line(task: Mapping[str, Any]) -> dict[str, Any]:
         "clicks": status.get("clicks"),
         "clickers": status.get("clickers"),
         "clickThrough": status.get("clickThrough") or "",
+        # A run that tracks conversions: [{event, count, rate}] by name; None otherwise.
+        "conversions": status.get("conversions"),
     }
 
 

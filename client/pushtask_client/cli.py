@@ -163,9 +163,13 @@ def watch_lines(
 
 def detail_of(p: Mapping[str, Any]) -> str:
     clicks = "" if p.get("clicks") is None else f"clicks {p['clicks']} ({p['clickThrough']})  "
+    conversions = "".join(
+        f"{c.get('event')} {c.get('count', 0)} ({c.get('rate', '')})  "
+        for c in p.get("conversions") or []
+    )
     return (
         f"{p['rate']:.0f}/s  eta {p['eta']}  {p['phase']}  run {p['run']}  "
-        f"workers {p['workers']}  {clicks}{p['message']}"
+        f"workers {p['workers']}  {clicks}{conversions}{p['message']}"
     ).rstrip()
 
 
@@ -179,9 +183,15 @@ def status_line(p: Mapping[str, Any], width: int = 30) -> str:
 
 
 def recipient_lines(
-    state: Any, run: int, database: str, via: str, clicked: Sequence[int] | None = None
+    state: Any,
+    run: int,
+    database: str,
+    via: str,
+    clicked: Sequence[int] | None = None,
+    converted: Sequence[str] | None = None,
 ) -> list[str]:
-    """`clicked`: the tracked links the user clicked, by index (None: not tracked)."""
+    """`clicked`: the tracked links the user clicked, by index; `converted`: their
+    conversion events (None: the run does not track them)."""
     at = state.at.isoformat() if state.at else "-"
     lines = [
         f"user:      {state.user}",
@@ -196,6 +206,8 @@ def recipient_lines(
     if clicked is not None:
         links = ", ".join(f"#{i}" for i in clicked) if clicked else "none"
         lines.append(f"clicked:   {links}")
+    if converted is not None:
+        lines.append(f"converted: {', '.join(converted) if converted else 'none'}")
     return [*lines, f"database:  {database} ({via})"]
 
 
@@ -440,10 +452,16 @@ class Lookup:
     current_stored: bool  # the task's current run is in the store
     database: str
     clicked: list[int] | None = None  # tracked links the user clicked (None: not tracked)
+    converted: list[str] | None = None  # their conversion events (None: not tracked)
 
 
 async def _lookup(
-    uri: str, run_id: str, user: str, current_id: str, tracked: bool = False
+    uri: str,
+    run_id: str,
+    user: str,
+    current_id: str,
+    tracked: bool = False,
+    converting: bool = False,
 ) -> Lookup:
     from pushtask.store import Store
 
@@ -455,7 +473,10 @@ async def _lookup(
         else:  # only asked when needed: pruned (the current run is there) or absent
             current_stored = await store.get_run(current_id, ("_id",)) is not None
         clicked = await store.clicked(run_id, user) if tracked and state is not None else None
-        return Lookup(state, stage, current_stored, store.db.name, clicked)
+        converted = (
+            await store.converted(run_id, user) if converting and state is not None else None
+        )
+        return Lookup(state, stage, current_stored, store.db.name, clicked, converted)
     finally:
         await store.close()
 
@@ -477,13 +498,11 @@ def cmd_recipient(
     source = store_source(cluster, ns, name, uri, os.environ)
     ref = TaskRef(ns, name, task["metadata"]["uid"])
     try:
-        # Clicks are shown for a run whose status counts them (it tracks links).
-        tracked = (task.get("status") or {}).get("clicks") is not None
-        found = asyncio.run(
-            _lookup(
-                source.uri, run_id_for(ref, number), user, run_id_for(ref, int(current)), tracked
-            )
-        )
+        # Clicks and conversions are shown for a run whose status counts them.
+        status = task.get("status") or {}
+        tracked, converting = (status.get(k) is not None for k in ("clicks", "conversions"))
+        run_id, current_id = run_id_for(ref, number), run_id_for(ref, int(current))
+        found = asyncio.run(_lookup(source.uri, run_id, user, current_id, tracked, converting))
     except PyMongoError as exc:
         raise CliError(
             f"MongoDB ({source.via}): {exc} (reachable from here? --mongo-uri)"
@@ -496,7 +515,9 @@ def cmd_recipient(
     if note is not None:
         print(f"{user}: {note}")
         return 0
-    lines = recipient_lines(found.state, number, found.database, source.via, found.clicked)
+    lines = recipient_lines(
+        found.state, number, found.database, source.via, found.clicked, found.converted
+    )
     print("\n".join(lines))
     return 0
 

@@ -35,9 +35,10 @@ from pushtask import fairshare
 from pushtask.models import PushTaskSpec
 from pushtask.naming import worker_deployment_name
 from pushtask.planning import TaskRef, plan_run, run_id_for
-from pushtask.records import ClickTotals, RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RunTotals
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
+from pushtask.tracking import conversion_window
 from pushtask_operator import degrade, metrics
 from pushtask_operator.degrade import DegradeView
 from pushtask_operator.deployment import (
@@ -52,8 +53,9 @@ from pushtask_operator.progress import (
     Progress,
     RateTracker,
     click_fields,
-    clicks_still_counted,
     compute_progress,
+    still_tracked,
+    tracks_conversions,
     tracks_links,
 )
 from pushtask_operator.reconcile import (
@@ -238,6 +240,7 @@ class RunFacts:
     # clock they were written on, never the operator's own (pushtask/clock.py).
     now: datetime
     clicks: ClickTotals | None = None  # a run that tracks link clicks
+    conversions: ConversionTotals | None = None  # a run that tracks conversions
 
 
 async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
@@ -250,7 +253,8 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
     totals = await store.totals(run_id)
     beats, leased = await store.heartbeats(run_id), await store.leases(run_id)
     clicks = await store.click_totals(run_id) if tracks_links(run_doc) else None
-    return RunFacts(run_doc, totals, beats, leased, store.now(), clicks)
+    converted = await store.conversion_totals(run_id) if tracks_conversions(run_doc) else None
+    return RunFacts(run_doc, totals, beats, leased, store.now(), clicks, converted)
 
 
 async def _judge_ended_run(store: Store, run_id: str, facts: RunFacts) -> None:
@@ -460,8 +464,9 @@ async def _reconcile(
     snap = _read_body(body, state)
     if _settled(snap.spec, snap.status, snap.meta):
         _rest(rt, state, snap)
-        if clicks_still_counted(snap.status, snap.now):
-            await _refresh_clicks(rt, state, snap)
+        window = conversion_window(snap.raw)
+        if still_tracked(snap.status, snap.now, window):
+            await _refresh_tracking(rt, state, snap)
         return None
     observed = await _gather(rt, state, snap)
     observed = await _ready_for_a_new_run(rt, state, snap, observed)
@@ -504,17 +509,21 @@ def _rest(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
     )
 
 
-async def _refresh_clicks(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
-    """A settled run that tracks links: its clicks, which keep coming after the run
-    ended, are all this reads (a few counter documents) and all it may write."""
+async def _refresh_tracking(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
+    """A settled run that tracks clicks or conversions: those, which keep coming after the
+    run ended, are all this reads (a few counter documents) and all it may write."""
     run_id = str(snap.status["runId"])
-    clicks = await rt.store.click_totals(run_id)
     sent = int((snap.status.get("counts") or {}).get("sent") or 0)
-    patch = status_patch(snap.status, click_fields(clicks, sent))
+    fields: dict[str, Any] = {}
+    if snap.status.get("clicks") is not None:
+        fields.update(click_fields(await rt.store.click_totals(run_id), sent))
+    if snap.status.get("conversions") is not None:
+        fields["conversions"] = (await rt.store.conversion_totals(run_id)).status(sent)
+    patch = status_patch(snap.status, fields)
     if patch:
         await rt.kube.patch_status(snap.meta["namespace"], snap.meta["name"], patch)
         state.status = {**state.status, **patch}
-    soon = Wakeup(snap.now + timedelta(seconds=CLICKS_REFRESH_SECONDS), "Clicks")
+    soon = Wakeup(snap.now + timedelta(seconds=CLICKS_REFRESH_SECONDS), "Tracking")
     if state.wakeup is None or state.wakeup.at is None or (soon.at and state.wakeup.at > soon.at):
         state.wakeup = soon
 
@@ -543,6 +552,7 @@ async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
             now=snap.run.now,
             lease_seconds=settings.lease_seconds,
             clicks=snap.run.clicks,
+            conversions=snap.run.conversions,
         )
     sched = schedule_facts(snap.spec, snap.since, snap.now)
     return Observed(

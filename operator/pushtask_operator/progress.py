@@ -15,13 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pushtask.models import Counts
-from pushtask.records import ClickTotals, RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RunTotals
 
 # How far back the send rate looks: long enough to smooth batches, short enough that
 # a pause shows as a falling rate within a few ticks.
 RATE_WINDOW_SECONDS = 30.0
-# Clicks keep coming after a run ends: the operator keeps reading a tracked run's click
-# counters this long after it ended, this often (a few small documents a read).
+# Clicks and conversions keep coming after a run ends: the operator keeps reading a
+# tracked run's counters this often, for CLICKS_WINDOW or the task's conversion window
+# (the longer) after the run ended (a few small documents a read).
 CLICKS_WINDOW = timedelta(days=7)
 CLICKS_REFRESH_SECONDS = 10.0
 
@@ -49,6 +50,12 @@ def tracks_links(run_doc: Mapping[str, Any] | None) -> bool:
     return bool((message.get("tracking") or {}).get("links"))
 
 
+def tracks_conversions(run_doc: Mapping[str, Any] | None) -> bool:
+    """The run's frozen spec has a tracking block: the tracker takes its conversions."""
+    message = ((run_doc or {}).get("spec") or {}).get("message") or {}
+    return message.get("tracking") is not None
+
+
 def click_fields(clicks: ClickTotals, sent: int) -> dict[str, Any]:
     """status.clicks, clickers and clickThrough (clickers per delivered message)."""
     return {
@@ -58,17 +65,21 @@ def click_fields(clicks: ClickTotals, sent: int) -> dict[str, Any]:
     }
 
 
-def clicks_still_counted(status: Mapping[str, Any], now: datetime) -> bool:
-    """A run that ended is still read for clicks: it tracked links (its status shows
-    clicks) and ended less than CLICKS_WINDOW ago."""
-    if status.get("clicks") is None or not status.get("runId"):
+def still_tracked(
+    status: Mapping[str, Any], now: datetime, conversion_window: timedelta = CLICKS_WINDOW
+) -> bool:
+    """A run that ended is still read for clicks and conversions: it tracks them (its
+    status shows them) and ended less than CLICKS_WINDOW or the conversion window ago."""
+    if not status.get("runId") or (
+        status.get("clicks") is None and status.get("conversions") is None
+    ):
         return False
     finished = status.get("finishedAt")
     if not finished:
         return True
     if not isinstance(finished, datetime):
         finished = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
-    return now - finished < CLICKS_WINDOW
+    return now - finished < max(CLICKS_WINDOW, conversion_window)
 
 
 @dataclass
@@ -222,6 +233,7 @@ class Progress:
     stage: str
     health: WorkerHealth
     clicks: ClickTotals | None = None  # a run that tracks link clicks
+    conversions: ConversionTotals | None = None  # a run that tracks conversions
 
     def status_fields(self) -> dict[str, Any]:
         """The part of `status` progress owns (phase and conditions are the reconciler's)."""
@@ -237,6 +249,8 @@ class Progress:
         }
         if self.clicks is not None:
             fields.update(click_fields(self.clicks, self.counts.sent))
+        if self.conversions is not None:
+            fields["conversions"] = self.conversions.status(self.counts.sent)
         return fields
 
 
@@ -252,6 +266,7 @@ def compute_progress(
     now: datetime,
     lease_seconds: float,
     clicks: ClickTotals | None = None,
+    conversions: ConversionTotals | None = None,
 ) -> Progress:
     """Everything the status shows about a run at `now` (updates `tracker`)."""
     counts = counts_from_totals(totals)
@@ -274,4 +289,5 @@ def compute_progress(
         stage=stage,
         health=health,
         clicks=clicks,
+        conversions=conversions,
     )

@@ -426,6 +426,7 @@ def test_tracker_deployment_and_service(helm: Path) -> None:
     docs = render(
         helm, *URI, *TRACKER, "--set", "tracker.port=8091",
         "--set", "tracker.keySecret.previousKey=old",
+        "--set", "tracker.conversionsTokenSecret.name=conv",
     )  # fmt: skip
     (dep,) = find(docs, "Deployment", "rel-pushtask-tracker", "pushtask-system")
     pod = dep["spec"]["template"]["spec"]
@@ -444,6 +445,12 @@ def test_tracker_deployment_and_service(helm: Path) -> None:
     assert env["PUSHTASK_TRACKER_KEY_PREVIOUS"] == {
         "secretKeyRef": {"name": "tracker-key", "key": "old"}
     }
+    assert env["PUSHTASK_TRACKER_CONVERSIONS_TOKEN"] == {
+        "secretKeyRef": {"name": "conv", "key": "token"}
+    }
+    (plain,) = find(render(helm, *URI, *TRACKER), "Deployment", "rel-pushtask-tracker")
+    plain_env = env_of(plain["spec"]["template"]["spec"]["containers"][0])
+    assert "PUSHTASK_TRACKER_CONVERSIONS_TOKEN" not in plain_env  # conversions refused
     (svc,) = find(docs, "Service", "rel-pushtask-tracker")
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     assert svc["spec"]["selector"]["app.kubernetes.io/name"] == "pushtask-tracker"

@@ -50,6 +50,8 @@ def test_summary_carries_the_clicks_of_a_tracked_run() -> None:
     s = views.summary(tracked)
     assert (s["clicks"], s["clickers"], s["clickThrough"]) == (14, 10, "5.0%")
     assert views.summary(task("Finished", sent=200))["clicks"] is None  # not tracked
+    tracked["status"]["conversions"] = [{"event": "purchase", "count": 4, "rate": "2.0%"}]
+    assert views.summary(tracked)["conversions"] == tracked["status"]["conversions"]
 
 
 def test_detail_keeps_the_template_as_text() -> None:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
 
 from pushtask import tracking
 from pushtask.models import Message, PushTaskSpec
-from pushtask.records import ClickTotals
+from pushtask.records import ClickTotals, ConversionTotals
 from pushtask.tracking import (
     BadToken,
     Click,
+    Conversion,
     LinkRewriter,
+    conversion_window,
     is_prefetcher,
     link_targets,
+    parse_conversion,
+    parse_window,
     rewrite_links,
     run_targets,
     sign,
@@ -250,3 +255,74 @@ def _spec(**template: str) -> dict:
         }
     )
     return spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+# -- conversions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "window"),
+    [("30m", timedelta(minutes=30)), ("48h", timedelta(hours=48)), ("7d", timedelta(days=7)),
+     ("365d", timedelta(days=365))],
+)  # fmt: skip
+def test_conversion_windows(text: str, window: timedelta) -> None:
+    assert parse_window(text) == window
+
+
+@pytest.mark.parametrize("text", ["", "7", "0d", "1w", "1.5h", "-1d", "366d", "7 d", "07d"])
+def test_bad_conversion_windows(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_window(text)
+
+
+def test_the_window_defaults_to_a_week_and_is_checked_by_the_models() -> None:
+    spec = _spec(body="x")
+    assert conversion_window(spec) == timedelta(days=7)
+    spec["message"]["tracking"]["conversionWindow"] = "2h"
+    assert conversion_window(spec) == timedelta(hours=2)
+    with pytest.raises(ValidationError, match="longer than 365 days"):
+        Message.model_validate(
+            {"webhook": {"url": "https://h.example"}, "template": {"body": "x"},
+             "tracking": {"conversionWindow": "999d"}}
+        )  # fmt: skip
+
+
+def test_a_conversion_for_a_token() -> None:
+    assert parse_conversion({"event": "purchase", "token": "abc"}) == Conversion(
+        "purchase", token="abc"
+    )
+
+
+def test_a_conversion_for_a_task_run_and_user() -> None:
+    asked = parse_conversion({"event": "sign-up", "task": "shop/sale", "run": 3, "user": "u 1"})
+    assert asked == Conversion("sign-up", namespace="shop", name="sale", run=3, user="u 1")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ([], "JSON object"),
+        ({"token": "abc"}, "event"),
+        ({"event": "a.b", "token": "abc"}, "event"),
+        ({"event": "$set", "token": "abc"}, "event"),
+        ({"event": "x" * 64, "token": "abc"}, "event"),
+        ({"event": "buy", "token": ""}, "token"),
+        ({"event": "buy", "token": "abc", "user": "u"}, "either token"),
+        ({"event": "buy", "task": "sale", "run": 1, "user": "u"}, "task"),
+        ({"event": "buy", "task": "shop/sale", "run": 0, "user": "u"}, "run"),
+        ({"event": "buy", "task": "shop/sale", "run": True, "user": "u"}, "run"),
+        ({"event": "buy", "task": "shop/sale", "run": 1}, "user"),
+    ],
+)
+def test_bad_conversions_say_what_is_wrong(body: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_conversion(body)
+
+
+def test_conversion_rates_are_per_sent_message_by_event_name() -> None:
+    totals = ConversionTotals({"signup": 1, "purchase": 3})
+    assert totals.status(200) == [
+        {"event": "purchase", "count": 3, "rate": "1.5%"},
+        {"event": "signup", "count": 1, "rate": "0.5%"},
+    ]
+    assert totals.status(0)[0]["rate"] == "0.0%"

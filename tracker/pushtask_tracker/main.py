@@ -1,11 +1,13 @@
-"""`pushtask-tracker`: the redirect service of tracked links.
+"""`pushtask-tracker`: the redirect service of tracked links, and conversions.
 
 pushtask-tracker [--host IP] [--port 8080]
 
 Environment: POD_IP (the default host), PUSHTASK_TRACKER_PORT, PUSHTASK_MONGO_URI (the
-store: runs and clicks), PUSHTASK_TRACKER_KEY (the key that signs tracked links: the same
-Secret key the tasks' spec.message.tracking.secretRef names) and
-PUSHTASK_TRACKER_KEY_PREVIOUS (a key rotation: links signed with it still redirect).
+store: runs, clicks and conversions), PUSHTASK_TRACKER_KEY (the key that signs tracked
+links: the same Secret key the tasks' spec.message.tracking.secretRef names),
+PUSHTASK_TRACKER_KEY_PREVIOUS (a key rotation: links signed with it still redirect),
+PUSHTASK_TRACKER_CONVERSIONS_TOKEN (the bearer token of POST /v1/conversions; unset:
+conversions are refused).
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not keys or not uri:
         print(f"pushtask-tracker: {KEY_ENV} and PUSHTASK_MONGO_URI are required", file=sys.stderr)
         return 1
-    web.run_app(make_app(Tracker(keys=keys, mongo_uri=uri)), host=args.host, port=args.port,
+    token = os.environ.get("PUSHTASK_TRACKER_CONVERSIONS_TOKEN", "")
+    if not token.strip():
+        logging.info("no conversions token configured: POST /v1/conversions is refused")
+    tracker = Tracker(keys=keys, conversions_token=token, mongo_uri=uri)
+    web.run_app(make_app(tracker), host=args.host, port=args.port,
                 shutdown_timeout=5, access_log=None, print=lambda *_: None)  # fmt: skip
     return 0
 

@@ -215,6 +215,13 @@ function renderHead(t) {
     row.appendChild(el("td", t[k], { "data-count": k }));
     counts.appendChild(row);
   }
+  // A run that tracks conversions: one row per event, its count and rate per sent message.
+  for (const c of t.conversions || []) {
+    const row = el("tr");
+    row.appendChild(el("th", "conversion " + c.event));
+    row.appendChild(el("td", c.count + " (" + c.rate + ")", { "data-conversion": c.event }));
+    counts.appendChild(row);
+  }
   if (document.activeElement !== $("scale-workers")) $("scale-workers").value = t.desiredWorkers;
 }
 
