@@ -1,11 +1,13 @@
-"""Link click tracking end to end on devstack: the chart installed with the tracker on
-(`tracker.enabled=true`, its own Deployment and Service, the key from a Secret), a task
-with `message.tracking.links` run to Finished against the webhook sink, a link taken from
-a received message followed through the tracker pod, and the click reaching the task's
-status through the operator (which keeps reading a finished run's clicks)."""
+"""Link click tracking and conversions end to end on devstack: the chart installed with the
+tracker on (`tracker.enabled=true`, its own Deployment and Service, the key and the
+conversions' bearer token from Secrets), a task with `message.tracking.links` run to
+Finished against the webhook sink, a link taken from a received message followed through
+the tracker pod, conversions posted to it, and both reaching the task's status through
+the operator (which keeps reading a finished run's clicks and conversions)."""
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
@@ -20,6 +22,7 @@ from tests.e2e.test_operator_e2e import database_uri, push_task, users, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 KEY = "tracker-e2e-key-0123456789abcdef"
+BEARER = "tracker-e2e-conversions-token"
 PORT = 8080
 SALE = "https://shop.example/sale"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
@@ -38,6 +41,18 @@ def get(url: str, user_agent: str = BROWSER) -> tuple[int, str | None]:
             return reply.status, reply.headers.get("Location")
     except urllib.error.HTTPError as error:  # 302 (not followed) and 404 land here
         return error.code, error.headers.get("Location")
+
+
+def post(url: str, body: dict[str, Any], bearer: str | None = BEARER) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def tracker_url(env: QualifiedEnv) -> str:
@@ -64,16 +79,18 @@ def tracker_env(
     # One Secret for both sides here: the tracker verifies with it (chart value) and the
     # task's workers sign with it (spec.message.tracking.secretRef, the task's namespace).
     k("create", "secret", "generic", "tracker-key", f"--from-literal=key={KEY}")
+    k("create", "secret", "generic", "tracker-conversions", f"--from-literal=token={BEARER}")
     db_uri = database_uri(mongo_uri, f"e2e_{namespace.replace('-', '_')}"[:60])
     with release(
         kubectl, helm, namespace, db_uri,
         "tracker.enabled=true", "tracker.keySecret.name=tracker-key", f"tracker.port={PORT}",
+        "tracker.conversionsTokenSecret.name=tracker-conversions",
         keep_messages=True,
     ) as env:  # fmt: skip
         yield env
 
 
-def test_a_click_on_a_sent_link_reaches_the_status(tracker_env: QualifiedEnv) -> None:
+def test_a_click_and_conversions_reach_the_status(tracker_env: QualifiedEnv) -> None:
     env = tracker_env
     base = tracker_url(env)
     audience = users(5, "tr")
@@ -120,3 +137,26 @@ def test_a_click_on_a_sent_link_reaches_the_status(tracker_env: QualifiedEnv) ->
     final = wait_for("status.clicks == 1", clicked, 60)
     assert (final["clickers"], final["clickThrough"]) == (1, "20.0%")
     assert final["phase"] == "Finished"
+    assert final["conversions"] == []  # a tracked run, no conversion yet
+
+    # Conversions: for the clicked link's token, and for another recipient by name.
+    conversions = f"{base}/v1/conversions"
+    by_token = {"event": "purchase", "token": link.removeprefix(f"{base}/c/")}
+    assert post(conversions, by_token, bearer=None)[0] == 401
+    assert post(conversions, by_token, bearer="wrong")[0] == 401
+    assert post(conversions, by_token)[0] == 201
+    assert post(conversions, by_token) == (
+        200,
+        {"recorded": False, "run": final["runId"], "user": audience[0], "event": "purchase"},
+    )
+    by_name = {"event": "purchase", "task": f"{env.namespace}/tracked", "run": 1}
+    assert post(conversions, {**by_name, "user": audience[1]})[0] == 201
+    assert post(conversions, {**by_name, "user": "not-a-recipient"})[0] == 404
+
+    def converted() -> list[dict[str, Any]] | None:
+        found = env.status("tracked").get("conversions") or []
+        return found if found and found[0].get("count") == 2 else None
+
+    assert wait_for("status.conversions purchase == 2", converted, 60) == [
+        {"event": "purchase", "count": 2, "rate": "40.0%"}
+    ]
