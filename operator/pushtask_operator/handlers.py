@@ -512,6 +512,10 @@ def _rest(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
 async def _refresh_tracking(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
     """A settled run that tracks clicks or conversions: those, which keep coming after the
     run ended, are all this reads (a few counter documents) and all it may write."""
+    # The next look first: a store that fails this read is tried again at the same pace.
+    soon = Wakeup(snap.now + timedelta(seconds=CLICKS_REFRESH_SECONDS), "Tracking")
+    if state.wakeup is None or state.wakeup.at is None or (soon.at and state.wakeup.at > soon.at):
+        state.wakeup = soon
     run_id = str(snap.status["runId"])
     sent = int((snap.status.get("counts") or {}).get("sent") or 0)
     fields: dict[str, Any] = {}
@@ -523,9 +527,6 @@ async def _refresh_tracking(rt: Runtime, state: TaskState, snap: Snapshot) -> No
     if patch:
         await rt.kube.patch_status(snap.meta["namespace"], snap.meta["name"], patch)
         state.status = {**state.status, **patch}
-    soon = Wakeup(snap.now + timedelta(seconds=CLICKS_REFRESH_SECONDS), "Tracking")
-    if state.wakeup is None or state.wakeup.at is None or (soon.at and state.wakeup.at > soon.at):
-        state.wakeup = soon
 
 
 async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
