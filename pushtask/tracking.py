@@ -49,7 +49,7 @@ CLICK_PATH = "/c/"
 KEY_ENV = "PUSHTASK_TRACKER_KEY"
 PREVIOUS_KEY_ENV = "PUSHTASK_TRACKER_KEY_PREVIOUS"
 MAC_BYTES = 12  # 96 bits: forging one token takes ~2^95 tries at the tracker
-_SEP = "\n"  # neither a run id nor a user id holds a control character (models.UserId)
+_SEP = "\n"  # no run id holds it (nor an inline user id: models.UserId)
 
 # An http(s) URL in text: up to whitespace, quotes, angle brackets or Jinja braces.
 _URL = re.compile(r"https?://[^\s<>\"'{}]+")
@@ -104,7 +104,10 @@ def verify(keys: Iterable[bytes], token: str) -> Click:
     ):
         raise BadToken("bad signature")
     try:
-        run_id, user, link = payload.decode().split(_SEP)
+        # A run id never holds the separator; a user id read from a source might: it is
+        # whatever lies between the first and the last.
+        run_id, rest = payload.decode().split(_SEP, 1)
+        user, link = rest.rsplit(_SEP, 1)
         index = int(link)
     except ValueError:
         raise BadToken("malformed payload") from None
