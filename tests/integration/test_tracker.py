@@ -1,10 +1,12 @@
-"""The tracker served on a real localhost port, over a real MongoDB-wire server: tracked
-links redirect to the run's frozen targets and each (run, user, link) counts once."""
+"""The tracker served on a real localhost port, over both MongoDB-wire servers devstack
+runs: tracked links redirect to the run's frozen targets and each (run, user, link) counts
+once; conversions need the bearer token, a recipient who was sent, and the window."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -20,6 +22,7 @@ from pushtask.store import Store
 from pushtask.tracking import sign
 from pushtask_tracker.app import Tracker, make_app
 from tests.support.ledger_steps import record, seal_all, stage_audience
+from tests.support.workers import db_uri, drop_db
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -29,6 +32,15 @@ BEARER = "conversions-bearer-token"
 AUTH = {"Authorization": f"Bearer {BEARER}"}
 TARGETS = ("https://shop.example/sale", "https://shop.example/help?x=1&y=2")
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+
+
+@pytest.fixture(params=["mongo_uri", "ferretdb_uri"], ids=["mongo-java-server", "ferretdb"])
+def uri(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for one test on each MongoDB-wire server devstack runs: the
+    markers and counters are store behaviour, checked on both as the ledger's are."""
+    database = db_uri(str(request.getfixturevalue(request.param)), f"t_{secrets.token_hex(5)}")
+    yield database
+    drop_db(database)
 
 
 def _spec(window: str = "7d") -> dict[str, Any]:
