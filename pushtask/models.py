@@ -34,7 +34,7 @@ from pydantic.alias_generators import to_camel
 
 from pushtask import mongoquery
 from pushtask.states import DesiredState, Phase
-from pushtask.tracking import DEFAULT_WINDOW, WINDOW_PATTERN, parse_window
+from pushtask.tracking import DEFAULT_WINDOW, WINDOW_PATTERN
 from pushtask.validators import (
     CRON_PATTERN,
     DATE_TIME_OFFSET_PATTERN,
@@ -625,16 +625,7 @@ class Template(ApiModel):
     """More templated fields, sent as they are named."""
 
 
-def _window(text: str) -> str:
-    parse_window(text)  # the CRD's twin: WINDOW_PATTERN, and the bound in Python
-    return text
-
-
-ConversionWindow = Annotated[
-    str,
-    StringConstraints(pattern=WINDOW_PATTERN, max_length=8),
-    AfterValidator(_window),
-]
+ConversionWindow = Annotated[str, StringConstraints(pattern=WINDOW_PATTERN, max_length=4)]
 
 
 class TrackerKeySecretRef(SecretRef):
@@ -658,15 +649,21 @@ class Tracking(ApiModel):
     """The Secret holding the tracker key (in the PushTask's namespace)."""
     conversion_window: ConversionWindow = DEFAULT_WINDOW
     """How long after a recipient's send the tracker accepts their conversions
-    (POST /v1/conversions): minutes, hours or days, such as 30m, 48h or 7d (at most 365d)."""
+    (POST /v1/conversions): 1-999 minutes, hours or days, such as 30m, 48h or 7d."""
 
     __cel__ = (
         Rule(
-            "!self.links || (has(self.baseUrl) && has(self.secretRef))",
-            "spec.message.tracking.links needs baseUrl (the tracker's public URL) and "
-            "secretRef (the tracker key)",
-            lambda m: not m.links or (m.base_url is not None and m.secret_ref is not None),
+            "!self.links || has(self.baseUrl)",
+            "spec.message.tracking.links needs baseUrl (the tracker's public URL)",
+            lambda m: not m.links or m.base_url is not None,
             field_path=".baseUrl",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "!self.links || has(self.secretRef)",
+            "spec.message.tracking.links needs secretRef (the Secret key that signs links)",
+            lambda m: not m.links or m.secret_ref is not None,
+            field_path=".secretRef",
             reason="FieldValueRequired",
         ),
     )

@@ -209,11 +209,15 @@ def test_people_are_not_prefetchers(ua: str | None) -> None:
 
 
 def test_tracking_links_needs_a_base_url_and_a_key() -> None:
-    with pytest.raises(ValidationError, match="needs baseUrl"):
-        Message.model_validate(
-            {"webhook": {"url": "https://h.example"}, "template": {"body": "x"},
-             "tracking": {"links": True}}
-        )  # fmt: skip
+    for block, words in (
+        ({"links": True, "secretRef": {"name": "k"}}, "needs baseUrl"),
+        ({"links": True, "baseUrl": BASE}, "needs secretRef"),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            Message.model_validate(
+                {"webhook": {"url": "https://h.example"}, "template": {"body": "x"},
+                 "tracking": block}
+            )  # fmt: skip
     message = Message.model_validate(
         {
             "webhook": {"url": "https://h.example"},
@@ -233,7 +237,7 @@ def test_the_crd_carries_the_tracking_rule() -> None:
         "tracking"
     ]
     rules = [r["rule"] for r in tracking_schema["x-kubernetes-validations"]]
-    assert "!self.links || (has(self.baseUrl) && has(self.secretRef))" in rules
+    assert rules == ["!self.links || has(self.baseUrl)", "!self.links || has(self.secretRef)"]
     status = schema["properties"]["status"]["properties"]
     assert {"clicks", "clickers", "clickThrough"} <= set(status)
 
@@ -263,13 +267,13 @@ def _spec(**template: str) -> dict:
 @pytest.mark.parametrize(
     ("text", "window"),
     [("30m", timedelta(minutes=30)), ("48h", timedelta(hours=48)), ("7d", timedelta(days=7)),
-     ("365d", timedelta(days=365))],
+     ("999d", timedelta(days=999)), ("1m", timedelta(minutes=1))],
 )  # fmt: skip
 def test_conversion_windows(text: str, window: timedelta) -> None:
     assert parse_window(text) == window
 
 
-@pytest.mark.parametrize("text", ["", "7", "0d", "1w", "1.5h", "-1d", "366d", "7 d", "07d"])
+@pytest.mark.parametrize("text", ["", "7", "0d", "1w", "1.5h", "-1d", "1000d", "7 d", "07d"])
 def test_bad_conversion_windows(text: str) -> None:
     with pytest.raises(ValueError):
         parse_window(text)
@@ -280,10 +284,10 @@ def test_the_window_defaults_to_a_week_and_is_checked_by_the_models() -> None:
     assert conversion_window(spec) == timedelta(days=7)
     spec["message"]["tracking"]["conversionWindow"] = "2h"
     assert conversion_window(spec) == timedelta(hours=2)
-    with pytest.raises(ValidationError, match="longer than 365 days"):
+    with pytest.raises(ValidationError, match="conversionWindow"):
         Message.model_validate(
             {"webhook": {"url": "https://h.example"}, "template": {"body": "x"},
-             "tracking": {"conversionWindow": "999d"}}
+             "tracking": {"conversionWindow": "1000d"}}
         )  # fmt: skip
 
 
