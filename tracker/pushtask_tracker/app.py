@@ -29,6 +29,7 @@ from pymongo.errors import PyMongoError
 from pushtask.store import Store
 from pushtask.tracking import (
     CLICK_PATH,
+    DEFAULT_WINDOW,
     BadToken,
     conversion_window,
     is_prefetcher,
@@ -144,9 +145,9 @@ async def conversion(request: web.Request) -> web.Response:
         if state is None or state.status != "sent" or state.at is None:
             return _answer(404, error="this user was not sent this run's message")
         await store.sync_clock(max_age=CLOCK_READ_SECONDS)
-        window = conversion_window({"message": message})
-        if store.now() - state.at > window:
-            return _answer(422, error=f"outside the conversion window ({window} after the send)")
+        if store.now() - state.at > conversion_window({"message": message}):
+            shown = message["tracking"].get("conversionWindow") or DEFAULT_WINDOW
+            return _answer(422, error=f"outside the conversion window ({shown} after the send)")
         recorded = await store.record_conversion(run_id, user, asked.event)
     except PyMongoError as error:
         log.warning("store unavailable: %s", error)
