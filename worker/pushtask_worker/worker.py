@@ -20,13 +20,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pushtask import ledger, schedule, tracking
+from pushtask import ledger, schedule
 from pushtask.leases import Lease, LeaseLost
 from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
 from pushtask.records import RunTotals
 from pushtask.store import STAGES, Store
 from pushtask.templates import TemplateError, compile_message
-from pushtask.tracking import LinkRewriter
+from pushtask.tracking import KEY_ENV, LinkRewriter
 from pushtask_worker import metrics
 from pushtask_worker.audience.build import SourceReaders, SplitBuilder, describe_source
 from pushtask_worker.audience.mongosource import QueryNotAllowed
@@ -200,7 +200,8 @@ class Worker:
             self.channel = channel_cls(
                 ChannelContext(settings, concurrency=self.config.concurrency)
             )
-            key = os.environ.get(tracking.KEY_ENV, "").strip().encode()
+            # A run that tracks links without the key to sign them fails here, unsent.
+            key = os.environ.get(KEY_ENV, "").strip().encode()
             self.links = LinkRewriter.for_run(self.config.run_id, self.run_doc["spec"], key)
         except (ValidationError, ValueError, TemplateError, UnknownChannel, TypeError) as error:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
