@@ -54,6 +54,14 @@ def test_summary_carries_the_clicks_of_a_tracked_run() -> None:
     assert views.summary(tracked)["conversions"] == tracked["status"]["conversions"]
 
 
+def test_link_rows_name_each_target_and_its_clickers() -> None:
+    rows = views.link_rows(("https://a.example", "https://b.example"), {1: 4})
+    assert rows == [
+        {"link": 0, "target": "https://a.example", "clickers": 0},
+        {"link": 1, "target": "https://b.example", "clickers": 4},
+    ]
+
+
 def test_detail_keeps_the_template_as_text() -> None:
     d = views.detail(task(sent=1))
     assert d["template"] == {"title": "Hi", "body": "<script>x"}

@@ -261,6 +261,9 @@ async function loadDetail() {
   rows("t-events", data.events, (e) => [e.time, e.type, e.reason, e.message]);
   listOf("t-skips", data.skipSamples, "none");
   listOf("t-failures", data.failures.map((f) => f.user + ": " + f.error), "none");
+  // A run that tracks links: each link of its message and how many recipients clicked it.
+  $("t-links-section").hidden = !data.links.length;
+  rows("t-links", data.links, (l) => ["#" + l.link, l.target, l.clickers]);
   const tpl = $("t-template").tBodies[0];
   clear(tpl);
   for (const [k, v] of [["channel", data.channel], ...Object.entries(data.template)]) {
