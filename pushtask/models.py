@@ -36,6 +36,7 @@ from pydantic.alias_generators import to_camel
 
 from pushtask import mongoquery
 from pushtask.states import DesiredState, Phase
+from pushtask.tracking import DEFAULT_WINDOW, WINDOW_PATTERN
 from pushtask.validators import (
     CRON_PATTERN,
     DATE_TIME_OFFSET_PATTERN,
@@ -751,6 +752,50 @@ class Template(ApiModel):
     """More templated fields, sent as they are named."""
 
 
+ConversionWindow = Annotated[str, StringConstraints(pattern=WINDOW_PATTERN, max_length=4)]
+
+
+class TrackerKeySecretRef(SecretRef):
+    """The Secret holding the tracker key that signs tracked links (the same key the
+    chart's tracker verifies them with: `tracker.keySecret`)."""
+
+    key: Name = "key"
+    """Key in the Secret holding the tracker key."""
+
+
+class Tracking(ApiModel):
+    """spec.message.tracking: what the tracker (`pushtask-tracker`) records of a run: link
+    clicks (`links`), and conversions posted to it within `conversionWindow` of the send."""
+
+    links: bool = False
+    """Rewrite each link written in the templates into a tracked redirect through the
+    tracker, which counts unique clicks (status.clicks, status.clickThrough)."""
+    base_url: HttpUrl | None = None
+    """The tracker's public URL, as recipients reach it (https://t.example.com)."""
+    secret_ref: TrackerKeySecretRef | None = None
+    """The Secret holding the tracker key (in the PushTask's namespace)."""
+    conversion_window: ConversionWindow = DEFAULT_WINDOW
+    """How long after a recipient's send the tracker accepts their conversions
+    (POST /v1/conversions): 1-999 minutes, hours or days, such as 30m, 48h or 7d."""
+
+    __cel__ = (
+        Rule(
+            "!self.links || has(self.baseUrl)",
+            "spec.message.tracking.links needs baseUrl (the tracker's public URL)",
+            lambda m: not m.links or m.base_url is not None,
+            field_path=".baseUrl",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "!self.links || has(self.secretRef)",
+            "spec.message.tracking.links needs secretRef (the Secret key that signs links)",
+            lambda m: not m.links or m.secret_ref is not None,
+            field_path=".secretRef",
+            reason="FieldValueRequired",
+        ),
+    )
+
+
 # Channels whose settings have a model of their own here (a plugin's are free-form).
 BUILTIN_CHANNELS = ("webhook", "smtp", "fcm", "apns")
 
@@ -785,6 +830,8 @@ class Message(ApiModel):
     """Settings of a plugin channel (free-form)."""
     template: Template
     """The message templates."""
+    tracking: Tracking | None = None
+    """Link click tracking through the tracker (off when unset)."""
 
     __cel__ = tuple(_settings_required(channel) for channel in BUILTIN_CHANNELS)
 
@@ -1154,6 +1201,17 @@ class Condition(StatusModel):
     """metadata.generation this condition was computed from."""
 
 
+class ConversionCount(StatusModel):
+    """One conversion event of a run."""
+
+    event: str
+    """The event's name, as posted to the tracker."""
+    count: int = 0
+    """Recipients who converted (each counted once per event)."""
+    rate: str = "0.0%"
+    """count / sent, as a percentage ("1.2%")."""
+
+
 class PushTaskStatus(StatusModel):
     """Observed state of a PushTask (one writer: the operator)."""
 
@@ -1199,6 +1257,25 @@ class PushTaskStatus(StatusModel):
     """Last cron firing that started a run."""
     last_skipped_at: AwareDatetime | None = None
     """Last cron firing skipped because a run was still under way (an Event says so)."""
+    clicks: int | None = None
+    """Tracked links clicked: unique (recipient, link) pairs (spec.message.tracking.links)."""
+    clickers: int | None = None
+    """Recipients who clicked at least one tracked link."""
+    click_through: str | None = None
+    """clickers / sent, as a percentage ("2.5%")."""
+    conversions: (
+        Annotated[
+            list[ConversionCount],
+            Field(
+                json_schema_extra={
+                    "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["event"],
+                }
+            ),
+        ]
+        | None
+    ) = None
+    """Conversions by event name (spec.message.tracking): recipients and rate per sent."""
 
 
 class PushTask(BaseModel):
@@ -1233,6 +1310,7 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "ConfigMapSource",
+    "ConversionCount",
     "Counts",
     "DeliveryPolicy",
     "DesiredState",
@@ -1261,6 +1339,8 @@ __all__ = [
     "Smtp",
     "Source",
     "Template",
+    "TrackerKeySecretRef",
+    "Tracking",
     "UrlSource",
     "Webhook",
     "Weekday",

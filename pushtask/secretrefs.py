@@ -37,7 +37,8 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
     where the channels find them (`PUSHTASK_WEBHOOK_SECRET`, `PUSHTASK_WEBHOOK_SECRET_PREVIOUS`
     in a key rotation, `PUSHTASK_SMTP_USERNAME`, `PUSHTASK_SMTP_PASSWORD`,
     `PUSHTASK_FCM_SERVICE_ACCOUNT`, `PUSHTASK_APNS_KEY`, `PUSHTASK_FCM_CA_BUNDLE`,
-    `PUSHTASK_APNS_CA_BUNDLE`, `PUSHTASK_SMTP_CA_BUNDLE`) and the MongoDB sources their URIs
+    `PUSHTASK_APNS_CA_BUNDLE`, `PUSHTASK_SMTP_CA_BUNDLE`), the tracker key that signs
+    tracked links (`PUSHTASK_TRACKER_KEY`) and the MongoDB sources their URIs
     (`PUSHTASK_AUDIENCE_SOURCES_<i>_URI`, `PUSHTASK_AUDIENCE_EXCLUDE_<i>_URI`).
     """
     refs: list[SecretKeyRef] = []
@@ -92,6 +93,17 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
                     f"spec.message.{channel}.{field}",
                 )
             )
+    tracking = _get(message, "tracking", default={})
+    if tracking.get("links") and tracking.get("secretRef"):
+        ref = tracking["secretRef"]
+        refs.append(
+            SecretKeyRef(
+                "PUSHTASK_TRACKER_KEY",
+                ref["name"],
+                ref.get("key") or "key",
+                "spec.message.tracking.secretRef",
+            )
+        )
     for part in ("sources", "exclude"):
         for i, source in enumerate(_get(spec, "audience", part, default=[]) or []):
             ref = source.get("secretRef") if isinstance(source, Mapping) else None

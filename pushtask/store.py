@@ -37,7 +37,7 @@ from pushtask.leases import (
     renew,
 )
 from pushtask.planning import new_split
-from pushtask.records import RecipientState, Result, RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RecipientState, Result, RunTotals
 
 DEFAULT_DB = "pushtask"
 Stage = Literal["audience", "seal", "delivery", "done"]
@@ -54,10 +54,19 @@ RUN_COLLECTIONS = (
     "workers",
     "notifications",
     "notification_claims",
+    "clicks",
+    "clickcounts",
+    "conversions",
+    "conversioncounts",
 )
 # A notification's state (the operator's outbox): `queued` (leases.QUEUED: waiting for a
 # sender, due at `nextAt`) until `sent` or `given up`.
 SENT, GAVE_UP = "sent", "given up"
+# A run's click and conversion counters are spread over this many documents (by the
+# user's hash), so no single document is every click's hot spot and the totals are a sum
+# of a few.
+TRACKING_BUCKETS = 16
+ALL_LINKS = "*"  # the link part of a click marker that stands for "the user clicked"
 
 
 def _inserted_count(error: BulkWriteError, attempted: int) -> int:
@@ -113,6 +122,10 @@ class Store:
         self._workers = self.db["workers"]
         self._notifications = self.db["notifications"]
         self._notification_claims = self.db["notification_claims"]
+        self._clicks = self.db["clicks"]
+        self._clickcounts = self.db["clickcounts"]
+        self._conversions = self.db["conversions"]
+        self._conversioncounts = self.db["conversioncounts"]
         # Every time this store writes or judges (leases, heartbeats, due times) is on the
         # server's clock, never this machine's (pushtask/clock.py).
         self.clock = StoreClock()
@@ -195,11 +208,23 @@ class Store:
             self._staging.create_index([("run", asc), ("bucket", asc)], name="run_bucket"),
             self._skips.create_index([("run", asc)], name="run"),
             self._workers.create_index([("run", asc), ("lastSeen", asc)], name="run_seen"),
+            self.ensure_click_indexes(),
             self._runs.create_index(
                 [("task.uid", asc), ("created", DESCENDING)], name="task_created"
             ),
             self._notifications.create_index([("state", asc), ("nextAt", asc)], name="due"),
             self._drop_superseded(),
+        )
+
+    async def ensure_click_indexes(self) -> None:
+        """The indexes of clicks and conversions (the tracker needs only these)."""
+        await asyncio.gather(
+            self._clicks.create_index([("run", ASCENDING), ("user", ASCENDING)], name="run_user"),
+            self._clickcounts.create_index([("run", ASCENDING)], name="run"),
+            self._conversions.create_index(
+                [("run", ASCENDING), ("user", ASCENDING)], name="run_user"
+            ),
+            self._conversioncounts.create_index([("run", ASCENDING)], name="run"),
         )
 
     async def _drop_superseded(self) -> None:
@@ -493,6 +518,95 @@ class Store:
     async def notifications(self, run_id: str) -> list[dict[str, Any]]:
         """A run's notifications, oldest first (tests, `kubectl push`)."""
         return [d async for d in self._notifications.find({"run": run_id}).sort("created", 1)]
+
+    # -- clicks -----------------------------------------------------------------------
+
+    async def record_click(self, run_id: str, user: str, link: int) -> bool:
+        """Count `user`'s click on link `link` of `run_id` once; True if it was the first.
+
+        Unique by construction: a marker per (run, link, user) and one per (run, user), with
+        deterministic ids, inserted (a duplicate key is a click already counted). Only a
+        first insert moves the user's bucket counter, so the counters sum to the markers.
+        A tracker killed between the two writes loses that one count (never counts twice).
+        """
+        now = self.now()
+        marker = {"run": run_id, "user": user, "t": now}
+        try:
+            await self._clicks.insert_one(
+                {"_id": f"{run_id}|{link}|{user}", "link": link, **marker}
+            )
+        except DuplicateKeyError:
+            return False
+        inc = {"clicks": 1, f"links.{link}": 1}
+        try:
+            await self._clicks.insert_one({"_id": f"{run_id}|{ALL_LINKS}|{user}", **marker})
+            inc["clickers"] = 1
+        except DuplicateKeyError:
+            pass
+        bucket = ledger.bucket_of(user, TRACKING_BUCKETS)
+        await self._clickcounts.update_one(
+            {"_id": f"{run_id}|{bucket}"},
+            {"$inc": inc, "$set": {"run": run_id, "lastClick": now}},
+            upsert=True,
+        )
+        return True
+
+    async def click_totals(self, run_id: str) -> ClickTotals:
+        """A run's clicks: the sum of its few bucket counters."""
+        clicks = clickers = 0
+        by_link: dict[int, int] = defaultdict(int)
+        async for doc in self._clickcounts.find({"run": run_id}):
+            clicks += int(doc.get("clicks") or 0)
+            clickers += int(doc.get("clickers") or 0)
+            for link, n in (doc.get("links") or {}).items():
+                by_link[int(link)] += int(n)
+        return ClickTotals(clicks, clickers, dict(sorted(by_link.items())))
+
+    async def clicked(self, run_id: str, user: str) -> list[int]:
+        """The links `user` clicked in `run_id` (`kubectl push recipient`), by index."""
+        cursor = self._clicks.find({"run": run_id, "user": user}, {"link": 1})
+        return sorted([int(d["link"]) async for d in cursor if "link" in d])
+
+    # -- conversions ------------------------------------------------------------------
+
+    async def find_run(self, namespace: str, name: str, run: int) -> str | None:
+        """The id of run `run` of the task `namespace/name` (the newest, should a task of
+        that name have been deleted and made again); None when it is not stored."""
+        query = {"task.namespace": namespace, "task.name": name, "run": run}
+        cursor = self._runs.find(query, {"_id": 1}).sort("created", DESCENDING).limit(1)
+        found = [doc["_id"] async for doc in cursor]
+        return str(found[0]) if found else None
+
+    async def record_conversion(self, run_id: str, user: str, event: str) -> bool:
+        """Count `user`'s conversion `event` in `run_id` once; True if it was the first.
+        Unique by construction, as a click: a marker per (run, event, user), then the
+        user's bucket counter for a first one only."""
+        now = self.now()
+        doc = {"_id": f"{run_id}|{event}|{user}", "run": run_id, "user": user, "event": event}
+        try:
+            await self._conversions.insert_one({**doc, "t": now})
+        except DuplicateKeyError:
+            return False
+        bucket = ledger.bucket_of(user, TRACKING_BUCKETS)
+        await self._conversioncounts.update_one(
+            {"_id": f"{run_id}|{bucket}"},
+            {"$inc": {f"events.{event}": 1}, "$set": {"run": run_id, "last": now}},
+            upsert=True,
+        )
+        return True
+
+    async def conversion_totals(self, run_id: str) -> ConversionTotals:
+        """A run's conversions by event: the sum of its few bucket counters."""
+        by_event: dict[str, int] = defaultdict(int)
+        async for doc in self._conversioncounts.find({"run": run_id}):
+            for event, n in (doc.get("events") or {}).items():
+                by_event[str(event)] += int(n)
+        return ConversionTotals(dict(by_event))
+
+    async def converted(self, run_id: str, user: str) -> list[str]:
+        """The conversion events `user` has in `run_id` (`kubectl push recipient`)."""
+        cursor = self._conversions.find({"run": run_id, "user": user}, {"event": 1})
+        return sorted([str(d["event"]) async for d in cursor])
 
     # -- retention --------------------------------------------------------------------
 

@@ -171,9 +171,14 @@ def watch_lines(
 
 
 def detail_of(p: Mapping[str, Any]) -> str:
+    clicks = "" if p.get("clicks") is None else f"clicks {p['clicks']} ({p['clickThrough']})  "
+    conversions = "".join(
+        f"{c.get('event')} {c.get('count', 0)} ({c.get('rate', '')})  "
+        for c in p.get("conversions") or []
+    )
     return (
         f"{p['rate']:.0f}/s  eta {p['eta']}  {p['phase']}  run {p['run']}  "
-        f"workers {p['workers']}  {p['message']}"
+        f"workers {p['workers']}  {clicks}{conversions}{p['message']}"
     ).rstrip()
 
 
@@ -186,9 +191,18 @@ def status_line(p: Mapping[str, Any], width: int = 30) -> str:
     return f"{p['name']}  [{bar}] {share:4.0%}  {done}/{total}  {detail_of(p)}"
 
 
-def recipient_lines(state: Any, run: int, database: str, via: str) -> list[str]:
+def recipient_lines(
+    state: Any,
+    run: int,
+    database: str,
+    via: str,
+    clicked: Sequence[int] | None = None,
+    converted: Sequence[str] | None = None,
+) -> list[str]:
+    """`clicked`: the tracked links the user clicked, by index; `converted`: their
+    conversion events (None: the run does not track them)."""
     at = state.at.isoformat() if state.at else "-"
-    return [
+    lines = [
         f"user:      {state.user}",
         f"run:       {run} ({state.run_id})",
         f"status:    {state.status}",
@@ -197,8 +211,13 @@ def recipient_lines(state: Any, run: int, database: str, via: str) -> list[str]:
         f"time:      {at}",
         f"worker:    {state.worker or '-'}",
         f"chunk:     {state.chunk} #{state.position}",
-        f"database:  {database} ({via})",
     ]
+    if clicked is not None:
+        links = ", ".join(f"#{i}" for i in clicked) if clicked else "none"
+        lines.append(f"clicked:   {links}")
+    if converted is not None:
+        lines.append(f"converted: {', '.join(converted) if converted else 'none'}")
+    return [*lines, f"database:  {database} ({via})"]
 
 
 @dataclass(frozen=True)
@@ -441,9 +460,18 @@ class Lookup:
     stage: str | None  # the run's stage; None: the run is not in the store
     current_stored: bool  # the task's current run is in the store
     database: str
+    clicked: list[int] | None = None  # tracked links the user clicked (None: not tracked)
+    converted: list[str] | None = None  # their conversion events (None: not tracked)
 
 
-async def _lookup(uri: str, run_id: str, user: str, current_id: str) -> Lookup:
+async def _lookup(
+    uri: str,
+    run_id: str,
+    user: str,
+    current_id: str,
+    tracked: bool = False,
+    converting: bool = False,
+) -> Lookup:
     from pushtask.store import Store
 
     store = Store.connect(uri, serverSelectionTimeoutMS=5000)
@@ -453,7 +481,11 @@ async def _lookup(uri: str, run_id: str, user: str, current_id: str) -> Lookup:
             current_stored = stage is not None
         else:  # only asked when needed: pruned (the current run is there) or absent
             current_stored = await store.get_run(current_id, ("_id",)) is not None
-        return Lookup(state, stage, current_stored, store.db.name)
+        clicked = await store.clicked(run_id, user) if tracked and state is not None else None
+        converted = (
+            await store.converted(run_id, user) if converting and state is not None else None
+        )
+        return Lookup(state, stage, current_stored, store.db.name, clicked, converted)
     finally:
         await store.close()
 
@@ -475,9 +507,11 @@ def cmd_recipient(
     source = store_source(cluster, ns, name, uri, os.environ)
     ref = TaskRef(ns, name, task["metadata"]["uid"])
     try:
-        found = asyncio.run(
-            _lookup(source.uri, run_id_for(ref, number), user, run_id_for(ref, int(current)))
-        )
+        # Clicks and conversions are shown for a run whose status counts them.
+        status = task.get("status") or {}
+        tracked, converting = (status.get(k) is not None for k in ("clicks", "conversions"))
+        run_id, current_id = run_id_for(ref, number), run_id_for(ref, int(current))
+        found = asyncio.run(_lookup(source.uri, run_id, user, current_id, tracked, converting))
     except PyMongoError as exc:
         raise CliError(
             f"MongoDB ({source.via}): {exc} (reachable from here? --mongo-uri)"
@@ -490,7 +524,10 @@ def cmd_recipient(
     if note is not None:
         print(f"{user}: {note}")
         return 0
-    print("\n".join(recipient_lines(found.state, number, found.database, source.via)))
+    lines = recipient_lines(
+        found.state, number, found.database, source.via, found.clicked, found.converted
+    )
+    print("\n".join(lines))
     return 0
 
 

@@ -7,7 +7,8 @@ pushtask.store.Store, what to show from views.py.
     GET  /api/tasks                          every task's summary
     GET  /api/stream                         the same as server-sent events, on each change
     GET  /api/tasks/{ns}/{name}              a task's page: counts, rate history, workers,
-                                             Events, skip and failure samples
+                                             Events, skip and failure samples, tracked
+                                             links with their clickers
     GET  /api/tasks/{ns}/{name}/recipient    ?user=U[&run=R]: what happened to one user
     POST /api/tasks/{ns}/{name}/test         {to, attrs}: send a test (as `kubectl push test`)
     POST /api/tasks/{ns}/{name}/{action}     pause | resume | stop | restart | scale {workers}
@@ -29,6 +30,7 @@ from pymongo.errors import PyMongoError
 
 from pushtask.planning import TaskRef, run_id_for
 from pushtask.store import Store
+from pushtask.tracking import run_targets
 from pushtask_client import actions, testsend
 from pushtask_client.taskapi import Cluster, ClusterError
 from pushtask_console import views
@@ -145,22 +147,35 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _ledger(console: Console, run_id: str) -> dict[str, Any]:
-    """Workers and failure samples of a run from the store ('' note when it has none)."""
+async def _links(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """A tracked run's links: targets from its frozen spec, clickers from its counters."""
+    doc, clicks = await asyncio.gather(
+        store.get_run(run_id, ("spec.message",)), store.click_totals(run_id)
+    )
+    return views.link_rows(run_targets((doc or {}).get("spec") or {}), clicks.by_link)
+
+
+async def _ledger(console: Console, run_id: str, tracked: bool = False) -> dict[str, Any]:
+    """Workers and failure samples of a run from the store ('' note when it has none), and
+    with `tracked` (its status counts clicks) its links and their clickers."""
+    empty: dict[str, Any] = {"workers": [], "failures": [], "links": []}
     if console.store is None:
-        return {"workers": [], "failures": [], "storeError": "no MongoDB URI configured"}
+        return {**empty, "storeError": "no MongoDB URI configured"}
+    store = console.store
     try:
-        beats, failures, _ = await asyncio.gather(
-            console.store.heartbeats(run_id),
-            console.store.failure_samples(run_id),
-            console.store.sync_clock(max_age=10.0),
+        beats, failures, links, _ = await asyncio.gather(
+            store.heartbeats(run_id),
+            store.failure_samples(run_id),
+            _links(store, run_id) if tracked else asyncio.sleep(0, []),  # [] at once
+            store.sync_clock(max_age=10.0),
         )
     except PyMongoError as error:
-        return {"workers": [], "failures": [], "storeError": f"MongoDB: {error}"}
+        return {**empty, "storeError": f"MongoDB: {error}"}
     return {
         # Heartbeats are stamped on the store's clock: their age is judged on it too.
-        "workers": views.worker_rows(beats, console.store.now()),
+        "workers": views.worker_rows(beats, store.now()),
         "failures": views.failure_rows(failures),
+        "links": links,
         "storeError": "",
     }
 
@@ -186,11 +201,13 @@ async def task_page(request: web.Request) -> web.Response:
     page = views.detail(task)
     page["events"] = views.event_rows(events)
     page["history"] = request.app[LIVE].history.points(page["summary"])
-    run = (task.get("status") or {}).get("run")
+    status = task.get("status") or {}
+    run = status.get("run")
     if run is not None:
-        page.update(await _ledger(console, run_id_for(task_ref(ns, name, task), int(run))))
+        run_id = run_id_for(task_ref(ns, name, task), int(run))
+        page.update(await _ledger(console, run_id, tracked=status.get("clicks") is not None))
     else:
-        page.update({"workers": [], "failures": [], "storeError": ""})
+        page.update({"workers": [], "failures": [], "links": [], "storeError": ""})
     return web.json_response(page)
 
 

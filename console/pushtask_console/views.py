@@ -112,6 +112,14 @@ def failure_rows(samples: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"user": user, "error": error} for user, error in samples]
 
 
+def link_rows(targets: Sequence[str], clickers: Mapping[int, int]) -> list[dict[str, Any]]:
+    """A tracked run's links, by index: each target and how many recipients clicked it."""
+    return [
+        {"link": i, "target": target, "clickers": int(clickers.get(i, 0))}
+        for i, target in enumerate(targets)
+    ]
+
+
 class History:
     """Per task, the last HISTORY_SECONDS of (time, rate, sent): the rate chart's points.
 

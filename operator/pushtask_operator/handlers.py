@@ -36,9 +36,10 @@ from pushtask import fairshare
 from pushtask.models import Counts, PushTaskSpec, PushTaskStatus
 from pushtask.naming import worker_deployment_name
 from pushtask.planning import TaskRef, plan_run, run_id_for
-from pushtask.records import RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RunTotals
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
+from pushtask.tracking import conversion_window
 from pushtask_operator import degrade, metrics, notify
 from pushtask_operator.degrade import DegradeView
 from pushtask_operator.deployment import (
@@ -47,7 +48,17 @@ from pushtask_operator.deployment import (
     selector_string,
 )
 from pushtask_operator.kube import DeploymentRejected, Kube, KubeApiError
-from pushtask_operator.progress import DeploymentView, Progress, RateTracker, compute_progress
+from pushtask_operator.progress import (
+    CLICKS_REFRESH_SECONDS,
+    DeploymentView,
+    Progress,
+    RateTracker,
+    click_fields,
+    compute_progress,
+    still_tracked,
+    tracks_conversions,
+    tracks_links,
+)
 from pushtask_operator.reconcile import (
     ApiProblem,
     Applied,
@@ -232,6 +243,8 @@ class RunFacts:
     # The store's time when the facts were read: heartbeats and leases are judged on the
     # clock they were written on, never the operator's own (pushtask/clock.py).
     now: datetime
+    clicks: ClickTotals | None = None  # a run that tracks link clicks
+    conversions: ConversionTotals | None = None  # a run that tracks conversions
 
 
 async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
@@ -243,7 +256,9 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
         run_doc["stage"] = await store.advance(run_id)
     totals = await store.totals(run_id)
     beats, leased = await store.heartbeats(run_id), await store.leases(run_id)
-    return RunFacts(run_doc, totals, beats, leased, store.now())
+    clicks = await store.click_totals(run_id) if tracks_links(run_doc) else None
+    converted = await store.conversion_totals(run_id) if tracks_conversions(run_doc) else None
+    return RunFacts(run_doc, totals, beats, leased, store.now(), clicks, converted)
 
 
 async def _judge_ended_run(store: Store, run_id: str, facts: RunFacts) -> None:
@@ -453,6 +468,9 @@ async def _reconcile(
     snap = _read_body(body, state)
     if _settled(snap.spec, snap.status, snap.meta):
         _rest(rt, state, snap)
+        window = conversion_window(snap.raw)
+        if still_tracked(snap.status, snap.now, window):
+            await _refresh_tracking(rt, state, snap)
         return None
     observed = await _gather(rt, state, snap)
     observed = await _ready_for_a_new_run(rt, state, snap, observed)
@@ -495,6 +513,26 @@ def _rest(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
     )
 
 
+async def _refresh_tracking(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
+    """A settled run that tracks clicks or conversions: those, which keep coming after the
+    run ended, are all this reads (a few counter documents) and all it may write."""
+    # The next look first: a store that fails this read is tried again at the same pace.
+    soon = Wakeup(snap.now + timedelta(seconds=CLICKS_REFRESH_SECONDS), "Tracking")
+    if state.wakeup is None or state.wakeup.at is None or (soon.at and state.wakeup.at > soon.at):
+        state.wakeup = soon
+    run_id = str(snap.status["runId"])
+    sent = int((snap.status.get("counts") or {}).get("sent") or 0)
+    fields: dict[str, Any] = {}
+    if snap.status.get("clicks") is not None:
+        fields.update(click_fields(await rt.store.click_totals(run_id), sent))
+    if snap.status.get("conversions") is not None:
+        fields["conversions"] = (await rt.store.conversion_totals(run_id)).status(sent)
+    patch = status_patch(snap.status, fields)
+    if patch:
+        await rt.kube.patch_status(snap.meta["namespace"], snap.meta["name"], patch)
+        state.status = {**state.status, **patch}
+
+
 async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
     """The independent reads side by side (the API server's validation facts, the run's
     facts in MongoDB, the worker Deployment), then what the decision observes."""
@@ -518,6 +556,8 @@ async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
             run_id=snap.run_id,
             now=snap.run.now,
             lease_seconds=settings.lease_seconds,
+            clicks=snap.run.clicks,
+            conversions=snap.run.conversions,
         )
     sched = schedule_facts(snap.spec, snap.since, snap.now)
     return Observed(

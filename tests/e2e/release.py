@@ -51,21 +51,31 @@ def on_devstack() -> None:
 
 @contextlib.contextmanager
 def release(
-    kubectl: Any, helm: Any, namespace: str, db_uri: str, *values: str, sink_secret: str = ""
+    kubectl: Any,
+    helm: Any,
+    namespace: str,
+    db_uri: str,
+    *values: str,
+    sink_secret: str = "",
+    keep_messages: bool = False,
 ) -> Iterator[QualifiedEnv]:
-    """The chart installed for this test's namespace with `values`, a sink, and the same
-    teardown as test_operator_e2e's `env` fixture (logs shown when the test failed)."""
+    """The chart installed for this test's namespace with `values`, a sink (recording the
+    messages too with `keep_messages`), and the same teardown as test_operator_e2e's `env`
+    fixture (logs shown when the test failed)."""
     k = kubectl.in_namespace(namespace)
     name = f"pt-{namespace[-6:]}"
     install(helm, name, namespace, db_uri, f"watchNamespaces={{{namespace}}}", *values)
     try:
-        with SinkThread(host=SINK_HOST, secret=sink_secret or None) as sink:
+        with SinkThread(
+            host=SINK_HOST, secret=sink_secret or None, keep_messages=keep_messages
+        ) as sink:
             yield QualifiedEnv(k, namespace, db_uri, sink, name)
     finally:
         for selector in (
             "app.kubernetes.io/name=pushtask-operator",
             "app.kubernetes.io/name=pushtask-worker",
             "app.kubernetes.io/name=pushtask-console",  # when the test enabled it
+            "app.kubernetes.io/name=pushtask-tracker",  # when the test enabled it
         ):
             logs = k("logs", "-l", selector, "--tail=80", "--prefix", check=False)
             print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")

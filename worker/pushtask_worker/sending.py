@@ -23,6 +23,7 @@ from pushtask.templates import (
     build_context,
     render,
 )
+from pushtask.tracking import LinkRewriter
 from pushtask_worker import metrics
 from pushtask_worker.channels import (
     Attempt,
@@ -72,6 +73,9 @@ class Sender:
     # Set for a test send (`pushtask-worker test-send`): every Delivery is marked a test
     # and keyed by testsend.idempotency_key(nonce, user), never by the run's key.
     test_nonce: str | None = None
+    # spec.message.tracking.links: each link of the templates becomes the recipient's own
+    # tracked redirect, after rendering (so what the channel sends is what is clicked).
+    links: LinkRewriter | None = None
 
     def __post_init__(self) -> None:
         self.gone: str | None = None  # the reason, once a channel said the receiver is gone
@@ -102,6 +106,8 @@ class Sender:
         except TemplateRenderError as error:
             self.failures["template"].inc()
             return Result(position, "failed", str(error)[:500], 0)
+        if self.links is not None:
+            message = self.links.rewrite(message, user)
         delivery = Delivery(
             task=self.task,
             run=self.run,

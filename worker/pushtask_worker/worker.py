@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from pushtask.models import PushTaskSpec
 from pushtask.records import RunTotals
 from pushtask.store import STAGES, Store
 from pushtask.templates import TemplateError, compile_message
+from pushtask.tracking import KEY_ENV, LinkRewriter
 from pushtask_worker import metrics
 from pushtask_worker.audience.build import SourceReaders, SplitBuilder, describe_source
 from pushtask_worker.audience.mongosource import QueryNotAllowed
@@ -191,6 +193,9 @@ class Worker:
             # A channel refusing its settings or secret (a malformed whsec_ value) fails the
             # run with the reason, rather than a worker that crashes at every restart.
             self.channel = make_channel(self.spec, self.config.concurrency)
+            # A run that tracks links without the key to sign them fails here, unsent.
+            key = os.environ.get(KEY_ENV, "").strip().encode()
+            self.links = LinkRewriter.for_run(self.config.run_id, self.run_doc["spec"], key)
         except (ValidationError, ValueError, TemplateError, UnknownChannel, TypeError) as error:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
             raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
@@ -208,6 +213,7 @@ class Worker:
             bucket=self.share,
             stopping=self.stopping,
             on_gone=self.receiver_gone,
+            links=self.links,
         )
 
     async def receiver_gone(self, reason: str) -> None:

@@ -135,7 +135,9 @@ function renderList() {
     const progress = el("td");
     progress.appendChild(bar(t));
     row.appendChild(progress);
-    row.appendChild(el("td", t.done + " / " + t.total, { class: "done" }));
+    const done = t.done + " / " + t.total;
+    const clicks = t.clicks !== null && t.clicks !== undefined ? ", " + t.clicks + " clicks (" + t.clickThrough + ")" : "";
+    row.appendChild(el("td", done + clicks, { class: "done" }));
     row.appendChild(el("td", Math.round(t.rate) + "/s"));
     row.appendChild(el("td", t.workers));
     body.appendChild(row);
@@ -203,10 +205,21 @@ function renderHead(t) {
   $("t-done").textContent = t.done + " / " + t.total + " (" + t.percent + "%), " + Math.round(t.rate) + "/s, eta " + t.eta + ", workers " + t.workers;
   const counts = $("t-counts").tBodies[0];
   clear(counts);
-  for (const k of ["sent", "failed", "skipped", "unknown", "done", "total"]) {
+  // A run that tracks link clicks adds its clicks (unique recipient-link pairs), its
+  // clickers (unique recipients) and the click-through (clickers per sent message).
+  const tracked = t.clicks !== null && t.clicks !== undefined;
+  const keys = ["sent", "failed", "skipped", "unknown", "done", "total"];
+  for (const k of tracked ? keys.concat(["clicks", "clickers", "clickThrough"]) : keys) {
     const row = el("tr");
-    row.appendChild(el("th", k));
+    row.appendChild(el("th", k === "clickThrough" ? "click-through" : k));
     row.appendChild(el("td", t[k], { "data-count": k }));
+    counts.appendChild(row);
+  }
+  // A run that tracks conversions: one row per event, its count and rate per sent message.
+  for (const c of t.conversions || []) {
+    const row = el("tr");
+    row.appendChild(el("th", "conversion " + c.event));
+    row.appendChild(el("td", c.count + " (" + c.rate + ")", { "data-conversion": c.event }));
     counts.appendChild(row);
   }
   if (document.activeElement !== $("scale-workers")) $("scale-workers").value = t.desiredWorkers;
@@ -248,6 +261,9 @@ async function loadDetail() {
   rows("t-events", data.events, (e) => [e.time, e.type, e.reason, e.message]);
   listOf("t-skips", data.skipSamples, "none");
   listOf("t-failures", data.failures.map((f) => f.user + ": " + f.error), "none");
+  // A run that tracks links: each link of its message and how many recipients clicked it.
+  $("t-links-section").hidden = !data.links.length;
+  rows("t-links", data.links, (l) => ["#" + l.link, l.target, l.clickers]);
   const tpl = $("t-template").tBodies[0];
   clear(tpl);
   for (const [k, v] of [["channel", data.channel], ...Object.entries(data.template)]) {
