@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def _get(spec: Mapping[str, Any], *path: str, default: Any = None) -> Any:
+def dig(spec: Mapping[str, Any], *path: str, default: Any = None) -> Any:
+    """The value at `path` in a spec mapping; `default` where a key is missing or null."""
     node: Any = spec
     for key in path:
         if not isinstance(node, Mapping) or key not in node:
@@ -42,8 +43,8 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
     (`PUSHTASK_AUDIENCE_SOURCES_<i>_URI`, `PUSHTASK_AUDIENCE_EXCLUDE_<i>_URI`).
     """
     refs: list[SecretKeyRef] = []
-    message = _get(spec, "message", default={})
-    hook_ref = _get(message, "webhook", "secretRef")
+    message = dig(spec, "message", default={})
+    hook_ref = dig(message, "webhook", "secretRef")
     if hook_ref:
         refs.append(
             SecretKeyRef(
@@ -62,7 +63,7 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
                     "spec.message.webhook.secretRef.previousKey",
                 )
             )
-    creds = _get(message, "smtp", "credentialsSecretRef")
+    creds = dig(message, "smtp", "credentialsSecretRef")
     if creds:
         for key in ("username", "password"):
             refs.append(
@@ -83,7 +84,7 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
         ("smtp", "caSecretRef", "PUSHTASK_SMTP_CA_BUNDLE", "ca.crt"),
     )
     for channel, field, env, default_key in mobile:
-        ref = _get(message, channel, field)
+        ref = dig(message, channel, field)
         if ref:
             refs.append(
                 SecretKeyRef(
@@ -93,7 +94,7 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
                     f"spec.message.{channel}.{field}",
                 )
             )
-    tracking = _get(message, "tracking", default={})
+    tracking = dig(message, "tracking", default={})
     if tracking.get("links") and tracking.get("secretRef"):
         ref = tracking["secretRef"]
         refs.append(
@@ -105,7 +106,7 @@ def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
             )
         )
     for part in ("sources", "exclude"):
-        for i, source in enumerate(_get(spec, "audience", part, default=[]) or []):
+        for i, source in enumerate(dig(spec, "audience", part, default=[]) or []):
             ref = source.get("secretRef") if isinstance(source, Mapping) else None
             if source.get("kind") == "mongo" and ref:
                 refs.append(

@@ -15,7 +15,7 @@ from typing import Any
 
 from pushtask.models import API_VERSION, GROUP, KIND
 from pushtask.naming import worker_deployment_name
-from pushtask.secretrefs import secret_key_refs  # shared with the test sends
+from pushtask.secretrefs import dig, secret_key_refs  # shared with the test sends
 from pushtask_operator.settings import OperatorSettings
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -49,15 +49,6 @@ def selector_string(task_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(task_name).items()))
 
 
-def _get(spec: Mapping[str, Any], *path: str, default: Any = None) -> Any:
-    node: Any = spec
-    for key in path:
-        if not isinstance(node, Mapping) or key not in node:
-            return default
-        node = node[key]
-    return default if node is None else node
-
-
 def batch_seconds(spec: Mapping[str, Any]) -> float:
     """Worst-case time to finish the in-flight batch after SIGTERM.
 
@@ -66,10 +57,10 @@ def batch_seconds(spec: Mapping[str, Any]) -> float:
     channel timeout) finishes, then the results are written.
     Two timeouts leave room for that write.
     """
-    message = _get(spec, "message", default={})
-    channel = str(_get(message, "channel", default="webhook"))
-    channel_settings = _get(message, channel, default={})
-    timeout = float(_get(channel_settings, "timeoutSeconds", default=10) or 10)
+    message = dig(spec, "message", default={})
+    channel = str(dig(message, "channel", default="webhook"))
+    channel_settings = dig(message, channel, default={})
+    timeout = float(dig(channel_settings, "timeoutSeconds", default=10) or 10)
     return 2 * timeout
 
 
@@ -145,7 +136,7 @@ def build_worker_deployment(
     """
     name = task_meta["name"]
     namespace = task_meta["namespace"]
-    run_number = int(run if run is not None else _get(spec, "run", default=1))
+    run_number = int(run if run is not None else dig(spec, "run", default=1))
     selector = selector_labels(name)
     pod_labels = {**settings.worker_pod_labels, **selector, RUN_LABEL: str(run_number)}
     ports: list[dict[str, Any]] = []

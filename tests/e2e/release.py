@@ -87,3 +87,21 @@ def release(
             MongoClient(db_uri, serverSelectionTimeoutMS=3000) as client,
         ):
             client.drop_database(urlsplit(db_uri).path.strip("/"))
+
+
+def ready_pod_ip(env: QualifiedEnv, app: str, timeout: float = 120) -> str:
+    """The IP of a Ready pod of the release's `app` (app.kubernetes.io/name)."""
+    from tests.e2e.test_operator_e2e import wait_for
+
+    def ready_ip() -> str | None:
+        pods = env.kubectl.json("get", "pods", "-l", f"app.kubernetes.io/name={app}")
+        for pod in pods["items"]:
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod.get("status", {}).get("conditions", [])
+            )
+            if ready and pod["status"].get("podIP"):
+                return str(pod["status"]["podIP"])
+        return None
+
+    return str(wait_for(f"the {app} pod Ready", ready_ip, timeout))

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.release import QualifiedEnv, on_devstack, release
+from tests.e2e.release import QualifiedEnv, on_devstack, ready_pod_ip, release
 from tests.e2e.test_operator_e2e import (
     ROOT,
     database_uri,
@@ -43,18 +43,7 @@ EVIL_BODY = "<script>window.__pwned = 2</script> Hi {{ user }}"
 
 
 def console_url(env: QualifiedEnv) -> str:
-    def ready_ip() -> str | None:
-        pods = env.kubectl.json("get", "pods", "-l", "app.kubernetes.io/name=pushtask-console")
-        for pod in pods["items"]:
-            ready = any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in pod.get("status", {}).get("conditions", [])
-            )
-            if ready and pod["status"].get("podIP"):
-                return str(pod["status"]["podIP"])
-        return None
-
-    return f"http://{wait_for('the console pod Ready', ready_ip, 120)}:{PORT}/"
+    return f"http://{ready_pod_ip(env, 'pushtask-console')}:{PORT}/"
 
 
 def assert_each_once(env: QualifiedEnv, audience: list[str]) -> None:

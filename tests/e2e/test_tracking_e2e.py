@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.release import QualifiedEnv, on_devstack, release
+from tests.e2e.release import QualifiedEnv, on_devstack, ready_pod_ip, release
 from tests.e2e.test_operator_e2e import database_uri, push_task, users, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -56,18 +56,7 @@ def post(url: str, body: dict[str, Any], bearer: str | None = BEARER) -> tuple[i
 
 
 def tracker_url(env: QualifiedEnv) -> str:
-    def ready_ip() -> str | None:
-        pods = env.kubectl.json("get", "pods", "-l", "app.kubernetes.io/name=pushtask-tracker")
-        for pod in pods["items"]:
-            ready = any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in pod.get("status", {}).get("conditions", [])
-            )
-            if ready and pod["status"].get("podIP"):
-                return str(pod["status"]["podIP"])
-        return None
-
-    return f"http://{wait_for('the tracker pod Ready', ready_ip, 120)}:{PORT}"
+    return f"http://{ready_pod_ip(env, 'pushtask-tracker')}:{PORT}"
 
 
 @pytest.fixture
