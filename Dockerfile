@@ -1,7 +1,8 @@
-# One image for the operator, the worker and the console; the command picks the role:
+# One image for the operator, the worker, the console and the tracker; the command picks the role:
 #   docker run IMAGE pushtask-operator --all-namespaces
 #   docker run IMAGE pushtask-worker
 #   docker run IMAGE pushtask-console
+#   docker run IMAGE pushtask-tracker
 #
 # BASE: any Debian-like image with Python 3.11 and its venv module. The default needs a
 # registry; without one, scripts/kind/build-image.sh imports a Debian bookworm root
@@ -28,15 +29,16 @@ COPY operator ./operator
 COPY worker ./worker
 COPY console ./console
 COPY client ./client
+COPY tracker ./tracker
 # devstack/ (the local test cluster) is not copied: the image holds only the product.
 RUN if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi \
  && /opt/pushtask/bin/pip install "$@" --no-deps . \
  && /opt/pushtask/bin/pip uninstall -y -q pip \
- && /opt/pushtask/bin/python -c "import pushtask_operator, pushtask_worker, pushtask_console, pushtask_client"
+ && /opt/pushtask/bin/python -c "import pushtask_operator, pushtask_worker, pushtask_console, pushtask_client, pushtask_tracker"
 
 FROM ${BASE}
 LABEL org.opencontainers.image.title="pushtask" \
-      org.opencontainers.image.description="PushTask operator, worker and console" \
+      org.opencontainers.image.description="PushTask operator, worker, console and tracker" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/pushtask /opt/pushtask
 ENV PATH=/opt/pushtask/bin:$PATH \

@@ -49,7 +49,7 @@ screenshots: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check pushtask operator worker console client devstack tests bench
+	$(VENV)/bin/ruff format --check pushtask operator worker console client tracker devstack tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests bench
 	$(VENV)/bin/lint-imports

@@ -25,12 +25,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import bson
 
-from pushtask.leases import EPOCH, QUEUED
+from pushtask.leases import EPOCH, LEASED, QUEUED
 from pushtask.records import HANDED_BACK
 
 # Recipients per shard: a seal holds its shard in memory, a flush FLUSH_ROWS rows, so a
@@ -391,3 +391,28 @@ def handed_back(chunk: Mapping[str, Any]) -> list[int]:
     """Positions handed back unsent at a shutdown (a retry cut short): to be sent again."""
     res = chunk.get("res") or {}
     return sorted(int(p) for p, r in res.items() if _status(r) == HANDED_BACK)
+
+
+def sent_since(chunk: Mapping[str, Any], since: datetime) -> list[str]:
+    """Users of a chunk that may have received its message at or after `since`: recorded
+    as sent or unknown (in doubt: perhaps delivered) at that time or later, or started by
+    the chunk's present holder and without a result yet (being sent right now). What a
+    frequency cap leaves out."""
+    users = chunk.get("users") or []
+    out: set[int] = set()
+    for batch in (chunk.get("ok") or {}).values():
+        if _aware(batch["t"]) >= since:
+            out.update(batch["p"])
+    res = chunk.get("res") or {}
+    for p, entry in res.items():
+        if _status(entry) in ("sent", "unknown") and _aware(entry["t"]) >= since:
+            out.add(int(p))
+    if chunk.get("status") == LEASED:  # a holder at work: what it started is going out now
+        done = recorded(chunk)
+        out.update(p for p in range(int(chunk.get("hi") or 0)) if p not in done)
+    return [users[p] for p in sorted(out) if p < len(users)]
+
+
+def _aware(at: datetime) -> datetime:
+    # A store read without tz_aware gives naive UTC datetimes.
+    return at if at.tzinfo else at.replace(tzinfo=UTC)

@@ -11,9 +11,10 @@ Dump a spec for the API with `model_dump(by_alias=True, mode="json", exclude_non
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -24,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     ValidationError,
     WithJsonSchema,
@@ -34,6 +36,7 @@ from pydantic.alias_generators import to_camel
 
 from pushtask import mongoquery
 from pushtask.states import DesiredState, Phase
+from pushtask.tracking import DEFAULT_WINDOW, WINDOW_PATTERN
 from pushtask.validators import (
     CRON_PATTERN,
     DATE_TIME_OFFSET_PATTERN,
@@ -387,8 +390,124 @@ class UrlSource(ApiModel):
     """Column holding the recipient's own send time; unset: send at once."""
 
 
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LabelKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=316, pattern=LABEL_KEY_PATTERN)
+]
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+MAX_SELECTOR_TERMS = 32
+MAX_CAP_WINDOW = timedelta(days=90)
+
+
+class LabelSelectorRequirement(ApiModel):
+    """One requirement of a label selector, as Kubernetes defines it."""
+
+    key: LabelKey
+    """Label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """In / NotIn: the label's value among `values`; Exists / DoesNotExist: the key only."""
+    values: list[LabelValue] = Field([], max_length=MAX_SELECTOR_TERMS)
+    """Values for In and NotIn (at least one); empty for Exists and DoesNotExist."""
+
+    __cel__ = (
+        Rule(
+            "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+            "a label selector requirement with In or NotIn needs values; Exists and "
+            "DoesNotExist take none",
+            lambda m: (m.operator in ("In", "NotIn")) == bool(m.values),
+        ),
+    )
+
+
+class LabelSelector(ApiModel):
+    """Tasks by their labels (Kubernetes label selector); empty: every task."""
+
+    match_labels: dict[str, LabelValue] = Field({}, max_length=MAX_SELECTOR_TERMS)
+    """Labels a task must carry, with these values."""
+    match_expressions: list[LabelSelectorRequirement] = Field([], max_length=MAX_SELECTOR_TERMS)
+    """Further requirements, all of which must hold."""
+
+    __cel__ = (
+        Rule(
+            f'self.all(k, size(k) <= 316 && k.matches(r"{LABEL_KEY_PATTERN}"))',
+            "matchLabels: a key is a label key ([prefix/]name: letters, digits, -, _ and .)",
+            lambda m: all(
+                len(k) <= 316 and re.fullmatch(LABEL_KEY_PATTERN, k) for k in m.match_labels
+            ),
+            on="matchLabels",
+        ),
+    )
+
+
+def _window(value: Any) -> Any:
+    # "24h", "90m", "7d", "1d12h": Go-like, days allowed (a cap is counted in days).
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+def _window_bounds(value: timedelta) -> timedelta:
+    # The CRD's pattern checks the form; the bounds are checked here (CEL has no days),
+    # so the operator's validation and `kubectl push validate` report them.
+    if not timedelta(minutes=1) <= value <= MAX_CAP_WINDOW:
+        raise ValueError("must be between 1m and 90d")
+    return value
+
+
+def parse_duration(text: str) -> timedelta:
+    """`1d12h`, `24h`, `90m`, `30s` as a timedelta; ValueError for anything else."""
+    parts = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    if not text.strip() or parts is None:
+        raise ValueError(f"{text!r} is not a duration such as 24h, 90m or 7d")
+    d, h, m, s = (int(g or 0) for g in parts.groups())
+    return timedelta(days=d, hours=h, minutes=m, seconds=s)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out += f"{seconds // size}{unit}"
+            seconds %= size
+    return out or "0s"
+
+
+WindowLength = Annotated[
+    timedelta,
+    BeforeValidator(_window),
+    AfterValidator(_window_bounds),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
+            "minLength": 2,
+            "maxLength": 32,
+            "description": "A duration: 24h, 90m, 7d, 1d12h.",
+        }
+    ),
+]
+
+
+class RecentlySentSource(ApiModel):
+    """An exclusion only (a frequency cap across campaigns): the users that runs of the
+    tasks matching `selector`, in this namespace, sent anything to in the last `within`,
+    read from those runs' ledgers. A run still sending counts with what it has sent so
+    far; a run the operator has pruned (PUSHTASK_RUN_RETENTION) no longer counts
+    (docs/operations.md, A frequency cap across campaigns)."""
+
+    kind: Literal["recentlySent"]
+    within: WindowLength
+    """How far back a send counts, from when this run's audience is read: 24h, 7d, 90m
+    (at least a minute, at most 90 days)."""
+    selector: LabelSelector = LabelSelector()
+    """Which tasks' runs count (this task's own earlier runs too, when it matches); empty:
+    every task of the namespace."""
+
+
 Source = Annotated[
-    InlineSource | MongoSource | ConfigMapSource | UrlSource,
+    InlineSource | MongoSource | ConfigMapSource | UrlSource | RecentlySentSource,
     Field(discriminator="kind"),
 ]
 
@@ -409,7 +528,16 @@ class Audience(ApiModel):
     sources: list[Source] = Field(min_length=1, max_length=64)
     """Where users come from; overlapping sources are deduplicated."""
     exclude: list[Source] = Field([], max_length=64)
-    """Users to leave out (same kinds as sources)."""
+    """Users to leave out (the same kinds as sources, and recentlySent: a frequency cap)."""
+
+    __cel__ = (
+        Rule(
+            "self.sources.all(s, s.kind != 'recentlySent')",
+            "spec.audience.sources: recentlySent is an exclusion only (spec.audience.exclude)",
+            lambda m: all(s.kind != "recentlySent" for s in m.sources),
+            field_path=".sources",
+        ),
+    )
 
 
 # --- message --------------------------------------------------------------------------
@@ -427,7 +555,7 @@ class HmacSecretRef(SecretRef):
     __cel__ = (
         Rule(
             "!has(self.previousKey) || self.previousKey != self.key",
-            "spec.message.webhook.secretRef.previousKey must name another key than key",
+            "secretRef.previousKey must name another key than key",
             lambda m: m.previous_key is None or m.previous_key != m.key,
             field_path=".previousKey",
         ),
@@ -624,6 +752,50 @@ class Template(ApiModel):
     """More templated fields, sent as they are named."""
 
 
+ConversionWindow = Annotated[str, StringConstraints(pattern=WINDOW_PATTERN, max_length=4)]
+
+
+class TrackerKeySecretRef(SecretRef):
+    """The Secret holding the tracker key that signs tracked links (the same key the
+    chart's tracker verifies them with: `tracker.keySecret`)."""
+
+    key: Name = "key"
+    """Key in the Secret holding the tracker key."""
+
+
+class Tracking(ApiModel):
+    """spec.message.tracking: what the tracker (`pushtask-tracker`) records of a run: link
+    clicks (`links`), and conversions posted to it within `conversionWindow` of the send."""
+
+    links: bool = False
+    """Rewrite each link written in the templates into a tracked redirect through the
+    tracker, which counts unique clicks (status.clicks, status.clickThrough)."""
+    base_url: HttpUrl | None = None
+    """The tracker's public URL, as recipients reach it (https://t.example.com)."""
+    secret_ref: TrackerKeySecretRef | None = None
+    """The Secret holding the tracker key (in the PushTask's namespace)."""
+    conversion_window: ConversionWindow = DEFAULT_WINDOW
+    """How long after a recipient's send the tracker accepts their conversions
+    (POST /v1/conversions): 1-999 minutes, hours or days, such as 30m, 48h or 7d."""
+
+    __cel__ = (
+        Rule(
+            "!self.links || has(self.baseUrl)",
+            "spec.message.tracking.links needs baseUrl (the tracker's public URL)",
+            lambda m: not m.links or m.base_url is not None,
+            field_path=".baseUrl",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "!self.links || has(self.secretRef)",
+            "spec.message.tracking.links needs secretRef (the Secret key that signs links)",
+            lambda m: not m.links or m.secret_ref is not None,
+            field_path=".secretRef",
+            reason="FieldValueRequired",
+        ),
+    )
+
+
 # Channels whose settings have a model of their own here (a plugin's are free-form).
 BUILTIN_CHANNELS = ("webhook", "smtp", "fcm", "apns")
 
@@ -658,6 +830,8 @@ class Message(ApiModel):
     """Settings of a plugin channel (free-form)."""
     template: Template
     """The message templates."""
+    tracking: Tracking | None = None
+    """Link click tracking through the tracker (off when unset)."""
 
     __cel__ = tuple(_settings_required(channel) for channel in BUILTIN_CHANNELS)
 
@@ -813,6 +987,71 @@ class Schedule(ApiModel):
     )
 
 
+# --- notify ---------------------------------------------------------------------------
+
+# The phases a notification can report: the ends of a run, and a pause the person did not
+# ask for (a degraded tier; a spent failure budget fails the run: Failed).
+NotifyPhase = Literal["Finished", "Failed", "Paused", "Stopped"]
+NOTIFY_PHASES: tuple[NotifyPhase, ...] = ("Finished", "Failed", "Paused", "Stopped")
+MAX_NOTIFY = 16
+MAX_NOTIFY_ADDRESSES = 50
+EmailAddress = Annotated[
+    str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+]
+
+
+class NotifyWebhook(ApiModel):
+    """A JSON POST per notification, signed per Standard Webhooks as the webhook channel
+    signs (webhook-id is the notification's id: the same on every attempt)."""
+
+    url: HttpUrl
+    """Endpoint (http or https)."""
+    secret_ref: HmacSecretRef | None = None
+    """Secret with the signing secret (whsec_<base64> or any text); unset: not signed."""
+    timeout_seconds: float = Field(10, gt=0, le=300)
+    """Per-request timeout."""
+
+
+class NotifyEmail(ApiModel):
+    """A plain-text e-mail per notification, sent through spec.message.smtp's server."""
+
+    to: list[EmailAddress] = Field(min_length=1, max_length=MAX_NOTIFY_ADDRESSES)
+    """Recipient addresses."""
+
+
+class Notification(ApiModel):
+    """Where to report a run's phase changes: exactly one of webhook or email."""
+
+    webhook: NotifyWebhook | None = None
+    """A webhook endpoint."""
+    email: NotifyEmail | None = None
+    """E-mail addresses (through spec.message.smtp)."""
+    phases: list[NotifyPhase] = Field(
+        default_factory=lambda: list(NOTIFY_PHASES),
+        min_length=1,
+        max_length=len(NOTIFY_PHASES),
+        json_schema_extra={"default": list(NOTIFY_PHASES), "x-kubernetes-list-type": "set"},
+    )
+    """Phases to report: Finished, Failed, Stopped, and Paused when not asked for by a person
+    (a degraded tier). One notification per phase change per run."""
+
+    __cel__ = (
+        Rule(
+            "has(self.webhook) != has(self.email)",
+            "spec.notify[]: give exactly one of webhook or email",
+            lambda m: (m.webhook is None) != (m.email is None),
+        ),
+    )
+
+    @field_validator("phases")
+    @classmethod
+    def _unique_phases(cls, phases: list[str]) -> list[str]:
+        # The CRD declares a set (the API server rejects duplicates the same way).
+        if len(set(phases)) != len(phases):
+            raise ValueError("spec.notify[].phases must not repeat a phase")
+        return phases
+
+
 # --- spec -----------------------------------------------------------------------------
 
 RUN_RULE = Rule(
@@ -846,8 +1085,21 @@ class PushTaskSpec(ApiModel):
     """Retries and guarantees."""
     schedule: Schedule = Field(default_factory=Schedule, json_schema_extra=_default_of(Schedule))
     """When to send."""
+    notify: list[Notification] = Field([], max_length=MAX_NOTIFY)
+    """Completion notifications: webhooks and e-mail addresses told of a run's end (or
+    of a pause nobody asked for), with its counts and top failure reasons."""
 
-    __cel__ = (RUN_RULE,)
+    __cel__ = (
+        RUN_RULE,
+        Rule(
+            "!has(self.notify) || self.notify.all(n, !has(n.email)) || has(self.message.smtp)",
+            "spec.notify[].email needs spec.message.smtp: notifications are mailed through "
+            "the task's SMTP server",
+            # notify first: read_spec's partial spec (live fields only) has no message.
+            lambda m: all(n.email is None for n in m.notify) or m.message.smtp is not None,
+            field_path=".notify",
+        ),
+    )
 
 
 _SOURCE_KINDS = frozenset({"inline", "mongo", "configMap", "url"})
@@ -949,6 +1201,17 @@ class Condition(StatusModel):
     """metadata.generation this condition was computed from."""
 
 
+class ConversionCount(StatusModel):
+    """One conversion event of a run."""
+
+    event: str
+    """The event's name, as posted to the tracker."""
+    count: int = 0
+    """Recipients who converted (each counted once per event)."""
+    rate: str = "0.0%"
+    """count / sent, as a percentage ("1.2%")."""
+
+
 class PushTaskStatus(StatusModel):
     """Observed state of a PushTask (one writer: the operator)."""
 
@@ -994,6 +1257,25 @@ class PushTaskStatus(StatusModel):
     """Last cron firing that started a run."""
     last_skipped_at: AwareDatetime | None = None
     """Last cron firing skipped because a run was still under way (an Event says so)."""
+    clicks: int | None = None
+    """Tracked links clicked: unique (recipient, link) pairs (spec.message.tracking.links)."""
+    clickers: int | None = None
+    """Recipients who clicked at least one tracked link."""
+    click_through: str | None = None
+    """clickers / sent, as a percentage ("2.5%")."""
+    conversions: (
+        Annotated[
+            list[ConversionCount],
+            Field(
+                json_schema_extra={
+                    "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["event"],
+                }
+            ),
+        ]
+        | None
+    ) = None
+    """Conversions by event name (spec.message.tracking): recipients and rate per sent."""
 
 
 class PushTask(BaseModel):
@@ -1015,6 +1297,7 @@ __all__ = [
     "CATEGORIES",
     "GROUP",
     "KIND",
+    "NOTIFY_PHASES",
     "PLURAL",
     "SHORT_NAMES",
     "SINGULAR",
@@ -1027,6 +1310,7 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "ConfigMapSource",
+    "ConversionCount",
     "Counts",
     "DeliveryPolicy",
     "DesiredState",
@@ -1039,6 +1323,10 @@ __all__ = [
     "Message",
     "MongoSecretRef",
     "MongoSource",
+    "Notification",
+    "NotifyEmail",
+    "NotifyPhase",
+    "NotifyWebhook",
     "Phase",
     "PushTask",
     "PushTaskSpec",
@@ -1051,6 +1339,8 @@ __all__ = [
     "Smtp",
     "Source",
     "Template",
+    "TrackerKeySecretRef",
+    "Tracking",
     "UrlSource",
     "Webhook",
     "Weekday",

@@ -111,6 +111,7 @@ def plan_run(
     spec: Mapping[str, Any],
     *,
     inline: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
     rate_per_second: float | None = None,
     chunk_size: int = ledger.CHUNK_SIZE,
     now: datetime,
@@ -124,7 +125,13 @@ def plan_run(
     buckets = int(spec["audience"].get("shards", 256))
     doc = {
         "_id": run_id,
-        "task": {"namespace": task.namespace, "name": task.name, "uid": task.uid},
+        # Labels frozen with the run: frequency caps of other tasks select runs by them.
+        "task": {
+            "namespace": task.namespace,
+            "name": task.name,
+            "uid": task.uid,
+            "labels": dict(labels or {}),
+        },
         "run": run,
         "spec": dict(spec),
         "inline": dict(inline or {}),

@@ -76,3 +76,30 @@ class RecipientState:
     chunk: str
     position: int
     due: datetime | None
+
+
+@dataclass(frozen=True)
+class ClickTotals:
+    """A run's tracked clicks, summed over its click counters (status.clicks)."""
+
+    clicks: int  # unique (user, link) pairs
+    clickers: int  # unique users
+    by_link: dict[int, int]  # link index -> unique users who clicked it
+
+    def click_through(self, sent: int) -> str:
+        """Clickers per delivered message, as status shows it: "2.5%"."""
+        return f"{100 * self.clickers / sent:.1f}%" if sent > 0 else "0.0%"
+
+
+@dataclass(frozen=True)
+class ConversionTotals:
+    """A run's conversions, summed over its conversion counters (status.conversions)."""
+
+    by_event: dict[str, int]  # event name -> recipients who converted
+
+    def status(self, sent: int) -> list[dict[str, object]]:
+        """status.conversions: each event's count and rate per sent message, by name."""
+        return [
+            {"event": event, "count": n, "rate": f"{100 * n / sent:.1f}%" if sent else "0.0%"}
+            for event, n in sorted(self.by_event.items())
+        ]

@@ -27,6 +27,7 @@ from pushtask.clock import StoreClock
 from pushtask.leases import (
     DONE,
     LEASED,
+    QUEUED,
     Lease,
     LeaseLost,
     UnitEnd,
@@ -36,7 +37,7 @@ from pushtask.leases import (
     renew,
 )
 from pushtask.planning import new_split
-from pushtask.records import RecipientState, Result, RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RecipientState, Result, RunTotals
 
 DEFAULT_DB = "pushtask"
 Stage = Literal["audience", "seal", "delivery", "done"]
@@ -45,7 +46,27 @@ COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
 # Everything a run owns besides its run document, each keyed by `run`.
-RUN_COLLECTIONS = ("splits", "staging", "chunks", "skips", "workers")
+RUN_COLLECTIONS = (
+    "splits",
+    "staging",
+    "chunks",
+    "skips",
+    "workers",
+    "notifications",
+    "notification_claims",
+    "clicks",
+    "clickcounts",
+    "conversions",
+    "conversioncounts",
+)
+# A notification's state (the operator's outbox): `queued` (leases.QUEUED: waiting for a
+# sender, due at `nextAt`) until `sent` or `given up`.
+SENT, GAVE_UP = "sent", "given up"
+# A run's click and conversion counters are spread over this many documents (by the
+# user's hash), so no single document is every click's hot spot and the totals are a sum
+# of a few.
+TRACKING_BUCKETS = 16
+ALL_LINKS = "*"  # the link part of a click marker that stands for "the user clicked"
 
 
 def _inserted_count(error: BulkWriteError, attempted: int) -> int:
@@ -99,6 +120,12 @@ class Store:
         self._chunks = self.db["chunks"]
         self._skips = self.db["skips"]
         self._workers = self.db["workers"]
+        self._notifications = self.db["notifications"]
+        self._notification_claims = self.db["notification_claims"]
+        self._clicks = self.db["clicks"]
+        self._clickcounts = self.db["clickcounts"]
+        self._conversions = self.db["conversions"]
+        self._conversioncounts = self.db["conversioncounts"]
         # Every time this store writes or judges (leases, heartbeats, due times) is on the
         # server's clock, never this machine's (pushtask/clock.py).
         self.clock = StoreClock()
@@ -181,10 +208,23 @@ class Store:
             self._staging.create_index([("run", asc), ("bucket", asc)], name="run_bucket"),
             self._skips.create_index([("run", asc)], name="run"),
             self._workers.create_index([("run", asc), ("lastSeen", asc)], name="run_seen"),
+            self.ensure_click_indexes(),
             self._runs.create_index(
                 [("task.uid", asc), ("created", DESCENDING)], name="task_created"
             ),
+            self._notifications.create_index([("state", asc), ("nextAt", asc)], name="due"),
             self._drop_superseded(),
+        )
+
+    async def ensure_click_indexes(self) -> None:
+        """The indexes of clicks and conversions (the tracker needs only these)."""
+        await asyncio.gather(
+            self._clicks.create_index([("run", ASCENDING), ("user", ASCENDING)], name="run_user"),
+            self._clickcounts.create_index([("run", ASCENDING)], name="run"),
+            self._conversions.create_index(
+                [("run", ASCENDING), ("user", ASCENDING)], name="run_user"
+            ),
+            self._conversioncounts.create_index([("run", ASCENDING)], name="run"),
         )
 
     async def _drop_superseded(self) -> None:
@@ -362,6 +402,211 @@ class Store:
             if len(out) >= limit:
                 break
         return out[:limit]
+
+    # -- frequency cap ----------------------------------------------------------------
+
+    async def runs_sending_since(
+        self, namespace: str, since: datetime, *, besides: str
+    ) -> list[dict[str, Any]]:
+        """Runs of a namespace that may have sent at or after `since` (not ended, or ended
+        since), with their task (labels included), in id order; `besides` is left out."""
+        query = {
+            "task.namespace": namespace,
+            "_id": {"$ne": besides},
+            "$or": [{"doneAt": None}, {"doneAt": {"$gte": since}}],
+        }
+        cursor = self._runs.find(query, {"task": 1}).sort("_id", ASCENDING)
+        return [doc async for doc in cursor]
+
+    async def chunks_from(self, run_id: str, first: str | None) -> AsyncIterator[dict[str, Any]]:
+        """A run's chunks in id order from `first` on (all: None), users and results only,
+        a few at a time (a chunk of a thousand results is about 100 KB)."""
+        query: dict[str, Any] = {"run": run_id}
+        if first is not None:
+            query["_id"] = {"$gte": first}
+        fields = {"users": 1, "ok": 1, "res": 1, "hi": 1, "status": 1}
+        cursor = self._chunks.find(query, fields).sort("_id", ASCENDING).batch_size(16)
+        async for doc in cursor:
+            yield doc
+
+    # -- notifications: the operator's outbox ------------------------------------------
+    #
+    # A phase change is recorded here, one document per (run, phase, target) with a
+    # deterministic id, before the status that shows it is written; a sender delivers the
+    # pending ones. A document is claimed with a lease (one sender at a time, even with a
+    # second operator replica), and every later write is filtered by the claim.
+
+    async def record_notifications(self, docs: Sequence[dict[str, Any]]) -> int:
+        """Insert the notifications not recorded yet (a repeat of the same phase change is
+        a no-op); how many are new. Each starts queued, due at its `nextAt`."""
+        fresh = [{**d, "state": QUEUED, "attempts": 0, "claimUntil": None} for d in docs]
+        return await _insert_new(self._notifications, fresh)
+
+    async def claim_notification(
+        self, owner: str, ttl: float, now: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """The earliest due queued notification no live claim holds, now claimed by
+        `owner` for `ttl` seconds, as it was before the claim (None: nothing is due).
+
+        A server whose find-and-modify is not atomic (FerretDB: two senders at once were
+        both handed the same notification) is made safe by a unique id: each claim also
+        inserts `<id>@<attempts>@<previous claimUntil>`, the state it claimed from, so of
+        two senders that read the same state only one gets the notification; a sender
+        that took over an expired claim (its holder died) claims from another state."""
+        now = now or self.now()
+        while True:
+            before = await self._notifications.find_one_and_update(
+                {
+                    "state": QUEUED,
+                    "nextAt": {"$lte": now},
+                    "$or": [{"claimUntil": None}, {"claimUntil": {"$lte": now}}],
+                },
+                {"$set": {"owner": owner, "claimUntil": now + timedelta(seconds=ttl)}},
+                sort=[("nextAt", ASCENDING)],
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is None:
+                return None
+            previous = before.get("claimUntil")
+            mark = f"{before['_id']}@{before.get('attempts') or 0}@{previous or '-'}"
+            try:
+                await self._notification_claims.insert_one({"_id": mark, "run": before["run"]})
+            except DuplicateKeyError:
+                continue  # another sender has it; look for the next one
+            return before
+
+    async def notification_retry(
+        self, claimed: Mapping[str, Any], next_at: datetime, error: str
+    ) -> bool:
+        """The attempt on `claimed` (as claim_notification returned it) failed; another is
+        due at `next_at`. False if it was recorded otherwise meanwhile."""
+        result = await self._notifications.update_one(
+            self._attempt_of(claimed),
+            {
+                "$set": {"nextAt": next_at, "claimUntil": None, "lastError": error},
+                "$inc": {"attempts": 1},
+            },
+        )
+        return result.modified_count == 1
+
+    async def notification_done(
+        self, claimed: Mapping[str, Any], state: str, error: str | None = None
+    ) -> bool:
+        """Sent (SENT) or given up (GAVE_UP): never tried again. False if it was recorded
+        otherwise meanwhile (a sender that took over a claim it thought dead)."""
+        fields: dict[str, Any] = {"state": state, "doneAt": self.now(), "claimUntil": None}
+        if error is not None:
+            fields["lastError"] = error
+        result = await self._notifications.update_one(
+            self._attempt_of(claimed), {"$set": fields, "$inc": {"attempts": 1}}
+        )
+        return result.modified_count == 1
+
+    @staticmethod
+    def _attempt_of(claimed: Mapping[str, Any]) -> dict[str, Any]:
+        # The attempt count, not the owner, fences the outcome: two senders on a server
+        # whose find-and-modify is not atomic may both have written `owner`.
+        return {"_id": claimed["_id"], "state": QUEUED, "attempts": claimed.get("attempts") or 0}
+
+    async def next_notification_at(self) -> datetime | None:
+        """When the earliest queued notification is due (None: none is queued)."""
+        doc = await self._notifications.find_one(
+            {"state": QUEUED}, {"nextAt": 1}, sort=[("nextAt", ASCENDING)]
+        )
+        return None if doc is None else doc.get("nextAt")
+
+    async def notifications(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's notifications, oldest first (tests, `kubectl push`)."""
+        return [d async for d in self._notifications.find({"run": run_id}).sort("created", 1)]
+
+    # -- clicks -----------------------------------------------------------------------
+
+    async def record_click(self, run_id: str, user: str, link: int) -> bool:
+        """Count `user`'s click on link `link` of `run_id` once; True if it was the first.
+
+        Unique by construction: a marker per (run, link, user) and one per (run, user), with
+        deterministic ids, inserted (a duplicate key is a click already counted). Only a
+        first insert moves the user's bucket counter, so the counters sum to the markers.
+        A tracker killed between the two writes loses that one count (never counts twice).
+        """
+        now = self.now()
+        marker = {"run": run_id, "user": user, "t": now}
+        try:
+            await self._clicks.insert_one(
+                {"_id": f"{run_id}|{link}|{user}", "link": link, **marker}
+            )
+        except DuplicateKeyError:
+            return False
+        inc = {"clicks": 1, f"links.{link}": 1}
+        try:
+            await self._clicks.insert_one({"_id": f"{run_id}|{ALL_LINKS}|{user}", **marker})
+            inc["clickers"] = 1
+        except DuplicateKeyError:
+            pass
+        bucket = ledger.bucket_of(user, TRACKING_BUCKETS)
+        await self._clickcounts.update_one(
+            {"_id": f"{run_id}|{bucket}"},
+            {"$inc": inc, "$set": {"run": run_id, "lastClick": now}},
+            upsert=True,
+        )
+        return True
+
+    async def click_totals(self, run_id: str) -> ClickTotals:
+        """A run's clicks: the sum of its few bucket counters."""
+        clicks = clickers = 0
+        by_link: dict[int, int] = defaultdict(int)
+        async for doc in self._clickcounts.find({"run": run_id}):
+            clicks += int(doc.get("clicks") or 0)
+            clickers += int(doc.get("clickers") or 0)
+            for link, n in (doc.get("links") or {}).items():
+                by_link[int(link)] += int(n)
+        return ClickTotals(clicks, clickers, dict(sorted(by_link.items())))
+
+    async def clicked(self, run_id: str, user: str) -> list[int]:
+        """The links `user` clicked in `run_id` (`kubectl push recipient`), by index."""
+        cursor = self._clicks.find({"run": run_id, "user": user}, {"link": 1})
+        return sorted([int(d["link"]) async for d in cursor if "link" in d])
+
+    # -- conversions ------------------------------------------------------------------
+
+    async def find_run(self, namespace: str, name: str, run: int) -> str | None:
+        """The id of run `run` of the task `namespace/name` (the newest, should a task of
+        that name have been deleted and made again); None when it is not stored."""
+        query = {"task.namespace": namespace, "task.name": name, "run": run}
+        cursor = self._runs.find(query, {"_id": 1}).sort("created", DESCENDING).limit(1)
+        found = [doc["_id"] async for doc in cursor]
+        return str(found[0]) if found else None
+
+    async def record_conversion(self, run_id: str, user: str, event: str) -> bool:
+        """Count `user`'s conversion `event` in `run_id` once; True if it was the first.
+        Unique by construction, as a click: a marker per (run, event, user), then the
+        user's bucket counter for a first one only."""
+        now = self.now()
+        doc = {"_id": f"{run_id}|{event}|{user}", "run": run_id, "user": user, "event": event}
+        try:
+            await self._conversions.insert_one({**doc, "t": now})
+        except DuplicateKeyError:
+            return False
+        bucket = ledger.bucket_of(user, TRACKING_BUCKETS)
+        await self._conversioncounts.update_one(
+            {"_id": f"{run_id}|{bucket}"},
+            {"$inc": {f"events.{event}": 1}, "$set": {"run": run_id, "last": now}},
+            upsert=True,
+        )
+        return True
+
+    async def conversion_totals(self, run_id: str) -> ConversionTotals:
+        """A run's conversions by event: the sum of its few bucket counters."""
+        by_event: dict[str, int] = defaultdict(int)
+        async for doc in self._conversioncounts.find({"run": run_id}):
+            for event, n in (doc.get("events") or {}).items():
+                by_event[str(event)] += int(n)
+        return ConversionTotals(dict(by_event))
+
+    async def converted(self, run_id: str, user: str) -> list[str]:
+        """The conversion events `user` has in `run_id` (`kubectl push recipient`)."""
+        cursor = self._conversions.find({"run": run_id, "user": user}, {"event": 1})
+        return sorted([str(d["event"]) async for d in cursor])
 
     # -- retention --------------------------------------------------------------------
 

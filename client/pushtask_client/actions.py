@@ -113,6 +113,12 @@ def progress_line(task: Mapping[str, Any]) -> dict[str, Any]:
         "eta": status.get("eta") or "-",
         "workers": f"{workers.get('live', 0)}/{workers.get('desired', 0)}",
         "message": status.get("message") or "",
+        # A run that tracks link clicks (spec.message.tracking.links); None otherwise.
+        "clicks": status.get("clicks"),
+        "clickers": status.get("clickers"),
+        "clickThrough": status.get("clickThrough") or "",
+        # A run that tracks conversions: [{event, count, rate}] by name; None otherwise.
+        "conversions": status.get("conversions"),
     }
 
 

@@ -9,13 +9,17 @@
     kubectl push events NAME                   the task's Events
     kubectl push degrade TIER [--mode M]       pause a priority tier at a peak (undegrade)
     kubectl push validate FILE...              the models' checks, then a server dry run
+    kubectl push test NAME --to U[,U...] [--attrs FILE]  send the message to a few users,
+                                               marked as a test, outside any run
 
 Every action is one patch of the PushTask carrying the resourceVersion it was computed
 from (retried on a conflict), and prints what it changed. Errors are one line on stderr:
-exit 1 (refused, not found, forbidden, API error), 2 (usage). As with kubectl, the flags
--n/--namespace, --context, --kubeconfig, -A, -o and -w go before or after the command and
-its arguments, and KUBECONFIG works. Completion: kubectl calls the `kubectl_complete-push`
-script installed beside this one.
+exit 1 (refused, not found, forbidden, API error), 2 (usage). `test` exits 0 when every
+recipient got the message, 1 when one did not, 2 when the message does not render with
+the given attributes (nothing sent; each problem on stderr, as `validate` says them).
+As with kubectl, the flags -n/--namespace, --context, --kubeconfig, -A, -o and -w go
+before or after the command and its arguments, and KUBECONFIG works. Completion: kubectl
+calls the `kubectl_complete-push` script installed beside this one.
 """
 
 from __future__ import annotations
@@ -38,13 +42,13 @@ from pydantic import ValidationError
 from pushtask.models import KIND, PushTaskSpec, describe_errors
 from pushtask.planning import TaskRef, run_id_for
 from pushtask.records import RecipientState
-from pushtask_client import actions
+from pushtask_client import actions, testsend
 from pushtask_client.actions import Refused, progress_line
 from pushtask_client.taskapi import MONGO_URI_ENV, Cluster, ClusterError, event_time
 
 COMMANDS = (
     "list", "get", "status", "pause", "resume", "stop", "restart", "scale",
-    "recipient", "events", "degrade", "undegrade", "validate",
+    "recipient", "events", "degrade", "undegrade", "validate", "test",
 )  # fmt: skip
 # The chart's defaults: release `pushtask` in namespace `pushtask`.
 DEGRADE_NAMESPACE = os.environ.get("PUSHTASK_RELEASE_NAMESPACE", "pushtask")
@@ -64,6 +68,11 @@ WATCH_WIDTHS = {"PHASE": len("Finished"), "SENT": 7, "FAILED": 6, "TOTAL": 7, "R
 DEFAULT_TIERS = ("low", "normal", "critical")
 # Where the Store reads when the URI names no database (pushtask.store.DEFAULT_DB).
 DEFAULT_DATABASE = "pushtask"
+
+
+# `test`: the message does not render for these recipients, nothing was sent (distinct
+# from 1, a send that failed).
+TEST_NOT_SENT = 2
 
 
 class CliError(Exception):
@@ -162,9 +171,14 @@ def watch_lines(
 
 
 def detail_of(p: Mapping[str, Any]) -> str:
+    clicks = "" if p.get("clicks") is None else f"clicks {p['clicks']} ({p['clickThrough']})  "
+    conversions = "".join(
+        f"{c.get('event')} {c.get('count', 0)} ({c.get('rate', '')})  "
+        for c in p.get("conversions") or []
+    )
     return (
         f"{p['rate']:.0f}/s  eta {p['eta']}  {p['phase']}  run {p['run']}  "
-        f"workers {p['workers']}  {p['message']}"
+        f"workers {p['workers']}  {clicks}{conversions}{p['message']}"
     ).rstrip()
 
 
@@ -177,9 +191,18 @@ def status_line(p: Mapping[str, Any], width: int = 30) -> str:
     return f"{p['name']}  [{bar}] {share:4.0%}  {done}/{total}  {detail_of(p)}"
 
 
-def recipient_lines(state: Any, run: int, database: str, via: str) -> list[str]:
+def recipient_lines(
+    state: Any,
+    run: int,
+    database: str,
+    via: str,
+    clicked: Sequence[int] | None = None,
+    converted: Sequence[str] | None = None,
+) -> list[str]:
+    """`clicked`: the tracked links the user clicked, by index; `converted`: their
+    conversion events (None: the run does not track them)."""
     at = state.at.isoformat() if state.at else "-"
-    return [
+    lines = [
         f"user:      {state.user}",
         f"run:       {run} ({state.run_id})",
         f"status:    {state.status}",
@@ -188,8 +211,13 @@ def recipient_lines(state: Any, run: int, database: str, via: str) -> list[str]:
         f"time:      {at}",
         f"worker:    {state.worker or '-'}",
         f"chunk:     {state.chunk} #{state.position}",
-        f"database:  {database} ({via})",
     ]
+    if clicked is not None:
+        links = ", ".join(f"#{i}" for i in clicked) if clicked else "none"
+        lines.append(f"clicked:   {links}")
+    if converted is not None:
+        lines.append(f"converted: {', '.join(converted) if converted else 'none'}")
+    return [*lines, f"database:  {database} ({via})"]
 
 
 @dataclass(frozen=True)
@@ -432,9 +460,18 @@ class Lookup:
     stage: str | None  # the run's stage; None: the run is not in the store
     current_stored: bool  # the task's current run is in the store
     database: str
+    clicked: list[int] | None = None  # tracked links the user clicked (None: not tracked)
+    converted: list[str] | None = None  # their conversion events (None: not tracked)
 
 
-async def _lookup(uri: str, run_id: str, user: str, current_id: str) -> Lookup:
+async def _lookup(
+    uri: str,
+    run_id: str,
+    user: str,
+    current_id: str,
+    tracked: bool = False,
+    converting: bool = False,
+) -> Lookup:
     from pushtask.store import Store
 
     store = Store.connect(uri, serverSelectionTimeoutMS=5000)
@@ -444,7 +481,11 @@ async def _lookup(uri: str, run_id: str, user: str, current_id: str) -> Lookup:
             current_stored = stage is not None
         else:  # only asked when needed: pruned (the current run is there) or absent
             current_stored = await store.get_run(current_id, ("_id",)) is not None
-        return Lookup(state, stage, current_stored, store.db.name)
+        clicked = await store.clicked(run_id, user) if tracked and state is not None else None
+        converted = (
+            await store.converted(run_id, user) if converting and state is not None else None
+        )
+        return Lookup(state, stage, current_stored, store.db.name, clicked, converted)
     finally:
         await store.close()
 
@@ -466,9 +507,11 @@ def cmd_recipient(
     source = store_source(cluster, ns, name, uri, os.environ)
     ref = TaskRef(ns, name, task["metadata"]["uid"])
     try:
-        found = asyncio.run(
-            _lookup(source.uri, run_id_for(ref, number), user, run_id_for(ref, int(current)))
-        )
+        # Clicks and conversions are shown for a run whose status counts them.
+        status = task.get("status") or {}
+        tracked, converting = (status.get(k) is not None for k in ("clicks", "conversions"))
+        run_id, current_id = run_id_for(ref, number), run_id_for(ref, int(current))
+        found = asyncio.run(_lookup(source.uri, run_id, user, current_id, tracked, converting))
     except PyMongoError as exc:
         raise CliError(
             f"MongoDB ({source.via}): {exc} (reachable from here? --mongo-uri)"
@@ -481,7 +524,10 @@ def cmd_recipient(
     if note is not None:
         print(f"{user}: {note}")
         return 0
-    print("\n".join(recipient_lines(found.state, number, found.database, source.via)))
+    lines = recipient_lines(
+        found.state, number, found.database, source.via, found.clicked, found.converted
+    )
+    print("\n".join(lines))
     return 0
 
 
@@ -554,6 +600,30 @@ def cmd_validate(cluster_fn: Callable[[], Cluster], files: Sequence[str], local:
         where = "locally" if local else "locally and by the API server (dry run)"
         print(f"{len(files)} file(s) valid {where}")
     return 1 if problems else 0
+
+
+def read_attrs(path: str | None) -> Any:
+    """--attrs FILE: JSON or YAML (an object for every recipient, or a list of {id, ...})."""
+    if path is None:
+        return None
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise CliError(f"--attrs {path}: {error}") from None
+
+
+def cmd_test(cluster: Cluster, ns: str, name: str, to: str, attrs_file: str | None) -> int:
+    attrs = read_attrs(attrs_file)
+    try:
+        report = testsend.send_test(cluster, ns, name, to.split(","), attrs)
+    except testsend.TestSendProblems as problems:
+        for line in problems.lines:
+            print(f"pushtask/{name}: {line}", file=sys.stderr)
+        return TEST_NOT_SENT
+    except ValueError as error:  # --to, --attrs
+        raise CliError(str(error)) from None
+    print(format_table(testsend.outcome_rows(report)))
+    return 0 if report.delivered else 1
 
 
 def server_dry_run(
@@ -674,6 +744,13 @@ def parser() -> argparse.ArgumentParser:
     val = command("validate", "check manifests: models, then a server dry run")
     val.add_argument("files", nargs="+")
     val.add_argument("--local", action="store_true", help="no API server: the models only")
+    test = command("test", "send the task's message to a few users, marked as a test")
+    test.add_argument("name")
+    test.add_argument("--to", required=True, metavar="USER[,USER...]", help="the recipients")
+    test.add_argument(
+        "--attrs", metavar="FILE",
+        help="their attributes, JSON or YAML: an object for all, or a list of {id, ...}",
+    )  # fmt: skip
     return top
 
 
@@ -726,6 +803,8 @@ def run(args: argparse.Namespace, flags: Flags) -> int:
         return cmd_events(cluster, ns, args.name)
     if command in ("degrade", "undegrade"):
         return cmd_degrade(cluster, args, args.mode if command == "degrade" else "off")
+    if command == "test":
+        return cmd_test(cluster, ns, args.name, args.to, args.attrs)
     raise AssertionError(command)
 
 
@@ -734,8 +813,9 @@ def run(args: argparse.Namespace, flags: Flags) -> int:
 NO_FILE_COMPLETION = 4  # cobra's ShellCompDirectiveNoFileComp
 SHORT = {"-n": "--namespace", "-o": "--output", "-A": "--all-namespaces", "-w": "--watch"}
 VALUE_FLAGS = ("--namespace", "--context", "--kubeconfig", "--output", "--run", "--mode",
-               "--mongo-uri", "--release-namespace", "--configmap")  # fmt: skip
-TAKES_NAME = ("status", "pause", "resume", "stop", "restart", "scale", "recipient", "events")
+               "--mongo-uri", "--release-namespace", "--configmap", "--to", "--attrs")  # fmt: skip
+TAKES_NAME = ("status", "pause", "resume", "stop", "restart", "scale", "recipient", "events",
+              "test")  # fmt: skip
 KUBE_FLAGS = ("--namespace", "--context", "--kubeconfig")
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "list": ("--all-namespaces", "--output", "--watch"),
@@ -745,6 +825,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "degrade": ("--mode", "--release-namespace", "--configmap"),
     "undegrade": ("--release-namespace", "--configmap"),
     "validate": ("--local",),
+    "test": ("--to", "--attrs"),
 }
 
 

@@ -173,6 +173,49 @@ class Cluster:
             raise ClusterError(f"secret {ref.name} in {ns} has no key {ref.key!r}")
         return base64.b64decode(raw).decode(), f'secret "{ref.name}" key "{ref.key}"'
 
+    def worker_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
+        """The task's worker Deployment in its API JSON form (camelCase), None when there
+        is none (the operator makes it with the task's first run)."""
+        deployment = worker_deployment_name(name)
+        fn = self.apps.read_namespaced_deployment
+        try:
+            got = self.call("get", f'deployment "{deployment}"', ns, lambda: fn(deployment, ns))
+        except ClusterError as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(self.api.sanitize_for_serialization(got))
+
+    def create_pod(self, ns: str, pod: dict[str, Any]) -> str:
+        """Create a pod; returns its name."""
+        fn = self.core.create_namespaced_pod
+        body: Any = pod  # the client takes a plain dict as the body, whatever its hints say
+        got = self.call("create", "pods", ns, lambda: fn(ns, body))
+        return str(got.metadata.name)
+
+    def read_pod(self, ns: str, name: str) -> dict[str, Any]:
+        fn = self.core.read_namespaced_pod
+        got = self.call("get", f'pod "{name}"', ns, lambda: fn(name, ns))
+        return dict(self.api.sanitize_for_serialization(got))
+
+    def pod_log(self, ns: str, name: str) -> str:
+        """The pod's log as the raw text: not through the client's decoding, which may
+        read a log that is one JSON line as JSON and hand back its Python repr."""
+        fn = self.core.read_namespaced_pod_log
+        got = self.call(
+            "get", f'the log of pod "{name}"', ns, lambda: fn(name, ns, _preload_content=False)
+        )
+        return bytes(got.data).decode("utf-8", "replace")
+
+    def delete_pod(self, ns: str, name: str) -> None:
+        """Delete a pod at once (a pod already gone is fine)."""
+        fn = self.core.delete_namespaced_pod
+        try:
+            self.call("delete", f'pod "{name}"', ns, lambda: fn(name, ns, grace_period_seconds=0))
+        except ClusterError as error:
+            if error.status != 404:
+                raise
+
     def tasks_and_version(self, ns: str | None) -> tuple[list[dict[str, Any]], str]:
         """`tasks(ns)` and the list's resourceVersion (where a watch of them starts)."""
         if ns is None:

@@ -7,8 +7,10 @@ pushtask.store.Store, what to show from views.py.
     GET  /api/tasks                          every task's summary
     GET  /api/stream                         the same as server-sent events, on each change
     GET  /api/tasks/{ns}/{name}              a task's page: counts, rate history, workers,
-                                             Events, skip and failure samples
+                                             Events, skip and failure samples, tracked
+                                             links with their clickers
     GET  /api/tasks/{ns}/{name}/recipient    ?user=U[&run=R]: what happened to one user
+    POST /api/tasks/{ns}/{name}/test         {to, attrs}: send a test (as `kubectl push test`)
     POST /api/tasks/{ns}/{name}/{action}     pause | resume | stop | restart | scale {workers}
     POST /api/manifests                      {yaml, namespace, dryRun}: create a PushTask
 """
@@ -28,7 +30,8 @@ from pymongo.errors import PyMongoError
 
 from pushtask.planning import TaskRef, run_id_for
 from pushtask.store import Store
-from pushtask_client import actions
+from pushtask.tracking import run_targets
+from pushtask_client import actions, testsend
 from pushtask_client.taskapi import Cluster, ClusterError
 from pushtask_console import views
 from pushtask_console.auth import Auth
@@ -144,22 +147,35 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _ledger(console: Console, run_id: str) -> dict[str, Any]:
-    """Workers and failure samples of a run from the store ('' note when it has none)."""
+async def _links(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """A tracked run's links: targets from its frozen spec, clickers from its counters."""
+    doc, clicks = await asyncio.gather(
+        store.get_run(run_id, ("spec.message",)), store.click_totals(run_id)
+    )
+    return views.link_rows(run_targets((doc or {}).get("spec") or {}), clicks.by_link)
+
+
+async def _ledger(console: Console, run_id: str, tracked: bool = False) -> dict[str, Any]:
+    """Workers and failure samples of a run from the store ('' note when it has none), and
+    with `tracked` (its status counts clicks) its links and their clickers."""
+    empty: dict[str, Any] = {"workers": [], "failures": [], "links": []}
     if console.store is None:
-        return {"workers": [], "failures": [], "storeError": "no MongoDB URI configured"}
+        return {**empty, "storeError": "no MongoDB URI configured"}
+    store = console.store
     try:
-        beats, failures, _ = await asyncio.gather(
-            console.store.heartbeats(run_id),
-            console.store.failure_samples(run_id),
-            console.store.sync_clock(max_age=10.0),
+        beats, failures, links, _ = await asyncio.gather(
+            store.heartbeats(run_id),
+            store.failure_samples(run_id),
+            _links(store, run_id) if tracked else asyncio.sleep(0, []),  # [] at once
+            store.sync_clock(max_age=10.0),
         )
     except PyMongoError as error:
-        return {"workers": [], "failures": [], "storeError": f"MongoDB: {error}"}
+        return {**empty, "storeError": f"MongoDB: {error}"}
     return {
         # Heartbeats are stamped on the store's clock: their age is judged on it too.
-        "workers": views.worker_rows(beats, console.store.now()),
+        "workers": views.worker_rows(beats, store.now()),
         "failures": views.failure_rows(failures),
+        "links": links,
         "storeError": "",
     }
 
@@ -185,11 +201,13 @@ async def task_page(request: web.Request) -> web.Response:
     page = views.detail(task)
     page["events"] = views.event_rows(events)
     page["history"] = request.app[LIVE].history.points(page["summary"])
-    run = (task.get("status") or {}).get("run")
+    status = task.get("status") or {}
+    run = status.get("run")
     if run is not None:
-        page.update(await _ledger(console, run_id_for(task_ref(ns, name, task), int(run))))
+        run_id = run_id_for(task_ref(ns, name, task), int(run))
+        page.update(await _ledger(console, run_id, tracked=status.get("clicks") is not None))
     else:
-        page.update({"workers": [], "failures": [], "storeError": ""})
+        page.update({"workers": [], "failures": [], "links": [], "storeError": ""})
     return web.json_response(page)
 
 
@@ -257,6 +275,40 @@ async def act(request: web.Request) -> web.Response:
     return web.json_response({"message": said})
 
 
+async def test_send(request: web.Request) -> web.Response:
+    """ "Send a test": the same call as `kubectl push test`, its results per recipient. A
+    message that does not render comes back as the form's errors do, by field."""
+    console = console_of(request)
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    if refused := check_write(request):
+        return refused
+    if not served(console, ns):
+        return failure(404, f"namespace {ns} is not served by this console")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return failure(400, "expected a JSON body {to, attrs}")
+    try:
+        users, attrs = views.parse_test_form(body.get("to"), body.get("attrs"))
+        report = await asyncio.to_thread(
+            testsend.send_test, console.cluster, ns, name, users, attrs
+        )
+    except views.FormError as error:
+        return failure(400, "the test has errors", error.errors)
+    except testsend.TestSendProblems as problems:
+        fields = [views.split_line(line) for line in problems.lines]
+        return failure(422, f"pushtask/{name}: the message does not render; nothing sent", fields)
+    except ValueError as error:  # too many recipients, attributes that do not fit them
+        field = "to" if str(error).startswith("--to") else "attrs"
+        return failure(400, str(error), [{"field": field, "message": str(error)}])
+    except ClusterError as error:
+        return cluster_failure(error)
+    log.info("test send %s/%s to %s: %s", ns, name, ",".join(users), report.delivered)
+    return web.json_response(views.report_view(report))
+
+
 async def create(request: web.Request) -> web.Response:
     """The form: YAML → local checks (field by field) → the API server's dry run → create."""
     console = console_of(request)
@@ -310,6 +362,8 @@ def make_app(console: Console) -> web.Application:
     app.router.add_post("/api/manifests", create)
     app.router.add_get("/api/tasks/{ns}/{name}", task_page)
     app.router.add_get("/api/tasks/{ns}/{name}/recipient", recipient)
+    # Before {action}: the first route that matches serves.
+    app.router.add_post("/api/tasks/{ns}/{name}/test", test_send)
     app.router.add_post("/api/tasks/{ns}/{name}/{action}", act)
     app.router.add_get("/healthz", healthz)
 

@@ -6,6 +6,7 @@ pass them here; the page renders these dicts as text, so nothing here escapes an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from pushtask.models import API_VERSION, KIND, PushTaskSpec, describe_errors
 from pushtask_client.actions import lookup_note, progress_line, run_over
 from pushtask_client.taskapi import event_time
+from pushtask_client.testsend import TestSendReport
 
 HISTORY_SECONDS = 600  # the rate chart's window
 
@@ -110,6 +112,14 @@ def failure_rows(samples: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"user": user, "error": error} for user, error in samples]
 
 
+def link_rows(targets: Sequence[str], clickers: Mapping[int, int]) -> list[dict[str, Any]]:
+    """A tracked run's links, by index: each target and how many recipients clicked it."""
+    return [
+        {"link": i, "target": target, "clickers": int(clickers.get(i, 0))}
+        for i, target in enumerate(targets)
+    ]
+
+
 class History:
     """Per task, the last HISTORY_SECONDS of (time, rate, sent): the rate chart's points.
 
@@ -187,3 +197,38 @@ def parse_manifest(text: str, default_namespace: str) -> tuple[dict[str, Any], s
     if errors:
         raise FormError(errors)
     return doc, str(meta.get("namespace") or default_namespace)
+
+
+# -- the test form ----------------------------------------------------------------------
+
+
+def parse_test_form(to: Any, attrs: Any) -> tuple[list[str], Any]:
+    """The "Send a test" form: recipients (comma-separated, or a list) and attributes
+    (JSON text or already an object/list; empty: none). FormError by field."""
+    users = [str(u) for u in to] if isinstance(to, list) else str(to or "").split(",")
+    users = [u.strip() for u in users if u.strip()]
+    errors: list[dict[str, str]] = []
+    if not users:
+        errors.append({"field": "to", "message": "name at least one user"})
+    if isinstance(attrs, str):
+        text = attrs.strip()
+        try:
+            attrs = json.loads(text) if text else None
+        except json.JSONDecodeError as error:
+            errors.append({"field": "attrs", "message": f"not JSON: {error}"})
+    if errors:
+        raise FormError(errors)
+    return users, attrs
+
+
+def report_view(report: TestSendReport) -> dict[str, Any]:
+    """The results of a test send, a row per recipient."""
+    return {
+        "delivered": report.delivered,
+        "pod": report.pod,
+        "results": [
+            {"user": o.user, "outcome": o.outcome, "attempts": o.attempts,
+             "status": o.status, "detail": o.detail}
+            for o in report.outcomes
+        ],
+    }  # fmt: skip

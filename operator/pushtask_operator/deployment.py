@@ -11,11 +11,11 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pushtask.models import API_VERSION, GROUP, KIND
 from pushtask.naming import worker_deployment_name
+from pushtask.secretrefs import dig, secret_key_refs  # shared with the test sends
 from pushtask_operator.settings import OperatorSettings
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -49,15 +49,6 @@ def selector_string(task_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(task_name).items()))
 
 
-def _get(spec: Mapping[str, Any], *path: str, default: Any = None) -> Any:
-    node: Any = spec
-    for key in path:
-        if not isinstance(node, Mapping) or key not in node:
-            return default
-        node = node[key]
-    return default if node is None else node
-
-
 def batch_seconds(spec: Mapping[str, Any]) -> float:
     """Worst-case time to finish the in-flight batch after SIGTERM.
 
@@ -66,98 +57,11 @@ def batch_seconds(spec: Mapping[str, Any]) -> float:
     channel timeout) finishes, then the results are written.
     Two timeouts leave room for that write.
     """
-    message = _get(spec, "message", default={})
-    channel = str(_get(message, "channel", default="webhook"))
-    channel_settings = _get(message, channel, default={})
-    timeout = float(_get(channel_settings, "timeoutSeconds", default=10) or 10)
+    message = dig(spec, "message", default={})
+    channel = str(dig(message, "channel", default="webhook"))
+    channel_settings = dig(message, channel, default={})
+    timeout = float(dig(channel_settings, "timeoutSeconds", default=10) or 10)
     return 2 * timeout
-
-
-@dataclass(frozen=True)
-class SecretKeyRef:
-    """A Secret key a worker needs, and the environment variable it arrives in."""
-
-    env: str
-    secret: str
-    key: str
-    field: str  # where the spec names it, for messages
-
-
-def secret_key_refs(spec: Mapping[str, Any]) -> list[SecretKeyRef]:
-    """Every Secret key the spec refers to, mapped to the worker's environment.
-
-    Workers never read Secrets from the API: the kubelet puts them in the environment,
-    where the channels find them (`PUSHTASK_WEBHOOK_SECRET`, `PUSHTASK_WEBHOOK_SECRET_PREVIOUS`
-    in a key rotation, `PUSHTASK_SMTP_USERNAME`, `PUSHTASK_SMTP_PASSWORD`,
-    `PUSHTASK_FCM_SERVICE_ACCOUNT`, `PUSHTASK_APNS_KEY`, `PUSHTASK_FCM_CA_BUNDLE`,
-    `PUSHTASK_APNS_CA_BUNDLE`, `PUSHTASK_SMTP_CA_BUNDLE`) and the MongoDB sources their URIs
-    (`PUSHTASK_AUDIENCE_SOURCES_<i>_URI`, `PUSHTASK_AUDIENCE_EXCLUDE_<i>_URI`).
-    """
-    refs: list[SecretKeyRef] = []
-    message = _get(spec, "message", default={})
-    hook_ref = _get(message, "webhook", "secretRef")
-    if hook_ref:
-        refs.append(
-            SecretKeyRef(
-                "PUSHTASK_WEBHOOK_SECRET",
-                hook_ref["name"],
-                hook_ref.get("key") or "hmac",
-                "spec.message.webhook.secretRef",
-            )
-        )
-        if hook_ref.get("previousKey"):  # a key rotation: both secrets sign
-            refs.append(
-                SecretKeyRef(
-                    "PUSHTASK_WEBHOOK_SECRET_PREVIOUS",
-                    hook_ref["name"],
-                    hook_ref["previousKey"],
-                    "spec.message.webhook.secretRef.previousKey",
-                )
-            )
-    creds = _get(message, "smtp", "credentialsSecretRef")
-    if creds:
-        for key in ("username", "password"):
-            refs.append(
-                SecretKeyRef(
-                    f"PUSHTASK_SMTP_{key.upper()}",
-                    creds["name"],
-                    key,
-                    "spec.message.smtp.credentialsSecretRef",
-                )
-            )
-    # Credential files themselves arrive as env values (a .p8 key, a service-account JSON,
-    # a PEM CA bundle), read by the fcm, apns and smtp channels.
-    mobile = (
-        ("fcm", "serviceAccountSecretRef", "PUSHTASK_FCM_SERVICE_ACCOUNT", "service-account.json"),
-        ("fcm", "caSecretRef", "PUSHTASK_FCM_CA_BUNDLE", "ca.crt"),
-        ("apns", "keySecretRef", "PUSHTASK_APNS_KEY", "key.p8"),
-        ("apns", "caSecretRef", "PUSHTASK_APNS_CA_BUNDLE", "ca.crt"),
-        ("smtp", "caSecretRef", "PUSHTASK_SMTP_CA_BUNDLE", "ca.crt"),
-    )
-    for channel, field, env, default_key in mobile:
-        ref = _get(message, channel, field)
-        if ref:
-            refs.append(
-                SecretKeyRef(
-                    env,
-                    ref["name"],
-                    ref.get("key") or default_key,
-                    f"spec.message.{channel}.{field}",
-                )
-            )
-    for part in ("sources", "exclude"):
-        for i, source in enumerate(_get(spec, "audience", part, default=[]) or []):
-            ref = source.get("secretRef") if isinstance(source, Mapping) else None
-            if source.get("kind") == "mongo" and ref:
-                refs.append(
-                    SecretKeyRef(
-                        f"PUSHTASK_AUDIENCE_{part.upper()}_{i}_URI",
-                        ref["name"],
-                        ref.get("key") or "uri",
-                        f"spec.audience.{part}[{i}].secretRef",
-                    )
-                )
-    return refs
 
 
 def termination_grace_seconds(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
@@ -232,7 +136,7 @@ def build_worker_deployment(
     """
     name = task_meta["name"]
     namespace = task_meta["namespace"]
-    run_number = int(run if run is not None else _get(spec, "run", default=1))
+    run_number = int(run if run is not None else dig(spec, "run", default=1))
     selector = selector_labels(name)
     pod_labels = {**settings.worker_pod_labels, **selector, RUN_LABEL: str(run_number)}
     ports: list[dict[str, Any]] = []

@@ -8,8 +8,9 @@ One reconcile (`_reconcile`), in steps:
    Deployment, read side by side; a run about to start reads its API facts again;
 2. the task's share of the send budget, then `reconcile.decide()`, once;
 3. apply: start the run, write its control block, own the Deployment;
-4. publish: `reconcile.compose_status()` → ONE status patch, an Event per transition,
-   metrics, the next wake-up.
+4. publish: `reconcile.compose_status()`; the run's completion notifications recorded
+   in the store's outbox (`notify.py`; sent in the background by `notifier.py`); ONE
+   status patch, an Event per transition, metrics, the next wake-up.
 
 The decisions and the status are the pure modules'; this one only reads facts and
 applies what they return.
@@ -32,13 +33,14 @@ import kopf
 from pymongo.errors import PyMongoError
 
 from pushtask import fairshare
-from pushtask.models import PushTaskSpec
+from pushtask.models import Counts, PushTaskSpec, PushTaskStatus
 from pushtask.naming import worker_deployment_name
 from pushtask.planning import TaskRef, plan_run, run_id_for
-from pushtask.records import RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RunTotals
 from pushtask.states import RUNNING_PHASES, TERMINAL_PHASES, Phase
 from pushtask.store import Store
-from pushtask_operator import degrade, metrics
+from pushtask.tracking import conversion_window
+from pushtask_operator import degrade, metrics, notify
 from pushtask_operator.degrade import DegradeView
 from pushtask_operator.deployment import (
     RUN_ID_ANNOTATION,
@@ -46,7 +48,17 @@ from pushtask_operator.deployment import (
     selector_string,
 )
 from pushtask_operator.kube import DeploymentRejected, Kube, KubeApiError
-from pushtask_operator.progress import DeploymentView, Progress, RateTracker, compute_progress
+from pushtask_operator.progress import (
+    CLICKS_REFRESH_SECONDS,
+    DeploymentView,
+    Progress,
+    RateTracker,
+    click_fields,
+    compute_progress,
+    still_tracked,
+    tracks_conversions,
+    tracks_links,
+)
 from pushtask_operator.reconcile import (
     ApiProblem,
     Applied,
@@ -54,6 +66,7 @@ from pushtask_operator.reconcile import (
     Plan,
     Validation,
     compose_status,
+    current_phase,
     decide,
     demand,
     effective_rate,
@@ -106,6 +119,8 @@ class Runtime:
     tasks: dict[str, TaskState] = field(default_factory=dict)
     # The chart's degradedTiers, which the degrade ConfigMap overrides tier by tier.
     degrade_base: Mapping[str, Degrade] = field(default_factory=dict)
+    # Nudges the notification sender (notifier.py) when notifications were recorded.
+    wake_notifier: Callable[[], None] = lambda: None
 
     def forget_share(self, key: str) -> None:
         """The task takes no part in the send budget any more (settled, or deleted)."""
@@ -228,6 +243,8 @@ class RunFacts:
     # The store's time when the facts were read: heartbeats and leases are judged on the
     # clock they were written on, never the operator's own (pushtask/clock.py).
     now: datetime
+    clicks: ClickTotals | None = None  # a run that tracks link clicks
+    conversions: ConversionTotals | None = None  # a run that tracks conversions
 
 
 async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
@@ -239,7 +256,9 @@ async def _run_facts(store: Store, run_id: str, running: bool) -> RunFacts:
         run_doc["stage"] = await store.advance(run_id)
     totals = await store.totals(run_id)
     beats, leased = await store.heartbeats(run_id), await store.leases(run_id)
-    return RunFacts(run_doc, totals, beats, leased, store.now())
+    clicks = await store.click_totals(run_id) if tracks_links(run_doc) else None
+    converted = await store.conversion_totals(run_id) if tracks_conversions(run_doc) else None
+    return RunFacts(run_doc, totals, beats, leased, store.now(), clicks, converted)
 
 
 async def _judge_ended_run(store: Store, run_id: str, facts: RunFacts) -> None:
@@ -449,6 +468,9 @@ async def _reconcile(
     snap = _read_body(body, state)
     if _settled(snap.spec, snap.status, snap.meta):
         _rest(rt, state, snap)
+        window = conversion_window(snap.raw)
+        if still_tracked(snap.status, snap.now, window):
+            await _refresh_tracking(rt, state, snap)
         return None
     observed = await _gather(rt, state, snap)
     observed = await _ready_for_a_new_run(rt, state, snap, observed)
@@ -491,6 +513,26 @@ def _rest(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
     )
 
 
+async def _refresh_tracking(rt: Runtime, state: TaskState, snap: Snapshot) -> None:
+    """A settled run that tracks clicks or conversions: those, which keep coming after the
+    run ended, are all this reads (a few counter documents) and all it may write."""
+    # The next look first: a store that fails this read is tried again at the same pace.
+    soon = Wakeup(snap.now + timedelta(seconds=CLICKS_REFRESH_SECONDS), "Tracking")
+    if state.wakeup is None or state.wakeup.at is None or (soon.at and state.wakeup.at > soon.at):
+        state.wakeup = soon
+    run_id = str(snap.status["runId"])
+    sent = int((snap.status.get("counts") or {}).get("sent") or 0)
+    fields: dict[str, Any] = {}
+    if snap.status.get("clicks") is not None:
+        fields.update(click_fields(await rt.store.click_totals(run_id), sent))
+    if snap.status.get("conversions") is not None:
+        fields["conversions"] = (await rt.store.conversion_totals(run_id)).status(sent)
+    patch = status_patch(snap.status, fields)
+    if patch:
+        await rt.kube.patch_status(snap.meta["namespace"], snap.meta["name"], patch)
+        state.status = {**state.status, **patch}
+
+
 async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
     """The independent reads side by side (the API server's validation facts, the run's
     facts in MongoDB, the worker Deployment), then what the decision observes."""
@@ -514,6 +556,8 @@ async def _gather(rt: Runtime, state: TaskState, snap: Snapshot) -> Observed:
             run_id=snap.run_id,
             now=snap.run.now,
             lease_seconds=settings.lease_seconds,
+            clicks=snap.run.clicks,
+            conversions=snap.run.conversions,
         )
     sched = schedule_facts(snap.spec, snap.since, snap.now)
     return Observed(
@@ -661,7 +705,13 @@ async def _start_run(
         inline = await configmap_contents(snap.raw, meta["namespace"], rt.kube)
     rate_now = plan.control["ratePerSecond"] if plan.control else snap.spec.rate.per_second
     planned = plan_run(
-        task, plan.run, snap.raw, inline=inline, rate_per_second=rate_now, now=snap.now
+        task,
+        plan.run,
+        snap.raw,
+        inline=inline,
+        labels=meta.get("labels") or {},
+        rate_per_second=rate_now,
+        now=snap.now,
     )
     created = await rt.store.create_run(planned.run_doc, planned.splits)
     logger.info("run %s %s", new_id, "created" if created else "already existed")
@@ -730,8 +780,10 @@ async def _publish(
     new_status = compose_status(
         snap.status, plan, observed.progress, applied, recurring=observed.recurring, now=snap.now
     )
-    # ONE status patch, and only when something changed.
     written = status_fields(new_status)
+    # Before the status shows the change: a crash in between records it again next time.
+    await _record_notifications(rt, snap, plan, written)
+    # ONE status patch, and only when something changed.
     patch = status_patch(snap.status, written)
     if patch:
         await rt.kube.patch_status(namespace, name, patch)
@@ -771,6 +823,32 @@ async def _publish(
         soon = Wakeup(snap.now + timedelta(seconds=HANDOVER_SECONDS), "BudgetHandover")
         if state.wakeup.at is None or (soon.at is not None and state.wakeup.at > soon.at):
             state.wakeup = soon
+
+
+async def _record_notifications(
+    rt: Runtime, snap: Snapshot, plan: Plan, written: Mapping[str, Any]
+) -> None:
+    """A run's phase change that spec.notify asks to hear of goes into the store's outbox
+    (notify.py decides what; ids are per run, phase and target, so recording it again is
+    a no-op). The sender delivers it in the background: nothing here waits on a receiver."""
+    before = current_phase(snap.status)
+    run_id = snap.run_id
+    if plan.run is None or not run_id or before is None:
+        return
+    if not notify.wanted(snap.spec, before, plan.transition):
+        return
+    status = PushTaskStatus.model_validate({**snap.status, **written})
+    counts = status.counts or Counts()
+    samples: list[tuple[str, str]] = []
+    if counts.failed:
+        samples = await rt.store.failure_samples(run_id, limit=notify.FAILURE_SAMPLE)
+    summary = notify.RunSummary(counts, status.started_at, status.finished_at, samples)
+    task = {k: str(snap.meta[k]) for k in ("namespace", "name", "uid")}
+    docs = notify.notifications(
+        task, snap.spec, plan.run, run_id, before, plan.transition, summary, snap.now
+    )
+    if await rt.store.record_notifications(docs):
+        rt.wake_notifier()
 
 
 # -- entry points (called from main.py's registrations) ------------------------------------

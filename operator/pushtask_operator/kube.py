@@ -201,6 +201,15 @@ class Kube:
             return None
         return set((obj.data or {}).keys()) | set((obj.string_data or {}).keys())
 
+    def _secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        obj = self._get(client.CoreV1Api(self.api()).read_namespaced_secret, name, namespace)
+        if obj is None:
+            return None
+        if key in (obj.data or {}):
+            return base64.b64decode(obj.data[key]).decode("utf-8")
+        value = (obj.string_data or {}).get(key)
+        return None if value is None else str(value)
+
     def _configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
         obj = self._get(client.CoreV1Api(self.api()).read_namespaced_config_map, name, namespace)
         if obj is None:
@@ -256,12 +265,13 @@ class Kube:
     def _post_event(
         self, involved: Mapping[str, Any], kind: str, type: str, reason: str, message: str
     ) -> None:
-        """A core v1 Event on an object kopf does not serve (the degrade ConfigMap)."""
+        """A core v1 Event on an object outside kopf's handlers: the degrade ConfigMap, or a
+        PushTask from the notification sender (`involved` carries its apiVersion)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body: Any = {  # a plain dict: the client serialises it as it is
             "metadata": {"generateName": f"{involved['name']}."},
             "involvedObject": {
-                "apiVersion": "v1",
+                "apiVersion": involved.get("apiVersion") or "v1",
                 "kind": kind,
                 "name": involved["name"],
                 "namespace": involved["namespace"],
@@ -293,6 +303,11 @@ class Kube:
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         what = f"read Secret {namespace}/{name}"
         return await self._call(what, self._secret_keys, namespace, name)
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """A Secret's value at `key` (None: no such Secret or key); never logged."""
+        what = f"read Secret {namespace}/{name}"
+        return await self._call(what, self._secret_value, namespace, name, key)
 
     async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
         what = f"read ConfigMap {namespace}/{name}"

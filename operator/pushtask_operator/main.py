@@ -23,6 +23,7 @@ from pushtask.store import Store
 from pushtask_operator import handlers, metrics
 from pushtask_operator.degrade import DegradeView, DegradeWatch
 from pushtask_operator.kube import Kube
+from pushtask_operator.notifier import Notifier
 from pushtask_operator.settings import OperatorSettings, SettingsError, from_env
 
 log = logging.getLogger("pushtask.operator")
@@ -84,6 +85,10 @@ def register(
             settings=config, store=store, kube=kube, degrade_base=dict(config.degraded_tiers)
         )
         memo["runtime"] = rt
+        # spec.notify: sent in the background, never inside a reconcile (notifier.py).
+        notifier = Notifier(store, kube, kube.post_event)
+        rt.wake_notifier = notifier.wake
+        memo["notifier"] = asyncio.create_task(notifier.run(), name="notifications")
         if config.degrade_configmap:
             memo["degrade"] = await follow_degrade(rt, kube, config.degrade_configmap)
         metrics.serve(
@@ -99,6 +104,10 @@ def register(
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        sender = memo.get("notifier")
+        if isinstance(sender, asyncio.Task):
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
         rt = memo.get("runtime")
         if isinstance(rt, handlers.Runtime):
             await rt.store.close()

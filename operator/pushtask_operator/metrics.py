@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 from pushtask.models import PushTaskStatus
 from pushtask.states import Phase
@@ -41,6 +41,12 @@ OUTSIDE_WINDOW = Gauge(
 BUDGET = Gauge("pushtask_send_budget_per_second", "The operator's sendBudget (0 = no limit)")
 BUDGET_DEMAND = Gauge(
     "pushtask_send_budget_demand_per_second", "Sum of what the running tasks can use now"
+)
+# Completion notifications (spec.notify) by target kind and outcome: sent, retried (an
+# attempt failed, another is due), failed (given up). Operator-wide: a dead endpoint shows
+# as retried climbing, then failed.
+NOTIFICATIONS = Counter(
+    "pushtask_notifications", "Completion notification attempts by outcome", ("kind", "result")
 )
 _TASK_GAUGES = (RECIPIENTS, RATE, PHASE, WORKERS, LIMIT, ALLOCATION, DELIVERING, OUTSIDE_WINDOW)
 _known: set[tuple[str, str]] = set()

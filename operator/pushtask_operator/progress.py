@@ -15,11 +15,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pushtask.models import Counts
-from pushtask.records import RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RunTotals
 
 # How far back the send rate looks: long enough to smooth batches, short enough that
 # a pause shows as a falling rate within a few ticks.
 RATE_WINDOW_SECONDS = 30.0
+# Clicks and conversions keep coming after a run ends: the operator keeps reading a
+# tracked run's counters this often, for CLICKS_WINDOW or the task's conversion window
+# (the longer) after the run ended (a few small documents a read).
+CLICKS_WINDOW = timedelta(days=7)
+CLICKS_REFRESH_SECONDS = 10.0
 
 
 def done(counts: Counts) -> int:
@@ -37,6 +42,44 @@ def counts_from_totals(totals: RunTotals) -> Counts:
         skipped=totals.skipped,
         unknown=totals.unknown,
     )
+
+
+def tracks_links(run_doc: Mapping[str, Any] | None) -> bool:
+    """The run's frozen spec tracks link clicks."""
+    message = ((run_doc or {}).get("spec") or {}).get("message") or {}
+    return bool((message.get("tracking") or {}).get("links"))
+
+
+def tracks_conversions(run_doc: Mapping[str, Any] | None) -> bool:
+    """The run's frozen spec has a tracking block: the tracker takes its conversions."""
+    message = ((run_doc or {}).get("spec") or {}).get("message") or {}
+    return message.get("tracking") is not None
+
+
+def click_fields(clicks: ClickTotals, sent: int) -> dict[str, Any]:
+    """status.clicks, clickers and clickThrough (clickers per delivered message)."""
+    return {
+        "clicks": clicks.clicks,
+        "clickers": clicks.clickers,
+        "clickThrough": clicks.click_through(sent),
+    }
+
+
+def still_tracked(
+    status: Mapping[str, Any], now: datetime, conversion_window: timedelta = CLICKS_WINDOW
+) -> bool:
+    """A run that ended is still read for clicks and conversions: it tracks them (its
+    status shows them) and ended less than CLICKS_WINDOW or the conversion window ago."""
+    if not status.get("runId") or (
+        status.get("clicks") is None and status.get("conversions") is None
+    ):
+        return False
+    finished = status.get("finishedAt")
+    if not finished:
+        return True
+    if not isinstance(finished, datetime):
+        finished = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
+    return now - finished < max(CLICKS_WINDOW, conversion_window)
 
 
 @dataclass
@@ -189,10 +232,12 @@ class Progress:
     failure: str | None
     stage: str
     health: WorkerHealth
+    clicks: ClickTotals | None = None  # a run that tracks link clicks
+    conversions: ConversionTotals | None = None  # a run that tracks conversions
 
     def status_fields(self) -> dict[str, Any]:
         """The part of `status` progress owns (phase and conditions are the reconciler's)."""
-        return {
+        fields: dict[str, Any] = {
             "counts": self.counts.model_dump(),
             "rate": round(self.rate, 2),
             "eta": format_eta(self.eta),
@@ -202,6 +247,11 @@ class Progress:
                 "live": self.workers_live,
             },
         }
+        if self.clicks is not None:
+            fields.update(click_fields(self.clicks, self.counts.sent))
+        if self.conversions is not None:
+            fields["conversions"] = self.conversions.status(self.counts.sent)
+        return fields
 
 
 def compute_progress(
@@ -215,6 +265,8 @@ def compute_progress(
     run_id: str,
     now: datetime,
     lease_seconds: float,
+    clicks: ClickTotals | None = None,
+    conversions: ConversionTotals | None = None,
 ) -> Progress:
     """Everything the status shows about a run at `now` (updates `tracker`)."""
     counts = counts_from_totals(totals)
@@ -236,4 +288,6 @@ def compute_progress(
         failure=failure,
         stage=stage,
         health=health,
+        clicks=clicks,
+        conversions=conversions,
     )

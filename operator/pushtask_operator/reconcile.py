@@ -568,6 +568,12 @@ def compose_status(
             rate=0.0,
             eta="",
             skipSamples=[],
+            # The new run's clicks and conversions, if it tracks them, come with its
+            # first progress.
+            clicks=None,
+            clickers=None,
+            clickThrough=None,
+            conversions=None,
         )
         if recurring:
             new["lastFiredAt"] = _iso(now)

@@ -51,21 +51,31 @@ def on_devstack() -> None:
 
 @contextlib.contextmanager
 def release(
-    kubectl: Any, helm: Any, namespace: str, db_uri: str, *values: str, sink_secret: str = ""
+    kubectl: Any,
+    helm: Any,
+    namespace: str,
+    db_uri: str,
+    *values: str,
+    sink_secret: str = "",
+    keep_messages: bool = False,
 ) -> Iterator[QualifiedEnv]:
-    """The chart installed for this test's namespace with `values`, a sink, and the same
-    teardown as test_operator_e2e's `env` fixture (logs shown when the test failed)."""
+    """The chart installed for this test's namespace with `values`, a sink (recording the
+    messages too with `keep_messages`), and the same teardown as test_operator_e2e's `env`
+    fixture (logs shown when the test failed)."""
     k = kubectl.in_namespace(namespace)
     name = f"pt-{namespace[-6:]}"
     install(helm, name, namespace, db_uri, f"watchNamespaces={{{namespace}}}", *values)
     try:
-        with SinkThread(host=SINK_HOST, secret=sink_secret or None) as sink:
+        with SinkThread(
+            host=SINK_HOST, secret=sink_secret or None, keep_messages=keep_messages
+        ) as sink:
             yield QualifiedEnv(k, namespace, db_uri, sink, name)
     finally:
         for selector in (
             "app.kubernetes.io/name=pushtask-operator",
             "app.kubernetes.io/name=pushtask-worker",
             "app.kubernetes.io/name=pushtask-console",  # when the test enabled it
+            "app.kubernetes.io/name=pushtask-tracker",  # when the test enabled it
         ):
             logs = k("logs", "-l", selector, "--tail=80", "--prefix", check=False)
             print(f"--- logs of {selector}\n{logs.stdout}{logs.stderr}")
@@ -77,3 +87,21 @@ def release(
             MongoClient(db_uri, serverSelectionTimeoutMS=3000) as client,
         ):
             client.drop_database(urlsplit(db_uri).path.strip("/"))
+
+
+def ready_pod_ip(env: QualifiedEnv, app: str, timeout: float = 120) -> str:
+    """The IP of a Ready pod of the release's `app` (app.kubernetes.io/name)."""
+    from tests.e2e.test_operator_e2e import wait_for
+
+    def ready_ip() -> str | None:
+        pods = env.kubectl.json("get", "pods", "-l", f"app.kubernetes.io/name={app}")
+        for pod in pods["items"]:
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod.get("status", {}).get("conditions", [])
+            )
+            if ready and pod["status"].get("podIP"):
+                return str(pod["status"]["podIP"])
+        return None
+
+    return str(wait_for(f"the {app} pod Ready", ready_ip, timeout))

@@ -518,3 +518,78 @@ def test_a_run_seen_through_the_plugin(env: Env) -> None:  # noqa: F811
     proc = kubectl_push(k, "undegrade", "low", *release_ns)
     assert proc.stdout.strip().startswith("tier low lifted")
     assert k.json("get", "configmap", f"{env.release}-pushtask-degrade")["data"] == {"low": "off"}
+
+
+# -- a test send: through a pod like the task's workers, outside the run -------------------
+
+
+def test_a_test_send_is_marked_and_stays_out_of_the_run(
+    env: Env,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`kubectl push test` on a task that ran: the sink gets one marked send per recipient
+    (the test pod is made from the worker Deployment, so it reaches the sink as they do),
+    the task's counters and its run's ledger are as they were, the pod is gone; a message
+    that does not render with the attributes is refused before any pod, exit 2."""
+    from pushtask import testsend
+    from pushtask.planning import idempotency_key
+
+    k, ns = env.kubectl, env.namespace
+    audience = users(20, "t")
+    env.apply(push_task("tried", env.sink.url, audience, workers=1, rate=200))
+    before = env.wait_phase("tried", "Finished")
+    env.quiet_sink()
+    seen = len(env.sink.requests)
+    uid = env.task("tried")["metadata"]["uid"]
+
+    attrs = tmp_path / "attrs.yaml"
+    attrs.write_text("- {id: a, name: Ann}\n- {id: b, name: Bo}\n")
+    proc = kubectl_push(k, "-n", ns, "test", "tried", "--to", "a,b", "--attrs", str(attrs),
+                        timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert rows[0] == ["USER", "RESULT", "ATTEMPTS", "STATUS", "DETAIL"]
+    assert sorted(r[:4] for r in rows[1:]) == [["a", "sent", "1", "200"], ["b", "sent", "1", "200"]]
+    env.quiet_sink()
+    new = env.sink.requests[seen:]
+    assert sorted(r.user or "" for r in new) == ["a", "b"], new
+    for r in new:
+        assert r.test, f"not marked as a test: {r}"
+        assert r.task == f"{ns}/tried" and 200 <= r.status < 300
+        assert r.key != idempotency_key(uid, 1, r.user or "")
+    assert all(not r.test for r in env.sink.requests[:seen])
+
+    # Outside the run: its counters (the operator writes them every second) and its ledger.
+    time.sleep(3)
+    after = env.status("tried")
+    assert (after["phase"], after["run"], after["counts"]) == (
+        "Finished", before["run"], before["counts"]
+    )  # fmt: skip
+    assert after["counts"]["sent"] == 20
+    proc = kubectl_push(k, "-n", ns, "recipient", "tried", "a")
+    assert proc.stdout.strip() == "a: not in the audience of run 1", proc.stderr
+
+    # The pod was deleted.
+    def no_test_pods() -> bool:
+        return not k.json("get", "pods", "-l", f"{testsend.LABEL}=true")["items"]
+
+    wait_for("the test pod deleted", no_test_pods, 30)
+
+    # A message that does not render for a recipient: nothing made, nothing sent.
+    env.patch_spec(
+        "tried", message={"template": {"title": "Sale", "body": "Hi {{ name }}, code {{ code }}"}}
+    )
+    seen = len(env.sink.requests)
+    proc = kubectl_push(k, "-n", ns, "test", "tried", "--to", "c,a", "--attrs", str(attrs))
+    assert proc.returncode == 1 and proc.stdout == ""  # --attrs names b, not in --to
+    assert proc.stderr.strip() == "error: attrs names users not in --to: b"
+    proc = kubectl_push(k, "-n", ns, "test", "tried", "--to", "c,a")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"pushtask/tried: spec.message.template field 'body', line 1: 'name' is undefined "
+        f"(user {user})"
+        for user in ("c", "a")
+    ]
+    assert len(env.sink.requests) == seen
+    assert not k.json("get", "pods", "-l", f"{testsend.LABEL}=true")["items"]

@@ -4,9 +4,9 @@ a pod with its own ServiceAccount (RBAC exercised), a webhook sink in this proce
 
 One test walks the whole page, as a person would, because the install is the slow part:
 create from the form, a progress bar moving to Finished without a reload, pause and
-resume with the buttons, the recipient lookup, errors beside the field, actions refused
-without the token, and data holding <script> shown as text. It writes the screenshots in
-docs/.
+resume with the buttons, the recipient lookup, "Send a test", errors beside the field,
+actions refused without the token, and data holding <script> shown as text. It writes
+the screenshots in docs/.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.release import QualifiedEnv, on_devstack, release
+from tests.e2e.release import QualifiedEnv, on_devstack, ready_pod_ip, release
 from tests.e2e.test_operator_e2e import (
     ROOT,
     database_uri,
@@ -43,18 +43,7 @@ EVIL_BODY = "<script>window.__pwned = 2</script> Hi {{ user }}"
 
 
 def console_url(env: QualifiedEnv) -> str:
-    def ready_ip() -> str | None:
-        pods = env.kubectl.json("get", "pods", "-l", "app.kubernetes.io/name=pushtask-console")
-        for pod in pods["items"]:
-            ready = any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in pod.get("status", {}).get("conditions", [])
-            )
-            if ready and pod["status"].get("podIP"):
-                return str(pod["status"]["podIP"])
-        return None
-
-    return f"http://{wait_for('the console pod Ready', ready_ip, 120)}:{PORT}/"
+    return f"http://{ready_pod_ip(env, 'pushtask-console')}:{PORT}/"
 
 
 def assert_each_once(env: QualifiedEnv, audience: list[str]) -> None:
@@ -234,6 +223,28 @@ def test_the_console_in_a_browser(console_env: QualifiedEnv, web_page: Any) -> N
     page.click("#lookup")
     page.wait_for_selector("#lookup-fields")
     assert EVIL_USER in page.inner_text("#lookup-result")  # shown, as text
+
+    # -- "Send a test": from a pod like the workers', marked, outside the run -----------
+    counts = env.status("slow")["counts"]
+    requests_before = len(env.sink.requests)
+    page.fill("#test-to", f"t-1,{EVIL_USER}")
+    page.fill("#test-attrs", "{")
+    page.click("#test-send")
+    page.wait_for_selector('#test-errors li[data-field="attrs"]')
+    assert "not JSON" in page.inner_text("#test-errors")
+    page.fill("#test-attrs", '{"name": "Ann"}')
+    page.click("#test-send")
+    page.wait_for_selector("#test-message.ok", timeout=180_000)
+    results = page.eval_on_selector_all(
+        "#test-results tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert sorted(r[:2] for r in results) == sorted([["t-1", "sent"], [EVIL_USER, "sent"]])
+    env.quiet_sink()
+    sent = env.sink.requests[requests_before:]
+    assert sorted(r.user or "" for r in sent) == sorted(["t-1", EVIL_USER])
+    assert all(r.test for r in sent), sent
+    assert env.status("slow")["counts"] == counts
+    assert not env.kubectl.json("get", "pods", "-l", "pushtask.dev/test-send=true")["items"]
 
     # Nothing that was shown ran: neither the user id nor the template.
     assert page.evaluate("typeof window.__pwned") == "undefined"

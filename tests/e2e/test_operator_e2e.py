@@ -8,6 +8,7 @@ and a webhook sink in this process records every request the workers make.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -527,6 +528,41 @@ def test_stop_then_a_new_run_counts_from_zero(env: Env) -> None:
     assert status["runId"].split(".")[-2] == "2"
     assert_each_once(env, audience, run=2)
     assert not [u for u, c in env.delivered(1).items() if c > 1]
+
+
+def test_notify_reports_the_finished_run_once_with_its_counts(env: Env) -> None:
+    """spec.notify: the operator (not the workers, scaled to zero by then) posts one signed
+    Finished notification with the run's counts to a receiver of its own; the receiver's
+    first answer is a 500, so it arrives on the retry, once."""
+    secret = "whsec_" + base64.b64encode(b"e2e completion notifications key").decode()
+    env.kubectl("create", "secret", "generic", "ops-hook", f"--from-literal=hmac={secret}")
+    audience = users(300)
+    with SinkThread(host=SINK_HOST, secret=secret) as ops:
+        ops.program(default=[{"status": 500}, {"status": 200}])
+        hook = {"url": f"{ops.url}/pushtask", "secretRef": {"name": "ops-hook"}}
+        env.apply(push_task("told", env.sink.url, audience, workers=2, notify=[{"webhook": hook}]))
+        status = env.wait_phase("told", "Finished", 300)
+        # The first attempt comes at once (500), the retry 10 s later (200).
+        wait_for("the notification", lambda: [r for r in ops.requests if r.status == 200], 90)
+        time.sleep(5)  # nothing else may follow
+        requests = list(ops.requests)
+    assert [r.status for r in requests] == [500, 200], requests
+    assert all(r.scheme == "standard" and r.signature_ok for r in requests), requests
+    assert requests[0].key == requests[1].key  # webhook-id: one notification
+    body = requests[1].notification
+    assert body["type"] == "pushtask.run.finished" and body["phase"] == "Finished"
+    assert body["task"] == {"namespace": env.namespace, "name": "told"}
+    assert body["run"] == 1 and body["runId"] == status["runId"]
+    assert body["counts"] == status["counts"]
+    assert body["counts"]["sent"] == body["counts"]["audience"] == 300
+    assert body["topFailureReasons"] == []
+    assert_each_once(env, audience)
+    sent = wait_for(
+        "a NotificationSent Event",
+        lambda: [e for e in env.events("told") if e["reason"] == "NotificationSent"],
+        30,
+    )
+    assert len(sent) == 1 and "Finished of run 1 reported to webhook" in sent[0]["message"]
 
 
 def test_template_error_fails_with_the_line(env: Env) -> None:

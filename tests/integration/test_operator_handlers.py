@@ -614,3 +614,53 @@ def test_budget_weights_go_when_a_task_settles_or_is_deleted(mongo_uri: str, db_
         await store.close()
 
     run(scenario())
+
+
+def test_a_tracked_run_keeps_counting_clicks_and_conversions_after_it_settles(
+    mongo_uri: str, db_name: str
+) -> None:
+    """Clicks and conversions come after the sends: a finished, settled task's status
+    keeps following them (and only them), and its next look is soon, not in an hour."""
+
+    async def scenario() -> None:
+        store = Store.connect(mongo_uri, db_name)
+        await store.ensure_indexes()
+        c = Cluster(store, OperatorSettings(lease_seconds=10))
+        c.kube.secrets["tracker-key"] = {"key"}
+        tracking = {
+            "links": True,
+            "baseUrl": "https://t.example",
+            "secretRef": {"name": "tracker-key"},
+        }
+        spec = task_spec([f"u{i}" for i in range(40)])
+        spec["message"]["tracking"] = tracking
+        spec["message"]["template"]["body"] = "Hi {{ user }}: https://shop.example/sale"
+        c.apply("tracked", **spec)
+        run_id = (await c.tick("tracked"))["runId"]
+        deployment = c.kube.deployments["tracked-worker"]
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "PUSHTASK_TRACKER_KEY", "valueFrom": {"secretKeyRef": {
+            "name": "tracker-key", "key": "key"}}} in env  # fmt: skip
+        await read_audience(store, run_id, "w1")
+        assert await deliver(store, run_id, "w1") == 40
+        status = await c.tick("tracked")
+        assert status["phase"] == "Finished"
+        assert (status["clicks"], status["clickers"], status["clickThrough"]) == (0, 0, "0.0%")
+        assert status["conversions"] == []
+        status = await c.tick("tracked")  # its workers gone: settled from here on
+
+        await store.record_click(run_id, "u1", 0)
+        await store.record_click(run_id, "u2", 0)
+        await store.record_conversion(run_id, "u2", "purchase")
+        patches = len(c.kube.patches)
+        status = await c.tick("tracked")
+        assert (status["clicks"], status["clickers"], status["clickThrough"]) == (2, 2, "5.0%")
+        assert status["conversions"] == [{"event": "purchase", "count": 1, "rate": "2.5%"}]
+        assert set(c.kube.patches[patches]) == {"clicks", "clickers", "clickThrough", "conversions"}
+        wakeup = c.memos["tracked"]["task"].wakeup
+        assert wakeup.reason == "Tracking" and wakeup.seconds(now_utc()) <= 10
+        await c.tick("tracked")  # nothing new: nothing written
+        assert len(c.kube.patches) == patches + 1
+        await store.close()
+
+    run(scenario())

@@ -91,6 +91,12 @@ class Record:
     rejected: str | None = None  # why the sink refused it before its program (stale, ...)
     scheme: str | None = None  # "standard" (webhook-* headers) or "pushtask"
     verify_error: str | None = None  # what the standardwebhooks package said, if it refused
+    # A test send (`kubectl push test`): the PushTask-Test header, and `"test": true` in
+    # the body; True only when both say so.
+    test: bool = False
+    # The whole JSON body of a request that is not a recipient's (no "user"): the
+    # operator's completion notifications (spec.notify).
+    notification: Any = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -223,10 +229,13 @@ class Sink:
         t = time.time()
         body = await request.read()
         user: str | None = None
-        run = task = message = None
+        run = task = message = notification = None
+        marked = False
         with contextlib.suppress(ValueError, AttributeError):
             doc = json.loads(body)
             user = doc.get("user")
+            marked = doc.get("test") is True
+            notification = None if "user" in doc else doc
             run = doc.get("run")
             task = f"{doc['task']['namespace']}/{doc['task']['name']}"
             message = doc.get("message") if self.keep_messages else None
@@ -272,6 +281,8 @@ class Sink:
             rejected=rejected,
             scheme="standard" if standard else ("pushtask" if timestamp or sig else None),
             verify_error=verify_error,
+            test=marked and request.headers.get("PushTask-Test") == "true",
+            notification=notification,
         )
         self.requests.append(rec)
         if self._record_fh is not None:

@@ -135,13 +135,18 @@ def _seed(uri: str, spec: Mapping[str, Any]) -> None:
 
 
 async def _create(
-    uri: str, task: TaskRef, spec: dict[str, Any], inline: dict[str, str], chunk_size: int | None
+    uri: str,
+    task: TaskRef,
+    spec: dict[str, Any],
+    inline: dict[str, str],
+    chunk_size: int | None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
     store = Store.connect(uri)
     try:
         await store.ensure_indexes()
         extra = {"chunk_size": chunk_size} if chunk_size else {}
-        plan = plan_run(task, 1, spec, inline=inline, now=datetime.now(UTC), **extra)
+        plan = plan_run(task, 1, spec, inline=inline, labels=labels, now=datetime.now(UTC), **extra)
         await store.create_run(plan.run_doc, plan.splits)
         return str(plan.run_doc["_id"])
     finally:
@@ -155,10 +160,11 @@ def create_run(
     inline: dict[str, str] | None = None,
     *,
     chunk_size: int | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[str, TaskRef]:
     _seed(uri, spec)
     task = TaskRef("ns", f"{name}-{secrets.token_hex(3)}", secrets.token_hex(8))
-    return asyncio.run(_create(uri, task, spec, inline or {}, chunk_size)), task
+    return asyncio.run(_create(uri, task, spec, inline or {}, chunk_size, labels)), task
 
 
 async def _with_store(uri: str, fn: Any) -> Any:

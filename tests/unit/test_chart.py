@@ -333,10 +333,17 @@ def test_bad_values_fail_with_a_clear_message(helm: Path, values: list[str], mes
 # -- the web console (off by default) ------------------------------------------------------
 
 CONSOLE = ["--set", "console.enabled=true", "--set", "console.tokenSecret.name=console-token"]
-# Exactly what the console calls (pushtask_client/taskapi.py): read, act, create; Events.
-CONSOLE_RULES = grants(
+# Exactly what the console calls (pushtask_client/taskapi.py): read, act, create; Events;
+# and a test send's (pushtask_client/testsend.py), unless console.testSends is off.
+CONSOLE_RULES_WITHOUT_TESTS = grants(
     "pushtask.dev", ["pushtasks"], ["get", "list", "watch", "patch", "create"]
 ) | grants("", ["events"], ["get", "list", "watch"])
+CONSOLE_RULES = (
+    CONSOLE_RULES_WITHOUT_TESTS
+    | grants("apps", ["deployments"], ["get"])
+    | grants("", ["pods"], ["create", "get", "delete"])
+    | grants("", ["pods/log"], ["get"])
+)
 
 
 def test_nothing_of_the_console_renders_when_disabled(helm: Path) -> None:
@@ -360,6 +367,10 @@ def test_console_rbac_is_least_privilege(helm: Path) -> None:
         assert rules_of(role) == CONSOLE_RULES
         (binding,) = find(docs, "RoleBinding", "rel-pushtask-console", ns)
         assert binding["subjects"][0]["name"] == "rel-pushtask-console"
+    docs = render(helm, *URI, *CONSOLE, "--set", "console.testSends=false")
+    (role,) = find(docs, "ClusterRole", "rel-pushtask-console")
+    assert rules_of(role) == CONSOLE_RULES_WITHOUT_TESTS
+    docs = render(helm, *URI, *CONSOLE, "--set", "watchNamespaces={a,b}")
     # Its account is bound to its own roles and nothing else.
     bound = [
         b["roleRef"]["name"]
@@ -412,6 +423,66 @@ def test_bad_console_values_fail_with_a_clear_message(
     assert message in proc.stderr, proc.stderr
 
 
+# -- the link tracker (off by default) --------------------------------------------------
+
+TRACKER = ["--set", "tracker.enabled=true", "--set", "tracker.keySecret.name=tracker-key"]
+
+
+def test_nothing_of_the_tracker_renders_when_disabled(helm: Path) -> None:
+    docs = render(helm, *URI)
+    assert not [d for d in docs if "tracker" in d["metadata"]["name"]]
+
+
+def test_tracker_deployment_and_service(helm: Path) -> None:
+    docs = render(
+        helm, *URI, *TRACKER, "--set", "tracker.port=8091",
+        "--set", "tracker.keySecret.previousKey=old",
+        "--set", "tracker.conversionsTokenSecret.name=conv",
+    )  # fmt: skip
+    (dep,) = find(docs, "Deployment", "rel-pushtask-tracker", "pushtask-system")
+    pod = dep["spec"]["template"]["spec"]
+    # It needs no API access at all: no token in the pod, no Role anywhere.
+    assert pod["automountServiceAccountToken"] is False
+    assert not [d for d in docs if "tracker" in d["metadata"]["name"] and "Role" in d["kind"]]
+    (c,) = pod["containers"]
+    assert c["command"] == ["pushtask-tracker"]
+    assert c["args"] == ["--host=$(POD_IP)", "--port=8091"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    env = env_of(c)
+    assert env["PUSHTASK_MONGO_URI"] == {
+        "secretKeyRef": {"name": "rel-pushtask-mongodb", "key": "uri"}
+    }
+    assert env["PUSHTASK_TRACKER_KEY"] == {"secretKeyRef": {"name": "tracker-key", "key": "key"}}
+    assert env["PUSHTASK_TRACKER_KEY_PREVIOUS"] == {
+        "secretKeyRef": {"name": "tracker-key", "key": "old"}
+    }
+    assert env["PUSHTASK_TRACKER_CONVERSIONS_TOKEN"] == {
+        "secretKeyRef": {"name": "conv", "key": "token"}
+    }
+    (plain,) = find(render(helm, *URI, *TRACKER), "Deployment", "rel-pushtask-tracker")
+    plain_env = env_of(plain["spec"]["template"]["spec"]["containers"][0])
+    assert "PUSHTASK_TRACKER_CONVERSIONS_TOKEN" not in plain_env  # conversions refused
+    (svc,) = find(docs, "Service", "rel-pushtask-tracker")
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert svc["spec"]["selector"]["app.kubernetes.io/name"] == "pushtask-tracker"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "tracker.enabled=true"], "tracker.keySecret.name"),
+        ([*TRACKER, "--set", "tracker.colour=blue"], "colour"),
+        ([*TRACKER, "--set", "tracker.port=0"], "/tracker/port"),
+    ],
+)
+def test_bad_tracker_values_fail_with_a_clear_message(
+    helm: Path, values: list[str], message: str
+) -> None:
+    proc = run(helm, "template", "rel", str(CHART), *URI, *values)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
 # Every values combination the tests above render successfully, plus the monitoring ones
 # (tests/unit/test_monitoring.py). tests/unit/test_chart_lint.py gives each one's output to
 # kube-score, tests/e2e/test_chart_dry_run_e2e.py to the API server (server-side dry run).
@@ -449,6 +520,7 @@ VALUE_SETS: dict[str, list[str]] = {
         *URI, *CONSOLE, "--set", "watchNamespaces={a,b}", "--set", "console.port=8099",
         "--set", "console.readsNeedToken=true",
     ],
+    "tracker": [*URI, *TRACKER],
     "monitoring": [*URI, *MONITORING_VALUES],
     "monitoring-two-namespaces": [*URI, *MONITORING_VALUES, "--set", "watchNamespaces={a,b}"],
 }  # fmt: skip

@@ -21,6 +21,7 @@ from pushtask_client.cli import (
     override_of,
     override_refusal,
     parser,
+    recipient_lines,
     redacted,
     resolve_flags,
     run_refusal,
@@ -57,6 +58,34 @@ def test_progress_counts_every_final_result_as_done() -> None:
     )
     assert (p["done"], p["total"], p["sent"], p["failed"]) == (70, 100, 60, 5)
     assert (p["phase"], p["run"], p["workers"], p["eta"]) == ("Started", 2, "2/3", "3s")
+
+
+def test_status_shows_clicks_and_conversions_of_a_tracked_run_only() -> None:
+    tracked = {"phase": "Finished", "run": 1, "counts": {"audience": 200, "sent": 200},
+               "clicks": 12, "clickers": 9, "clickThrough": "4.5%"}  # fmt: skip
+    line = status_line(progress_line(task(tracked)), width=10)
+    assert "clicks 12 (4.5%)" in line
+    converting = {**tracked, "conversions": [{"event": "purchase", "count": 3, "rate": "1.5%"}]}
+    assert "clicks 12 (4.5%)  purchase 3 (1.5%)" in status_line(progress_line(task(converting)))
+    untracked = {"phase": "Finished", "run": 1, "counts": {"audience": 200, "sent": 200}}
+    assert "clicks" not in status_line(progress_line(task(untracked)), width=10)
+
+
+def test_recipient_shows_the_links_clicked_and_conversions_when_tracked() -> None:
+    from datetime import UTC, datetime
+
+    from pushtask.records import RecipientState
+
+    state = RecipientState(
+        "ns.t.1.abcd", "u1", "sent", 1, None, datetime(2026, 1, 1, tzinfo=UTC), "w", "c/0", 3, None
+    )
+    lines = recipient_lines(state, 1, "pushtask", "--mongo-uri", [0, 2])
+    assert "clicked:   #0, #2" in lines
+    assert "clicked:   none" in recipient_lines(state, 1, "pushtask", "--mongo-uri", [])
+    assert not [x for x in recipient_lines(state, 1, "db", "v") if x.startswith("clicked")]
+    both = recipient_lines(state, 1, "db", "v", [], ["purchase", "signup"])
+    assert "converted: purchase, signup" in both
+    assert not [x for x in recipient_lines(state, 1, "db", "v") if x.startswith("converted")]
 
 
 def test_progress_of_a_task_without_status_yet() -> None:

@@ -44,6 +44,24 @@ def test_summary_has_the_bar_and_the_buttons_inputs() -> None:
     assert views.summary({"metadata": {"name": "new"}})["percent"] == 0.0  # no status yet
 
 
+def test_summary_carries_the_clicks_of_a_tracked_run() -> None:
+    tracked = task("Finished", sent=200)
+    tracked["status"].update(clicks=14, clickers=10, clickThrough="5.0%")
+    s = views.summary(tracked)
+    assert (s["clicks"], s["clickers"], s["clickThrough"]) == (14, 10, "5.0%")
+    assert views.summary(task("Finished", sent=200))["clicks"] is None  # not tracked
+    tracked["status"]["conversions"] = [{"event": "purchase", "count": 4, "rate": "2.0%"}]
+    assert views.summary(tracked)["conversions"] == tracked["status"]["conversions"]
+
+
+def test_link_rows_name_each_target_and_its_clickers() -> None:
+    rows = views.link_rows(("https://a.example", "https://b.example"), {1: 4})
+    assert rows == [
+        {"link": 0, "target": "https://a.example", "clickers": 0},
+        {"link": 1, "target": "https://b.example", "clickers": 4},
+    ]
+
+
 def test_detail_keeps_the_template_as_text() -> None:
     d = views.detail(task(sent=1))
     assert d["template"] == {"title": "Hi", "body": "<script>x"}

@@ -135,10 +135,17 @@ def test_sources_are_one_object_with_a_kind_enum_and_rules_per_kind() -> None:
     for key in ("sources", "exclude"):
         item = audience[key]["items"]
         assert item["type"] == "object" and item["required"] == ["kind"]
-        assert item["properties"]["kind"]["enum"] == ["inline", "mongo", "configMap", "url"]
+        assert item["properties"]["kind"]["enum"] == [
+            "inline",
+            "mongo",
+            "configMap",
+            "url",
+            "recentlySent",
+        ]
         rules = {r["rule"]: r for r in item["x-kubernetes-validations"]}
         assert rules["self.kind != 'mongo' || has(self.collection)"]["fieldPath"] == ".collection"
         assert "self.kind != 'url' || has(self.url)" in rules
+        assert "self.kind != 'recentlySent' || has(self.within)" in rules
         # A default in the merged object would land on every kind: none for per-kind fields.
         assert "default" not in item["properties"]["idField"]
         assert "default" not in item["properties"]["filter"]
@@ -155,6 +162,15 @@ def test_sources_are_one_object_with_a_kind_enum_and_rules_per_kind() -> None:
         junctors = [branch for j in item["allOf"] for branch in j["anyOf"]]
         assert {"required": ["kind", "users"], "properties": {"kind": {"minLength": 1}}} in junctors
         assert {"properties": {"kind": {"enum": ["inline"]}}} in junctors
+
+
+def test_a_frequency_cap_is_refused_among_the_sources_by_the_api_server() -> None:
+    audience = _schema()["properties"]["spec"]["properties"]["audience"]
+    rules = {r["rule"]: r for r in audience["x-kubernetes-validations"]}
+    rule = rules["self.sources.all(s, s.kind != 'recentlySent')"]
+    assert rule["fieldPath"] == ".sources" and "exclusion only" in rule["message"]
+    within = audience["properties"]["exclude"]["items"]["properties"]["within"]
+    assert within["type"] == "string" and within["pattern"].startswith("^([0-9]+d)?")
 
 
 def test_preserve_unknown_fields_only_where_free_form() -> None:

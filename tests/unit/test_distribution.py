@@ -27,9 +27,12 @@ def test_the_wheel_holds_the_product_and_no_devstack(tmp_path: Path) -> None:
         "pushtask_worker",
         "pushtask_console",
         "pushtask_client",
+        "pushtask_tracker",
     }
     assert "pushtask_console/static/index.html" in names  # the console's page
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("pushtask-operator", "pushtask-worker", "pushtask-console", "kubectl-push"):
+    scripts_wanted = ("pushtask-operator", "pushtask-worker", "pushtask-console",
+                      "pushtask-tracker", "kubectl-push")  # fmt: skip
+    for script in scripts_wanted:
         assert f"{script} = " in scripts

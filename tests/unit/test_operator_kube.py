@@ -8,6 +8,7 @@ act on the result are driven with a recorder of the calls they make.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -16,10 +17,12 @@ from typing import Any, cast
 import kopf
 import pytest
 import urllib3
+from kubernetes.client import V1Secret
 from kubernetes.client.exceptions import ApiException
 
 from pushtask.store import Store
 from pushtask_operator import handlers
+from pushtask_operator import kube as kube_module
 from pushtask_operator.kube import (
     MAX_DELAY,
     DeploymentRejected,
@@ -208,6 +211,31 @@ def test_a_read_of_something_missing_is_none() -> None:
         raise api_error(404, "Not Found", message='secrets "s" not found')
 
     assert Kube()._get(missing, "s", "ns") is None
+
+
+def test_a_secret_value_is_read_decoded_through_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notification sender's one read of a Secret's value (notifier.py)."""
+    stored = V1Secret(data={"hmac": base64.b64encode(b"whsec_abc\n").decode()})
+
+    class CoreV1:
+        def __init__(self, _: Any) -> None:
+            pass
+
+        def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> V1Secret:
+            if name == "ops-hook":
+                return stored
+            if name == "private":
+                raise api_error(403, "Forbidden", message="no", status_reason="Forbidden")
+            raise api_error(404, "Not Found", message=f'secrets "{name}" not found')
+
+    monkeypatch.setattr(kube_module.client, "CoreV1Api", CoreV1)
+    kube = Kube()
+    monkeypatch.setattr(kube, "api", lambda: None)
+    assert asyncio.run(kube.secret_value("shop", "ops-hook", "hmac")) == "whsec_abc\n"
+    assert asyncio.run(kube.secret_value("shop", "ops-hook", "other")) is None
+    assert asyncio.run(kube.secret_value("shop", "gone", "hmac")) is None
+    with pytest.raises(KubeApiError, match="read Secret shop/private"):
+        asyncio.run(kube.secret_value("shop", "private", "hmac"))
 
 
 # -- showing a problem: conditions (pure) and the handler's helpers -----------------------

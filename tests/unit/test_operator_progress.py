@@ -1,14 +1,18 @@
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pushtask.records import RunTotals
+from pushtask.records import ClickTotals, ConversionTotals, RunTotals
 from pushtask_operator.progress import (
+    CLICKS_WINDOW,
     DeploymentView,
     RateTracker,
     compute_progress,
     counts_from_totals,
     eta_seconds,
     format_eta,
+    still_tracked,
+    tracks_conversions,
+    tracks_links,
     worker_health,
 )
 
@@ -144,3 +148,69 @@ def test_no_eta_while_audience_is_read() -> None:
         lease_seconds=30,
     )
     assert p.eta is None and p.counts.audience == 50
+
+
+def test_clicks_of_a_tracked_run_are_in_its_progress() -> None:
+    p = compute_progress(
+        totals=Totals(total=200, sent=200),
+        run_doc={"stage": "done"},
+        heartbeats=[],
+        leased_splits=[],
+        deployment=DeploymentView(),
+        tracker=RateTracker(),
+        run_id="r",
+        now=NOW,
+        lease_seconds=30,
+        clicks=ClickTotals(clicks=9, clickers=6, by_link={0: 6, 1: 3}),
+    )
+    fields = p.status_fields()
+    assert (fields["clicks"], fields["clickers"], fields["clickThrough"]) == (9, 6, "3.0%")
+
+
+def test_which_runs_track_links() -> None:
+    tracked = {"spec": {"message": {"tracking": {"links": True}}}}
+    assert tracks_links(tracked)
+    assert not tracks_links({"spec": {"message": {"tracking": {"links": False}}}})
+    assert not tracks_links({"spec": {"message": {}}}) and not tracks_links(None)
+
+
+def test_clicks_are_read_for_a_week_after_a_tracked_run_ends() -> None:
+    ended = {"runId": "r", "clicks": 3, "finishedAt": "2026-01-01T12:00:00Z"}
+    assert still_tracked(ended, NOW + CLICKS_WINDOW - timedelta(seconds=1))
+    assert not still_tracked(ended, NOW + CLICKS_WINDOW)
+    assert still_tracked({"runId": "r", "clicks": 0}, NOW)  # not ended yet
+    assert not still_tracked({"runId": "r", "finishedAt": "2026-01-01T12:00:00Z"}, NOW)
+    assert not still_tracked({"clicks": 1}, NOW)
+
+
+def test_conversions_are_read_for_the_longer_of_a_week_and_their_window() -> None:
+    ended = {"runId": "r", "conversions": [], "finishedAt": "2026-01-01T12:00:00Z"}
+    month = timedelta(days=30)
+    assert still_tracked(ended, NOW + timedelta(days=20), month)
+    assert not still_tracked(ended, NOW + month, month)
+    assert not still_tracked(ended, NOW + CLICKS_WINDOW, timedelta(hours=1))
+
+
+def test_conversions_of_a_tracked_run_are_in_its_progress() -> None:
+    p = compute_progress(
+        totals=Totals(total=400, sent=400),
+        run_doc={"stage": "done"},
+        heartbeats=[],
+        leased_splits=[],
+        deployment=DeploymentView(),
+        tracker=RateTracker(),
+        run_id="r",
+        now=NOW,
+        lease_seconds=30,
+        conversions=ConversionTotals({"signup": 2, "purchase": 5}),
+    )
+    assert p.status_fields()["conversions"] == [
+        {"event": "purchase", "count": 5, "rate": "1.2%"},
+        {"event": "signup", "count": 2, "rate": "0.5%"},
+    ]
+    assert "clicks" not in p.status_fields()  # conversions without link tracking
+
+
+def test_which_runs_track_conversions() -> None:
+    assert tracks_conversions({"spec": {"message": {"tracking": {}}}})
+    assert not tracks_conversions({"spec": {"message": {}}}) and not tracks_conversions(None)

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from pushtask.models import Counts, PushTaskSpec, PushTaskStatus
+from pushtask.records import ClickTotals, ConversionTotals
 from pushtask.states import DesiredState, Phase
 from pushtask_operator.progress import DeploymentView, Progress, WorkerHealth
 from pushtask_operator.reconcile import (
@@ -373,6 +374,25 @@ def test_progress_fills_counts_rate_eta_and_workers() -> None:
     assert status["workers"] == {"desired": 3, "ready": 2, "live": 2}
     assert status["replicas"] == 3 and status["skipSamples"] == ["bad row"]
     assert "finishedAt" not in status and "runId" not in patch(current, status)
+
+
+def test_a_tracked_run_shows_its_clicks_and_conversions_and_a_new_run_clears_them() -> None:
+    current = {"phase": "Started", "run": 1, "runId": "r"}
+    tracked = replace(
+        running_progress(sent=40),
+        clicks=ClickTotals(7, 5, {0: 5, 1: 2}),
+        conversions=ConversionTotals({"purchase": 2}),
+    )
+    status = compose(current, decide(obs(current, progress=tracked)), tracked)
+    assert (status["clicks"], status["clickers"], status["clickThrough"]) == (7, 5, "12.5%")
+    assert status["conversions"] == [{"event": "purchase", "count": 2, "rate": "5.0%"}]
+    untracked = compose(current, decide(obs(current, progress=running_progress())))
+    assert "clicks" not in untracked  # a run that tracks nothing shows no clicks
+    before = {**status, "phase": "Finished", "finishedAt": "2025-12-31T00:00:00Z"}
+    plan = decide(obs(before, spec_run=2))
+    new = compose(before, plan, tracked, Applied("app=w", 0, started_run="new"))
+    assert new["clicks"] is None and patch(before, new)["clickThrough"] is None
+    assert new["conversions"] is None
 
 
 def test_a_run_that_ends_stops_the_clock_once() -> None:

@@ -1,4 +1,5 @@
 """`pushtask-worker`: the MongoDB URI and the run id from the environment, then work.
+(`pushtask-worker test-send`: one test send, without any store; see testsend.py.)
 
 SIGTERM (a pod being deleted, a scale-down): finish the batch in flight, give the split
 back, exit 0 — well within the pod's grace period.
@@ -124,6 +125,11 @@ def _record_store_stats(path: str) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["test-send"]:  # a test send's one-shot pod (`kubectl push test`)
+        from pushtask_worker import testsend
+
+        logs.setup(os.environ.get("PUSHTASK_LOG_LEVEL", "info"), test_send=True)
+        sys.exit(testsend.main())
     try:
         config = WorkerConfig.from_env()
     except ConfigError as error:

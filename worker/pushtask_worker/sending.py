@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pushtask.models import PushTaskSpec
+from pushtask import testsend
+from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
 from pushtask.planning import idempotency_key
 from pushtask.records import HANDED_BACK, Result
 from pushtask.templates import (
@@ -22,10 +23,34 @@ from pushtask.templates import (
     build_context,
     render,
 )
+from pushtask.tracking import LinkRewriter
 from pushtask_worker import metrics
-from pushtask_worker.channels import Attempt, Channel, Delivery, Outcome
+from pushtask_worker.channels import (
+    Attempt,
+    Channel,
+    ChannelContext,
+    Delivery,
+    Outcome,
+    load_channel,
+)
 from pushtask_worker.ratelimit import Limiter
 from pushtask_worker.resilience import Backoff
+
+
+def make_channel(
+    spec: PushTaskSpec, concurrency: int, env: Mapping[str, str] | None = None
+) -> Channel:
+    """The spec's channel with its settings and secrets (`env`, default the process's): a
+    built-in channel gets its settings model, a plugin the plain mapping. Raises
+    UnknownChannel, or what the channel raises about its settings or secrets (ValueError,
+    ValidationError, TypeError)."""
+    channel_cls = load_channel(spec.message.channel)
+    m = spec.message
+    builtin = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
+    settings = builtin if builtin is not None else dict(m.settings or {})
+    if env is None:
+        return channel_cls(ChannelContext(settings, concurrency=concurrency))
+    return channel_cls(ChannelContext(settings, env=dict(env), concurrency=concurrency))
 
 
 @dataclass
@@ -45,6 +70,12 @@ class Sender:
     # Called once, by the first send whose channel said the receiver is gone
     # (Outcome.GONE, a webhook's 410): the worker fails the run with the reason.
     on_gone: Callable[[str], Awaitable[None]] | None = None
+    # Set for a test send (`pushtask-worker test-send`): every Delivery is marked a test
+    # and keyed by testsend.idempotency_key(nonce, user), never by the run's key.
+    test_nonce: str | None = None
+    # spec.message.tracking.links: each link of the templates becomes the recipient's own
+    # tracked redirect, after rendering (so what the channel sends is what is clicked).
+    links: LinkRewriter | None = None
 
     def __post_init__(self) -> None:
         self.gone: str | None = None  # the reason, once a channel said the receiver is gone
@@ -75,6 +106,8 @@ class Sender:
         except TemplateRenderError as error:
             self.failures["template"].inc()
             return Result(position, "failed", str(error)[:500], 0)
+        if self.links is not None:
+            message = self.links.rewrite(message, user)
         delivery = Delivery(
             task=self.task,
             run=self.run,
@@ -82,7 +115,12 @@ class Sender:
             user=user,
             message=message,
             attrs=attrs,
-            idempotency_key=idempotency_key(str(self.task["uid"]), self.run, user),
+            idempotency_key=(
+                idempotency_key(str(self.task["uid"]), self.run, user)
+                if self.test_nonce is None
+                else testsend.idempotency_key(self.test_nonce, user)
+            ),
+            test=self.test_nonce is not None,
         )
         attempts = self.spec.delivery.max_attempts
         backoff: Backoff | None = None  # made only when a retry needs it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,20 +22,21 @@ from pydantic import ValidationError
 
 from pushtask import ledger, schedule
 from pushtask.leases import Lease, LeaseLost
-from pushtask.models import BUILTIN_CHANNELS, PushTaskSpec
+from pushtask.models import PushTaskSpec
 from pushtask.records import RunTotals
 from pushtask.store import STAGES, Store
 from pushtask.templates import TemplateError, compile_message
+from pushtask.tracking import KEY_ENV, LinkRewriter
 from pushtask_worker import metrics
 from pushtask_worker.audience.build import SourceReaders, SplitBuilder, describe_source
 from pushtask_worker.audience.mongosource import QueryNotAllowed
 from pushtask_worker.audience.urlsource import SourceError, SourceMissing
-from pushtask_worker.channels import ChannelContext, UnknownChannel, load_channel
+from pushtask_worker.channels import UnknownChannel
 from pushtask_worker.config import WorkerConfig
 from pushtask_worker.delivery import HOLD_SECONDS, ChunkDelivery
 from pushtask_worker.rateshare import RateShare
 from pushtask_worker.resilience import StoreGuard
-from pushtask_worker.sending import Sender
+from pushtask_worker.sending import Sender, make_channel
 
 log = logging.getLogger("pushtask.worker")
 SOURCE_ATTEMPTS = 5  # a source that fails this many claims in a row fails the run
@@ -188,16 +190,12 @@ class Worker:
         try:
             self.spec = PushTaskSpec.model_validate(self.run_doc["spec"])
             self.compiled = compile_message(self.spec.message.template)
-            channel_cls = load_channel(self.spec.message.channel)
-            m = self.spec.message
-            # A built-in channel gets its settings model; a plugin the plain mapping.
-            builtin = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
-            settings = builtin if builtin is not None else dict(m.settings or {})
             # A channel refusing its settings or secret (a malformed whsec_ value) fails the
             # run with the reason, rather than a worker that crashes at every restart.
-            self.channel = channel_cls(
-                ChannelContext(settings, concurrency=self.config.concurrency)
-            )
+            self.channel = make_channel(self.spec, self.config.concurrency)
+            # A run that tracks links without the key to sign them fails here, unsent.
+            key = os.environ.get(KEY_ENV, "").strip().encode()
+            self.links = LinkRewriter.for_run(self.config.run_id, self.run_doc["spec"], key)
         except (ValidationError, ValueError, TemplateError, UnknownChannel, TypeError) as error:
             await self.store.fail_run(self.config.run_id, f"cannot start: {error}")
             raise SystemExit(f"cannot start run {self.config.run_id}: {error}") from None
@@ -215,6 +213,7 @@ class Worker:
             bucket=self.share,
             stopping=self.stopping,
             on_gone=self.receiver_gone,
+            links=self.links,
         )
 
     async def receiver_gone(self, reason: str) -> None:

@@ -135,7 +135,9 @@ function renderList() {
     const progress = el("td");
     progress.appendChild(bar(t));
     row.appendChild(progress);
-    row.appendChild(el("td", t.done + " / " + t.total, { class: "done" }));
+    const done = t.done + " / " + t.total;
+    const clicks = t.clicks !== null && t.clicks !== undefined ? ", " + t.clicks + " clicks (" + t.clickThrough + ")" : "";
+    row.appendChild(el("td", done + clicks, { class: "done" }));
     row.appendChild(el("td", Math.round(t.rate) + "/s"));
     row.appendChild(el("td", t.workers));
     body.appendChild(row);
@@ -203,10 +205,21 @@ function renderHead(t) {
   $("t-done").textContent = t.done + " / " + t.total + " (" + t.percent + "%), " + Math.round(t.rate) + "/s, eta " + t.eta + ", workers " + t.workers;
   const counts = $("t-counts").tBodies[0];
   clear(counts);
-  for (const k of ["sent", "failed", "skipped", "unknown", "done", "total"]) {
+  // A run that tracks link clicks adds its clicks (unique recipient-link pairs), its
+  // clickers (unique recipients) and the click-through (clickers per sent message).
+  const tracked = t.clicks !== null && t.clicks !== undefined;
+  const keys = ["sent", "failed", "skipped", "unknown", "done", "total"];
+  for (const k of tracked ? keys.concat(["clicks", "clickers", "clickThrough"]) : keys) {
     const row = el("tr");
-    row.appendChild(el("th", k));
+    row.appendChild(el("th", k === "clickThrough" ? "click-through" : k));
     row.appendChild(el("td", t[k], { "data-count": k }));
+    counts.appendChild(row);
+  }
+  // A run that tracks conversions: one row per event, its count and rate per sent message.
+  for (const c of t.conversions || []) {
+    const row = el("tr");
+    row.appendChild(el("th", "conversion " + c.event));
+    row.appendChild(el("td", c.count + " (" + c.rate + ")", { "data-conversion": c.event }));
     counts.appendChild(row);
   }
   if (document.activeElement !== $("scale-workers")) $("scale-workers").value = t.desiredWorkers;
@@ -248,6 +261,9 @@ async function loadDetail() {
   rows("t-events", data.events, (e) => [e.time, e.type, e.reason, e.message]);
   listOf("t-skips", data.skipSamples, "none");
   listOf("t-failures", data.failures.map((f) => f.user + ": " + f.error), "none");
+  // A run that tracks links: each link of its message and how many recipients clicked it.
+  $("t-links-section").hidden = !data.links.length;
+  rows("t-links", data.links, (l) => ["#" + l.link, l.target, l.clickers]);
   const tpl = $("t-template").tBodies[0];
   clear(tpl);
   for (const [k, v] of [["channel", data.channel], ...Object.entries(data.template)]) {
@@ -329,6 +345,30 @@ async function lookup(ev) {
   out.appendChild(dl);
 }
 
+async function sendTest(ev) {
+  ev.preventDefault();
+  const route = state.route;
+  const errors = $("test-errors");
+  clear(errors);
+  $("test-results").hidden = true;
+  pending($("test-message"));
+  const path = "/api/tasks/" + encodeURIComponent(route.ns) + "/" + encodeURIComponent(route.name) + "/test";
+  const { ok, data } = await api("POST", path, { to: $("test-to").value, attrs: $("test-attrs").value });
+  if (!ok) {
+    say($("test-message"), data.error, false);
+    for (const f of data.fields || []) {
+      const li = el("li", null, { "data-field": f.field || "" });
+      if (f.field) li.appendChild(el("span", f.field, { class: "field" }));
+      li.appendChild(document.createTextNode((f.field ? ": " : "") + f.message));
+      errors.appendChild(li);
+    }
+    return;
+  }
+  say($("test-message"), data.delivered ? "Every test was delivered" : "Not every test was delivered", data.delivered);
+  rows("test-results", data.results, (r) => [r.user, r.outcome, r.attempts, r.status === null ? "-" : r.status, r.detail || "-"]);
+  $("test-results").hidden = false;
+}
+
 // -- routing ------------------------------------------------------------------------------
 
 function route() {
@@ -341,6 +381,9 @@ function route() {
     $("list-view").hidden = true;
     $("task-view").hidden = false;
     clear($("lookup-result"));
+    clear($("test-errors"));
+    $("test-results").hidden = true;
+    $("test-message").textContent = "";
     $("action-message").textContent = "";
     loadDetail();
     state.detailTimer = setInterval(loadDetail, 3000);
@@ -370,6 +413,7 @@ async function start() {
     b.addEventListener("click", () => act(b.getAttribute("data-action")));
   }
   $("lookup-form").addEventListener("submit", lookup);
+  $("test-form").addEventListener("submit", sendTest);
   window.addEventListener("hashchange", route);
   route();
   drawChart();

@@ -25,7 +25,7 @@ from pushtask.leases import Lease
 from pushtask.planning import new_split
 from pushtask.store import Store
 from pushtask_worker import metrics
-from pushtask_worker.audience import mongosource, urlsource
+from pushtask_worker.audience import capsource, mongosource, urlsource
 from pushtask_worker.audience.rows import (
     Columns,
     Row,
@@ -96,7 +96,9 @@ def describe_source(run: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
     except (KeyError, IndexError, TypeError):
         return f"{what} spec.audience.{part}[{ref.get('index')}]"
     kind = source.get("kind")
-    name = {"mongo": "collection", "configMap": "name", "url": "url"}.get(str(kind))
+    name = {"mongo": "collection", "configMap": "name", "url": "url", "recentlySent": "within"}.get(
+        str(kind)
+    )
     detail = f" {source.get(name)}" if name and source.get(name) else ""
     return f"{what} spec.audience.{part}[{ref['index']}] ({kind}{detail})"
 
@@ -266,6 +268,11 @@ class SplitBuilder:
                 cursor,
             ):
                 yield key, item, after
+        elif kind == "recentlySent":
+            async for key, row, after in capsource.read_recently_sent(
+                self.store, self.run, self.source, cursor
+            ):
+                yield key, row, after
         elif kind == "url":
             url = self.source["url"]
             fmt = detect_format(url, self.source.get("format"))

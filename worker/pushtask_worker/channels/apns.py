@@ -43,6 +43,9 @@ from pushtask_worker.channels.credentials import (
     ssl_context,
 )
 
+# A test send (Delivery.test): `"test"` in the payload's custom keys, beside idempotencyKey.
+TEST_FIELD = "test"
+
 ENDPOINTS = {
     "production": "https://api.push.apple.com",
     "sandbox": "https://api.sandbox.push.apple.com",
@@ -174,6 +177,8 @@ class ApnsChannel(Channel):
         if m.get("link"):
             doc["link"] = m["link"]
         doc["idempotencyKey"] = delivery.idempotency_key
+        if delivery.test:
+            doc[TEST_FIELD] = True
         doc["aps"] = aps
         return orjson.dumps(doc)
 

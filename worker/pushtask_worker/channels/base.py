@@ -47,6 +47,10 @@ class Delivery:
     attrs: Mapping[str, Any]  # the recipient's row attributes (e.g. an e-mail address)
     idempotency_key: str  # sha256("<task uid>:<run>:<user>"), the same on every attempt
     attempt: int = 1
+    # A test send (`kubectl push test`): outside any run's ledger, and its key never equals
+    # a real send's. Channels mark it where a receiver can see it (docs/channels.md), so
+    # the receiver can show it as a test or drop it; a plugin should do the same.
+    test: bool = False
 
 
 @dataclass(frozen=True)

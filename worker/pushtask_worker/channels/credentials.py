@@ -10,14 +10,13 @@ token is still the cached one) makes a new token; the rest get that new one.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import certifi
+from pushtask.tls import ssl_context as ssl_context  # shared with the operator
 
 
 @dataclass(frozen=True)
@@ -68,15 +67,6 @@ class TokenCache:
                 self._token = token
                 self.made += 1
             return token.value
-
-
-def ssl_context(ca_pem: str | None) -> ssl.SSLContext:
-    """The system's trust (certifi's bundle) plus `ca_pem`, CA certificates in PEM a
-    Secret gave (a private gateway, the tests' local servers)."""
-    ctx = ssl.create_default_context(cafile=certifi.where())
-    if ca_pem:
-        ctx.load_verify_locations(cadata=ca_pem)
-    return ctx
 
 
 def device_token(attrs: Mapping[str, Any], attribute: str) -> str | None:

@@ -45,6 +45,9 @@ from pushtask_worker.channels.credentials import (
     stringify,
 )
 
+# A test send (Delivery.test): `"test"` in the data, beside idempotencyKey.
+TEST_FIELD = "test"
+
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -245,6 +248,8 @@ class FcmChannel(Channel):
         if m.get("link"):
             data["link"] = m["link"]
         data["idempotencyKey"] = delivery.idempotency_key
+        if delivery.test:  # data values are strings in FCM
+            data[TEST_FIELD] = "true"
         message: dict[str, Any] = {"token": token, "data": stringify(data)}
         if notification:
             message["notification"] = notification

@@ -24,6 +24,9 @@ from pushtask.models import Smtp
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
 from pushtask_worker.channels.credentials import ssl_context
 
+# A test send (Delivery.test) carries this header: `X-PushTask-Test: true`.
+TEST_HEADER = "X-PushTask-Test"
+
 
 class SmtpChannel(Channel):
     name: ClassVar[str] = "smtp"
@@ -89,6 +92,8 @@ class SmtpChannel(Channel):
         msg["Subject"] = str(m.get("title") or extra.get("subject") or "")
         msg["Message-ID"] = f"<{delivery.idempotency_key}@pushtask>"
         msg["X-PushTask-Idempotency-Key"] = delivery.idempotency_key
+        if delivery.test:
+            msg[TEST_HEADER] = "true"
         text = str(m.get("body") or "")
         if m.get("link"):
             text = f"{text}\n\n{m['link']}" if text else str(m["link"])

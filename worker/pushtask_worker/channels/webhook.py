@@ -1,6 +1,7 @@
 """Webhook channel: one JSON POST per recipient over one pooled aiohttp session.
 
-Body: ``{"task": {namespace, name}, "run": n, "user": id, "message": {...}}``.
+Body: ``{"task": {namespace, name}, "run": n, "user": id, "message": {...}}``; a test
+send (``kubectl push test``) adds ``"test": true`` and the header ``PushTask-Test: true``.
 Signed per Standard Webhooks (standardwebhooks.com) by default: ``webhook-id`` (the
 idempotency key: the same on every attempt and every worker, so a receiver can drop
 repeats), ``webhook-timestamp`` (unix seconds of the attempt) and, with a secret,
@@ -16,12 +17,9 @@ run stops (Outcome.GONE); any other status → a final failure.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,16 +28,38 @@ import orjson
 
 from pushtask.models import Webhook
 from pushtask.retryafter import parse_retry_after
+from pushtask.signing import (  # re-exported: the channel's scheme, shared with notifications
+    ID_HEADER,
+    SECRET_PREFIX,
+    STANDARD_SIGNATURE_HEADER,
+    STANDARD_TIMESTAMP_HEADER,
+    signing_key,
+    standard_headers,
+    standard_signature,
+)
 from pushtask_worker.channels.base import Attempt, Channel, ChannelContext, Delivery, Outcome
+
+__all__ = [
+    "ID_HEADER",
+    "SECRET_PREFIX",
+    "SIGNATURE_HEADER",
+    "STANDARD_SIGNATURE_HEADER",
+    "STANDARD_TIMESTAMP_HEADER",
+    "TIMESTAMP_HEADER",
+    "WebhookChannel",
+    "classify",
+    "encode_body",
+    "sign",
+    "signed_payload",
+    "signing_key",
+    "standard_signature",
+]
 
 # signature: pushtask (the earlier scheme)
 SIGNATURE_HEADER = "X-PushTask-Signature"
 TIMESTAMP_HEADER = "X-PushTask-Timestamp"
-# signature: standard (Standard Webhooks)
-ID_HEADER = "webhook-id"
-STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
-STANDARD_SIGNATURE_HEADER = "webhook-signature"
-SECRET_PREFIX = "whsec_"
+# A test send (Delivery.test): this header and `"test": true` in the body.
+TEST_HEADER = "PushTask-Test"
 
 
 def signed_payload(timestamp: str, body: bytes) -> bytes:
@@ -54,38 +74,6 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + digest
 
 
-def signing_key(secret: str) -> bytes:
-    """The HMAC key of the standard scheme: the bytes a ``whsec_<base64>`` secret encodes,
-    as every Standard Webhooks library reads it; any other value's own UTF-8 bytes (what
-    the libraries take as a raw key), so a secret made for the pushtask scheme still
-    works. Raises ValueError for a ``whsec_`` value that is not base64 (never signing with
-    a key the receiver's library would read differently)."""
-    text = secret.strip()  # a Secret made with --from-file often ends with a newline
-    if not text.startswith(SECRET_PREFIX):
-        return secret.encode()
-    encoded = text[len(SECRET_PREFIX) :]
-    try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except binascii.Error:
-        key = b""
-    if not key:
-        raise ValueError(
-            "the secret starts with whsec_ but the rest is not base64 of a key "
-            "(make one with: echo whsec_$(openssl rand -base64 32))"
-        )
-    return key
-
-
-def standard_signature(keys: Sequence[bytes], msg_id: str, timestamp: str, body: bytes) -> str:
-    """webhook-signature: ``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`` for each
-    key, separated by a space (a receiver accepts the request if one of them verifies)."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        for key in keys
-    )
-
-
 def encode_body(delivery: Delivery) -> bytes:
     task = {k: delivery.task.get(k) for k in ("namespace", "name")}
     payload = {
@@ -94,6 +82,8 @@ def encode_body(delivery: Delivery) -> bytes:
         "user": delivery.user,
         "message": delivery.message,
     }
+    if delivery.test:  # only then: a real send's body stays as receivers know it
+        payload["test"] = True
     # orjson: compact UTF-8 like json.dumps(separators=(",", ":"), ensure_ascii=False), at a
     # fraction of the CPU (measured on the worker's hot path).
     return orjson.dumps(payload, default=str)
@@ -165,13 +155,10 @@ class WebhookChannel(Channel):
             "Idempotency-Key": key,
             "X-PushTask-Attempt": str(delivery.attempt),
         }
+        if delivery.test:
+            headers[TEST_HEADER] = "true"
         if self.scheme == "standard":
-            headers[ID_HEADER] = key
-            headers[STANDARD_TIMESTAMP_HEADER] = timestamp
-            if self.keys:
-                headers[STANDARD_SIGNATURE_HEADER] = standard_signature(
-                    self.keys, key, timestamp, body
-                )
+            headers.update(standard_headers(self.keys, key, timestamp, body))
         else:
             headers[TIMESTAMP_HEADER] = timestamp
             if self.secret is not None:

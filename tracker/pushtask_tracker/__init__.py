@@ -1,0 +1,1 @@
+"""pushtask-tracker: the redirect service of tracked links, and conversions."""
