@@ -64,7 +64,10 @@ if [ "$MODE" = offline ]; then
     MONGO=$(bash scripts/kind/build-mongo.sh)
     KIND_IMAGES=offline bash scripts/kind/build-image.sh
   else
-    read -r NODE MONGO <<<"$(bash scripts/kind/build-all.sh)"  # the product image too
+    # Assigned first: a failed build stops here (set -e), where a here-string would hand
+    # `read` empty names and kind would try to pull its default node image.
+    images=$(bash scripts/kind/build-all.sh)  # the product image too
+    read -r NODE MONGO <<<"$images"
   fi
   # Docker here cannot start --privileged containers (docs/kind.md): kind gets the docker
   # wrapper first on its PATH, and the offline node's entrypoint makes /sys writable.

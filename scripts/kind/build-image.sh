@@ -71,7 +71,9 @@ fi
 CTX=$(mktemp -d)
 trap 'rm -rf "$CTX"' EXIT
 cp "$ROOT/Dockerfile" "$ROOT/pyproject.toml" "$ROOT/README.md" "$CTX/"
-for d in pushtask operator worker console client; do
+# The source folders the Dockerfile copies (tests/unit/test_distribution.py keeps the two
+# lists equal).
+for d in pushtask operator worker console client tracker; do
   # Sources only: the same things .dockerignore keeps out of a stock build stay out here.
   tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -cf - "$d" | tar -C "$CTX" -xf -
 done

@@ -3,6 +3,7 @@ product's packages and its console scripts, nothing of the local test stack."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -36,3 +37,13 @@ def test_the_wheel_holds_the_product_and_no_devstack(tmp_path: Path) -> None:
                       "pushtask-tracker", "kubectl-push")  # fmt: skip
     for script in scripts_wanted:
         assert f"{script} = " in scripts
+
+
+def test_the_kind_image_context_holds_every_source_folder_the_dockerfile_copies() -> None:
+    """scripts/kind/build-image.sh assembles the image's build context itself: a folder the
+    Dockerfile copies and the script leaves out fails the product image on kind only."""
+    root = Path(__file__).resolve().parents[2]
+    copied = re.findall(r"^COPY (\w+) \./\1$", (root / "Dockerfile").read_text(), re.M)
+    script = (root / "scripts" / "kind" / "build-image.sh").read_text()
+    (listed,) = re.findall(r"^for d in ([\w ]+); do$", script, re.M)
+    assert copied and sorted(copied) == sorted(listed.split())
