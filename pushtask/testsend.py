@@ -40,6 +40,13 @@ MAX_RECIPIENTS = 20
 MAX_REQUEST_BYTES = 120_000
 # Each outcome line carries this key, so it stands out among the pod's JSON logs.
 KIND_KEY = "pushtaskTestSend"
+# A task that never ran has no worker Deployment to copy the pod from: the tools ask the
+# operator for the workers' pod template by setting this annotation on the task (a fresh
+# nonce each time), and the operator answers with a PodTemplate named like the worker
+# Deployment, its ANSWERS annotation holding that nonce. Not under GROUP: kopf keeps its
+# own annotations there and leaves them out of the changes it reacts to.
+TEMPLATE_REQUEST = f"test.{GROUP}/template-request"
+TEMPLATE_ANSWERS = f"test.{GROUP}/template-answers"
 
 
 def idempotency_key(nonce: str, user: str) -> str:

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pushtask import testsend
 from pushtask.models import GROUP, KIND, PLURAL, VERSION
 from pushtask.naming import worker_deployment_name
 from pushtask_client import actions
@@ -180,6 +181,28 @@ class Cluster:
         fn = self.apps.read_namespaced_deployment
         try:
             got = self.call("get", f'deployment "{deployment}"', ns, lambda: fn(deployment, ns))
+        except ClusterError as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(self.api.sanitize_for_serialization(got))
+
+    def ask_test_template(self, ns: str, name: str, nonce: str) -> None:
+        """Ask the operator for the task's workers' pod template (testsend.TEMPLATE_REQUEST):
+        the annotation alone, as a merge patch (nothing else of the task is touched)."""
+        patch = {"metadata": {"annotations": {testsend.TEMPLATE_REQUEST: nonce}}}
+        fn = self.custom.patch_namespaced_custom_object
+        self.call(
+            "patch", f'pushtask "{name}"', ns, lambda: fn(GROUP, VERSION, ns, PLURAL, name, patch)
+        )
+
+    def test_template(self, ns: str, name: str) -> dict[str, Any] | None:
+        """The operator's answer (a PodTemplate named like the worker Deployment) in its API
+        JSON form, None while there is none."""
+        template = worker_deployment_name(name)
+        fn = self.core.read_namespaced_pod_template
+        try:
+            got = self.call("get", f'podtemplate "{template}"', ns, lambda: fn(template, ns))
         except ClusterError as error:
             if error.status == 404:
                 return None

@@ -4,12 +4,13 @@ The message is rendered here first, for each recipient, with the given attribute
 template error is reported as `kubectl push validate` reports one, and nothing is made.
 Then the send happens inside the cluster, exactly as a worker's would: a one-shot pod
 from the task's worker Deployment's pod template (the same image, ServiceAccount,
-security context and settings, so the same network), with the channel's Secret keys of
-the spec as it is now mapped into its environment as the operator maps them, without the
-store's URI, running `pushtask-worker test-send`. Its log holds one outcome per
-recipient; the pod is deleted once read (and owned by the PushTask, so the garbage
-collector takes it in any case). Nothing is written to any run's ledger or
-counters: neither this module nor the pod opens the store.
+security context and settings, so the same network; a task that never ran has no
+Deployment yet, and the operator answers with the template its first run would get),
+with the channel's Secret keys of the spec as it is now mapped into its environment as
+the operator maps them, without the store's URI, running `pushtask-worker test-send`.
+Its log holds one outcome per recipient; the pod is deleted once read (and owned by the
+PushTask, so the garbage collector takes it in any case). Nothing is written to any
+run's ledger or counters: neither this module nor the pod opens the store.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 POLL_SECONDS = 0.5
 # The pod's own deadline, plus the time to be scheduled and to start.
 WAIT_SECONDS = testsend.DEADLINE_SECONDS + 60
+# How long the operator may take to answer for a task that never ran (it reacts to the
+# request at once; a busy operator works through its queue first).
+TEMPLATE_WAIT_SECONDS = 30.0
 
 
 class TestSendProblems(Exception):
@@ -174,12 +178,8 @@ def send_test(
             f"than {testsend.MAX_REQUEST_BYTES} bytes encoded)"
         )
     deployment = cluster.worker_deployment(ns, name)
-    if deployment is None:
-        raise ClusterError(
-            f"pushtask/{name} has no worker Deployment yet: the operator makes it when the "
-            "task's first run starts, and a test is sent from a pod made like its workers "
-            "(their image, ServiceAccount and network); it can be tested once a run has begun"
-        )
+    if deployment is None:  # never ran: the operator makes the template its first run would
+        deployment = template_from_operator(cluster, ns, name, nonce, sleep=sleep)
     pod = build_pod(deployment, request)
     created = cluster.create_pod(ns, pod)
     try:
@@ -194,6 +194,36 @@ def send_test(
         for r in recipients
     ]
     return TestSendReport(created, outcomes)
+
+
+def template_from_operator(
+    cluster: Cluster,
+    ns: str,
+    name: str,
+    nonce: str,
+    *,
+    wait_seconds: float = TEMPLATE_WAIT_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """The workers' pod template of a task without a worker Deployment, asked of the
+    operator (testsend.TEMPLATE_REQUEST), in the Deployment's shape `build_pod` reads. The
+    operator knows the image, ServiceAccount and settings the workers get; the tools do
+    not. Raises ClusterError when it does not answer this request in time."""
+    cluster.ask_test_template(ns, name, nonce)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        got = cluster.test_template(ns, name)
+        answers = ((got or {}).get("metadata") or {}).get("annotations") or {}
+        if got is not None and answers.get(testsend.TEMPLATE_ANSWERS) == nonce:
+            return {"spec": {"template": got["template"]}}
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"pushtask/{name} has no worker Deployment yet (it never ran), and the "
+                f"operator did not answer the request for its workers' pod template within "
+                f"{wait_seconds:.0f}s: is it running? (kubectl describe pushtask {name} "
+                "shows its Events)"
+            )
+        sleep(POLL_SECONDS)
 
 
 def wait_for_pod(

@@ -16,6 +16,7 @@ from typing import Any
 from pushtask.models import API_VERSION, GROUP, KIND
 from pushtask.naming import worker_deployment_name
 from pushtask.secretrefs import dig, secret_key_refs  # shared with the test sends
+from pushtask.testsend import TEMPLATE_ANSWERS
 from pushtask_operator.settings import OperatorSettings
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -207,4 +208,27 @@ def build_worker_deployment(
                 },
             },
         },
+    }
+
+
+def build_test_pod_template(
+    task_meta: Mapping[str, Any], spec: Mapping[str, Any], settings: OperatorSettings, nonce: str
+) -> dict[str, Any]:
+    """The PodTemplate a test send is made from when the task has no worker Deployment
+    yet (it never ran): its workers' pod template as the first run would have it, for the
+    spec as it is now, answering the request `nonce` (testsend.TEMPLATE_REQUEST). No run
+    yet: the run id is empty (the test pod drops it with the store's URI)."""
+    deployment = build_worker_deployment(task_meta, spec, "", settings, replicas=0, run=0)
+    meta = deployment["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": meta["labels"],
+            "annotations": {TEMPLATE_ANSWERS: nonce},
+            "ownerReferences": meta["ownerReferences"],
+        },
+        "template": deployment["spec"]["template"],
     }

@@ -44,6 +44,7 @@ from pushtask_operator import degrade, metrics, notify
 from pushtask_operator.degrade import DegradeView
 from pushtask_operator.deployment import (
     RUN_ID_ANNOTATION,
+    build_test_pod_template,
     build_worker_deployment,
     selector_string,
 )
@@ -940,6 +941,21 @@ async def on_degrade(rt: Runtime, view: DegradeView) -> None:
 
 
 LEDGER_WAIT_SECONDS = 10.0
+
+
+async def on_test_template(body: Mapping[str, Any], memo: kopf.Memo, nonce: str) -> None:
+    """`kubectl push test` of a task without a worker Deployment asked for its workers' pod
+    template (testsend.TEMPLATE_REQUEST = `nonce`): answer with the PodTemplate. An API
+    refusal (RBAC without podtemplates) is an Event on the task: the tool waiting for the
+    answer says to look there. Outages are retried by kopf (TemporaryError)."""
+    rt = runtime_of(memo)
+    template = build_test_pod_template(
+        body["metadata"], dict(body.get("spec") or {}), rt.settings, nonce
+    )
+    try:
+        await rt.kube.apply_pod_template(template)
+    except KubeApiError as exc:
+        rt.events(body, "Warning", exc.problem.reason, f"test send: {exc.problem.message}")
 
 
 async def on_delete(body: Mapping[str, Any], memo: kopf.Memo) -> None:

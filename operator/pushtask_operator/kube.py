@@ -249,6 +249,20 @@ class Kube:
             _request_timeout=REQUEST_TIMEOUT,
         )
 
+    def _apply_pod_template(self, body: Mapping[str, Any]) -> None:
+        """Server-side apply of a test send's PodTemplate (the operator's to answer with)."""
+        api = client.CoreV1Api(self.api())
+        meta = body["metadata"]
+        api.patch_namespaced_pod_template(
+            meta["name"],
+            meta["namespace"],
+            dict(body),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY_PATCH,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
     def _patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         api = client.CustomObjectsApi(self.api())
         api.patch_namespaced_custom_object_status(
@@ -325,6 +339,11 @@ class Kube:
         meta = body["metadata"]
         what = f"apply Deployment {meta['namespace']}/{meta['name']}"
         await self._call(what, self._apply_deployment, body, workload=True)
+
+    async def apply_pod_template(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        what = f"apply PodTemplate {meta['namespace']}/{meta['name']}"
+        await self._call(what, self._apply_pod_template, body)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         what = f"patch status of PushTask {namespace}/{name}"

@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 from pymongo.errors import PyMongoError
 
+from pushtask import testsend
 from pushtask.models import GROUP, PLURAL, VERSION
 from pushtask.store import Store
 from pushtask_operator import handlers, metrics
@@ -131,6 +132,18 @@ def register(
     @kopf.daemon(*res, registry=registry, id="wakeups", cancellation_timeout=5)
     async def wakeups(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         await handlers.watch(body, memo, logger)
+
+    # `kubectl push test` of a task that never ran: the pod template its test is made from
+    # (a request is a fresh value of the annotation, so each one is answered).
+    @kopf.on.field(
+        *res,
+        field=("metadata", "annotations", testsend.TEMPLATE_REQUEST),
+        registry=registry,
+        id="test-template",
+    )
+    async def test_template(body: kopf.Body, memo: kopf.Memo, new: Any, **_: Any) -> None:
+        if new:
+            await handlers.on_test_template(body, memo, str(new))
 
     # Not optional: the finalizer stays until the runs' ledgers are deleted from MongoDB
     # (the garbage collector removes the Deployment; nothing else would remove the data).

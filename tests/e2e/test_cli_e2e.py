@@ -523,6 +523,58 @@ def test_a_run_seen_through_the_plugin(env: Env) -> None:  # noqa: F811
 # -- a test send: through a pod like the task's workers, outside the run -------------------
 
 
+def test_a_task_that_never_ran_is_tested_from_the_operators_pod_template(
+    env: Env,  # noqa: F811
+) -> None:
+    """A task waiting for a startAt a day ahead has no worker Deployment: `kubectl push
+    test` asks the real operator, which answers with the pod template the first run's
+    workers would get (a PodTemplate owned by the task); the marked send reaches the sink
+    from a pod made of it. The task is as it was: Ready, no run, no Deployment. A second
+    test asks again (a new nonce) and is answered again."""
+    from datetime import UTC, datetime, timedelta
+
+    from pushtask import testsend
+
+    k, ns = env.kubectl, env.namespace
+    start = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    env.apply(push_task("later", env.sink.url, users(5, "l"), workers=1,
+                        schedule={"startAt": start}))  # fmt: skip
+    before = env.wait_phase("later", "Ready")
+    assert env.deployment("later") is None
+    seen = len(env.sink.requests)
+
+    for round_ in (1, 2):
+        proc = kubectl_push(k, "-n", ns, "test", "later", "--to", f"t{round_}", timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = [line.split() for line in proc.stdout.splitlines()]
+        assert rows[1][:4] == [f"t{round_}", "sent", "1", "200"], rows
+        template = k.json("get", "podtemplate", "later-worker")
+        asked = env.task("later")["metadata"]["annotations"][testsend.TEMPLATE_REQUEST]
+        assert template["metadata"]["annotations"][testsend.TEMPLATE_ANSWERS] == asked
+    (owner,) = template["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("PushTask", env.task("later")["metadata"]["uid"])
+    (container,) = template["template"]["spec"]["containers"]
+    assert container["image"], container
+
+    env.quiet_sink()
+    new = env.sink.requests[seen:]
+    assert [(r.user, r.test, r.task) for r in new] == [
+        ("t1", True, f"{ns}/later"),
+        ("t2", True, f"{ns}/later"),
+    ]
+    # The task is untouched: still Ready for its startAt, no run, no Deployment.
+    after = env.status("later")
+    assert (after["phase"], after.get("run"), after.get("runId")) == (
+        "Ready", before.get("run"), before.get("runId")
+    )  # fmt: skip
+    assert not after.get("runId") and env.deployment("later") is None
+    wait_for(
+        "the test pods deleted",
+        lambda: not k.json("get", "pods", "-l", f"{testsend.LABEL}=true")["items"],
+        30,
+    )
+
+
 def test_a_test_send_is_marked_and_stays_out_of_the_run(
     env: Env,  # noqa: F811
     tmp_path: Path,

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -188,9 +189,17 @@ class MiniApi(OwnLoop):
     thread_name = "mini-api"
 
     def __init__(
-        self, task: dict[str, Any], deployment: dict[str, Any] | None, secrets: dict[str, str]
+        self,
+        task: dict[str, Any],
+        deployment: dict[str, Any] | None,
+        secrets: dict[str, str],
+        answer: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
     ) -> None:
         self.task, self.deployment, self.secrets = task, deployment, secrets
+        # The operator's part for a task that never ran: the PodTemplate answering a
+        # request (the task's annotation), built by `answer(task, nonce)`.
+        self.answer = answer
+        self.template: dict[str, Any] | None = None
         self.pods: dict[str, dict[str, Any]] = {}
         self.done: dict[str, subprocess.CompletedProcess[str]] = {}
         self.deleted: list[str] = []
@@ -198,7 +207,9 @@ class MiniApi(OwnLoop):
         self.app = web.Application()
         r = self.app.router
         r.add_get("/apis/pushtask.dev/v1alpha1/namespaces/{ns}/pushtasks/{name}", self._task)
+        r.add_patch("/apis/pushtask.dev/v1alpha1/namespaces/{ns}/pushtasks/{name}", self._patch)
         r.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._deployment)
+        r.add_get("/api/v1/namespaces/{ns}/podtemplates/{name}", self._template)
         r.add_post("/api/v1/namespaces/{ns}/pods", self._create)
         r.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._pod)
         r.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
@@ -242,6 +253,21 @@ class MiniApi(OwnLoop):
 
     async def _task(self, request: web.Request) -> web.Response:
         return web.json_response(self.task)
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        assert request.content_type == "application/merge-patch+json"
+        patch = await request.json()
+        annotations = self.task["metadata"].setdefault("annotations", {})
+        annotations.update(patch["metadata"]["annotations"])
+        nonce = annotations.get(testsend.TEMPLATE_REQUEST)
+        if self.answer is not None and nonce:
+            self.template = self.answer(self.task, nonce)
+        return web.json_response(self.task)
+
+    async def _template(self, request: web.Request) -> web.Response:
+        if self.template is None:
+            return self._missing("podtemplates", request.match_info["name"])
+        return web.json_response(self.template)
 
     async def _deployment(self, request: web.Request) -> web.Response:
         if self.deployment is None:
@@ -307,16 +333,16 @@ def run_command(args: list[str], env: dict[str, str]) -> subprocess.CompletedPro
     )  # fmt: skip
 
 
-def test_the_plugin_sends_through_a_pod_made_from_the_worker_deployment(
+def test_the_plugin_sends_through_a_pod_made_like_the_workers(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`kubectl push test` end to end but for the cluster: the plugin (its real API client)
     reads the task and the operator's own worker Deployment, makes the pod, which runs as
     is and reaches the sink signed with the task's Secret and marked; the plugin prints the
     table from the pod's log and deletes the pod. A task that never ran has no Deployment:
-    said so, nothing made."""
+    the pod template is asked of the operator."""
     from pushtask_client.cli import main
-    from pushtask_operator.deployment import build_worker_deployment
+    from pushtask_operator.deployment import build_test_pod_template, build_worker_deployment
     from tests.unit.test_operator_deployment import SETTINGS
 
     with SinkThread(secret="s3cret", keep_messages=True) as sink:
@@ -354,10 +380,17 @@ def test_the_plugin_sends_through_a_pod_made_from_the_worker_deployment(
             # One recipient: the pod's log is one JSON line, still read as text.
             assert main(["test", "promo", "--to", "a", "--attrs", str(attrs), *config]) == 0
             assert capsys.readouterr().out.splitlines()[1].split() == ["a", "sent", "1", "200", "-"]
-            # A task that never ran.
+            # A task that never ran: no Deployment; the plugin asks the operator (the
+            # annotation), whose builder answers here, and the send goes as before.
             api.deployment = None
-            with pytest.raises(SystemExit) as exit_:
-                main(["test", "promo", "--to", "a", "--attrs", str(attrs), *config])
-            assert exit_.value.code == 1
-            assert "pushtask/promo has no worker Deployment yet" in capsys.readouterr().err
-            assert len(api.deleted) == 2 and not api.pods
+            api.answer = lambda task, nonce: build_test_pod_template(
+                task["metadata"], task["spec"], SETTINGS, nonce
+            )
+            assert main(["test", "promo", "--to", "a", "--attrs", str(attrs), *config]) == 0
+            assert capsys.readouterr().out.splitlines()[1].split() == ["a", "sent", "1", "200", "-"]
+            asked = api.task["metadata"]["annotations"][testsend.TEMPLATE_REQUEST]
+            assert api.template is not None
+            assert api.template["metadata"]["annotations"] == {testsend.TEMPLATE_ANSWERS: asked}
+            assert sink.requests[-1].user == "a" and sink.requests[-1].test
+            assert sink.requests[-1].signature_ok  # the Secret env, as the workers get it
+            assert len(api.deleted) == 3 and not api.pods

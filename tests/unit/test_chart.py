@@ -172,6 +172,7 @@ OPERATOR_RULES = (
     grants("pushtask.dev", ["pushtasks"], ["get", "list", "watch", "patch"])
     | grants("pushtask.dev", ["pushtasks/status"], ["get", "patch"])
     | grants("apps", ["deployments"], ["get", "create", "patch"])
+    | grants("", ["podtemplates"], ["create", "patch"])
     | grants("", ["events"], ["create"])
     | grants("", ["secrets", "configmaps", "serviceaccounts"], ["get"])
 )
@@ -341,6 +342,7 @@ CONSOLE_RULES_WITHOUT_TESTS = grants(
 CONSOLE_RULES = (
     CONSOLE_RULES_WITHOUT_TESTS
     | grants("apps", ["deployments"], ["get"])
+    | grants("", ["podtemplates"], ["get"])
     | grants("", ["pods"], ["create", "get", "delete"])
     | grants("", ["pods/log"], ["get"])
 )
@@ -529,3 +531,13 @@ VALUE_SETS: dict[str, list[str]] = {
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_value_set_renders(helm: Path, name: str) -> None:
     assert render(helm, *VALUE_SETS[name])
+
+
+def test_people_who_edit_tasks_may_read_a_test_sends_pod_template(helm: Path) -> None:
+    """`kubectl push test` of a task that never ran reads the operator's PodTemplate: the
+    built-in `edit` role does not grant it, the chart's aggregated edit role does."""
+    (edit,) = find(render(helm, *URI), "ClusterRole", "rel-pushtask-edit")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert grants("", ["podtemplates"], ["get"]) <= rules_of(edit)
+    assert not find(render(helm, *URI, "--set", "userRoles.enabled=false"), "ClusterRole",
+                    "rel-pushtask-edit")  # fmt: skip

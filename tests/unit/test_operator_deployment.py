@@ -226,3 +226,25 @@ def test_the_tools_look_up_the_deployment_the_operator_names(tmp_path: Path) -> 
     with pytest.raises(ClusterError):
         cluster.workers_mongo_uri("shop", name)
     assert asked == [built["metadata"]["name"]] and len(asked[0]) == 200
+
+
+def test_a_test_template_is_the_pod_template_the_first_run_would_get() -> None:
+    """A task that never ran has no Deployment to copy a test pod from: the operator
+    answers the request with the workers' pod template (image, ServiceAccount, Secret env,
+    security context) as a PodTemplate named like the Deployment and owned by the task."""
+    from pushtask_operator.deployment import build_test_pod_template
+
+    got = build_test_pod_template(META, SPEC, SETTINGS, "n0nce")
+    assert (got["apiVersion"], got["kind"]) == ("v1", "PodTemplate")
+    meta = got["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("spring-sale-worker", "shop")
+    assert meta["annotations"] == {"test.pushtask.dev/template-answers": "n0nce"}
+    assert meta["ownerReferences"] == build()["metadata"]["ownerReferences"]
+    template = got["template"]
+    first = build_worker_deployment(META, SPEC, "", SETTINGS, replicas=0, run=0)
+    assert template == first["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == "ghcr.io/x/pushtask:1"
+    assert template["spec"]["serviceAccountName"] == "pushtask-worker"
+    # No run yet: the run id is empty (the test pod drops it with the store's URI).
+    assert env_of({"spec": {"template": template}})["PUSHTASK_RUN_ID"] == ""

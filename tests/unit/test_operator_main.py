@@ -4,11 +4,15 @@ from pushtask_operator.main import _args, configure_kopf, register
 from pushtask_operator.settings import OperatorSettings
 
 
-def test_registers_reconcile_wakeups_and_delete() -> None:
+def test_registers_reconcile_wakeups_delete_and_test_templates() -> None:
     registry = kopf.OperatorRegistry()
     register(registry, OperatorSettings(progress_interval=3))
     changing = registry._changing.get_all_handlers()
-    assert {h.id for h in changing} == {"reconcile", "forget"}
+    # kopf names a field handler by its id and field.
+    assert {h.id.split("/")[0] for h in changing} == {"reconcile", "forget", "test-template"}
+    # A test send's request for a pod template: each new value of its annotation.
+    (asked,) = [h for h in changing if h.id.startswith("test-template/")]
+    assert asked.field == ("metadata", "annotations", "test.pushtask.dev/template-request")
     # One daemon per task that sleeps until its next event, not a timer polling every task.
     (daemon,) = registry._spawning.get_all_handlers()
     assert type(daemon).__name__ == "DaemonHandler" and daemon.id == "wakeups"

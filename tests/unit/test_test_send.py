@@ -249,6 +249,14 @@ class RecordingCluster:
         self.calls.append("deployment")
         return None
 
+    def ask_test_template(self, ns: str, name: str, nonce: str) -> None:
+        self.calls.append(f"ask {ns}/{name}")
+        self.nonce = nonce
+
+    def test_template(self, ns: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("template")
+        return None  # the operator does not answer
+
     def create_pod(self, ns: str, pod: dict[str, Any]) -> str:
         raise AssertionError("no pod may be made")
 
@@ -269,15 +277,48 @@ def test_cli_reports_template_errors_as_validate_does_and_makes_no_pod(
     assert cluster.calls == ["get shop/promo"]
 
 
-def test_cli_says_a_task_without_workers_yet_cannot_be_tested() -> None:
+class AnsweringCluster(RecordingCluster):
+    """The operator answers a request for the pod template, after one stale answer (the
+    PodTemplate of an earlier test, another nonce)."""
+
+    def __init__(self, task: dict[str, Any], answer: dict[str, Any]) -> None:
+        super().__init__(task)
+        self.answer = answer
+        self.reads = 0
+
+    def test_template(self, ns: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("template")
+        self.reads += 1
+        nonce = "earlier" if self.reads == 1 else self.nonce
+        return {"metadata": {"annotations": {testsend.TEMPLATE_ANSWERS: nonce}},
+                "template": self.answer}  # fmt: skip
+
+
+def test_a_task_that_never_ran_is_tested_from_the_operators_template() -> None:
+    """No worker Deployment yet: the tool asks the operator (an annotation with a fresh
+    nonce) and waits for the PodTemplate answering that nonce, not an earlier one."""
+    from pushtask_client.testsend import template_from_operator
+
+    answer = worker_deployment()["spec"]["template"]
+    cluster: Any = AnsweringCluster(task_object(HOOKED), answer)
+    slept: list[float] = []
+    got = template_from_operator(cluster, "shop", "promo", "n1", sleep=slept.append)
+    assert got == {"spec": {"template": answer}}
+    assert cluster.nonce == "n1" and cluster.calls == ["ask shop/promo", "template", "template"]
+    assert slept == [0.5]
+
+
+def test_a_task_that_never_ran_and_no_operator_to_answer_says_so() -> None:
     from pushtask_client.cli import CliError, cmd_test
     from pushtask_client.taskapi import ClusterError
+    from pushtask_client.testsend import template_from_operator
 
     plain = spec("{{ user }}")
     plain["message"]["template"]["title"] = "Hi"
     cluster: Any = RecordingCluster(task_object(plain))
-    with pytest.raises(ClusterError, match="has no worker Deployment yet"):
-        cmd_test(cluster, "shop", "promo", "a", None)
+    with pytest.raises(ClusterError, match=r"operator did not answer .* within 0s: is it running"):
+        template_from_operator(cluster, "shop", "promo", "n2", wait_seconds=0.0)
+    assert cluster.calls == ["ask shop/promo", "template"]
     with pytest.raises(CliError, match="names no user"):
         cmd_test(cluster, "shop", "promo", ",", None)
 
