@@ -17,13 +17,16 @@ from typing import Any
 import pytest
 
 from tests.e2e.release import QualifiedEnv, on_devstack, ready_pod_ip, release
+from tests.e2e.test_cli_e2e import kubectl_push
 from tests.e2e.test_operator_e2e import database_uri, push_task, users, wait_for
+from tests.support.browser import browser, web_page  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 KEY = "tracker-e2e-key-0123456789abcdef"
 BEARER = "tracker-e2e-conversions-token"
 PORT = 8080
+CONSOLE_PORT = 8081
 SALE = "https://shop.example/sale"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
 
@@ -69,17 +72,25 @@ def tracker_env(
     # task's workers sign with it (spec.message.tracking.secretRef, the task's namespace).
     k("create", "secret", "generic", "tracker-key", f"--from-literal=key={KEY}")
     k("create", "secret", "generic", "tracker-conversions", f"--from-literal=token={BEARER}")
+    k("create", "secret", "generic", "console-token", "--from-literal=token=console-e2e")
     db_uri = database_uri(mongo_uri, f"e2e_{namespace.replace('-', '_')}"[:60])
     with release(
         kubectl, helm, namespace, db_uri,
         "tracker.enabled=true", "tracker.keySecret.name=tracker-key", f"tracker.port={PORT}",
         "tracker.conversionsTokenSecret.name=tracker-conversions",
+        # The console too, to see what it shows of clicks and conversions (another port:
+        # devstack's pods share the host's network).
+        "console.enabled=true", "console.tokenSecret.name=console-token",
+        f"console.port={CONSOLE_PORT}",
         keep_messages=True,
     ) as env:  # fmt: skip
         yield env
 
 
-def test_a_click_and_conversions_reach_the_status(tracker_env: QualifiedEnv) -> None:
+def test_a_click_and_conversions_reach_the_status(
+    tracker_env: QualifiedEnv,
+    web_page: Any,  # noqa: F811
+) -> None:
     env = tracker_env
     base = tracker_url(env)
     audience = users(5, "tr")
@@ -149,3 +160,21 @@ def test_a_click_and_conversions_reach_the_status(tracker_env: QualifiedEnv) -> 
     assert wait_for("status.conversions purchase == 2", converted, 60) == [
         {"event": "purchase", "count": 2, "rate": "40.0%"}
     ]
+
+    # What people see: `kubectl push status` and the console's task page, in a browser.
+    proc = kubectl_push(env.kubectl, "-n", env.namespace, "status", "tracked")
+    assert proc.returncode == 0, proc.stderr
+    assert "clicks 1 (20.0%)" in proc.stdout and "purchase 2 (40.0%)" in proc.stdout, proc.stdout
+    console = f"http://{ready_pod_ip(env, 'pushtask-console')}:{CONSOLE_PORT}/"
+    page = web_page
+    page.goto(f"{console}#/task/{env.namespace}/tracked")
+    page.wait_for_selector('#t-counts td[data-count="clicks"]:text-is("1")')
+    assert page.inner_text('#t-counts td[data-count="clickers"]') == "1"
+    assert page.inner_text('#t-counts td[data-count="clickThrough"]') == "20.0%"
+    assert page.inner_text('#t-counts td[data-conversion="purchase"]') == "2 (40.0%)"
+    page.wait_for_selector("#t-links tbody tr")
+    link_rows = page.eval_on_selector_all(
+        "#t-links tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))"
+    )
+    assert link_rows == [["#0", SALE, "1"]]
+
