@@ -179,8 +179,12 @@ class Cluster:
         is none (the operator makes it with the task's first run)."""
         deployment = worker_deployment_name(name)
         fn = self.apps.read_namespaced_deployment
+        return self._read(f'deployment "{deployment}"', ns, lambda: fn(deployment, ns))
+
+    def _read(self, what: str, ns: str, fn: Callable[[], Any]) -> dict[str, Any] | None:
+        """An object in its API JSON form (camelCase), None when there is none."""
         try:
-            got = self.call("get", f'deployment "{deployment}"', ns, lambda: fn(deployment, ns))
+            got = self.call("get", what, ns, fn)
         except ClusterError as error:
             if error.status == 404:
                 return None
@@ -201,13 +205,7 @@ class Cluster:
         JSON form, None while there is none."""
         template = worker_deployment_name(name)
         fn = self.core.read_namespaced_pod_template
-        try:
-            got = self.call("get", f'podtemplate "{template}"', ns, lambda: fn(template, ns))
-        except ClusterError as error:
-            if error.status == 404:
-                return None
-            raise
-        return dict(self.api.sanitize_for_serialization(got))
+        return self._read(f'podtemplate "{template}"', ns, lambda: fn(template, ns))
 
     def create_pod(self, ns: str, pod: dict[str, Any]) -> str:
         """Create a pod; returns its name."""

@@ -231,15 +231,13 @@ class Kube:
         result: dict[str, Any] = self.api().sanitize_for_serialization(obj)
         return result
 
-    def _apply_deployment(self, body: Mapping[str, Any]) -> None:
-        """Server-side apply: creates the Deployment or updates the fields we own.
-
-        force=True: the operator is the Deployment's controller; a hand edit of replicas
-        or of the template is put back (scale the PushTask instead).
-        """
-        api = client.AppsV1Api(self.api())
+    @staticmethod
+    def _server_side_apply(patch: Callable[..., Any], body: Mapping[str, Any]) -> None:
+        """Creates the object or updates the fields the operator owns. force=True: the
+        operator is its controller; a hand edit (a Deployment's replicas or template) is
+        put back (scale the PushTask instead)."""
         meta = body["metadata"]
-        api.patch_namespaced_deployment(
+        patch(
             meta["name"],
             meta["namespace"],
             dict(body),
@@ -248,20 +246,13 @@ class Kube:
             _content_type=APPLY_PATCH,
             _request_timeout=REQUEST_TIMEOUT,
         )
+
+    def _apply_deployment(self, body: Mapping[str, Any]) -> None:
+        self._server_side_apply(client.AppsV1Api(self.api()).patch_namespaced_deployment, body)
 
     def _apply_pod_template(self, body: Mapping[str, Any]) -> None:
-        """Server-side apply of a test send's PodTemplate (the operator's to answer with)."""
-        api = client.CoreV1Api(self.api())
-        meta = body["metadata"]
-        api.patch_namespaced_pod_template(
-            meta["name"],
-            meta["namespace"],
-            dict(body),
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=APPLY_PATCH,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        """A test send's PodTemplate (the operator's answer to `kubectl push test`)."""
+        self._server_side_apply(client.CoreV1Api(self.api()).patch_namespaced_pod_template, body)
 
     def _patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         api = client.CustomObjectsApi(self.api())

@@ -73,23 +73,29 @@ def _iso(ts: datetime | None) -> str | None:
     return None if ts is None else ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def payload(
-    task: dict[str, str],
-    run: int,
-    run_id: str,
-    before: Phase,
-    t: Transition,
-    summary: RunSummary,
-    now: datetime,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PhaseChange:
+    """One run's phase change, as a notification names it: the task ({namespace, name,
+    uid}: Events about the sends are posted on it), the run, the phases and when."""
+
+    task: dict[str, str]
+    run: int
+    run_id: str
+    before: Phase
+    transition: Transition
+    at: datetime
+
+
+def payload(change: PhaseChange, summary: RunSummary) -> dict[str, Any]:
     """The notification's JSON body (a webhook's body; an e-mail says the same in text)."""
+    task, t = change.task, change.transition
     return {
         "type": f"pushtask.run.{t.phase.value.lower()}",
         "task": {"namespace": task["namespace"], "name": task["name"]},
-        "run": run,
-        "runId": run_id,
+        "run": change.run,
+        "runId": change.run_id,
         "phase": t.phase.value,
-        "previousPhase": before.value,
+        "previousPhase": change.before.value,
         "reason": t.reason,
         "message": t.message,
         "counts": summary.counts.model_dump(),
@@ -97,7 +103,7 @@ def payload(
         "failureSampleSize": len(summary.failure_samples),
         "startedAt": _iso(summary.started_at),
         "finishedAt": _iso(summary.finished_at),
-        "at": _iso(now),
+        "at": _iso(change.at),
     }
 
 
@@ -119,31 +125,24 @@ def notification_id(run_id: str, phase: Phase, target: dict[str, Any]) -> str:
 
 
 def notifications(
-    task: dict[str, str],
-    spec: PushTaskSpec,
-    run: int,
-    run_id: str,
-    before: Phase,
-    t: Transition,
-    summary: RunSummary,
-    now: datetime,
+    change: PhaseChange, spec: PushTaskSpec, summary: RunSummary
 ) -> list[dict[str, Any]]:
-    """The outbox documents of one phase change (empty when nobody asked to be told).
-    `task` is {namespace, name, uid}: Events about the sends are posted on it."""
-    body = payload(task, run, run_id, before, t, summary, now)
+    """The outbox documents of one phase change (empty when nobody asked to be told)."""
+    body = payload(change, summary)
+    phase = change.transition.phase
     docs = []
-    for n in wanted(spec, before, t):
+    for n in wanted(spec, change.before, change.transition):
         target = target_of(n, spec)
         docs.append(
             {
-                "_id": notification_id(run_id, t.phase, target),
-                "run": run_id,
-                "task": dict(task),
-                "phase": t.phase.value,
+                "_id": notification_id(change.run_id, phase, target),
+                "run": change.run_id,
+                "task": dict(change.task),
+                "phase": phase.value,
                 "target": target,
                 "payload": body,
-                "created": now,
-                "nextAt": now,
+                "created": change.at,
+                "nextAt": change.at,
             }
         )
     return docs

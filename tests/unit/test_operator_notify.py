@@ -117,6 +117,11 @@ def summary(**counts: int) -> notify.RunSummary:
     )
 
 
+def change(run: int, run_id: str, t: Transition, at: datetime = NOW) -> notify.PhaseChange:
+    """A run's change from Started (the phase every test here leaves)."""
+    return notify.PhaseChange(TASK, run, run_id, Phase.STARTED, t, at)
+
+
 def test_one_document_per_target_with_the_counts_and_top_failure_reasons() -> None:
     s = spec(
         hook(webhook={"url": HOOK, "secretRef": {"name": "ops-hook", "key": "signing"}}),
@@ -124,7 +129,7 @@ def test_one_document_per_target_with_the_counts_and_top_failure_reasons() -> No
         hook(phases=["Paused"]),
     )
     c = {"audience": 10, "sent": 4, "failed": 6}
-    docs = notify.notifications(TASK, s, 3, "run-3", Phase.STARTED, FAILED, summary(**c), NOW)
+    docs = notify.notifications(change(3, "run-3", FAILED), s, summary(**c))
     assert len(docs) == 2  # the third entry asks for Paused only
     hook_doc, mail_doc = docs
     body = hook_doc["payload"]
@@ -169,7 +174,7 @@ def test_ids_are_one_per_run_phase_and_target() -> None:
     s = spec(hook(), {"email": {"to": ["ops@example.com"]}})
 
     def ids(run_id: str, t: Transition, now: datetime = NOW) -> list[str]:
-        docs = notify.notifications(TASK, s, 1, run_id, Phase.STARTED, t, summary(), now)
+        docs = notify.notifications(change(1, run_id, t, now), s, summary())
         return [d["_id"] for d in docs]
 
     first = ids("run-1", FINISHED)
@@ -202,7 +207,7 @@ def test_back_off_doubles_is_capped_and_gives_up_after_an_hour() -> None:
 def test_email_text_says_what_the_json_says() -> None:
     s = spec({"email": {"to": ["ops@example.com"]}})
     c = {"audience": 10, "sent": 4, "failed": 6}
-    (doc,) = notify.notifications(TASK, s, 3, "run-3", Phase.STARTED, FAILED, summary(**c), NOW)
+    (doc,) = notify.notifications(change(3, "run-3", FAILED), s, summary(**c))
     subject, text = notify.email_text(doc["payload"])
     assert subject == "PushTask shop/sale run 3: Failed"
     for fact in (
@@ -285,9 +290,7 @@ def test_email_goes_through_the_tasks_smtp_settings_to_a_real_server() -> None:
                 ],
             }
         )
-        docs = notify.notifications(
-            TASK, s, 1, "run-1", Phase.STARTED, FINISHED, summary(sent=9, audience=9), NOW
-        )
+        docs = notify.notifications(change(1, "run-1", FINISHED), s, summary(sent=9, audience=9))
         # The sender's e-mail step alone (the outbox is the integration tests').
         sender = Notifier(None, NoSecrets(), _no_events)  # type: ignore[arg-type]
         ok, refused = asyncio.run(_both(sender, docs))

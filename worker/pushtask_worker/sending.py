@@ -7,6 +7,7 @@ drop a repeat; every attempt spends a rate token, because the receiver sees each
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -48,9 +49,8 @@ def make_channel(
     m = spec.message
     builtin = getattr(m, m.channel, None) if m.channel in BUILTIN_CHANNELS else None
     settings = builtin if builtin is not None else dict(m.settings or {})
-    if env is None:
-        return channel_cls(ChannelContext(settings, concurrency=concurrency))
-    return channel_cls(ChannelContext(settings, env=dict(env), concurrency=concurrency))
+    secrets = dict(os.environ if env is None else env)
+    return channel_cls(ChannelContext(settings, env=secrets, concurrency=concurrency))
 
 
 @dataclass
