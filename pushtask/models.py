@@ -1151,7 +1151,8 @@ class StatusModel(BaseModel):
 
 
 class Counts(StatusModel):
-    """Recipients by result; at the end sent + failed + unknown + skipped == audience."""
+    """Recipients by result; at the end sent + failed + unknown + skipped == audience
+    (excluded and duplicates are users and rows left out of the audience)."""
 
     audience: int = 0
     """Recipients found plus skipped source rows."""
@@ -1165,6 +1166,12 @@ class Counts(StatusModel):
     """Bad source rows, with reasons in skipSamples."""
     unknown: int = 0
     """In doubt after a lost worker (AtMostOnce): never sent again."""
+    excluded: int = 0
+    """Users removed by audience.exclude (opt-out lists and frequency caps together),
+    counted as the audience is sealed; not part of audience."""
+    duplicates: int = 0
+    """Source rows of a user already found (overlapping sources, repeated rows): each
+    user is sent to once; not part of audience."""
 
 
 class WorkerCounts(StatusModel):

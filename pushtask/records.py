@@ -39,6 +39,8 @@ class RunTotals:
     unknown: int
     attempted: int
     total: int  # distinct recipients after exclusions, known shard by shard as they seal
+    excluded: int  # distinct users audience.exclude removed, shard by shard as they seal
+    duplicates: int  # rows of a user already found, dropped as the shards seal
     splits_open: int
 
     @property

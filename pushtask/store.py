@@ -43,6 +43,8 @@ DEFAULT_DB = "pushtask"
 Stage = Literal["audience", "seal", "delivery", "done"]
 STAGES: tuple[Stage, ...] = get_args(Stage)  # in the order a run goes through them
 COUNTER_FIELDS = ("inserted", "skipped", "sent", "failed", "unknown", "attempted")
+# What seal_shard records on a shard's seal split, beside the split's counters.
+SEAL_FIELDS = ("total", "excluded", "duplicates")
 DUPLICATE_KEY = 11000
 IN_DOUBT = "in doubt: its worker was lost mid-send"
 # Everything a run owns besides its run document, each keyed by `run`.
@@ -365,16 +367,15 @@ class Store:
         """
         run_doc = await self._runs.find_one({"_id": run_id}, {"stage": 1})
         sums: dict[str, int] = defaultdict(int)
-        projection = {"status": 1, "total": 1, "counters": 1}
+        projection = {"status": 1, "counters": 1, **dict.fromkeys(SEAL_FIELDS, 1)}
         async for doc in self._splits.find({"run": run_id}, projection):
             self._add(sums, doc)
         async for doc in self._chunks.find({"run": run_id}, projection):
             self._add(sums, doc)
         return RunTotals(
             stage=(run_doc or {}).get("stage", "audience"),
-            total=sums["total"],
             splits_open=sums["open"],
-            **{f: sums[f] for f in COUNTER_FIELDS},
+            **{f: sums[f] for f in COUNTER_FIELDS + SEAL_FIELDS},
         )
 
     @staticmethod
@@ -382,7 +383,8 @@ class Store:
         counters = doc.get("counters") or {}
         for f in COUNTER_FIELDS:
             sums[f] += int(counters.get(f) or 0)
-        sums["total"] += int(doc.get("total") or 0)
+        for f in SEAL_FIELDS:  # only seal splits have them
+            sums[f] += int(doc.get(f) or 0)
         sums["open"] += doc.get("status") != DONE
 
     async def skip_samples(self, run_id: str, limit: int = 5) -> list[str]:

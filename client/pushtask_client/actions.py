@@ -107,6 +107,9 @@ def progress_line(task: Mapping[str, Any]) -> dict[str, Any]:
         "failed": int(counts.get("failed") or 0),
         "skipped": int(counts.get("skipped") or 0),
         "unknown": int(counts.get("unknown") or 0),
+        # Left out of the audience: users audience.exclude removed, rows of a user repeated.
+        "excluded": int(counts.get("excluded") or 0),
+        "duplicates": int(counts.get("duplicates") or 0),
         "done": done,
         "total": total,
         "rate": float(status.get("rate") or 0.0),

@@ -176,9 +176,10 @@ def detail_of(p: Mapping[str, Any]) -> str:
         f"{c.get('event')} {c.get('count', 0)} ({c.get('rate', '')})  "
         for c in p.get("conversions") or []
     )
+    left_out = "".join(f"{k} {p[k]}  " for k in ("excluded", "duplicates") if p.get(k))
     return (
         f"{p['rate']:.0f}/s  eta {p['eta']}  {p['phase']}  run {p['run']}  "
-        f"workers {p['workers']}  {clicks}{conversions}{p['message']}"
+        f"workers {p['workers']}  {left_out}{clicks}{conversions}{p['message']}"
     ).rstrip()
 
 

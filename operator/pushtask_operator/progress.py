@@ -41,6 +41,8 @@ def counts_from_totals(totals: RunTotals) -> Counts:
         failed=totals.failed,
         skipped=totals.skipped,
         unknown=totals.unknown,
+        excluded=totals.excluded,
+        duplicates=totals.duplicates,
     )
 
 

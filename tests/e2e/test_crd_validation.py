@@ -172,7 +172,7 @@ def test_declared_status_fields_survive_and_print(
     status = {
         "phase": "Started", "run": 1, "runId": "r", "observedGeneration": 1,
         "counts": {"audience": 10, "pending": 6, "sent": 4, "failed": 0, "skipped": 0,
-                   "unknown": 0},
+                   "unknown": 0, "excluded": 3, "duplicates": 1},
         "rate": 12.5, "eta": "1s", "workers": {"desired": 2, "ready": 2, "live": 2},
         "replicas": 2, "selector": "pushtask.dev/task=status",
         "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "m",

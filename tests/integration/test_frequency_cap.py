@@ -95,12 +95,14 @@ def test_overlapping_campaigns_cap_only_what_the_selector_names(
     )
     assert received(capped) == set(USERS[100:]), "only the growth campaign's 100 are capped"
     t = totals(uri, run_id)
-    assert (t.stage, t.total, t.sent) == ("done", 100, 100), t
+    assert (t.stage, t.total, t.sent, t.excluded, t.duplicates) == ("done", 100, 100, 100, 0), t
 
     # An empty selector: every task of the namespace, the capped campaign's own run too.
     everyone = new_sink(sinks)
-    campaign(uri, tmp_path, everyone, USERS, exclude=[cap()], name="everyone")
+    run_id, _ = campaign(uri, tmp_path, everyone, USERS, exclude=[cap()], name="everyone")
     assert received(everyone) == set(), "all 200 were sent something within the day"
+    t = totals(uri, run_id)
+    assert (t.stage, t.total, t.excluded) == ("done", 0, 200), t
     print(
         "frequency cap, overlapping: growth 100, ops 100 (50 shared), capped by growth: "
         f"{len(received(capped))} sent, capped by all: {len(received(everyone))} sent"

@@ -203,6 +203,10 @@ def test_overlapping_sources_duplicates_and_exclusions_seal_to_unique_recipients
         totals = await store.totals(run_id)
         assert totals.total == totals.audience == totals.pending == len(expected)
         assert totals.inserted == len(first) + len(second)  # rows read, before dedup
+        # Each seal split recorded its share: u005 and u149 left out ("stranger" was never
+        # in the audience); u001, u002 repeated and u100..u119 in both sources, kept once.
+        assert (totals.excluded, totals.duplicates) == (2, 2 + 20)
+        assert totals.inserted == totals.total + totals.excluded + totals.duplicates
         # The first row of a user wins: u100 came plain from the first source.
         state = await store.recipient(run_id, "u100")
         assert state is not None and state.status == "pending"

@@ -71,6 +71,18 @@ def test_status_shows_clicks_and_conversions_of_a_tracked_run_only() -> None:
     assert "clicks" not in status_line(progress_line(task(untracked)), width=10)
 
 
+def test_status_shows_the_users_left_out_of_the_audience_when_there_are_any() -> None:
+    counts = {"audience": 200, "sent": 200, "excluded": 750000, "duplicates": 0}
+    capped = {"phase": "Finished", "run": 1, "counts": counts}
+    line = status_line(progress_line(task(capped)), width=10)
+    assert "workers 0/0  excluded 750000" in line and "duplicates" not in line
+    counts.update(excluded=0, duplicates=12)
+    line = status_line(progress_line(task(capped)), width=10)
+    assert "duplicates 12" in line and "excluded" not in line
+    plain = {"phase": "Finished", "run": 1, "counts": {"audience": 200, "sent": 200}}
+    assert status_line(progress_line(task(plain)), width=10).endswith("workers 0/0")
+
+
 def test_recipient_shows_the_links_clicked_and_conversions_when_tracked() -> None:
     from datetime import UTC, datetime
 

@@ -54,6 +54,13 @@ def test_summary_carries_the_clicks_of_a_tracked_run() -> None:
     assert views.summary(tracked)["conversions"] == tracked["status"]["conversions"]
 
 
+def test_summary_carries_the_users_left_out_of_the_audience() -> None:
+    s = views.summary(task("Finished", sent=200, excluded=750, duplicates=3))
+    assert (s["excluded"], s["duplicates"], s["total"]) == (750, 3, 200)
+    s = views.summary(task("Finished", sent=200))  # a status from before the counts
+    assert (s["excluded"], s["duplicates"]) == (0, 0)
+
+
 def test_link_rows_name_each_target_and_its_clickers() -> None:
     rows = views.link_rows(("https://a.example", "https://b.example"), {1: 4})
     assert rows == [

@@ -150,6 +150,8 @@ def test_one_document_per_target_with_the_counts_and_top_failure_reasons() -> No
         "failed": 6,
         "skipped": 0,
         "unknown": 0,
+        "excluded": 0,
+        "duplicates": 0,
     }
     assert body["topFailureReasons"] == [
         {"reason": "HTTP 400 Bad Request", "sampled": 3},

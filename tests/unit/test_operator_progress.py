@@ -5,6 +5,7 @@ from pushtask.records import ClickTotals, ConversionTotals, RunTotals
 from pushtask_operator.progress import (
     CLICKS_WINDOW,
     DeploymentView,
+    Progress,
     RateTracker,
     compute_progress,
     counts_from_totals,
@@ -21,7 +22,8 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 def Totals(**counters: Any) -> RunTotals:
     zero = dict(stage="delivery", inserted=0, skipped=0, sent=0, failed=0, unknown=0)
-    return RunTotals(**{**zero, "attempted": 0, "total": 0, "splits_open": 0, **counters})
+    seal = {"total": 0, "excluded": 0, "duplicates": 0}
+    return RunTotals(**{**zero, **seal, "attempted": 0, "splits_open": 0, **counters})
 
 
 def test_counts_balance() -> None:
@@ -122,6 +124,8 @@ def test_compute_progress() -> None:
             "failed": 0,
             "skipped": 0,
             "unknown": 0,
+            "excluded": 0,
+            "duplicates": 0,
         },
         "rate": 100.0,
         "eta": "5s",
@@ -150,9 +154,10 @@ def test_no_eta_while_audience_is_read() -> None:
     assert p.eta is None and p.counts.audience == 50
 
 
-def test_clicks_of_a_tracked_run_are_in_its_progress() -> None:
-    p = compute_progress(
-        totals=Totals(total=200, sent=200),
+def ended_progress(totals: RunTotals, **tracking: Any) -> Progress:
+    """The progress of a run that ended, its workers gone (`tracking`: clicks, conversions)."""
+    return compute_progress(
+        totals=totals,
         run_doc={"stage": "done"},
         heartbeats=[],
         leased_splits=[],
@@ -161,8 +166,21 @@ def test_clicks_of_a_tracked_run_are_in_its_progress() -> None:
         run_id="r",
         now=NOW,
         lease_seconds=30,
-        clicks=ClickTotals(clicks=9, clickers=6, by_link={0: 6, 1: 3}),
+        **tracking,
     )
+
+
+def test_excluded_and_duplicates_are_in_the_status_outside_the_audience() -> None:
+    p = ended_progress(Totals(total=900, sent=900, excluded=750, duplicates=40))
+    counts = p.status_fields()["counts"]
+    assert (counts["excluded"], counts["duplicates"]) == (750, 40)
+    # The users left out are not recipients: the audience still balances.
+    assert counts["audience"] == counts["sent"] == 900 and counts["pending"] == 0
+
+
+def test_clicks_of_a_tracked_run_are_in_its_progress() -> None:
+    clicks = ClickTotals(clicks=9, clickers=6, by_link={0: 6, 1: 3})
+    p = ended_progress(Totals(total=200, sent=200), clicks=clicks)
     fields = p.status_fields()
     assert (fields["clicks"], fields["clickers"], fields["clickThrough"]) == (9, 6, "3.0%")
 
@@ -192,18 +210,8 @@ def test_conversions_are_read_for_the_longer_of_a_week_and_their_window() -> Non
 
 
 def test_conversions_of_a_tracked_run_are_in_its_progress() -> None:
-    p = compute_progress(
-        totals=Totals(total=400, sent=400),
-        run_doc={"stage": "done"},
-        heartbeats=[],
-        leased_splits=[],
-        deployment=DeploymentView(),
-        tracker=RateTracker(),
-        run_id="r",
-        now=NOW,
-        lease_seconds=30,
-        conversions=ConversionTotals({"signup": 2, "purchase": 5}),
-    )
+    conversions = ConversionTotals({"signup": 2, "purchase": 5})
+    p = ended_progress(Totals(total=400, sent=400), conversions=conversions)
     assert p.status_fields()["conversions"] == [
         {"event": "purchase", "count": 5, "rate": "1.2%"},
         {"event": "signup", "count": 2, "rate": "0.5%"},

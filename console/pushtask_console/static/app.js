@@ -208,7 +208,9 @@ function renderHead(t) {
   // A run that tracks link clicks adds its clicks (unique recipient-link pairs), its
   // clickers (unique recipients) and the click-through (clickers per sent message).
   const tracked = t.clicks !== null && t.clicks !== undefined;
-  const keys = ["sent", "failed", "skipped", "unknown", "done", "total"];
+  // Users left out of the audience (audience.exclude, repeated rows), when there are any.
+  const leftOut = ["excluded", "duplicates"].filter((k) => t[k]);
+  const keys = ["sent", "failed", "skipped", "unknown", "done", "total"].concat(leftOut);
   for (const k of tracked ? keys.concat(["clicks", "clickers", "clickThrough"]) : keys) {
     const row = el("tr");
     row.appendChild(el("th", k === "clickThrough" ? "click-through" : k));
