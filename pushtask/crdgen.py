@@ -385,6 +385,21 @@ PRINTER_COLUMNS: list[JsonObj] = [
     # Live workers (fresh heartbeats) are what is really sending; desired is in the spec.
     {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.live"},
     {"name": "ETA", "type": "string", "jsonPath": ".status.eta", "priority": 1},
+    # A run that tracks links (empty otherwise): what its campaign achieved, at a glance.
+    {
+        "name": "Clicks",
+        "type": "integer",
+        "jsonPath": ".status.clicks",
+        "priority": 1,
+        "description": "Clicks (unique recipient-link pairs) of a run that tracks links",
+    },
+    {
+        "name": "CTR",
+        "type": "string",
+        "jsonPath": ".status.clickThrough",
+        "priority": 1,
+        "description": "Click-through: recipients who clicked, per sent message",
+    },
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -161,7 +161,13 @@ def test_a_click_and_conversions_reach_the_status(
         {"event": "purchase", "count": 2, "rate": "40.0%"}
     ]
 
-    # What people see: `kubectl push status` and the console's task page, in a browser.
+    # What people see: `kubectl get -o wide` (the API server's printer columns),
+    # `kubectl push status` and the console's task page, in a browser.
+    header, line = env.kubectl(
+        "get", "pushtasks.pushtask.dev", "tracked", "-o", "wide"
+    ).stdout.splitlines()
+    wide = dict(zip(header.split(), line.split(), strict=False))
+    assert (wide["CLICKS"], wide["CTR"]) == ("1", "20.0%"), (header, line)
     proc = kubectl_push(env.kubectl, "-n", env.namespace, "status", "tracked")
     assert proc.returncode == 0, proc.stderr
     assert "clicks 1 (20.0%)" in proc.stdout and "purchase 2 (40.0%)" in proc.stdout, proc.stdout
@@ -177,4 +183,3 @@ def test_a_click_and_conversions_reach_the_status(
         "#t-links tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))"
     )
     assert link_rows == [["#0", SALE, "1"]]
-

@@ -79,6 +79,10 @@ def test_printer_columns() -> None:
     assert by_name["Sent"] == ".status.counts.sent"
     assert by_name["Total"] == ".status.counts.audience"
     assert by_name["Workers"] == ".status.workers.live"
+    # -o wide adds, for a run that tracks links, its clicks and click-through.
+    wide = [c["name"] for c in columns if c.get("priority")]
+    assert wide == ["ETA", "Clicks", "CTR", "Message"]
+    assert (by_name["Clicks"], by_name["CTR"]) == (".status.clicks", ".status.clickThrough")
 
 
 def _walk_model(model: type[BaseModel], schema: dict[str, Any], path: str) -> list[str]:
