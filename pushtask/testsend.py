@@ -47,6 +47,10 @@ KIND_KEY = "pushtaskTestSend"
 # own annotations there and leaves them out of the changes it reacts to.
 TEMPLATE_REQUEST = f"test.{GROUP}/template-request"
 TEMPLATE_ANSWERS = f"test.{GROUP}/template-answers"
+# How long the tools wait for that answer (the operator reacts at once; a busy one works
+# through its queue first). The operator stops retrying an answer after this long too:
+# nobody waits for it any more.
+TEMPLATE_WAIT_SECONDS = 30.0
 
 
 def idempotency_key(nonce: str, user: str) -> str:

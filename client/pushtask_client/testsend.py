@@ -39,9 +39,6 @@ PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 POLL_SECONDS = 0.5
 # The pod's own deadline, plus the time to be scheduled and to start.
 WAIT_SECONDS = testsend.DEADLINE_SECONDS + 60
-# How long the operator may take to answer for a task that never ran (it reacts to the
-# request at once; a busy operator works through its queue first).
-TEMPLATE_WAIT_SECONDS = 30.0
 
 
 class TestSendProblems(Exception):
@@ -202,7 +199,7 @@ def template_from_operator(
     name: str,
     nonce: str,
     *,
-    wait_seconds: float = TEMPLATE_WAIT_SECONDS,
+    wait_seconds: float = testsend.TEMPLATE_WAIT_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """The workers' pod template of a task without a worker Deployment, asked of the

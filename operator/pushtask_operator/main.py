@@ -134,12 +134,15 @@ def register(
         await handlers.watch(body, memo, logger)
 
     # `kubectl push test` of a task that never ran: the pod template its test is made from
-    # (a request is a fresh value of the annotation, so each one is answered).
+    # (a request is a fresh value of the annotation, so each one is answered). Retried no
+    # longer than the tool waits: a request that cannot be answered (a spec the builder
+    # refuses, set by hand) is not retried for ever.
     @kopf.on.field(
         *res,
         field=("metadata", "annotations", testsend.TEMPLATE_REQUEST),
         registry=registry,
         id="test-template",
+        timeout=testsend.TEMPLATE_WAIT_SECONDS,
     )
     async def test_template(body: kopf.Body, memo: kopf.Memo, new: Any, **_: Any) -> None:
         if new:

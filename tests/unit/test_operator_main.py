@@ -13,6 +13,7 @@ def test_registers_reconcile_wakeups_delete_and_test_templates() -> None:
     # A test send's request for a pod template: each new value of its annotation.
     (asked,) = [h for h in changing if h.id.startswith("test-template/")]
     assert asked.field == ("metadata", "annotations", "test.pushtask.dev/template-request")
+    assert asked.timeout == 30.0  # no retries once the tool has stopped waiting
     # One daemon per task that sleeps until its next event, not a timer polling every task.
     (daemon,) = registry._spawning.get_all_handlers()
     assert type(daemon).__name__ == "DaemonHandler" and daemon.id == "wakeups"
